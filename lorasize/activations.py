@@ -1,0 +1,185 @@
+"""Activation memory: the tensors autograd keeps from forward to backward, per layer and token.
+
+The model follows Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+Transformer Models", arXiv 2205.05198, section 4.1): count, op by op, the tensors each
+operation saves for its backward, in bytes per token, and multiply by batch x sequence x layers.
+Their GPT block gives ``sbh(34 + 5as/h)`` bytes per layer in 16-bit training. What changes here:
+
+1. **Frozen weights save less.** Autograd saves a matmul's input only to compute the weight's
+   gradient (``mm``: ``self`` is saved only if ``mat2`` requires grad). A frozen base linear
+   saves nothing; only norms, activations functions, attention and the LoRA branches keep tensors.
+2. **LoRA branches** (PEFT 0.21 ``Linear.forward``): the input is cast to the adapter's dtype
+   (fp32 by default), a new ``4 * in`` bytes per target (shared when the input already is
+   fp32), saved by ``lora_A``; ``lora_A``'s output (``4 * r``) is saved by ``lora_B``. With
+   ``lora_dropout > 0`` the dropped copy (``4 * in``) replaces the cast input and a 1-byte mask
+   per element is added (``native_dropout`` saves its mask).
+3. **Hugging Face norms upcast.** ``LlamaRMSNorm`` computes in fp32: ``x.to(float32).pow(2)``
+   saves a ``4h`` copy and ``rsqrt`` one fp32 per token. ``nn.LayerNorm`` saves its input and
+   fp32 mean and rstd (8 bytes per token).
+4. **Attention kernels** (PyTorch 2.13 ``scaled_dot_product_attention`` on CUDA): flash and
+   memory-efficient attention save q, k, v, the output and an fp32 log-sum-exp per head
+   (Dao et al. 2022, "FlashAttention", section 3.1) -- O(s) per token. Eager attention
+   (transformers ``eager_attention_forward``) saves the fp32 softmax output and its 16-bit copy,
+   ``(4 + d) * heads * s`` bytes per token -- the O(s^2) term -- plus a ``[b, 1, s, s]`` mask
+   built once per forward. With no padding mask transformers passes ``enable_gqa`` to SDPA, so
+   k and v are saved at their grouped-query width; eager attention repeats them to full width.
+5. **Fused projections** (Phi-3 ``qkv_proj``, GPT-NeoX/Falcon ``query_key_value``, GPT-2
+   ``c_attn``): v is a view of the fused output, so saving v keeps the whole fused tensor alive.
+6. **Gradient checkpointing** (transformers 5: ``torch.utils.checkpoint`` non-reentrant per
+   decoder layer) keeps each layer's input, ``d_res * h`` per token, and recomputes one layer at
+   a time in backward.
+7. **Logits and loss** (transformers ``ForCausalLMLoss``): logits are upcast to fp32,
+   ``log_softmax`` saves its fp32 output, and its backward holds that output, the incoming
+   gradient and the outgoing gradient at once: ``3 * 4 * V`` bytes per token at the peak.
+
+Here ``d`` is the compute dtype's size, ``d_res`` the residual stream's (fp32 after
+``prepare_model_for_kbit_training`` upcasts the embeddings), and ``h``, ``q``, ``kv``, ``I`` the
+hidden, query, key/value and MLP widths. Each formula is checked against the trace tier, which
+runs the real transformers and PEFT code under fake tensors (``tests/test_trace_agreement.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .layout import block_params
+from .lora import Target
+from .model import ModelSpec
+
+FP32 = 4
+BOOL = 1
+LOSS_FP32_COPIES_AT_PEAK = 3  # log_softmax output, grad_output, grad_input (log_softmax_backward)
+# Per-token bytes saved by each activation function, in units of d * I (see module docstring):
+# silu / gelu / gelu_pytorch_tanh save their input; GPT-2 and Phi-2 "gelu_new" is written in
+# Python (transformers activations.NewGELUActivation) and saves x, tanh(.), 0.5x and 1 + tanh(.).
+_ACT_SAVES = {"gpt2": 4, "phi": 4}
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash", "eager")
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    """Byte widths in the step: compute (d), residual stream, norm output, adapter."""
+
+    compute: int
+    residual: int
+    norm_out: int
+    adapter: int
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """Bytes per token saved by one decoder layer, by part, for reporting and tests."""
+
+    norms: int
+    attention: int
+    mlp: int
+    lora: int
+
+    @property
+    def total(self) -> int:
+        return self.norms + self.attention + self.mlp + self.lora
+
+
+def _norm_bytes(spec: ModelSpec, dt: Dtypes, width: int, full: bool) -> int:
+    """Bytes per token one norm saves over ``width`` features."""
+    if spec.norm == "layer":
+        # native_layer_norm saves its input (the residual stream) and fp32 mean and rstd.
+        return dt.residual * width + 2 * FP32
+    # RMSNorm: fp32 copy of the input (shared when already fp32) and rsqrt; with a trainable
+    # weight the multiply also saves the normalised 16-bit tensor.
+    return FP32 * width + FP32 + (dt.norm_out * width if full else 0)
+
+
+def _norm_count(spec: ModelSpec) -> int:
+    """Norms over the hidden width in one block (per-head q/k norms excluded)."""
+    return sum(1 for p in block_params(spec) if not p.path.startswith("self_attn"))
+
+
+def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropout: bool) -> int:
+    """Bytes per token the LoRA branches of one layer save."""
+    total = 0
+    cast_inputs: set[tuple[str, int]] = set()
+    for target in targets:
+        if target.copies != spec.num_layers:
+            continue  # the head is counted with the logits
+        linear = target.linear
+        rank = target.rank * max(linear.experts, 1)
+        in_bytes = FP32 * linear.in_features
+        # Inputs are shared between q/k/v (and gate/up); a cast to fp32 is made per target unless
+        # the input already is fp32, in which case one tensor serves every branch.
+        source = "norm" if linear.in_features == spec.hidden_size and not linear.path.endswith(
+            ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h")) else linear.path
+        if dropout:
+            total += in_bytes + BOOL * linear.in_features
+        elif dt.norm_out == FP32 and source == "norm":
+            if (source, linear.in_features) not in cast_inputs:
+                total += in_bytes
+                cast_inputs.add((source, linear.in_features))
+        else:
+            total += in_bytes
+        total += FP32 * rank
+    return total
+
+
+def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, *,
+                          seq_len: int, attn: str, full: bool, dropout: bool) -> LayerActivations:
+    """Bytes per token one decoder layer keeps for backward (no checkpointing)."""
+    d, h, q, kv, inter = dt.compute, spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
+    norms = _norm_count(spec) * _norm_bytes(spec, dt, h, full)
+    if spec.qk_norm and spec.norm == "rms":
+        norms += FP32 * (q + kv) + FP32 * (spec.num_heads + spec.num_kv_heads)
+    fused = spec.family in ("phi3", "gpt_neox", "falcon", "gpt2")
+    value = d * (q + 2 * kv) if fused else d * kv  # v keeps its whole fused tensor alive
+    if attn == "eager":
+        repeat = spec.num_heads != spec.num_kv_heads
+        key = d * q if repeat else d * kv
+        if repeat:
+            value = d * q + (d * (q + 2 * kv) if fused else 0)
+        probs = (FP32 + d) * spec.num_heads * seq_len
+        if spec.family == "gemma2":
+            probs += d * spec.num_heads * seq_len  # tanh soft-capping saves its output
+        attention = d * q + key + value + probs
+    else:
+        attention = d * q + d * kv + value + d * q + FP32 * spec.num_heads
+    if full:
+        attention += d * h  # the norm output, saved once for the q/k/v weight gradients
+    act = _ACT_SAVES.get(spec.family, 1)
+    gated = spec.family not in ("gpt2", "gpt_neox", "falcon", "phi")
+    if gated:
+        mlp = (2 + act) * d * inter  # gate (saved by the activation), up, act(gate)
+    else:
+        mlp = act * d * inter
+    if spec.num_experts:
+        k = spec.experts_per_token
+        # Each routed token runs k experts; the weighted sum saves each expert's output.
+        mlp = k * (mlp + d * h) + 2 * FP32 * spec.num_experts
+    if full:
+        mlp += d * h + d * inter  # weight gradients need the MLP inputs too
+    lora = 0 if full else _lora_bytes(spec, targets, dt, dropout)
+    return LayerActivations(norms=norms, attention=attention, mlp=mlp, lora=lora)
+
+
+def checkpoint_bytes_per_token(spec: ModelSpec, dt: Dtypes) -> int:
+    """Bytes per token each checkpointed layer keeps: its input hidden states."""
+    return dt.residual * spec.hidden_size
+
+
+def top_bytes_per_token(spec: ModelSpec, dt: Dtypes, full: bool) -> int:
+    """Bytes per token saved outside the blocks: the final norm (the head is frozen)."""
+    return _norm_bytes(spec, dt, spec.hidden_size, full)
+
+
+def logits_peak_bytes_per_token(spec: ModelSpec) -> int:
+    """Bytes per token live at the loss's backward peak (fp32 log-softmax and its gradients)."""
+    return LOSS_FP32_COPIES_AT_PEAK * FP32 * spec.vocab_size
+
+
+def eager_mask_bytes(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int, attn: str) -> int:
+    """The 4-D causal mask eager attention builds once per forward."""
+    return dt.compute * batch * seq_len * seq_len if attn == "eager" else 0
+
+
+def layer_backward_transient_per_token(spec: ModelSpec, dt: Dtypes) -> int:
+    """Bytes per token that exist only while one layer runs backward: the gradients of the MLP's
+    three intermediate tensors and of the hidden states flowing down."""
+    return 3 * dt.compute * spec.intermediate_size + 2 * dt.residual * spec.hidden_size

@@ -1,0 +1,95 @@
+"""The model and GPU catalogs: look-up by name, with suggestions for typos.
+
+The data lives in :mod:`lorasize.catalog._models` (dimensions from each model's public
+``config.json``, with its URL) and :mod:`lorasize.catalog._gpus`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import lru_cache
+
+from ..errors import LorasizeError
+from ..gpu import GpuSpec
+from ..model import ModelSpec
+
+
+def _key(name: str) -> str:
+    return str(name).strip().lower().replace("_", "-")
+
+
+@lru_cache(maxsize=1)
+def _model_index() -> dict[str, dict]:
+    from ._models import MODELS
+
+    index: dict[str, dict] = {}
+    for entry in MODELS:
+        for name in (entry["name"], *entry.get("aliases", ()), entry.get("hf_id", "")):
+            if name:
+                index.setdefault(_key(name), entry)
+    return index
+
+
+@lru_cache(maxsize=1)
+def _gpu_index() -> dict[str, dict]:
+    from ._gpus import GPUS
+
+    index: dict[str, dict] = {}
+    for entry in GPUS:
+        for name in (entry["name"], *entry.get("aliases", ())):
+            index.setdefault(_key(name), entry)
+    return index
+
+
+def model_entries() -> list[dict]:
+    """Every catalog model entry, in catalog order."""
+    from ._models import MODELS
+
+    return list(MODELS)
+
+
+def gpu_entries() -> list[dict]:
+    """Every catalog GPU entry, in catalog order."""
+    from ._gpus import GPUS
+
+    return list(GPUS)
+
+
+def _suggest(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(_key(name), names, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def find_model_entry(name: str) -> dict | None:
+    """The catalog entry for a name or alias, or None."""
+    return _model_index().get(_key(name))
+
+
+def model_from_catalog(name: str, flag: str = "--model") -> ModelSpec:
+    """The catalog model called ``name``.
+
+    Raises:
+        LorasizeError: no such model; the message suggests close names.
+    """
+    entry = find_model_entry(name)
+    if entry is None:
+        names = [e["name"] for e in model_entries()]
+        raise LorasizeError(
+            f"unknown model '{name}'{_suggest(name, names)} (see 'lorasize models', or give a "
+            f"config.json path)", source=flag)
+    return ModelSpec.from_hf_config(entry["config"], name=entry["name"], source=entry["url"])
+
+
+def gpu_from_catalog(name: str, flag: str = "--gpu") -> GpuSpec:
+    """The catalog GPU called ``name`` (case-insensitive, aliases included).
+
+    Raises:
+        LorasizeError: no such GPU; the message suggests close names.
+    """
+    entry = _gpu_index().get(_key(name))
+    if entry is None:
+        names = [e["name"] for e in gpu_entries()]
+        raise LorasizeError(
+            f"unknown GPU '{name}'{_suggest(name, names)} (see 'lorasize gpus', or give "
+            f"--gpu-mem 24GiB)", source=flag)
+    return GpuSpec.from_entry(entry)

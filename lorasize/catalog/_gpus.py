@@ -1,0 +1,451 @@
+"""GPU catalog data: memory, dense bf16 throughput and memory bandwidth per card.
+
+This module holds data only. Each entry of ``GPUS`` is a dict with these keys:
+
+name
+    Lowercase catalog name, unique (e.g. ``"a100-40gb"``).
+aliases
+    Tuple of lowercase alternative names.  Always includes the product name
+    that ``nvidia-smi`` / ``torch.cuda.get_device_name()`` (or ``rocm-smi``)
+    prints for the card, lowercased, so a detected device can be matched.
+vendor
+    ``"nvidia"`` or ``"amd"``.
+arch
+    Architecture family: volta, turing, ampere, ada, hopper, blackwell, cdna3.
+memory_mib
+    TOTAL device memory in MiB, as ``nvidia-smi`` prints it in the
+    "Memory-Usage  used / TOTAL" column (``rocm-smi --showmeminfo vram`` for
+    AMD, converted from bytes).  This is what the driver reports as total, not
+    the marketing "GB" figure, and not what is free for tensors: the CUDA
+    context and driver reservations still come out of it.
+    Values are for current drivers (R510 and later).  Older drivers subtracted
+    a reserved region first and printed smaller totals for some cards, e.g.
+    A100-40GB 40536, A100-80GB 81252, V100-16GB 16160, V100-32GB 32480/32510.
+bf16_tflops
+    Peak DENSE (no 2:4 sparsity) bf16 tensor-core TFLOP/s from the vendor
+    datasheet or architecture whitepaper.  Datasheets usually headline the
+    sparse figure; dense is half of it.  For GeForce cards the figure is the
+    "bf16 with FP32 accumulate" rate, which is half the fp16-accumulate rate
+    on those cards (FP32 accumulate is what training frameworks use).  Cards
+    without bf16 (Turing, Volta) carry their fp16 tensor figure; the note says
+    so.  Figures are at the vendor's rated boost clock.
+bandwidth_gbps
+    Peak memory bandwidth in GB/s (1e9 bytes/s) from the datasheet.
+source
+    Where the figures come from: "specs:" is the datasheet / whitepaper for
+    bf16_tflops and bandwidth_gbps, "memory_mib:" is a public nvidia-smi /
+    rocm-smi printout showing that total (a GitHub issue or PR where one was
+    found).
+note
+    Caveats for the entry (fp16 instead of bf16, derived figures, variants
+    that share the nvidia-smi name, and so on).
+"""
+
+GPUS = [
+    # ------------------------------------------------------------------ Ampere (datacenter)
+    dict(
+        name="a100-40gb",
+        aliases=(
+            "a100",
+            "a100-40g",
+            "a100-sxm4-40gb",
+            "nvidia a100-sxm4-40gb",
+            "a100-pcie-40gb",
+            "nvidia a100-pcie-40gb",
+        ),
+        vendor="nvidia",
+        arch="ampere",
+        memory_mib=40960,
+        bf16_tflops=312.0,
+        bandwidth_gbps=1555.0,
+        source=(
+            "specs: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
+            "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf ; "
+            "memory_mib: https://github.com/bottlerocket-os/bottlerocket-core-kit/pull/834 "
+            "(driver 580, 40960MiB) and https://github.com/modal-labs/modal-client/pull/2797"
+        ),
+        note=(
+            "SXM4 and PCIe 40GB share these figures (PCIe has lower power limit). "
+            "Drivers older than R510 print 40536MiB total "
+            "(e.g. https://github.com/nanopool/phoenix-miner/issues/17)."
+        ),
+    ),
+    dict(
+        name="a100-80gb",
+        aliases=(
+            "a100-80g",
+            "a100-sxm4-80gb",
+            "nvidia a100-sxm4-80gb",
+            "a100-sxm-80gb",
+            "a100-80gb-pcie",
+            "nvidia a100 80gb pcie",
+        ),
+        vendor="nvidia",
+        arch="ampere",
+        memory_mib=81920,
+        bf16_tflops=312.0,
+        bandwidth_gbps=2039.0,
+        source=(
+            "specs: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
+            "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf ; "
+            "memory_mib: https://github.com/allenai/PeerRead/issues/40 and "
+            "https://github.com/NVIDIA/mig-parted/issues/31"
+        ),
+        note=(
+            "Bandwidth is the SXM4 figure; the 80GB PCIe card (same nvidia-smi total) is "
+            "1935 GB/s. Very old drivers (R450) printed 81252MiB "
+            "(https://github.com/keyu-tian/SparK/issues/8)."
+        ),
+    ),
+    dict(
+        name="a10",
+        aliases=("nvidia a10",),
+        vendor="nvidia",
+        arch="ampere",
+        memory_mib=23028,
+        bf16_tflops=125.0,
+        bandwidth_gbps=600.0,
+        source=(
+            "specs: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a10/pdf/"
+            "a10-datasheet.pdf ; "
+            "memory_mib: https://github.com/mayooot/detect-gpu/issues/3 "
+            "(NVML total 24146608128 bytes = 23028 MiB) and "
+            "https://github.com/modal-labs/modal-client/pull/2797"
+        ),
+        note="Datasheet lists 250 TFLOPS bf16 with sparsity; 125 is the dense figure.",
+    ),
+    dict(
+        name="a10g",
+        aliases=("nvidia a10g",),
+        vendor="nvidia",
+        arch="ampere",
+        memory_mib=23028,
+        bf16_tflops=70.0,
+        bandwidth_gbps=600.0,
+        source=(
+            "specs: https://www.baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference/ "
+            "(no NVIDIA datasheet exists; AWS-only part) ; "
+            "memory_mib: https://github.com/NVIDIA/DCGM/issues/232 (8722MiB / 23028MiB)"
+        ),
+        note=(
+            "AWS G5 variant of the A10. Tensor rate is GeForce-style (80 SMs x 1.71 GHz x "
+            "512 flop/clk = 70 TFLOPS bf16 with FP32 accumulate), not the A10's 125; a "
+            "measured bf16 matmul reached 69.5 TFLOPS "
+            "(https://github.com/zzc0721/torch-performance-test-data/issues/126). "
+            "Same memory and bandwidth as A10."
+        ),
+    ),
+    # ------------------------------------------------------------------ Hopper
+    dict(
+        name="h100-80gb",
+        aliases=(
+            "h100",
+            "h100-sxm",
+            "h100-sxm5",
+            "h100 80gb hbm3",
+            "nvidia h100 80gb hbm3",
+        ),
+        vendor="nvidia",
+        arch="hopper",
+        memory_mib=81559,
+        bf16_tflops=989.0,
+        bandwidth_gbps=3350.0,
+        source=(
+            "specs: https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet ; "
+            "memory_mib: https://github.com/NVIDIA/nccl/issues/1264 and "
+            "https://github.com/wilicc/gpu-burn/issues/114"
+        ),
+        note=(
+            "SXM5 part; nvidia-smi names it 'NVIDIA H100 80GB HBM3'. Datasheet 1979 TFLOPS "
+            "bf16 is with sparsity (989.4 dense)."
+        ),
+    ),
+    dict(
+        name="h100-pcie",
+        aliases=("h100-pcie-80gb", "h100 pcie", "nvidia h100 pcie"),
+        vendor="nvidia",
+        arch="hopper",
+        memory_mib=81559,
+        bf16_tflops=756.0,
+        bandwidth_gbps=2000.0,
+        source=(
+            "specs: https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet "
+            "(1513 TFLOPS bf16 sparse; dense 756 per "
+            "https://github.com/qoofyk/LLM_Sizing_Guide/issues/3) ; "
+            "memory_mib: 'NVIDIA H100 PCIe ... / 81559MiB' seen in several nvidia-smi printouts "
+            "committed to public GitHub repositories (found by text search, no issue URL)"
+        ),
+        note="HBM2e, 114 SMs, 350 W. Bandwidth datasheet says 2 TB/s (TechPowerUp lists 2039 GB/s).",
+    ),
+    dict(
+        name="h200",
+        aliases=("h200-sxm", "h200-141gb", "nvidia h200"),
+        vendor="nvidia",
+        arch="hopper",
+        memory_mib=143771,
+        bf16_tflops=989.0,
+        bandwidth_gbps=4800.0,
+        source=(
+            "specs: https://www.nvidia.com/en-us/data-center/h200/ ; "
+            "memory_mib: 'NVIDIA H200 ... / 143771MiB' seen in many nvidia-smi printouts "
+            "committed to public GitHub repositories (found by text search, no issue URL)"
+        ),
+        note=(
+            "SXM part (141 GB HBM3e). Datasheet 1979 TFLOPS bf16 is with sparsity. "
+            "The H200 NVL ('NVIDIA H200 NVL') prints the same 143771MiB but is slower "
+            "(lower power), so it is not aliased here."
+        ),
+    ),
+    # ------------------------------------------------------------------ Ada (datacenter)
+    dict(
+        name="l4",
+        aliases=("nvidia l4",),
+        vendor="nvidia",
+        arch="ada",
+        memory_mib=23034,
+        bf16_tflops=121.0,
+        bandwidth_gbps=300.0,
+        source=(
+            "specs: https://www.nvidia.com/en-us/data-center/l4/ ; "
+            "memory_mib: https://github.com/speaches-ai/speaches/pull/438 (0MiB / 23034MiB) and "
+            "https://github.com/modal-labs/modal-client/pull/2797"
+        ),
+        note="Datasheet 242 TFLOPS bf16 is with sparsity; 121 dense.",
+    ),
+    dict(
+        name="l40s",
+        aliases=("nvidia l40s",),
+        vendor="nvidia",
+        arch="ada",
+        memory_mib=46068,
+        bf16_tflops=362.05,
+        bandwidth_gbps=864.0,
+        source=(
+            "specs: https://www.nvidia.com/en-us/data-center/l40s/ ; "
+            "memory_mib: https://github.com/akash-network/provider-configs/pull/99 "
+            "(memory.total 46068 MiB) and https://github.com/wtdcode/vllm-backport/issues/14"
+        ),
+        note="Datasheet 733 TFLOPS bf16 is with sparsity; 362.05 dense.",
+    ),
+    # ------------------------------------------------------------------ Turing / Volta (no bf16)
+    dict(
+        name="t4",
+        aliases=("tesla t4", "nvidia t4"),
+        vendor="nvidia",
+        arch="turing",
+        memory_mib=15360,
+        bf16_tflops=65.0,
+        bandwidth_gbps=320.0,
+        source=(
+            "specs: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/tesla-t4/"
+            "t4-tensor-core-datasheet-951643.pdf ; "
+            "memory_mib: https://github.com/modal-labs/modal-client/pull/2797 "
+            "(15360MiB; also in countless Colab/Kaggle nvidia-smi printouts)"
+        ),
+        note="T4 has no bf16; this is the fp16 (mixed precision) tensor figure.",
+    ),
+    dict(
+        name="v100-16gb",
+        aliases=(
+            "v100",
+            "v100-sxm2-16gb",
+            "tesla v100-sxm2-16gb",
+            "v100-pcie-16gb",
+            "tesla v100-pcie-16gb",
+        ),
+        vendor="nvidia",
+        arch="volta",
+        memory_mib=16384,
+        bf16_tflops=125.0,
+        bandwidth_gbps=900.0,
+        source=(
+            "specs: https://images.nvidia.com/content/technologies/volta/pdf/"
+            "volta-v100-datasheet-update-us-1165301-r5.pdf ; "
+            "memory_mib: 'Tesla V100-SXM2-16GB ... / 16384MiB' seen in many nvidia-smi printouts "
+            "(driver 535+) committed to public GitHub repositories (no issue URL); "
+            "older drivers print 16160MiB (https://github.com/4paradigm/k8s-vgpu-scheduler/issues/7)"
+        ),
+        note=(
+            "V100 has no bf16; this is the fp16 tensor figure for SXM2 (the PCIe card is "
+            "112 TFLOPS). Bandwidth 900 GB/s for both."
+        ),
+    ),
+    dict(
+        name="v100-32gb",
+        aliases=(
+            "v100-sxm2-32gb",
+            "tesla v100-sxm2-32gb",
+            "v100-pcie-32gb",
+            "tesla v100-pcie-32gb",
+        ),
+        vendor="nvidia",
+        arch="volta",
+        memory_mib=32768,
+        bf16_tflops=125.0,
+        bandwidth_gbps=900.0,
+        source=(
+            "specs: https://images.nvidia.com/content/technologies/volta/pdf/"
+            "volta-v100-datasheet-update-us-1165301-r5.pdf ; "
+            "memory_mib: https://github.com/Wan-Video/Wan2.1/issues/5 "
+            "(driver 525, 308MiB / 32768MiB); older drivers print 32480MiB "
+            "(https://github.com/godweiyang/GrabGPU/issues/5)"
+        ),
+        note=(
+            "V100 has no bf16; fp16 tensor figure for SXM2 (PCIe 112 TFLOPS). "
+            "The V100S ('Tesla V100S-PCIE-32GB', 130 TFLOPS, 1134 GB/s) is not aliased here."
+        ),
+    ),
+    # ------------------------------------------------------------------ workstation / consumer
+    dict(
+        name="rtx-a6000",
+        aliases=("a6000", "rtx a6000", "nvidia rtx a6000"),
+        vendor="nvidia",
+        arch="ampere",
+        memory_mib=49140,
+        bf16_tflops=154.8,
+        bandwidth_gbps=768.0,
+        source=(
+            "specs: https://www.nvidia.com/content/PDF/nvidia-ampere-ga-102-gpu-architecture-whitepaper-v2.pdf "
+            "(RTX A6000: bf16 FP32-accumulate 154.8 / 309.7 sparse) and "
+            "https://www.nvidia.com/en-us/design-visualization/rtx-a6000/ ; "
+            "memory_mib: https://github.com/noonghunna/club-3090/issues/1047 (49140 MiB)"
+        ),
+        note="Professional card: FP32-accumulate runs at full rate, unlike GeForce.",
+    ),
+    dict(
+        name="rtx-3060",
+        aliases=(
+            "rtx-3060-12gb",
+            "3060",
+            "geforce rtx 3060",
+            "nvidia geforce rtx 3060",
+        ),
+        vendor="nvidia",
+        arch="ampere",
+        memory_mib=12288,
+        bf16_tflops=25.5,
+        bandwidth_gbps=360.0,
+        source=(
+            "specs: https://www.nvidia.com/en-us/geforce/graphics-cards/30-series/rtx-3060-3060ti/ "
+            "and https://www.nvidia.com/content/PDF/nvidia-ampere-ga-102-gpu-architecture-whitepaper-v2.pdf "
+            "(per-SM GeForce Ampere tensor rates) ; "
+            "memory_mib: https://github.com/geerlingguy/raspberry-pi-pcie-devices/issues/790 "
+            "(1MiB / 12288MiB)"
+        ),
+        note=(
+            "12 GB model. bf16 figure is derived, not printed by NVIDIA: 28 SMs x 1.777 GHz x "
+            "512 flop/clk (bf16, FP32 accumulate, GeForce half rate) = 25.5 TFLOPS. "
+            "The 8 GB RTX 3060 prints the same product name; check memory_mib before trusting a match."
+        ),
+    ),
+    dict(
+        name="rtx-3090",
+        aliases=("3090", "geforce rtx 3090", "nvidia geforce rtx 3090"),
+        vendor="nvidia",
+        arch="ampere",
+        memory_mib=24576,
+        bf16_tflops=71.0,
+        bandwidth_gbps=936.2,
+        source=(
+            "specs: https://www.nvidia.com/content/PDF/nvidia-ampere-ga-102-gpu-architecture-whitepaper-v2.pdf "
+            "(RTX 3090: bf16 FP32-accumulate 71 / 142 sparse) ; "
+            "memory_mib: https://github.com/noonghunna/club-3090/issues/1127 and "
+            "https://github.com/noonghunna/club-3090/issues/751 (24576MiB)"
+        ),
+        note="bf16 with FP32 accumulate (GeForce half rate); fp16 with fp16 accumulate is 142 dense.",
+    ),
+    dict(
+        name="rtx-4080",
+        aliases=("4080", "geforce rtx 4080", "nvidia geforce rtx 4080"),
+        vendor="nvidia",
+        arch="ada",
+        memory_mib=16376,
+        bf16_tflops=97.5,
+        bandwidth_gbps=716.8,
+        source=(
+            "specs: https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf "
+            "(RTX 4080: bf16 FP32-accumulate 97.5 / 194.9 sparse) ; "
+            "memory_mib: 'NVIDIA GeForce RTX 4080 ... / 16376MiB' seen in several nvidia-smi "
+            "printouts committed to public GitHub repositories (no issue URL)"
+        ),
+        note=(
+            "16 GB model; bf16 with FP32 accumulate (GeForce half rate). 76 SMs x 2.505 GHz x "
+            "512 = 97.5. One printout showed 16384MiB (likely another driver/OS); 16376 is the "
+            "common value. RTX 4080 SUPER is a different card and is not aliased."
+        ),
+    ),
+    dict(
+        name="rtx-4090",
+        aliases=("4090", "geforce rtx 4090", "nvidia geforce rtx 4090"),
+        vendor="nvidia",
+        arch="ada",
+        memory_mib=24564,
+        bf16_tflops=165.2,
+        bandwidth_gbps=1008.0,
+        source=(
+            "specs: https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf "
+            "(RTX 4090: bf16 FP32-accumulate 165.2 / 330.4 sparse) ; "
+            "memory_mib: https://github.com/vllm-project/vllm/issues/7553 and "
+            "https://github.com/RLinf/RLinf/issues/255 (24564MiB)"
+        ),
+        note="bf16 with FP32 accumulate (GeForce half rate); fp16 with fp16 accumulate is 330.3 dense.",
+    ),
+    # ------------------------------------------------------------------ Blackwell
+    dict(
+        name="rtx-5090",
+        aliases=("5090", "geforce rtx 5090", "nvidia geforce rtx 5090"),
+        vendor="nvidia",
+        arch="blackwell",
+        memory_mib=32607,
+        bf16_tflops=209.5,
+        bandwidth_gbps=1792.0,
+        source=(
+            "specs: https://images.nvidia.com/aem-dam/Solutions/geforce/blackwell/"
+            "nvidia-rtx-blackwell-gpu-architecture.pdf ; "
+            "memory_mib: https://github.com/noonghunna/club-3090/issues/617 (492MiB / 32607MiB)"
+        ),
+        note=(
+            "bf16 with FP32 accumulate (GeForce half rate): 170 SMs x 2.407 GHz x 512 = 209.5 "
+            "(fp16 sparse headline is 838). Measured bf16 matmuls reach ~235 TFLOPS because "
+            "real boost clocks exceed the rated 2.41 GHz "
+            "(https://github.com/zzc0721/torch-performance-test-data/issues/96)."
+        ),
+    ),
+    dict(
+        name="b200",
+        aliases=("b200-sxm", "nvidia b200"),
+        vendor="nvidia",
+        arch="blackwell",
+        memory_mib=183359,
+        bf16_tflops=2250.0,
+        bandwidth_gbps=8000.0,
+        source=(
+            "specs: https://www.nvidia.com/en-us/data-center/hgx/ (HGX B200: 4.5 PFLOPS bf16 "
+            "sparse per GPU) ; "
+            "memory_mib: https://github.com/NVIDIA/TensorRT-LLM/issues/10278 (166593MiB / 183359MiB)"
+        ),
+        note=(
+            "Datasheet bandwidth 8 TB/s; the driver-reported bus width gives 7.68 TB/s "
+            "(https://github.com/pytorch/ao/pull/4002). Marketed as 192 GB / 180 GB usable."
+        ),
+    ),
+    # ------------------------------------------------------------------ AMD
+    dict(
+        name="mi300x",
+        aliases=("amd instinct mi300x", "amd instinct mi300x oam", "instinct mi300x"),
+        vendor="amd",
+        arch="cdna3",
+        memory_mib=196592,
+        bf16_tflops=1307.4,
+        bandwidth_gbps=5300.0,
+        source=(
+            "specs: https://www.amd.com/en/products/accelerators/instinct/mi300/mi300x.html ; "
+            "memory_mib: https://github.com/ROCm/legacy-rocm-build/issues/4750 "
+            "(rocm-smi --showmeminfo vram: 206141652992 bytes = 196592 MiB)"
+        ),
+        note=(
+            "Total from rocm-smi (no nvidia-smi). 192 GiB HBM3 is 196608 MiB; rocm-smi reports "
+            "16 MiB less. bf16 1307.4 TFLOPS is dense (2614.9 with sparsity)."
+        ),
+    ),
+]

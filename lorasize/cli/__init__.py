@@ -1,0 +1,76 @@
+"""The ``lorasize`` command line: a thin layer over the library.
+
+Each command parses its flags, builds the specs, calls one library function and renders. Bad
+input ends in one line on stderr and exit code 2; a failed check (does not fit) in exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import LorasizeError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="lorasize")
+def cli() -> None:
+    """Know what LoRA and QLoRA fine-tuning and adapter serving cost before you rent the GPU.
+
+    \b
+    Examples:
+      lorasize estimate --model llama2-7b --r 64 --targets all
+      lorasize estimate -m llama3-8b --method qlora --r 16 -t all -b 4 -s 2048 --grad-checkpointing --gpu rtx-4090
+      lorasize models
+      lorasize inspect ./my-adapter
+    """
+
+
+def _register() -> None:
+    from .catalog_cmds import gpus, models
+    from .estimate_cmd import estimate
+    from .inspect_cmd import inspect
+
+    for command in (estimate, models, gpus, inspect):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; never lets a traceback reach the user."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        result = cli.main(args=args, prog_name="lorasize", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return EXIT_USAGE
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "lorasize"
+        click.echo(f"{command}: error: {exc.format_message()}", err=True)
+        return EXIT_USAGE
+    except LorasizeError as exc:
+        click.echo(f"lorasize: error: {exc}", err=True)
+        return EXIT_USAGE
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_CHECK_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug of ours: say so in one line, traceback on request
+        if os.environ.get("LORASIZE_DEBUG"):
+            raise
+        click.echo(f"lorasize: internal error: {type(exc).__name__}: {exc} "
+                   f"(set LORASIZE_DEBUG=1 for the traceback, and please report it)", err=True)
+        return EXIT_INTERNAL
+    return result if isinstance(result, int) else EXIT_OK

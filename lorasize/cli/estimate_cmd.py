@@ -1,0 +1,102 @@
+"""``lorasize estimate``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from click.core import ParameterSource
+
+from ..catalog import gpu_from_catalog
+from ..errors import LorasizeError
+from ..estimate import estimate as run_estimate
+from ..gpu import GpuSpec
+from ..lora import LoraSpec, split_targets
+from ..render import render_estimate
+from ..resolve import read_adapter_config, resolve_model
+from ..specs import ServeSpec, TrainSpec
+from ..units import parse_bytes
+from .options import gpu_options, lora_options, model_options, output_options, train_options
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+def build_specs(ctx: click.Context, p: dict):
+    """Specs from the flags, with an adapter_config.json filling what the flags leave out."""
+    adapter = read_adapter_config(p["adapter"]) if p.get("adapter") else None
+    model_text = p.get("model") or (adapter.base_model if adapter else None)
+    if not model_text:
+        raise LorasizeError("which model? give --model NAME (see 'lorasize models') or --adapter "
+                            "with a base_model_name_or_path", source="--model")
+    model = resolve_model(model_text, "--model" if p.get("model") else "--adapter")
+    r, targets, dropout, dora = p["r"], split_targets(p["targets"]), p["lora_dropout"], p["dora"]
+    alpha = p["alpha"]
+    if adapter:
+        r = adapter.r if adapter.r is not None and not _given(ctx, "r") else r
+        targets = adapter.targets if adapter.targets and not _given(ctx, "targets") else targets
+        dropout = adapter.dropout if adapter.dropout is not None and not _given(
+            ctx, "lora_dropout") else dropout
+        dora = adapter.dora if not _given(ctx, "dora") else dora
+        alpha = adapter.alpha if adapter.alpha is not None and alpha is None else alpha
+    lora = LoraSpec(r=r, alpha=float(alpha if alpha is not None else 2 * r),
+                    targets=targets, dropout=float(dropout), dora=dora)
+    train = TrainSpec(
+        method=p["method"].lower(), quant=p["quant"].lower() if p["quant"] else None,
+        double_quant=p["double_quant"], dtype=p["dtype"].lower(),
+        optimizer=p["optimizer"].lower(), batch_size=p["batch_size"], seq_len=p["seq_len"],
+        grad_checkpointing=p["grad_checkpointing"], attn=p["attn"].lower(),
+        kbit_prep=p["kbit_prep"],
+    )
+    return model, lora, train
+
+
+def build_gpu(p: dict) -> GpuSpec | None:
+    """The GPU from --gpu (catalog) and/or --gpu-mem (overrides the memory)."""
+    gpu = gpu_from_catalog(p["gpu"]) if p.get("gpu") else None
+    if p.get("gpu_mem"):
+        try:
+            memory = parse_bytes(p["gpu_mem"])
+        except ValueError as exc:
+            raise LorasizeError(str(exc), source="--gpu-mem") from None
+        if memory <= 0:
+            raise LorasizeError("must be more than 0", source="--gpu-mem")
+        gpu = GpuSpec(name=gpu.name if gpu else "custom", memory_bytes=memory,
+                      arch=gpu.arch if gpu else None,
+                      bf16_tflops=gpu.bf16_tflops if gpu else None,
+                      bandwidth_gbps=gpu.bandwidth_gbps if gpu else None)
+    return gpu
+
+
+@click.command()
+@model_options
+@lora_options
+@train_options
+@gpu_options
+@output_options
+@click.pass_context
+def estimate(ctx: click.Context, as_json: bool, **p) -> int:
+    """Estimate trainable parameters, adapter size and training memory (no GPU, no torch).
+
+    With --gpu (or --gpu-mem), also say whether the step fits and how many adapters of this
+    shape fit beside the base model for serving. Exits 1 when it does not fit.
+
+    \b
+    Examples:
+      lorasize estimate --model llama2-7b --r 64 --targets all
+      lorasize estimate --model llama3-8b --method qlora --r 16 --targets all \\
+          --batch-size 4 --seq-len 2048 --grad-checkpointing --gpu rtx-4090
+      lorasize estimate --model ./my-model/config.json --r 8 --targets q_proj,v_proj --json
+      lorasize estimate --adapter ./my-adapter --gpu a100-40gb
+    """
+    model, lora, train = build_specs(ctx, p)
+    gpu = build_gpu(p)
+    serve = ServeSpec(dtype=p["serve_dtype"].lower(), kv_tokens=p["serve_tokens"])
+    result = run_estimate(model, lora, train, gpu=gpu, serve=serve,
+                          adapter_dtype=p["adapter_dtype"].lower())
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(render_estimate(result))
+    return 1 if result.fits is False else 0

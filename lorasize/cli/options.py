@@ -1,0 +1,96 @@
+"""Option groups shared by the commands that compute (estimate now; trace and check later)."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from ..activations import ATTN_IMPLEMENTATIONS
+from ..optimizers import OPTIMIZERS
+from ..specs import ADAPTER_DTYPES, COMPUTE_DTYPES, METHODS
+
+_CHOICE = functools.partial(click.Choice, case_sensitive=False)
+
+
+def _apply(options):
+    def decorator(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorator
+
+
+def model_options(func):
+    """--model and --adapter."""
+    return _apply([
+        click.option("--model", "-m", metavar="NAME|PATH|HUB_ID",
+                     help="Catalog name (lorasize models), a config.json or its folder, or a Hub id."),
+        click.option("--adapter", metavar="PATH",
+                     help="A PEFT adapter folder: r, alpha, targets, DoRA and base model come from "
+                          "its adapter_config.json (flags given here win)."),
+    ])(func)
+
+
+def lora_options(func):
+    """--r, --alpha, --targets, --lora-dropout, --dora."""
+    return _apply([
+        click.option("--r", "-r", "r", type=int, default=8, show_default=True, help="LoRA rank."),
+        click.option("--alpha", type=float, default=None,
+                     help="lora_alpha (scaling only; memory does not depend on it). [default: 2r]"),
+        click.option("--targets", "-t", default="qv", show_default=True,
+                     help="all, attn, mlp, qv, or comma-separated module names (q_proj,v_proj); "
+                          "add lm_head by name."),
+        click.option("--lora-dropout", type=float, default=0.0, show_default=True,
+                     help="lora_dropout; above 0 it saves a mask and a copy of each input."),
+        click.option("--dora/--no-dora", default=False, show_default=True,
+                     help="Weight-decomposed LoRA (a magnitude vector per adapted matrix)."),
+    ])(func)
+
+
+def train_options(func):
+    """--method, --quant, --dtype, --optimizer, batch, sequence, checkpointing, attention."""
+    return _apply([
+        click.option("--method", type=_CHOICE(METHODS), default="lora", show_default=True,
+                     help="lora (16-bit base), qlora (quantized base) or full fine-tuning."),
+        click.option("--quant", type=_CHOICE(("nf4", "fp4", "int8", "none")), default=None,
+                     help="Base quantization. [default: nf4 for qlora, none otherwise]"),
+        click.option("--double-quant/--no-double-quant", default=False, show_default=True,
+                     help="bitsandbytes double quantization of the 4-bit constants."),
+        click.option("--dtype", type=_CHOICE(COMPUTE_DTYPES), default="bf16", show_default=True,
+                     help="Compute and base-weight dtype."),
+        click.option("--optimizer", type=_CHOICE(OPTIMIZERS), default="adamw", show_default=True),
+        click.option("--batch-size", "-b", type=int, default=1, show_default=True,
+                     help="Sequences per micro-batch."),
+        click.option("--seq-len", "-s", type=int, default=512, show_default=True,
+                     help="Tokens per sequence."),
+        click.option("--grad-checkpointing/--no-grad-checkpointing", default=False,
+                     show_default=True, help="Recompute each layer in backward."),
+        click.option("--attn", type=_CHOICE(ATTN_IMPLEMENTATIONS), default="sdpa",
+                     show_default=True, help="Attention implementation."),
+        click.option("--kbit-prep/--no-kbit-prep", default=None,
+                     help="PEFT prepare_model_for_kbit_training (fp32 upcast of non-quantized "
+                          "parameters). [default: on for qlora]"),
+    ])(func)
+
+
+def gpu_options(func):
+    """--gpu, --gpu-mem, serving options."""
+    return _apply([
+        click.option("--gpu", "-g", metavar="NAME", help="Check the fit on this GPU (lorasize gpus)."),
+        click.option("--gpu-mem", metavar="SIZE",
+                     help="GPU memory instead of a catalog card, e.g. 24GiB or 81559MiB."),
+        click.option("--adapter-dtype", type=_CHOICE(ADAPTER_DTYPES), default="fp32",
+                     show_default=True, help="Dtype the adapter file is saved in."),
+        click.option("--serve-dtype", type=_CHOICE(ADAPTER_DTYPES), default="fp32",
+                     show_default=True,
+                     help="Dtype each served adapter is held in (PEFT load_adapter keeps fp32)."),
+        click.option("--serve-tokens", type=int, default=0, show_default=True,
+                     help="KV-cache budget in tokens when counting adapters that fit."),
+    ])(func)
+
+
+def output_options(func):
+    """--json."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON object instead of the table.")(func)

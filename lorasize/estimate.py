@@ -1,0 +1,269 @@
+"""The analytic estimate: trainable parameters, adapter file size, training memory as a
+breakdown, and serving capacity. Torch-free; every number is a sum of named components.
+
+Peak of a training step (steady state, the second step, optimizer state present). Autograd frees
+activations as backward walks down the layers while gradients appear, so the peak of allocated
+bytes is the largest of three moments:
+
+1. the loss's backward (``log_softmax_backward``): static tensors, every saved activation, and
+   the fp32 log-softmax output with its two gradients;
+2. a layer's backward with gradient checkpointing: static tensors, every layer's saved input, one
+   recomputed layer, its backward transients and, in QLoRA, one dequantized weight;
+3. the optimizer step: static tensors, every gradient, and the step's temporaries.
+
+Then ``reserved = allocated + allocator reserve`` (``max_memory_reserved``) and the device total
+adds the CUDA context and paged optimizer state (what nvidia-smi shows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import activations as act
+from .allocator import (DEFAULT_CUDA_CONTEXT_BYTES, DEFAULT_RESERVE_FRACTION,
+                        SMALL_SEGMENT_BYTES, cublas_workspace_bytes)
+from .gpu import GpuSpec
+from .layout import module_path
+from .lora import LoraSpec, Target, resolve_targets
+from .model import ModelSpec
+from .optimizers import step_temporary_bytes
+from .safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
+from .specs import ServeSpec, TrainSpec
+from .units import DTYPE_BYTES, round_up
+from .weights import StaticBytes, static_bytes
+
+BREAKDOWN_KEYS = (
+    "weights", "quant_constants", "adapter", "gradients", "optimizer", "activations", "logits",
+    "temporaries", "allocator", "cuda_context", "paged_optimizer",
+)
+ALLOCATED_KEYS = BREAKDOWN_KEYS[:8]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Overhead terms that only a real GPU shows; ``lorasize calibrate`` fits them from profiles.
+
+    Attributes:
+        cuda_context_bytes: device memory outside torch's allocator (context, kernels).
+        reserve_fraction: reserved bytes above the allocated peak, per byte of memory that comes
+            and goes in a step (activations, logits, temporaries).
+        source: where the numbers come from.
+    """
+
+    cuda_context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES
+    reserve_fraction: float = DEFAULT_RESERVE_FRACTION
+    source: str = "built-in defaults (allocator.py)"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Everything ``lorasize estimate`` reports. Byte counts are integers.
+
+    ``breakdown`` holds the components at the peak, in :data:`BREAKDOWN_KEYS` order; they sum to
+    ``peak_bytes``, the first eight to ``allocated_bytes``.
+    """
+
+    model: ModelSpec
+    lora: LoraSpec
+    train: TrainSpec
+    targets: tuple[Target, ...]
+    base_params: int
+    trainable_params: int
+    adapter_file_bytes: int
+    breakdown: dict[str, int]
+    allocated_bytes: int
+    reserved_bytes: int
+    peak_bytes: int
+    peak_moment: str
+    phase_peaks: dict[str, int]
+    gpu: GpuSpec | None = None
+    serve: ServeSpec | None = None
+    adapters_fit: int | None = None
+    adapter_serve_bytes: int = 0
+    serve_base_bytes: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / max(self.base_params, 1)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.gpu is None else self.peak_bytes <= self.gpu.memory_bytes
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        return None if self.gpu is None else self.gpu.memory_bytes - self.peak_bytes
+
+    def to_dict(self) -> dict:
+        """The JSON object of ``estimate --json`` (keys per DESIGN.md)."""
+        return {
+            "model": self.model.name,
+            "model_source": self.model.source,
+            "method": self.train.method,
+            "quant": self.train.quant_type,
+            "r": self.lora.r if self.train.method != "full" else None,
+            "targets": sorted({t.linear.name for t in self.targets}),
+            "trainable_params": self.trainable_params,
+            "base_params": self.base_params,
+            "trainable_percent": round(self.trainable_percent, 4),
+            "adapter_file_bytes": self.adapter_file_bytes,
+            "train_allocated_bytes": self.allocated_bytes,
+            "train_reserved_bytes": self.reserved_bytes,
+            "train_peak_bytes": self.peak_bytes,
+            "train_breakdown": dict(self.breakdown),
+            "peak_moment": self.peak_moment,
+            "phase_peaks": dict(self.phase_peaks),
+            "gpu": self.gpu.name if self.gpu else None,
+            "gpu_memory_bytes": self.gpu.memory_bytes if self.gpu else None,
+            "fits": self.fits,
+            "headroom_bytes": self.headroom_bytes,
+            "adapters_fit": self.adapters_fit,
+            "adapter_serve_bytes": self.adapter_serve_bytes,
+            "notes": list(self.notes),
+        }
+
+
+def adapter_file_bytes(model: ModelSpec, targets: tuple[Target, ...], dtype: str = "fp32",
+                       dora: bool = False) -> int:
+    """Bytes of ``adapter_model.safetensors`` as PEFT's ``save_pretrained`` writes it.
+
+    PEFT names each tensor ``base_model.model.<module path>.lora_A.weight`` (the adapter name is
+    dropped) and saves in the dtype the weights have (fp32 unless cast).
+    """
+    st_dtype = DTYPE_TO_SAFETENSORS[dtype]
+    tensors = []
+    for target in targets:
+        layers = [None] if target.copies == 1 else range(target.copies)
+        for layer in layers:
+            path = module_path(model, target.linear, layer)
+            for name, shape in target.tensors(dora):
+                suffix = name if name == "lora_magnitude_vector" else f"{name}.weight"
+                tensors.append((f"base_model.model.{path}.{suffix}", st_dtype, shape))
+    return file_bytes(tensors, PEFT_METADATA)
+
+
+def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: LoraSpec,
+                        train: TrainSpec, static: StaticBytes) -> dict[str, dict[str, int]]:
+    """The candidate peaks, each as activations / logits / temporaries bytes."""
+    d = int(DTYPE_BYTES[train.dtype])
+    wide = act.FP32 if train.upcasts_to_fp32 else d
+    dt = act.Dtypes(compute=d, residual=wide, norm_out=wide, adapter=act.FP32)
+    full = train.method == "full"
+    tokens = train.tokens
+    layer = act.layer_bytes_per_token(model, targets, dt, seq_len=train.seq_len, attn=train.attn,
+                                      full=full, dropout=lora.dropout > 0 and not full).total
+    mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
+    top = act.top_bytes_per_token(model, dt, full) * tokens
+    logits = act.logits_peak_bytes_per_token(model) * tokens
+    transient = act.layer_backward_transient_per_token(model, dt) * tokens
+    dequant = d * static.largest_quantized
+    if train.grad_checkpointing:
+        kept = act.checkpoint_bytes_per_token(model, dt) * model.num_layers * tokens + top
+        moments = {
+            "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
+            "layer backward (recompute)": {
+                "activations": kept + layer * tokens + mask, "logits": 0,
+                "temporaries": transient + dequant},
+        }
+    else:
+        saved = layer * model.num_layers * tokens + top + mask
+        moments = {
+            "loss backward": {"activations": saved, "logits": logits, "temporaries": 0},
+            "layer backward": {"activations": saved, "logits": 0,
+                               "temporaries": transient + dequant},
+        }
+    grads_and_step = static.gradients + step_temporary_bytes(train.optimizer, static.optimizer)
+    moments["optimizer step"] = {"activations": 0, "logits": 0, "temporaries": grads_and_step}
+    return moments
+
+
+def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | None = None,
+             gpu: GpuSpec | None = None, serve: ServeSpec | None = None,
+             adapter_dtype: str = "fp32", calibration: Calibration | None = None) -> Estimate:
+    """Estimate parameters, adapter size, training memory and serving capacity.
+
+    Args:
+        model: the architecture.
+        lora: the adapter (ignored for ``method="full"``); defaults to r=8 on q and v.
+        train: the training step; defaults to bf16 LoRA, batch 1, 512 tokens.
+        gpu: the GPU to check the fit against, if any.
+        serve: serving settings for ``adapters_fit`` (needs ``gpu``).
+        adapter_dtype: dtype the adapter is saved in.
+        calibration: overhead terms; built-in defaults if None.
+
+    Raises:
+        LorasizeError: a target the model lacks, r too large, inconsistent settings.
+    """
+    lora = lora or LoraSpec()
+    train = train or TrainSpec()
+    calibration = calibration or Calibration()
+    targets = () if train.method == "full" else resolve_targets(model, lora)
+    dora = lora.dora and train.method != "full"
+    static = static_bytes(model, targets, train, dora)
+    moments = _activation_moments(model, targets, lora, train, static)
+    resident = {"weights": static.weights, "quant_constants": static.quant_constants,
+                "adapter": static.adapter, "optimizer": static.optimizer}
+    workspace = cublas_workspace_bytes(gpu.arch if gpu else None)
+    phase_peaks = {}
+    for name, parts in moments.items():
+        phase_peaks[name] = sum(resident.values()) + sum(parts.values()) + workspace
+    peak_moment = max(phase_peaks, key=phase_peaks.get)
+    parts = moments[peak_moment]
+    gradients = 0
+    temporaries = parts["temporaries"] + workspace
+    if peak_moment == "optimizer step":
+        gradients = static.gradients
+        temporaries -= static.gradients
+    breakdown = dict.fromkeys(BREAKDOWN_KEYS, 0)
+    breakdown.update(resident)
+    breakdown.update(gradients=gradients, activations=parts["activations"],
+                     logits=parts["logits"], temporaries=temporaries)
+    allocated = sum(breakdown[k] for k in ALLOCATED_KEYS)
+    dynamic = max(p["activations"] + p["logits"] + p["temporaries"] for p in moments.values())
+    reserved = round_up(allocated + int(calibration.reserve_fraction * dynamic), SMALL_SEGMENT_BYTES)
+    breakdown["allocator"] = reserved - allocated
+    breakdown["cuda_context"] = calibration.cuda_context_bytes
+    breakdown["paged_optimizer"] = static.optimizer_paged
+    peak = sum(breakdown.values())
+    file_size = adapter_file_bytes(model, targets, adapter_dtype, dora) if targets else 0
+    notes = _notes(model, lora, train, targets)
+    result = Estimate(
+        model=model, lora=lora, train=train, targets=targets, base_params=static.base_params,
+        trainable_params=static.trainable_params, adapter_file_bytes=file_size,
+        breakdown=breakdown, allocated_bytes=allocated, reserved_bytes=reserved, peak_bytes=peak,
+        peak_moment=peak_moment, phase_peaks=phase_peaks, gpu=gpu, serve=serve, notes=notes,
+    )
+    if gpu is not None and targets:
+        from .serve import serving_capacity
+
+        capacity = serving_capacity(model, targets, train, gpu, serve or ServeSpec(), dora,
+                                    calibration.cuda_context_bytes)
+        result = _with_serving(result, capacity)
+    return result
+
+
+def _with_serving(result: Estimate, capacity) -> Estimate:
+    from dataclasses import replace
+
+    return replace(result, adapters_fit=capacity.adapters, adapter_serve_bytes=capacity.adapter_bytes,
+                   serve_base_bytes=capacity.base_bytes)
+
+
+def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
+           targets: tuple[Target, ...]) -> tuple[str, ...]:
+    notes = []
+    if train.upcasts_to_fp32:
+        notes.append("prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to "
+                     "fp32 (--no-kbit-prep to skip it)")
+    if train.quantized and model.num_experts:
+        notes.append("bitsandbytes quantizes only nn.Linear modules: transformers 5 keeps the "
+                     "fused expert weights of MoE layers in the compute dtype")
+    if train.method != "full" and lora.targets and "qv" in lora.targets and any(
+            t.linear.name in ("qkv_proj", "query_key_value", "c_attn") for t in targets):
+        notes.append("q and v are fused with k in this architecture: qv adapts the whole "
+                     "fused projection")
+    if train.optimizer.startswith("paged-"):
+        notes.append("paged optimizer state lives in CUDA unified memory: nvidia-smi shows it, "
+                     "torch.cuda.max_memory_allocated does not")
+    return tuple(notes)

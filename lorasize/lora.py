@@ -1,0 +1,166 @@
+"""LoRA adapters: which matrices they adapt, how many parameters they train, which tensors they save.
+
+For a target matrix W of shape (out, in), LoRA adds A (r, in) and B (out, r) and trains only
+those (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", eq. 3):
+
+    trainable = r * (in + out)                    per adapted matrix
+    DoRA adds a magnitude vector of ``out`` values (Liu et al. 2024, "DoRA", eq. 5).
+
+Stacked expert matrices (a 3-D parameter of E experts, transformers 5 MoE layers) are adapted by
+PEFT's ``ParamWrapper`` with A (r*E, in) and B (out, r*E): ``r * E * (in + out)``; PEFT gives the
+fused gate/up matrix rank 2r so it equals two separate adapters.
+
+Targets follow PEFT's rules: ``all`` is every linear layer in the blocks and not the output head
+(PEFT's ``all-linear``, which alone doubles the fused expert rank); a name selects each module
+whose path ends with it; ``lm_head`` is the output head in every family.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+from .errors import LorasizeError
+from .layout import Linear, block_linears, head_linear
+from .model import ModelSpec
+
+TARGET_ALIASES = ("all", "attn", "mlp", "qv")
+_FUSED_QKV = ("query_key_value", "qkv_proj", "c_attn")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """What the user asked for.
+
+    Attributes:
+        r: rank of each adapter.
+        alpha: scaling numerator (``lora_alpha``); does not change memory.
+        targets: aliases (``all``, ``attn``, ``mlp``, ``qv``) or module names.
+        dropout: ``lora_dropout``; above 0 it saves a dropout mask and a dropped copy of the input.
+        dora: weight-decomposed LoRA (magnitude vector per adapted matrix).
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("qv",)
+    dropout: float = 0.0
+    dora: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise LorasizeError(f"rank must be a positive integer, got {self.r!r}", source="--r")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LorasizeError(f"must be in [0, 1), got {self.dropout}", source="--lora-dropout")
+        if not self.targets:
+            raise LorasizeError("name at least one target", source="--targets")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One adapted matrix kind: the module, how many copies (layers), and its rank."""
+
+    linear: Linear
+    copies: int
+    rank: int
+
+    @property
+    def params_per_copy(self) -> int:
+        """Trainable parameters of one adapter on one copy of the module."""
+        return self.rank * max(self.linear.experts, 1) * (
+            self.linear.in_features + self.linear.out_features)
+
+    def tensors(self, dora: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """The adapter's tensors on one copy, as PEFT names and shapes them."""
+        rank = self.rank * max(self.linear.experts, 1)
+        shapes = [("lora_A", (rank, self.linear.in_features)),
+                  ("lora_B", (self.linear.out_features, rank))]
+        if dora:
+            shapes.append(("lora_magnitude_vector", (self.linear.out_features,)))
+        return tuple(shapes)
+
+
+def split_targets(text: str) -> tuple[str, ...]:
+    """Split ``--targets q_proj,v_proj`` into names."""
+    return tuple(t.strip() for t in str(text).split(",") if t.strip())
+
+
+def target_names(spec: ModelSpec) -> list[str]:
+    """Names a user may pass as targets for this architecture."""
+    names = [linear.name for linear in block_linears(spec)] + [head_linear(spec).name]
+    return list(dict.fromkeys(names))
+
+
+def _select(linears: Iterable[Linear], names: Iterable[str]) -> list[Linear]:
+    names = list(names)
+    return [linear for linear in linears if any(linear.matches(n) for n in names)]
+
+
+def _expand(spec: ModelSpec, target: str) -> list[Linear]:
+    blocks = block_linears(spec)
+    if target == "all":
+        return list(blocks)
+    if target in ("attn", "mlp"):
+        return [linear for linear in blocks if linear.group == target]
+    if target == "qv":
+        fused = _select(blocks, _FUSED_QKV)
+        return fused or _select(blocks, ("q_proj", "v_proj"))
+    if target in ("lm_head", "output"):
+        return [head_linear(spec)]
+    selected = _select(blocks + (head_linear(spec),), [target])
+    if not selected:
+        valid = target_names(spec)
+        close = difflib.get_close_matches(target, valid, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise LorasizeError(
+            f"'{target}' is not a module of {spec.name} ({spec.model_type}); valid names: "
+            f"{', '.join(valid)} or {', '.join(TARGET_ALIASES)}{hint}", source="--targets")
+    return selected
+
+
+def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
+    """The matrices the adapter covers, with their rank and number of copies.
+
+    Raises:
+        LorasizeError: a target name the architecture lacks, or ``r`` larger than a target's
+            smaller dimension (the update could not be low-rank).
+    """
+    chosen: dict[str, Linear] = {}
+    for name in lora.targets:
+        for linear in _expand(spec, name.strip()):
+            chosen[linear.path] = linear
+    # PEFT's all-linear gives fused expert gate/up matrices rank 2r; named targets keep r.
+    all_linear = "all" in lora.targets
+    head = head_linear(spec)
+    targets = []
+    for linear in chosen.values():
+        rank = lora.r * (linear.rank_multiplier if all_linear else 1)
+        is_router = spec.num_experts and linear.out_features == spec.num_experts
+        if lora.r > min(linear.in_features, linear.out_features) and not is_router:
+            raise LorasizeError(
+                f"r={lora.r} is larger than the smaller dimension of {linear.name} "
+                f"({linear.in_features} x {linear.out_features}); LoRA needs r below it",
+                source="--r")
+        copies = 1 if linear.path == head.path else spec.num_layers
+        targets.append(Target(linear, copies, rank))
+    return tuple(targets)
+
+
+def trainable_params(targets: Iterable[Target], dora: bool = False) -> int:
+    """Trainable parameters of the adapter across all copies."""
+    total = 0
+    for target in targets:
+        per_copy = target.params_per_copy
+        if dora:
+            per_copy += target.linear.out_features
+        total += per_copy * target.copies
+    return total
+
+
+def adapter_tensors(targets: Iterable[Target], dora: bool = False) -> list[tuple[int, ...]]:
+    """Shapes of every tensor in a saved adapter, one entry per tensor."""
+    shapes = []
+    for target in targets:
+        for _, shape in target.tensors(dora):
+            shapes.extend([shape] * target.copies)
+    return shapes

@@ -1,0 +1,82 @@
+"""Text rendering of estimates and catalogs for the terminal. JSON goes through ``to_dict``."""
+
+from __future__ import annotations
+
+from .estimate import Estimate
+from .units import format_bytes, format_count
+
+_LABELS = {
+    "weights": "frozen base weights",
+    "quant_constants": "quantization constants",
+    "adapter": "adapter weights",
+    "gradients": "gradients",
+    "optimizer": "optimizer states",
+    "activations": "activations",
+    "logits": "logits and loss",
+    "temporaries": "temporaries (workspace, dequant)",
+    "allocator": "allocator reserve",
+    "cuda_context": "CUDA context",
+    "paged_optimizer": "paged optimizer (unified memory)",
+}
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None,
+          align: str | None = None) -> str:
+    """A plain aligned table; ``align`` has one ``l``/``r`` per column."""
+    all_rows = ([header] if header else []) + rows
+    widths = [max(len(str(row[i])) for row in all_rows) for i in range(len(all_rows[0]))]
+    align = align or "l" * len(widths)
+    lines = []
+    for index, row in enumerate(all_rows):
+        cells = [str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                 for c, w, a in zip(row, widths, align)]
+        lines.append("  ".join(cells).rstrip())
+        if header and index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _title(e: Estimate) -> str:
+    train = e.train
+    if train.method == "full":
+        what = "full fine-tuning"
+    else:
+        names = ", ".join(dict.fromkeys(t.linear.name for t in e.targets))
+        quant = f" on a {train.quant_type}{' double-quant' if train.double_quant else ''} base" \
+            if train.quantized else ""
+        what = f"{'DoRA' if e.lora.dora else 'LoRA'} r={e.lora.r} on {names}{quant}"
+    ckpt = ", gradient checkpointing" if train.grad_checkpointing else ""
+    return (f"{e.model.name}: {what}\n{train.dtype}, {train.optimizer}, batch {train.batch_size} x "
+            f"{train.seq_len} tokens, {train.attn} attention{ckpt}")
+
+
+def render_estimate(e: Estimate) -> str:
+    """The human-readable report of ``lorasize estimate``."""
+    out = [_title(e), ""]
+    params = [
+        ("base parameters", format_count(e.base_params)),
+        ("trainable parameters", f"{format_count(e.trainable_params)}  {e.trainable_percent:.3f}%"),
+    ]
+    if e.adapter_file_bytes:
+        params.append(("adapter file (safetensors)", format_bytes(e.adapter_file_bytes)))
+    out += [table(params), ""]
+    rows = [(_LABELS[k], f"{v:,}", format_bytes(v, "GiB")) for k, v in e.breakdown.items() if v]
+    out.append(f"Training memory at the peak ({e.peak_moment}):")
+    out.append(table(rows, ("component", "bytes", "GiB"), "lrr"))
+    levels = [
+        ("allocated (torch.cuda.max_memory_allocated)", e.allocated_bytes),
+        ("reserved (torch.cuda.max_memory_reserved)", e.reserved_bytes),
+        ("device total (nvidia-smi)", e.peak_bytes),
+    ]
+    out.append(table([(k, f"{v:,}", format_bytes(v, "GiB")) for k, v in levels], None, "lrr"))
+    if e.gpu is not None:
+        verdict = "fits" if e.fits else "does NOT fit"
+        out += ["", f"GPU {e.gpu.name} ({format_bytes(e.gpu.memory_bytes, 'GiB')}): {verdict}, "
+                    f"headroom {format_bytes(e.headroom_bytes, 'GiB')}"]
+        if e.adapters_fit is not None:
+            serve = e.serve.dtype if e.serve else "fp32"
+            out.append(f"Serving: {e.adapters_fit:,} adapters of {format_bytes(e.adapter_serve_bytes)} "
+                       f"({serve}) fit beside the {format_bytes(e.serve_base_bytes, 'GiB')} base")
+    if e.notes:
+        out += [""] + [f"note: {n}" for n in e.notes]
+    return "\n".join(out)

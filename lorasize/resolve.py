@@ -1,0 +1,111 @@
+"""Turn what the user typed into specs: a model name, a config path, a hub id, an adapter folder.
+
+Hub ids go through ``transformers.AutoConfig`` when transformers is installed; everything else
+stays torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .catalog import find_model_entry, model_from_catalog
+from .errors import LorasizeError
+from .model import ModelSpec
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def resolve_model(text: str, flag: str = "--model") -> ModelSpec:
+    """A catalog name or alias, a ``config.json`` path or its directory, or a Hub id.
+
+    Raises:
+        LorasizeError: unknown name (with suggestions), unreadable file, or a Hub id that cannot
+            be fetched.
+    """
+    text = str(text).strip()
+    if not text:
+        raise LorasizeError("give a model name, a config.json path or a Hub id", source=flag)
+    if find_model_entry(text) is not None:
+        return model_from_catalog(text, flag)
+    path = Path(text).expanduser()
+    if path.exists():
+        return ModelSpec.from_file(path)
+    if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1:
+        return _from_hub(text, flag)
+    return model_from_catalog(text, flag)  # raises with suggestions
+
+
+def _from_hub(repo_id: str, flag: str) -> ModelSpec:
+    try:
+        import transformers  # noqa: F401  (heavy: only for Hub ids)
+    except ImportError:
+        raise LorasizeError(
+            f"'{repo_id}' is not in the catalog and reading Hub configs needs transformers: "
+            f"pip install \"lorasize[torch]\", or pass a config.json path", source=flag) from None
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(repo_id).to_dict()
+    except Exception as exc:  # network, auth, missing repo: all mean "cannot read it"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LorasizeError(
+            f"cannot fetch the config of '{repo_id}' from the Hugging Face Hub ({reason}); "
+            f"download its config.json and pass the path", source=flag) from None
+    return ModelSpec.from_hf_config(config, name=repo_id, source=f"hub:{repo_id}")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """What a PEFT ``adapter_config.json`` says about memory."""
+
+    path: str
+    r: int | None
+    alpha: float | None
+    targets: tuple[str, ...] | None
+    dropout: float | None
+    dora: bool
+    base_model: str | None
+
+
+def read_adapter_config(path: str | Path, flag: str = "--adapter") -> AdapterConfig:
+    """Read a PEFT adapter folder's ``adapter_config.json`` (or the file itself).
+
+    Raises:
+        LorasizeError: missing or malformed file, or a PEFT type other than LoRA.
+    """
+    path = Path(path).expanduser()
+    file = path / ADAPTER_CONFIG if path.is_dir() else path
+    if not file.is_file():
+        raise LorasizeError(f"no {ADAPTER_CONFIG} found", source=str(file))
+    try:
+        data: Any = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LorasizeError(f"not a readable JSON file ({exc})", source=str(file)) from None
+    if not isinstance(data, dict):
+        raise LorasizeError("expected a JSON object", source=str(file))
+    peft_type = str(data.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise LorasizeError(f"peft_type {peft_type} is not LoRA; lorasize sizes LoRA adapters",
+                            source=str(file))
+    targets = data.get("target_modules")
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            targets = ("all",)
+        else:
+            raise LorasizeError(f"target_modules is a regular expression ({targets!r}); pass "
+                                f"--targets with module names", source=str(file))
+    elif isinstance(targets, list):
+        targets = tuple(str(t) for t in targets)
+    elif targets is not None:
+        raise LorasizeError("target_modules must be a list or a string", source=str(file))
+    r = data.get("r")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, int)):
+        raise LorasizeError(f"r must be an integer, got {r!r}", source=str(file))
+    return AdapterConfig(
+        path=str(file), r=r, alpha=data.get("lora_alpha"), targets=targets,
+        dropout=data.get("lora_dropout"), dora=bool(data.get("use_dora", False)),
+        base_model=data.get("base_model_name_or_path"),
+    )

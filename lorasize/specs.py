@@ -1,0 +1,118 @@
+"""What the user asked to train and serve: :class:`TrainSpec` and :class:`ServeSpec`.
+
+Each validates itself on construction and names the flag at fault, so the CLI and the library
+give the same messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .activations import ATTN_IMPLEMENTATIONS
+from .errors import LorasizeError
+from .optimizers import OPTIMIZERS
+from .quant import QUANT_TYPES
+
+METHODS = ("lora", "qlora", "full")
+COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
+# PEFT's get_peft_model(autocast_adapter_dtype=True), the default, keeps bf16/fp16 adapter
+# weights in fp32 (peft/tuners/tuners_utils.py, _cast_adapter_dtype).
+TRAIN_ADAPTER_DTYPE = "fp32"
+
+
+def _positive(value: int, flag: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LorasizeError(f"must be a positive integer, got {value!r}", source=flag)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One training step's setup.
+
+    Attributes:
+        method: ``lora`` (16-bit base), ``qlora`` (quantized base) or ``full`` fine-tuning.
+        quant: ``nf4``, ``fp4``, ``int8`` or ``none``; ``None`` picks ``nf4`` for qlora, else none.
+        double_quant: bitsandbytes double quantization of the 4-bit constants.
+        dtype: compute and base-weight dtype.
+        optimizer: one of :data:`lorasize.optimizers.OPTIMIZERS`.
+        batch_size: sequences per micro-batch.
+        seq_len: tokens per sequence.
+        grad_checkpointing: recompute each layer in backward.
+        attn: ``sdpa`` (flash or memory-efficient kernels), ``flash`` (flash-attn 2: same memory)
+            or ``eager``.
+        kbit_prep: PEFT's ``prepare_model_for_kbit_training`` (upcasts every non-quantized
+            parameter to fp32); ``None`` means on for qlora, as PEFT's QLoRA recipes do.
+    """
+
+    method: str = "lora"
+    quant: str | None = None
+    double_quant: bool = False
+    dtype: str = "bf16"
+    optimizer: str = "adamw"
+    batch_size: int = 1
+    seq_len: int = 512
+    grad_checkpointing: bool = False
+    attn: str = "sdpa"
+    kbit_prep: bool | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.method, METHODS, "--method")
+        _choice(self.dtype, COMPUTE_DTYPES, "--dtype")
+        _choice(self.optimizer, OPTIMIZERS, "--optimizer")
+        _choice(self.attn, ATTN_IMPLEMENTATIONS, "--attn")
+        _positive(self.batch_size, "--batch-size")
+        _positive(self.seq_len, "--seq-len")
+        quant = self.quant_type
+        if quant != "none":
+            _choice(quant, QUANT_TYPES, "--quant")
+        if self.method == "qlora" and quant == "none":
+            raise LorasizeError("qlora needs a quantized base (nf4, fp4 or int8)", source="--quant")
+        if self.method == "full" and quant != "none":
+            raise LorasizeError("full fine-tuning cannot train quantized weights; use --quant none "
+                                "or --method qlora", source="--quant")
+
+    @property
+    def quant_type(self) -> str:
+        """The quantization in effect: the one given, else nf4 for qlora, else none."""
+        if self.quant is not None:
+            return self.quant
+        return "nf4" if self.method == "qlora" else "none"
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant_type != "none"
+
+    @property
+    def upcasts_to_fp32(self) -> bool:
+        """Whether ``prepare_model_for_kbit_training`` runs (non-quantized params to fp32)."""
+        if self.kbit_prep is None:
+            return self.quantized
+        return self.kbit_prep and self.quantized
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """Serving many adapters next to one base model.
+
+    Attributes:
+        dtype: dtype each resident adapter is held in (PEFT ``load_adapter`` keeps fp32).
+        kv_tokens: KV-cache budget in tokens (all sequences together).
+    """
+
+    dtype: str = "fp32"
+    kv_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        _choice(self.dtype, ADAPTER_DTYPES, "--serve-dtype")
+        if isinstance(self.kv_tokens, bool) or not isinstance(self.kv_tokens, int) or self.kv_tokens < 0:
+            raise LorasizeError(f"must be 0 or more, got {self.kv_tokens!r}", source="--serve-tokens")
+
+
+def _choice(value: str, allowed: tuple[str, ...], flag: str) -> None:
+    if value not in allowed:
+        raise LorasizeError(f"'{value}' is not one of {', '.join(allowed)}", source=flag)

@@ -1,0 +1,98 @@
+"""Bytes of the model's own tensors: frozen base weights, quantization constants, trainable
+weights, their gradients and optimizer state, each tensor rounded as the allocator rounds it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .allocator import block
+from .layout import block_linears, block_params, head_linear, top_params
+from .lora import Target
+from .model import ModelSpec
+from .optimizers import OptimizerBytes, state_bytes
+from .quant import quantized_bytes
+from .specs import TRAIN_ADAPTER_DTYPE, TrainSpec
+from .units import DTYPE_BYTES
+
+
+@dataclass(frozen=True)
+class StaticBytes:
+    """Memory that lives through the whole step."""
+
+    weights: int
+    quant_constants: int
+    adapter: int
+    gradients: int
+    optimizer: int
+    optimizer_paged: int
+    largest_quantized: int  # elements of the largest quantized matrix (dequantized in forward)
+    base_params: int
+    trainable_params: int
+
+
+def _frozen_dtype_bytes(train: TrainSpec) -> int:
+    """Bytes per element of the parameters that stay unquantized."""
+    return DTYPE_BYTES["fp32"] if train.upcasts_to_fp32 else int(DTYPE_BYTES[train.dtype])
+
+
+def _tensors(spec: ModelSpec):
+    """(shape, out_features, quantizable, count) for every base tensor; weight and bias apart."""
+    for linear in block_linears(spec):
+        experts = (linear.experts,) if linear.experts else ()
+        yield (*experts, linear.out_features, linear.in_features), linear.out_features, \
+            linear.quantizable, spec.num_layers
+        if linear.bias:
+            yield (*experts, linear.out_features), 0, False, spec.num_layers
+    for param in block_params(spec):
+        yield (param.numel,), 0, False, spec.num_layers
+    for param in top_params(spec):
+        yield (param.numel,), 0, False, 1
+    head = head_linear(spec)
+    if not spec.tie_embeddings:
+        yield (head.out_features, head.in_features), head.out_features, False, 1
+    if head.bias:
+        yield (head.out_features,), 0, False, 1
+
+
+def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
+                 dora: bool = False) -> StaticBytes:
+    """Weights, constants, trainable weights, gradients and optimizer state of one model."""
+    weights = constants = base_params = largest = 0
+    other = _frozen_dtype_bytes(train)
+    for shape, out_features, quantizable, count in _tensors(spec):
+        numel = _numel(shape)
+        base_params += numel * count
+        if train.quantized and quantizable:
+            q = quantized_bytes(numel, out_features, train.quant_type, train.double_quant)
+            weights += q.weight * count
+            constants += q.constants * count
+            largest = max(largest, numel)
+        else:
+            weights += block(numel * other) * count
+    if train.method == "full":
+        shapes = [(shape, count) for shape, _, _, count in _tensors(spec)]
+        param_bytes = int(DTYPE_BYTES[train.dtype])
+        trainable = base_params
+        adapter = 0
+        gradients = weights
+    else:
+        shapes = [(shape, target.copies) for target in targets for _, shape in target.tensors(dora)]
+        param_bytes = int(DTYPE_BYTES[TRAIN_ADAPTER_DTYPE])
+        trainable = sum(_numel(shape) * count for shape, count in shapes)
+        adapter = sum(block(_numel(shape) * param_bytes) * count for shape, count in shapes)
+        gradients = adapter
+    optimizer = OptimizerBytes()
+    for shape, count in shapes:
+        one = state_bytes(train.optimizer, shape, param_bytes)
+        optimizer += OptimizerBytes(one.device * count, one.paged * count)
+    return StaticBytes(weights=weights, quant_constants=constants, adapter=adapter,
+                       gradients=gradients, optimizer=optimizer.device,
+                       optimizer_paged=optimizer.paged, largest_quantized=largest,
+                       base_params=base_params, trainable_params=trainable)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for dim in shape:
+        total *= dim
+    return total
