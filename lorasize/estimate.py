@@ -125,14 +125,19 @@ class Estimate:
 
 
 def adapter_file_bytes(model: ModelSpec, targets: tuple[Target, ...], dtype: str = "fp32",
-                       dora: bool = False) -> int:
+                       dora: bool = False, head_dtype: str = "bf16") -> int:
     """Bytes of ``adapter_model.safetensors`` as PEFT's ``save_pretrained`` writes it.
 
     PEFT names each tensor ``base_model.model.<module path>.lora_A.weight`` (the adapter name is
-    dropped) and saves in the dtype the weights have (fp32 unless cast).
+    dropped) and saves in the dtype the weights have (fp32 unless cast). When ``lm_head`` is a
+    target, PEFT also saves the whole output embedding (``save_embedding_layers="auto"`` in
+    ``get_peft_model_state_dict``), in the base model's dtype ``head_dtype``.
     """
     st_dtype = DTYPE_TO_SAFETENSORS[dtype]
     tensors = []
+    if any(target.copies == 1 for target in targets):
+        tensors.append(("base_model.model.lm_head.base_layer.weight",
+                        DTYPE_TO_SAFETENSORS[head_dtype], (model.vocab_size, model.hidden_size)))
     for target in targets:
         layers = [None] if target.copies == 1 else range(target.copies)
         for layer in layers:
@@ -226,7 +231,8 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     breakdown["cuda_context"] = calibration.cuda_context_bytes
     breakdown["paged_optimizer"] = static.optimizer_paged
     peak = sum(breakdown.values())
-    file_size = adapter_file_bytes(model, targets, adapter_dtype, dora) if targets else 0
+    head_dtype = "fp32" if train.upcasts_to_fp32 else train.dtype
+    file_size = adapter_file_bytes(model, targets, adapter_dtype, dora, head_dtype) if targets else 0
     notes = _notes(model, lora, train, targets)
     result = Estimate(
         model=model, lora=lora, train=train, targets=targets, base_params=static.base_params,
@@ -263,6 +269,9 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
             t.linear.name in ("qkv_proj", "query_key_value", "c_attn") for t in targets):
         notes.append("q and v are fused with k in this architecture: qv adapts the whole "
                      "fused projection")
+    if any(t.copies == 1 for t in targets):
+        notes.append("with lm_head as a target PEFT also saves the whole output embedding in the "
+                     "adapter file")
     if train.optimizer.startswith("paged-"):
         notes.append("paged optimizer state lives in CUDA unified memory: nvidia-smi shows it, "
                      "torch.cuda.max_memory_allocated does not")

@@ -52,11 +52,14 @@ def inspect_adapter(path: str, model: str | None = None) -> dict:
     spec = resolve_model(base, "--model" if model else str(config_path))
     lora = LoraSpec(r=adapter.r, targets=adapter.targets, dora=adapter.dora)
     targets = resolve_targets(spec, lora)
-    save_dtype = _SAVE_DTYPES.get(dtypes.most_common(1)[0][0], "fp32") if tensors else "fp32"
+    lora_dtypes = Counter(t.dtype for t in tensors if ".lora_" in t.name)
+    save_dtype = _SAVE_DTYPES.get(lora_dtypes.most_common(1)[0][0], "fp32") if lora_dtypes else "fp32"
+    head = next((t for t in tensors if t.name.endswith("lm_head.base_layer.weight")), None)
+    head_dtype = _SAVE_DTYPES.get(head.dtype, "bf16") if head else "bf16"
     report["predicted"] = {
         "model": spec.name, "r": adapter.r, "targets": list(adapter.targets),
         "params": trainable_params(targets, adapter.dora),
-        "file_bytes": adapter_file_bytes(spec, targets, save_dtype, adapter.dora),
+        "file_bytes": adapter_file_bytes(spec, targets, save_dtype, adapter.dora, head_dtype),
         "dtype": save_dtype,
     }
     return report

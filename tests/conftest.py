@@ -1,0 +1,66 @@
+"""Shared fixtures: building real Hugging Face models on the meta device, running the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence transformers/peft/bitsandbytes chatter during a build."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def build_meta_model(config: dict, num_layers: int | None = None):
+    """The real transformers model for a config dict, on the meta device (no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(config)
+    model_type = config.pop("model_type")
+    if num_layers is not None:
+        key = "n_layer" if model_type == "gpt2" else "num_hidden_layers"
+        config[key] = num_layers
+    with quiet():
+        hf_config = AutoConfig.for_model(model_type, **config)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(hf_config)
+
+
+def peft_wrap(model, **lora_kwargs):
+    """Wrap with PEFT under the meta device (adapter weights never touch host memory)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    with quiet(), torch.device("meta"):
+        return get_peft_model(model, LoraConfig(**lora_kwargs))
+
+
+def run_cli(*args: str):
+    """Run ``lorasize`` in-process; returns (exit code, stdout, stderr)."""
+    from lorasize.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def cli():
+    return run_cli
