@@ -100,8 +100,9 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
     total = 0
     cast_inputs: set[tuple[str, int]] = set()
     for target in targets:
-        if target.copies != spec.num_layers:
-            continue  # the head is counted with the logits
+        if target.linear.group == "head":
+            continue  # the head's input is the final norm's output, counted with the top
+        share = target.copies / spec.num_layers  # a target on some layers only
         linear = target.linear
         rank = target.rank * max(linear.experts, 1)
         in_bytes = FP32 * linear.in_features
@@ -109,15 +110,16 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
         # the input already is fp32, in which case one tensor serves every branch.
         source = "norm" if linear.in_features == spec.hidden_size and not linear.path.endswith(
             ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h")) else linear.path
+        saved = FP32 * rank
         if dropout:
-            total += in_bytes + BOOL * linear.in_features
+            saved += in_bytes + BOOL * linear.in_features
         elif dt.norm_out == FP32 and source == "norm":
             if (source, linear.in_features) not in cast_inputs:
-                total += in_bytes
+                saved += in_bytes
                 cast_inputs.add((source, linear.in_features))
         else:
-            total += in_bytes
-        total += FP32 * rank
+            saved += in_bytes
+        total += round(saved * share)
     return total
 
 
@@ -164,9 +166,16 @@ def checkpoint_bytes_per_token(spec: ModelSpec, dt: Dtypes) -> int:
     return dt.residual * spec.hidden_size
 
 
-def top_bytes_per_token(spec: ModelSpec, dt: Dtypes, full: bool) -> int:
-    """Bytes per token saved outside the blocks: the final norm (the head is frozen)."""
-    return _norm_bytes(spec, dt, spec.hidden_size, full)
+def top_bytes_per_token(spec: ModelSpec, dt: Dtypes, full: bool,
+                        head: Target | None = None) -> int:
+    """Bytes per token saved outside the blocks: the final norm, and a LoRA on the head (its
+    fp32 input cast and rank-wide output)."""
+    total = _norm_bytes(spec, dt, spec.hidden_size, full)
+    if full:
+        total += dt.norm_out * spec.hidden_size  # the head's weight gradient needs its input
+    if head is not None:
+        total += FP32 * spec.hidden_size + FP32 * head.rank
+    return total
 
 
 def logits_peak_bytes_per_token(spec: ModelSpec) -> int:

@@ -135,11 +135,11 @@ def adapter_file_bytes(model: ModelSpec, targets: tuple[Target, ...], dtype: str
     """
     st_dtype = DTYPE_TO_SAFETENSORS[dtype]
     tensors = []
-    if any(target.copies == 1 for target in targets):
+    if any(target.linear.group == "head" for target in targets):
         tensors.append(("base_model.model.lm_head.base_layer.weight",
                         DTYPE_TO_SAFETENSORS[head_dtype], (model.vocab_size, model.hidden_size)))
     for target in targets:
-        layers = [None] if target.copies == 1 else range(target.copies)
+        layers = [None] if target.linear.group == "head" else range(target.copies)
         for layer in layers:
             path = module_path(model, target.linear, layer)
             for name, shape in target.tensors(dora):
@@ -159,7 +159,8 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     layer = act.layer_bytes_per_token(model, targets, dt, seq_len=train.seq_len, attn=train.attn,
                                       full=full, dropout=lora.dropout > 0 and not full).total
     mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
-    top = act.top_bytes_per_token(model, dt, full) * tokens
+    head = next((t for t in targets if t.linear.group == "head"), None)
+    top = act.top_bytes_per_token(model, dt, full, head) * tokens
     logits = act.logits_peak_bytes_per_token(model) * tokens
     transient = act.layer_backward_transient_per_token(model, dt) * tokens
     dequant = d * static.largest_quantized
@@ -269,7 +270,7 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
             t.linear.name in ("qkv_proj", "query_key_value", "c_attn") for t in targets):
         notes.append("q and v are fused with k in this architecture: qv adapts the whole "
                      "fused projection")
-    if any(t.copies == 1 for t in targets):
+    if any(t.linear.group == "head" for t in targets):
         notes.append("with lm_head as a target PEFT also saves the whole output embedding in the "
                      "adapter file")
     if train.optimizer.startswith("paged-"):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import LorasizeError
-from .layout import Linear, block_linears, head_linear
+from .layout import Linear, block_linears, head_linear, module_path
 from .model import ModelSpec
 
 TARGET_ALIASES = ("all", "attn", "mlp", "qv")
@@ -96,18 +96,36 @@ def _select(linears: Iterable[Linear], names: Iterable[str]) -> list[Linear]:
     return [linear for linear in linears if any(linear.matches(n) for n in names)]
 
 
-def _expand(spec: ModelSpec, target: str) -> list[Linear]:
+def _layers_matching(spec: ModelSpec, linear: Linear, name: str) -> int:
+    """How many layers' copies of ``linear`` a full or partial module path selects."""
+    if linear.matches(name):
+        return spec.num_layers
+    return sum(1 for layer in range(spec.num_layers)
+               if _full_path_matches(module_path(spec, linear, layer), name))
+
+
+def _full_path_matches(path: str, name: str) -> bool:
+    return path == name or path.endswith("." + name)
+
+
+def _expand(spec: ModelSpec, target: str) -> dict[str, tuple[Linear, int]]:
+    """Module path -> (linear, copies) selected by one target name or alias."""
     blocks = block_linears(spec)
+    everywhere = lambda linears: {m.path: (m, spec.num_layers) for m in linears}  # noqa: E731
     if target == "all":
-        return list(blocks)
+        return everywhere(blocks)
     if target in ("attn", "mlp"):
-        return [linear for linear in blocks if linear.group == target]
+        return everywhere(m for m in blocks if m.group == target)
     if target == "qv":
-        fused = _select(blocks, _FUSED_QKV)
-        return fused or _select(blocks, ("q_proj", "v_proj"))
-    if target in ("lm_head", "output"):
-        return [head_linear(spec)]
-    selected = _select(blocks + (head_linear(spec),), [target])
+        return everywhere(_select(blocks, _FUSED_QKV) or _select(blocks, ("q_proj", "v_proj")))
+    head = head_linear(spec)
+    if target in ("lm_head", "output") or _full_path_matches(head.path, target):
+        return {head.path: (head, 1)}
+    selected = {}
+    for linear in blocks:
+        copies = _layers_matching(spec, linear, target)
+        if copies:
+            selected[linear.path] = (linear, copies)
     if not selected:
         valid = target_names(spec)
         close = difflib.get_close_matches(target, valid, n=1)
@@ -125,15 +143,17 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
         LorasizeError: a target name the architecture lacks, or ``r`` larger than a target's
             smaller dimension (the update could not be low-rank).
     """
-    chosen: dict[str, Linear] = {}
+    chosen: dict[str, tuple[Linear, int]] = {}
     for name in lora.targets:
-        for linear in _expand(spec, name.strip()):
-            chosen[linear.path] = linear
+        for path, (linear, copies) in _expand(spec, name.strip()).items():
+            # Several full paths (one per layer) add up; an alias covers every layer.
+            previous = chosen.get(path, (linear, 0))[1]
+            chosen[path] = (linear, min(previous + copies, spec.num_layers)
+                            if linear.path != head_linear(spec).path else 1)
     # PEFT's all-linear gives fused expert gate/up matrices rank 2r; named targets keep r.
     all_linear = "all" in lora.targets
-    head = head_linear(spec)
     targets = []
-    for linear in chosen.values():
+    for linear, copies in chosen.values():
         rank = lora.r * (linear.rank_multiplier if all_linear else 1)
         is_router = spec.num_experts and linear.out_features == spec.num_experts
         if lora.r > min(linear.in_features, linear.out_features) and not is_router:
@@ -141,7 +161,6 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
                 f"r={lora.r} is larger than the smaller dimension of {linear.name} "
                 f"({linear.in_features} x {linear.out_features}); LoRA needs r below it",
                 source="--r")
-        copies = 1 if linear.path == head.path else spec.num_layers
         targets.append(Target(linear, copies, rank))
     return tuple(targets)
 
