@@ -15,7 +15,7 @@
 - ``sgd``: ``torch.optim.SGD`` with its default ``momentum=0`` keeps no state.
 - ``adafactor``: ``transformers.optimization.Adafactor`` defaults (``beta1=None``): a matrix keeps
   a row and a column second-moment vector, a vector keeps one the size of itself (Shazeer & Stern
-  2018), in the gradient's dtype.
+  2018), in the gradient's dtype, plus a 0-d ``RMS`` tensor.
 """
 
 from __future__ import annotations
@@ -57,10 +57,11 @@ def state_bytes(optimizer: str, shape: tuple[int, ...], param_bytes: int) -> Opt
     if optimizer == "adamw":
         return OptimizerBytes(device=2 * block(numel * param_bytes))
     if optimizer == "adafactor":
+        rms = block(FP32_BYTES)  # state["RMS"], a 0-d tensor
         if len(shape) >= 2:
             rows, cols = math.prod(shape[:-1]), math.prod(shape[:-2] + shape[-1:])
-            return OptimizerBytes(device=block(rows * param_bytes) + block(cols * param_bytes))
-        return OptimizerBytes(device=block(numel * param_bytes))
+            return OptimizerBytes(device=block(rows * param_bytes) + block(cols * param_bytes) + rms)
+        return OptimizerBytes(device=block(numel * param_bytes) + rms)
     paged = optimizer.startswith("paged-")
     eight_bit = optimizer.endswith("-8bit") and numel >= MIN_8BIT_SIZE
     if eight_bit:

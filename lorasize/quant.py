@@ -4,8 +4,8 @@
 ``functional.quantize_4bit`` (0.50): weights pack two per byte (uint8 storage); each block of
 64 weights has an absmax scale. Without double quantization the absmax is fp32: 4 B per 64
 weights (0.5 bit per weight). With double quantization (``compress_statistics``) the absmaxes
-are themselves quantized blockwise to uint8 in blocks of 256, with one fp32 absmax per block
-and the mean subtracted (``offset``): 1 B per 64 weights + 4 B per 64*256 weights
+are themselves quantized blockwise to uint8 in blocks of 256, with one fp32 absmax per block,
+a 256-value fp32 code table and the mean subtracted (``offset``): 1 B per 64 weights + 4 B per 64*256 weights
 (8/64 + 32/(64*256) = 0.127 bit per weight). Each layer also holds its 16-value 4-bit code
 table (fp32).
 
@@ -22,6 +22,7 @@ from .allocator import block
 BLOCKSIZE_4BIT = 64  # bnb.nn.Linear4bit default blocksize
 BLOCKSIZE_DOUBLE_QUANT = 256  # quantize_blockwise(absmax, blocksize=256) in quantize_4bit
 CODE_4BIT_VALUES = 16  # get_4bit_type(): 16 fp32 values per quantized layer
+CODE_DYNAMIC_VALUES = 256  # create_dynamic_map(): the 8-bit code of the double-quantized absmax
 FP32_BYTES = 4
 
 QUANT_TYPES = ("nf4", "fp4", "int8")
@@ -48,8 +49,10 @@ def quantized_bytes(numel: int, out_features: int, quant: str, double_quant: boo
     code = block(FP32_BYTES * CODE_4BIT_VALUES)
     if double_quant:
         blocks2 = math.ceil(blocks / BLOCKSIZE_DOUBLE_QUANT)
-        # uint8 absmax, fp32 second-level absmax, fp32 offset (a scalar), the 4-bit code table.
-        constants = block(blocks) + block(FP32_BYTES * blocks2) + block(FP32_BYTES) + code
+        # uint8 absmax, fp32 second-level absmax and its 8-bit code table, fp32 offset (a
+        # scalar), the 4-bit code table; each layer holds its own copies.
+        constants = (block(blocks) + block(FP32_BYTES * blocks2) + block(FP32_BYTES * CODE_DYNAMIC_VALUES)
+                     + block(FP32_BYTES) + code)
     else:
         constants = block(FP32_BYTES * blocks) + code
     return QuantizedBytes(block(math.ceil(numel / 2)), constants)

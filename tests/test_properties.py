@@ -1,0 +1,79 @@
+"""Property-based tests: random flags never crash the CLI; memory never shrinks as work grows."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import run_cli
+from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
+from lorasize.catalog import gpu_entries, model_entries
+
+MODEL_NAMES = [e["name"] for e in model_entries()]
+GPU_NAMES = [g["name"] for g in gpu_entries()]
+junk = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+               max_size=12)
+number = st.one_of(st.integers(-5, 100_000).map(str), junk)
+
+FLAG_VALUES = {
+    "--model": st.one_of(st.sampled_from(MODEL_NAMES), junk),
+    "--r": number, "--alpha": number, "--batch-size": number, "--seq-len": number,
+    "--targets": st.one_of(st.sampled_from(["all", "attn", "mlp", "qv", "q_proj,v_proj",
+                                            "lm_head,all", "c_attn", "bogus"]), junk),
+    "--method": st.sampled_from(["lora", "qlora", "full", "dora", ""]),
+    "--quant": st.sampled_from(["nf4", "fp4", "int8", "none", "int4"]),
+    "--dtype": st.sampled_from(["bf16", "fp16", "fp32", "fp8"]),
+    "--optimizer": st.sampled_from(["adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit",
+                                    "sgd", "adafactor", "lion"]),
+    "--attn": st.sampled_from(["sdpa", "eager", "flash", "xformers"]),
+    "--lora-dropout": st.one_of(st.floats(-1, 2).map(str), junk),
+    "--gpu": st.one_of(st.sampled_from(GPU_NAMES), junk),
+    "--gpu-mem": st.one_of(st.sampled_from(["24GiB", "80GB", "0", "-1GiB", "1e3"]), junk),
+    "--serve-tokens": number,
+    "--serve-dtype": st.sampled_from(["fp32", "bf16", "int3"]),
+}
+SWITCHES = ["--grad-checkpointing", "--double-quant", "--dora", "--json", "--no-kbit-prep"]
+
+
+@st.composite
+def argv(draw):
+    args = ["estimate"]
+    for flag in draw(st.lists(st.sampled_from(sorted(FLAG_VALUES)), unique=True, max_size=9)):
+        args += [flag, draw(FLAG_VALUES[flag])]
+    args += draw(st.lists(st.sampled_from(SWITCHES), unique=True, max_size=3))
+    return args
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(argv())
+def test_no_traceback_ever(args):
+    code, out, err = run_cli(*args)
+    assert code in (0, 1, 2), (args, err)
+    assert "Traceback" not in out + err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1, (args, err)
+
+
+SMALL_MODELS = ["llama2-7b", "llama3-8b", "mistral-7b", "qwen2.5-7b", "gemma-7b", "phi3-mini",
+                "pythia-1b", "gpt2", "falcon-7b", "mixtral-8x7b", "gemma2-9b", "stablelm2-1.6b"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(model=st.sampled_from(SMALL_MODELS), r=st.integers(1, 128), bump=st.integers(1, 64),
+       batch=st.integers(1, 8), seq=st.integers(1, 4096),
+       targets=st.sampled_from([("qv",), ("all",), ("attn",), ("mlp",), ("all", "lm_head")]),
+       method=st.sampled_from(["lora", "qlora"]), ckpt=st.booleans(),
+       attn=st.sampled_from(["sdpa", "eager"]),
+       optimizer=st.sampled_from(["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor"]))
+def test_memory_never_decreases(model, r, bump, batch, seq, targets, method, ckpt, attn, optimizer):
+    spec = resolve_model(model)
+
+    def peak(r, batch, seq):
+        train = TrainSpec(method=method, batch_size=batch, seq_len=seq, grad_checkpointing=ckpt,
+                          attn=attn, optimizer=optimizer)
+        e = estimate(spec, LoraSpec(r=r, targets=targets), train)
+        return e.allocated_bytes, e.reserved_bytes, e.peak_bytes
+
+    base = peak(r, batch, seq)
+    for bigger in (peak(r + bump, batch, seq), peak(r, batch + 1, seq), peak(r, batch, seq + bump)):
+        assert all(b >= a for a, b in zip(base, bigger))
