@@ -24,11 +24,15 @@ Their GPT block gives ``sbh(34 + 5as/h)`` bytes per layer in 16-bit training. Wh
    built once per forward. With no padding mask transformers passes ``enable_gqa`` to SDPA, so
    k and v are saved at their grouped-query width; eager attention repeats them to full width.
 5. **Fused projections** (Phi-3 ``qkv_proj``, GPT-NeoX/Falcon ``query_key_value``, GPT-2
-   ``c_attn``): v is a view of the fused output, so saving v keeps the whole fused tensor alive.
+   ``c_attn``) cost the same as separate ones: RoPE and the KV cache make k and v contiguous
+   copies, so the fused output is not kept alive.
 6. **Gradient checkpointing** (transformers 5: ``torch.utils.checkpoint`` non-reentrant per
    decoder layer) keeps each layer's input, ``d_res * h`` per token, and recomputes one layer at
    a time in backward.
-7. **Logits and loss** (transformers ``ForCausalLMLoss``): logits are upcast to fp32,
+7. **Mixture-of-experts LoRA** (PEFT ``ParamWrapper``) materialises ``W + BA`` for every expert
+   of each adapted layer, and the expert matmuls save it: a per-layer cost the size of the expert
+   weights, whatever the batch.
+8. **Logits and loss** (transformers ``ForCausalLMLoss``): logits are upcast to fp32,
    ``log_softmax`` saves its fp32 output, and its backward holds that output, the incoming
    gradient and the outgoing gradient at once: ``3 * 4 * V`` bytes per token at the peak.
 
@@ -48,6 +52,10 @@ from .model import ModelSpec
 
 FP32 = 4
 BOOL = 1
+INDEX = 8  # int64 indices
+# Families whose RoPE concatenates rotated and pass-through halves (partial rotary): q leaves RoPE
+# contiguous in (batch, heads, seq, dim) order, so the attention output needs a copy for o_proj.
+_CAT_ROPE = ("phi3", "gpt_neox", "stablelm")
 LOSS_FP32_COPIES_AT_PEAK = 3  # log_softmax output, grad_output, grad_input (log_softmax_backward)
 # Per-token bytes saved by each activation function, in units of d * I (see module docstring):
 # silu / gelu / gelu_pytorch_tanh save their input; GPT-2 and Phi-2 "gelu_new" is written in
@@ -123,26 +131,45 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
     return total
 
 
+def _parallel_shared_input(spec: ModelSpec) -> bool:
+    """GPT-NeoX's parallel residual normalises the same input twice: it is saved once."""
+    return spec.family == "gpt_neox" and spec.hf_config.get("use_parallel_residual", True)
+
+
 def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, *,
                           seq_len: int, attn: str, full: bool, dropout: bool) -> LayerActivations:
     """Bytes per token one decoder layer keeps for backward (no checkpointing)."""
     d, h, q, kv, inter = dt.compute, spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
-    norms = _norm_count(spec) * _norm_bytes(spec, dt, h, full)
+    heads = spec.num_heads
+    gemma_norm = spec.family in ("gemma2",) or spec.model_type == "gemma"
+    norms = _norm_count(spec) * _norm_bytes(spec, dt, h, full and not gemma_norm)
+    if full and gemma_norm:
+        norms += _norm_count(spec) * FP32 * h  # (x * (1 + w)) saves the fp32 normalised x
+    if _parallel_shared_input(spec):
+        norms -= dt.residual * h
     if spec.qk_norm and spec.norm == "rms":
         norms += FP32 * (q + kv) + FP32 * (spec.num_heads + spec.num_kv_heads)
-    fused = spec.family in ("phi3", "gpt_neox", "falcon", "gpt2")
-    value = d * (q + 2 * kv) if fused else d * kv  # v keeps its whole fused tensor alive
+        if full:
+            norms += d * (q + kv)
+    # k and v reach the kernel as contiguous copies: RoPE makes new q and k, and the KV cache
+    # (use_cache defaults to True outside gradient checkpointing) concatenates v into its own
+    # tensor, so a fused projection's output is not kept alive by them.
     if attn == "eager":
         repeat = spec.num_heads != spec.num_kv_heads
-        key = d * q if repeat else d * kv
-        if repeat:
-            value = d * q + (d * (q + 2 * kv) if fused else 0)
-        probs = (FP32 + d) * spec.num_heads * seq_len
+        key = value = d * q if repeat else d * kv
+        if spec.family == "falcon":
+            probs = d * heads * seq_len  # FalconAttention's softmax runs in the compute dtype
+        else:
+            probs = (FP32 + d) * heads * seq_len
         if spec.family == "gemma2":
-            probs += d * spec.num_heads * seq_len  # tanh soft-capping saves its output
+            probs += d * heads * seq_len  # tanh soft-capping saves its output
         attention = d * q + key + value + probs
+        if full:
+            attention += d * q  # o_proj's weight gradient needs the attention output
     else:
-        attention = d * q + d * kv + value + d * q + FP32 * spec.num_heads
+        attention = d * q + d * kv + d * kv + d * q + FP32 * heads
+        if full and spec.family in _CAT_ROPE:
+            attention += d * q  # o_proj's input is a contiguous copy of the kernel's output
     if full:
         attention += d * h  # the norm output, saved once for the q/k/v weight gradients
     act = _ACT_SAVES.get(spec.family, 1)
@@ -153,12 +180,26 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         mlp = act * d * inter
     if spec.num_experts:
         k = spec.experts_per_token
-        # Each routed token runs k experts; the weighted sum saves each expert's output.
-        mlp = k * (mlp + d * h) + 2 * FP32 * spec.num_experts
-    if full:
+        # MixtralExperts: per routed token the expert's gate/up output, act(gate), the weighted
+        # output (saved by the multiply by the routing weight) and int64 token / slot indices;
+        # per token the router's fp32 softmax, top-k indices and values, and their sum.
+        mlp = k * (mlp + d * h + FP32 + 2 * INDEX) + FP32 * spec.num_experts + k * (INDEX + FP32) + FP32
+        if full:
+            mlp += k * (d * h + d * inter)  # each expert's gathered input and down_proj input
+    elif full:
         mlp += d * h + d * inter  # weight gradients need the MLP inputs too
     lora = 0 if full else _lora_bytes(spec, targets, dt, dropout)
     return LayerActivations(norms=norms, attention=attention, mlp=mlp, lora=lora)
+
+
+def layer_constant_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes) -> int:
+    """Bytes one layer saves whatever the token count.
+
+    PEFT adapts stacked expert weights with ``ParamWrapper``, a parametrization that builds
+    ``W + B @ A`` for every expert in the compute dtype on each forward; the expert matmuls then
+    save that weight for backward (peft/tuners/lora/layer.py, ``ParamWrapper._activate_lora``).
+    """
+    return sum(dt.compute * t.linear.weight_numel for t in targets if t.linear.experts)
 
 
 def checkpoint_bytes_per_token(spec: ModelSpec, dt: Dtypes) -> int:

@@ -159,6 +159,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     layer = act.layer_bytes_per_token(model, targets, dt, seq_len=train.seq_len, attn=train.attn,
                                       full=full, dropout=lora.dropout > 0 and not full).total
     mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
+    constant = act.layer_constant_bytes(model, targets, dt)
     head = next((t for t in targets if t.linear.group == "head"), None)
     top = act.top_bytes_per_token(model, dt, full, head) * tokens
     logits = act.logits_peak_bytes_per_token(model) * tokens
@@ -169,11 +170,11 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
         moments = {
             "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
             "layer backward (recompute)": {
-                "activations": kept + layer * tokens + mask, "logits": 0,
+                "activations": kept + layer * tokens + constant + mask, "logits": 0,
                 "temporaries": transient + dequant},
         }
     else:
-        saved = layer * model.num_layers * tokens + top + mask
+        saved = (layer * tokens + constant) * model.num_layers + top + mask
         moments = {
             "loss backward": {"activations": saved, "logits": logits, "temporaries": 0},
             "layer backward": {"activations": saved, "logits": 0,
@@ -273,6 +274,9 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
     if any(t.linear.group == "head" for t in targets):
         notes.append("with lm_head as a target PEFT also saves the whole output embedding in the "
                      "adapter file")
+    if any(t.linear.experts for t in targets):
+        notes.append("PEFT adapts MoE experts by building W + BA for every expert on each forward "
+                     "and keeping it for backward: a copy of the expert weights per layer")
     if train.optimizer.startswith("paged-"):
         notes.append("paged optimizer state lives in CUDA unified memory: nvidia-smi shows it, "
                      "torch.cuda.max_memory_allocated does not")

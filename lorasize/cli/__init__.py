@@ -43,6 +43,11 @@ def _register() -> None:
 _register()
 
 
+def _one_line(message: str) -> str:
+    """The message with control characters escaped, so it stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; never lets a traceback reach the user."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -53,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "lorasize"
-        click.echo(f"{command}: error: {exc.format_message()}", err=True)
+        click.echo(_one_line(f"{command}: error: {exc.format_message()}"), err=True)
         return EXIT_USAGE
     except LorasizeError as exc:
-        click.echo(f"lorasize: error: {exc}", err=True)
+        click.echo(_one_line(f"lorasize: error: {exc}"), err=True)
         return EXIT_USAGE
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug of ours: say so in one line, traceback on request
         if os.environ.get("LORASIZE_DEBUG"):
             raise
-        click.echo(f"lorasize: internal error: {type(exc).__name__}: {exc} "
-                   f"(set LORASIZE_DEBUG=1 for the traceback, and please report it)", err=True)
+        click.echo(_one_line(f"lorasize: internal error: {type(exc).__name__}: {exc} "
+                             f"(set LORASIZE_DEBUG=1 for the traceback, and please report it)"),
+                   err=True)
         return EXIT_INTERNAL
     return result if isinstance(result, int) else EXIT_OK
