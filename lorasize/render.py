@@ -21,18 +21,24 @@ _LABELS = {
 
 
 def table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None,
-          align: str | None = None) -> str:
-    """A plain aligned table; ``align`` has one ``l``/``r`` per column."""
-    all_rows = ([header] if header else []) + rows
+          align: str | None = None, footer: list[tuple[str, ...]] | None = None) -> str:
+    """A plain aligned table; ``align`` has one ``l``/``r`` per column; ``footer`` rows follow
+    a rule (totals)."""
+    all_rows = ([header] if header else []) + rows + (footer or [])
     widths = [max(len(str(row[i])) for row in all_rows) for i in range(len(all_rows[0]))]
     align = align or "l" * len(widths)
+    rule = "  ".join("-" * w for w in widths)
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w)
+                         for c, w, a in zip(row, widths, align)).rstrip()
+
     lines = []
-    for index, row in enumerate(all_rows):
-        cells = [str(c).ljust(w) if a == "l" else str(c).rjust(w)
-                 for c, w, a in zip(row, widths, align)]
-        lines.append("  ".join(cells).rstrip())
-        if header and index == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    if header:
+        lines += [line(header), rule]
+    lines += [line(row) for row in rows]
+    if footer:
+        lines += [rule] + [line(row) for row in footer]
     return "\n".join(lines)
 
 
@@ -61,14 +67,14 @@ def render_estimate(e: Estimate) -> str:
         params.append(("adapter file (safetensors)", format_bytes(e.adapter_file_bytes)))
     out += [table(params), ""]
     rows = [(_LABELS[k], f"{v:,}", format_bytes(v, "GiB")) for k, v in e.breakdown.items() if v]
-    out.append(f"Training memory at the peak ({e.peak_moment}):")
-    out.append(table(rows, ("component", "bytes", "GiB"), "lrr"))
     levels = [
-        ("allocated (torch.cuda.max_memory_allocated)", e.allocated_bytes),
-        ("reserved (torch.cuda.max_memory_reserved)", e.reserved_bytes),
-        ("device total (nvidia-smi)", e.peak_bytes),
+        ("allocated  (max_memory_allocated)", e.allocated_bytes),
+        ("reserved   (max_memory_reserved)", e.reserved_bytes),
+        ("device     (nvidia-smi)", e.peak_bytes),
     ]
-    out.append(table([(k, f"{v:,}", format_bytes(v, "GiB")) for k, v in levels], None, "lrr"))
+    out.append(f"Training memory at the peak ({e.peak_moment}):")
+    out.append(table(rows, ("component", "bytes", "GiB"), "lrr",
+                     [(k, f"{v:,}", format_bytes(v, "GiB")) for k, v in levels]))
     if e.gpu is not None:
         verdict = "fits" if e.fits else "does NOT fit"
         out += ["", f"GPU {e.gpu.name} ({format_bytes(e.gpu.memory_bytes, 'GiB')}): {verdict}, "

@@ -17,7 +17,8 @@ from ..errors import LorasizeError
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                              "terminal_width": 100})
 @click.version_option(__version__, prog_name="lorasize")
 def cli() -> None:
     """Know what LoRA and QLoRA fine-tuning and adapter serving cost before you rent the GPU.

@@ -1,0 +1,24 @@
+"""The docs say what the code does: the CLI reference is generated from --help and current."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cli_reference_is_current():
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts" / "gen_cli_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (ROOT / "docs" / "cli.md").read_text() == module.render(), (
+        "docs/cli.md is stale: run python scripts/gen_cli_docs.py")
+
+
+def test_readme_quickstart_commands_exist():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_command = next(line for line in ci.splitlines() if "pytest" in line)
+    assert test_command.strip() in readme
+    assert "lorasize estimate --model llama2-7b" in readme
