@@ -131,6 +131,21 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
     return total
 
 
+def sdpa_backend(spec: ModelSpec, compute_bytes: int) -> str:
+    """The kernel ``scaled_dot_product_attention`` picks on a CUDA GPU (sm80+), torch 2.13.
+
+    Flash attention takes 16-bit inputs, head_dim <= 256 and grouped-query heads; the
+    memory-efficient kernel also takes fp32 but not grouped-query heads
+    (``check_batch_size_and_num_heads_dense<false>`` in ``sdp_utils.cpp``); anything else falls
+    to the math kernel, which materialises the seq x seq probabilities.
+    """
+    if compute_bytes == 2 and spec.head_dim <= 256:
+        return "flash"
+    if spec.num_heads == spec.num_kv_heads:
+        return "efficient"
+    return "math"
+
+
 def _parallel_shared_input(spec: ModelSpec) -> bool:
     """GPT-NeoX's parallel residual normalises the same input twice: it is saved once."""
     return spec.family == "gpt_neox" and spec.hf_config.get("use_parallel_residual", True)
@@ -166,6 +181,10 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         attention = d * q + key + value + probs
         if full:
             attention += d * q  # o_proj's weight gradient needs the attention output
+    elif sdpa_backend(spec, d) == "math":
+        # PyTorch's math kernel: the scaled q, the scaled and repeated k, the repeated v and the
+        # fp32 probabilities (aten _scaled_dot_product_attention_math).
+        attention = 3 * d * q + d * heads * seq_len
     else:
         attention = d * q + d * kv + d * kv + d * q + FP32 * heads
         if full and spec.family in _CAT_ROPE:

@@ -7,8 +7,9 @@ bytes is the largest of three moments:
 
 1. the loss's backward (``log_softmax_backward``): static tensors, every saved activation, and
    the fp32 log-softmax output with its two gradients;
-2. a layer's backward with gradient checkpointing: static tensors, every layer's saved input, one
-   recomputed layer, its backward transients and, in QLoRA, one dequantized weight;
+2. a layer's backward: static tensors, what is saved (with gradient checkpointing: every layer's
+   input and one recomputed layer), and the larger of its gradient transients and, in QLoRA, one
+   dequantized weight (they do not coexist: the weight is dequantized inside one matmul);
 3. the optimizer step: static tensors, every gradient, and the step's temporaries.
 
 Then ``reserved = allocated + allocator reserve`` (``max_memory_reserved``) and the device total
@@ -152,8 +153,10 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                         train: TrainSpec, static: StaticBytes) -> dict[str, dict[str, int]]:
     """The candidate peaks, each as activations / logits / temporaries bytes."""
     d = int(DTYPE_BYTES[train.dtype])
-    wide = act.FP32 if train.upcasts_to_fp32 else d
-    dt = act.Dtypes(compute=d, residual=wide, norm_out=wide, adapter=act.FP32)
+    # prepare_model_for_kbit_training makes embeddings, norms and head fp32: the residual stream
+    # is fp32, and bitsandbytes returns its matmuls in the input's dtype, so every activation is.
+    dt = act.Dtypes(compute=act.FP32, residual=act.FP32, norm_out=act.FP32, adapter=act.FP32) \
+        if train.upcasts_to_fp32 else act.Dtypes(compute=d, residual=d, norm_out=d, adapter=act.FP32)
     full = train.method == "full"
     tokens = train.tokens
     layer = act.layer_bytes_per_token(model, targets, dt, seq_len=train.seq_len, attn=train.attn,
@@ -164,21 +167,26 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     top = act.top_bytes_per_token(model, dt, full, head) * tokens
     logits = act.logits_peak_bytes_per_token(model) * tokens
     transient = act.layer_backward_transient_per_token(model, dt) * tokens
-    dequant = d * static.largest_quantized
-    if train.grad_checkpointing:
+    # bitsandbytes dequantizes one weight in the compute dtype, then casts it to the input's.
+    dequant = (d + (dt.compute if dt.compute != d else 0)) * static.largest_quantized
+    if train.checkpointing:
         kept = act.checkpoint_bytes_per_token(model, dt) * model.num_layers * tokens + top
         moments = {
             "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
             "layer backward (recompute)": {
                 "activations": kept + layer * tokens + constant + mask, "logits": 0,
-                "temporaries": transient + dequant},
+                "temporaries": max(transient, dequant)},
         }
     else:
         saved = (layer * tokens + constant) * model.num_layers + top + mask
+        if not full and model.norm == "rms":
+            # The first layer's input does not require grad (frozen embeddings): its first norm
+            # saves nothing.
+            saved -= (act.FP32 * model.hidden_size + act.FP32) * tokens
         moments = {
             "loss backward": {"activations": saved, "logits": logits, "temporaries": 0},
             "layer backward": {"activations": saved, "logits": 0,
-                               "temporaries": transient + dequant},
+                               "temporaries": max(transient, dequant)},
         }
     grads_and_step = static.gradients + step_temporary_bytes(train.optimizer, static.optimizer)
     moments["optimizer step"] = {"activations": 0, "logits": 0, "temporaries": grads_and_step}
@@ -274,6 +282,11 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
     if any(t.linear.group == "head" for t in targets):
         notes.append("with lm_head as a target PEFT also saves the whole output embedding in the "
                      "adapter file")
+    activation_bytes = 4 if train.upcasts_to_fp32 else int(DTYPE_BYTES[train.dtype])
+    if train.attn in ("sdpa", "flash") and act.sdpa_backend(model, activation_bytes) == "math":
+        notes.append("attention runs on PyTorch's math kernel (fp32 activations with grouped-query "
+                     "heads suit neither flash nor memory-efficient attention): it keeps the "
+                     "seq x seq probabilities of every layer")
     if any(t.linear.experts for t in targets):
         notes.append("PEFT adapts MoE experts by building W + BA for every expert on each forward "
                      "and keeping it for backward: a copy of the expert weights per layer")

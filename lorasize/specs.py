@@ -38,7 +38,9 @@ class TrainSpec:
         optimizer: one of :data:`lorasize.optimizers.OPTIMIZERS`.
         batch_size: sequences per micro-batch.
         seq_len: tokens per sequence.
-        grad_checkpointing: recompute each layer in backward.
+        grad_checkpointing: recompute each layer in backward; ``None`` means on exactly when
+            ``prepare_model_for_kbit_training`` runs (its ``use_gradient_checkpointing=True``
+            default turns it on).
         attn: ``sdpa`` (flash or memory-efficient kernels), ``flash`` (flash-attn 2: same memory)
             or ``eager``.
         kbit_prep: PEFT's ``prepare_model_for_kbit_training`` (upcasts every non-quantized
@@ -52,7 +54,7 @@ class TrainSpec:
     optimizer: str = "adamw"
     batch_size: int = 1
     seq_len: int = 512
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool | None = None
     attn: str = "sdpa"
     kbit_prep: bool | None = None
 
@@ -89,6 +91,13 @@ class TrainSpec:
         if self.kbit_prep is None:
             return self.quantized
         return self.kbit_prep and self.quantized
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether gradient checkpointing is on, after the kbit-prep default."""
+        if self.grad_checkpointing is None:
+            return self.upcasts_to_fp32
+        return self.grad_checkpointing
 
     @property
     def tokens(self) -> int:

@@ -64,8 +64,9 @@ def train_options(func):
                      help="Sequences per micro-batch."),
         click.option("--seq-len", "-s", type=int, default=512, show_default=True,
                      help="Tokens per sequence."),
-        click.option("--grad-checkpointing/--no-grad-checkpointing", default=False,
-                     show_default=True, help="Recompute each layer in backward."),
+        click.option("--grad-checkpointing/--no-grad-checkpointing", default=None,
+                     help="Recompute each layer in backward. [default: on with --kbit-prep, "
+                          "as PEFT's prepare_model_for_kbit_training turns it on; off otherwise]"),
         click.option("--attn", type=_CHOICE(ATTN_IMPLEMENTATIONS), default="sdpa",
                      show_default=True, help="Attention implementation."),
         click.option("--kbit-prep/--no-kbit-prep", default=None,
