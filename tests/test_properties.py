@@ -75,5 +75,8 @@ def test_memory_never_decreases(model, r, bump, batch, seq, targets, method, ckp
         return e.allocated_bytes, e.reserved_bytes, e.peak_bytes
 
     base = peak(r, batch, seq)
+    # A larger paged tensor (1e5 elements or more) leaves torch's allocator for unified memory,
+    # so with paged optimizers only the device total must grow.
+    levels = slice(2, 3) if optimizer.startswith("paged-") else slice(0, 3)
     for bigger in (peak(r + bump, batch, seq), peak(r, batch + 1, seq), peak(r, batch, seq + bump)):
-        assert all(b >= a for a, b in zip(base, bigger))
+        assert all(b >= a for a, b in zip(base[levels], bigger[levels]))
