@@ -57,6 +57,7 @@ INDEX = 8  # int64 indices
 # contiguous in (batch, heads, seq, dim) order, so the attention output needs a copy for o_proj.
 _CAT_ROPE = ("phi3", "gpt_neox", "stablelm")
 LOSS_FP32_COPIES_AT_PEAK = 3  # log_softmax output, grad_output, grad_input (log_softmax_backward)
+TORCHTUNE_OUTPUT_CHUNKS = 8  # torchtune.modules.loss.CEWithChunkedOutputLoss num_output_chunks
 # Per-token bytes saved by each activation function, in units of d * I (see module docstring):
 # silu / gelu / gelu_pytorch_tanh save their input; GPT-2 and Phi-2 "gelu_new" is written in
 # Python (transformers activations.NewGELUActivation) and saves x, tanh(.), 0.5x and 1 + tanh(.).
@@ -103,30 +104,37 @@ def _norm_count(spec: ModelSpec) -> int:
     return sum(1 for p in block_params(spec) if not p.path.startswith("self_attn"))
 
 
-def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropout: bool) -> int:
-    """Bytes per token the LoRA branches of one layer save."""
+_NOT_NORM_FED = ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h")
+
+
+def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropout: bool,
+                attn_output_saved: bool) -> int:
+    """Bytes per token the LoRA branches of one layer save.
+
+    A branch casts its input to the adapter's dtype (a new tensor per branch) unless the input
+    already has it; then every branch reading that input shares it, and nothing is added when
+    the input is saved anyway (the attention output, which flash/efficient kernels keep).
+    """
     total = 0
-    cast_inputs: set[tuple[str, int]] = set()
+    shared: set[str] = set()
     for target in targets:
         if target.linear.group == "head":
             continue  # the head's input is the final norm's output, counted with the top
         share = target.copies / spec.num_layers  # a target on some layers only
         linear = target.linear
-        rank = target.rank * max(linear.experts, 1)
-        in_bytes = FP32 * linear.in_features
-        # Inputs are shared between q/k/v (and gate/up); a cast to fp32 is made per target unless
-        # the input already is fp32, in which case one tensor serves every branch.
-        source = "norm" if linear.in_features == spec.hidden_size and not linear.path.endswith(
-            ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h")) else linear.path
-        saved = FP32 * rank
+        norm_fed = not linear.path.endswith(_NOT_NORM_FED)
+        source = f"{linear.group}-norm" if norm_fed else linear.path
+        in_dtype = dt.norm_out if norm_fed else dt.compute
+        saved = dt.adapter * target.rank * max(linear.experts, 1)
         if dropout:
-            saved += in_bytes + BOOL * linear.in_features
-        elif dt.norm_out == FP32 and source == "norm":
-            if (source, linear.in_features) not in cast_inputs:
-                saved += in_bytes
-                cast_inputs.add((source, linear.in_features))
-        else:
-            saved += in_bytes
+            saved += (dt.adapter + BOOL) * linear.in_features
+        elif in_dtype != dt.adapter:
+            saved += dt.adapter * linear.in_features
+        elif source not in shared:
+            shared.add(source)
+            is_attn_output = not norm_fed and linear.group == "attn"
+            if not (is_attn_output and attn_output_saved):
+                saved += in_dtype * linear.in_features
         total += round(saved * share)
     return total
 
@@ -207,7 +215,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
             mlp += k * (d * h + d * inter)  # each expert's gathered input and down_proj input
     elif full:
         mlp += d * h + d * inter  # weight gradients need the MLP inputs too
-    lora = 0 if full else _lora_bytes(spec, targets, dt, dropout)
+    lora = 0 if full else _lora_bytes(spec, targets, dt, dropout, attn_output_saved=attn != "eager")
     return LayerActivations(norms=norms, attention=attention, mlp=mlp, lora=lora)
 
 
@@ -238,8 +246,19 @@ def top_bytes_per_token(spec: ModelSpec, dt: Dtypes, full: bool,
     return total
 
 
-def logits_peak_bytes_per_token(spec: ModelSpec) -> int:
-    """Bytes per token live at the loss's backward peak (fp32 log-softmax and its gradients)."""
+def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute: int = 2) -> int:
+    """Bytes per token live at the loss's backward peak.
+
+    - hf-peft: the fp32 log-softmax output, its incoming and outgoing gradients (3 x 4V).
+    - torchtune (``CEWithChunkedOutputLoss``, 8 chunks): every chunk's fp32 log-softmax output is
+      saved (4V) and one chunk's two gradients are live at a time (2 x 4V / 8).
+    - litgpt (``chunked_cross_entropy``, 128-token chunks, no upcast): the log-softmax outputs in
+      the compute dtype (dV); one chunk's gradients are negligible per token.
+    """
+    if stack == "torchtune":
+        return FP32 * spec.vocab_size + 2 * FP32 * spec.vocab_size // TORCHTUNE_OUTPUT_CHUNKS
+    if stack == "litgpt":
+        return compute * spec.vocab_size
     return LOSS_FP32_COPIES_AT_PEAK * FP32 * spec.vocab_size
 
 

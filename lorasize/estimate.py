@@ -156,7 +156,8 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     # prepare_model_for_kbit_training makes embeddings, norms and head fp32: the residual stream
     # is fp32, and bitsandbytes returns its matmuls in the input's dtype, so every activation is.
     dt = act.Dtypes(compute=act.FP32, residual=act.FP32, norm_out=act.FP32, adapter=act.FP32) \
-        if train.upcasts_to_fp32 else act.Dtypes(compute=d, residual=d, norm_out=d, adapter=act.FP32)
+        if train.upcasts_to_fp32 else act.Dtypes(compute=d, residual=d, norm_out=d,
+                                                 adapter=int(DTYPE_BYTES[train.adapter_dtype]))
     full = train.method == "full"
     tokens = train.tokens
     layer = act.layer_bytes_per_token(model, targets, dt, seq_len=train.seq_len, attn=train.attn,
@@ -165,7 +166,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     constant = act.layer_constant_bytes(model, targets, dt)
     head = next((t for t in targets if t.linear.group == "head"), None)
     top = act.top_bytes_per_token(model, dt, full, head) * tokens
-    logits = act.logits_peak_bytes_per_token(model) * tokens
+    logits = act.logits_peak_bytes_per_token(model, train.stack, dt.compute) * tokens
     transient = act.layer_backward_transient_per_token(model, dt) * tokens
     # bitsandbytes dequantizes one weight in the compute dtype, then casts it to the input's.
     dequant = (d + (dt.compute if dt.compute != d else 0)) * static.largest_quantized

@@ -14,6 +14,14 @@ from .optimizers import OPTIMIZERS
 from .quant import QUANT_TYPES
 
 METHODS = ("lora", "qlora", "full")
+# Training stacks whose memory behaviour differs (DESIGN.md, "Frameworks differ"):
+# - hf-peft: Hugging Face transformers + PEFT + bitsandbytes (Trainer or a plain loop).
+# - torchtune: QLoRA quantizes only the linears that carry LoRA (LoRALinear(quantize_base=True));
+#   the model, adapters included, is built in the training dtype; the loss is
+#   CEWithChunkedOutputLoss over 8 chunks of the output.
+# - litgpt: lit-gpt finetune/lora.py: bf16-true precision (adapters in bf16) and the head and
+#   loss computed in chunks of 128 tokens in the compute dtype (chunked_cross_entropy).
+STACKS = ("hf-peft", "torchtune", "litgpt")
 COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 # PEFT's get_peft_model(autocast_adapter_dtype=True), the default, keeps bf16/fp16 adapter
@@ -44,7 +52,9 @@ class TrainSpec:
         attn: ``sdpa`` (flash or memory-efficient kernels), ``flash`` (flash-attn 2: same memory)
             or ``eager``.
         kbit_prep: PEFT's ``prepare_model_for_kbit_training`` (upcasts every non-quantized
-            parameter to fp32); ``None`` means on for qlora, as PEFT's QLoRA recipes do.
+            parameter to fp32); ``None`` means on for qlora with the hf-peft stack, as PEFT's
+            QLoRA recipes do.
+        stack: the training framework, one of :data:`STACKS`.
     """
 
     method: str = "lora"
@@ -57,8 +67,10 @@ class TrainSpec:
     grad_checkpointing: bool | None = None
     attn: str = "sdpa"
     kbit_prep: bool | None = None
+    stack: str = "hf-peft"
 
     def __post_init__(self) -> None:
+        _choice(self.stack, STACKS, "--stack")
         _choice(self.method, METHODS, "--method")
         _choice(self.dtype, COMPUTE_DTYPES, "--dtype")
         _choice(self.optimizer, OPTIMIZERS, "--optimizer")
@@ -89,8 +101,13 @@ class TrainSpec:
     def upcasts_to_fp32(self) -> bool:
         """Whether ``prepare_model_for_kbit_training`` runs (non-quantized params to fp32)."""
         if self.kbit_prep is None:
-            return self.quantized
+            return self.quantized and self.stack == "hf-peft"
         return self.kbit_prep and self.quantized
+
+    @property
+    def adapter_dtype(self) -> str:
+        """Dtype of the trainable adapter weights during training."""
+        return TRAIN_ADAPTER_DTYPE if self.stack == "hf-peft" else self.dtype
 
     @property
     def checkpointing(self) -> bool:

@@ -11,7 +11,7 @@ from .lora import Target
 from .model import ModelSpec
 from .optimizers import OptimizerBytes, state_bytes
 from .quant import quantized_bytes
-from .specs import TRAIN_ADAPTER_DTYPE, TrainSpec
+from .specs import TrainSpec
 from .units import DTYPE_BYTES
 
 
@@ -35,12 +35,14 @@ def _frozen_dtype_bytes(train: TrainSpec) -> int:
     return DTYPE_BYTES["fp32"] if train.upcasts_to_fp32 else int(DTYPE_BYTES[train.dtype])
 
 
-def _tensors(spec: ModelSpec):
-    """(shape, out_features, quantizable, count) for every base tensor; weight and bias apart."""
+def _tensors(spec: ModelSpec, only: frozenset[str] | None = None):
+    """(shape, out_features, quantizable, count) for every base tensor; weight and bias apart.
+    ``only``: when given, the module paths that may be quantized (torchtune's rule)."""
     for linear in block_linears(spec):
         experts = (linear.experts,) if linear.experts else ()
+        quantizable = linear.quantizable and (only is None or linear.path in only)
         yield (*experts, linear.out_features, linear.in_features), linear.out_features, \
-            linear.quantizable, spec.num_layers
+            quantizable, spec.num_layers
         if linear.bias:
             yield (*experts, linear.out_features), 0, False, spec.num_layers
     for param in block_params(spec):
@@ -59,7 +61,8 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     """Weights, constants, trainable weights, gradients and optimizer state of one model."""
     weights = constants = base_params = largest = 0
     other = _frozen_dtype_bytes(train)
-    for shape, out_features, quantizable, count in _tensors(spec):
+    only = frozenset(t.linear.path for t in targets) if train.stack == "torchtune" else None
+    for shape, out_features, quantizable, count in _tensors(spec, only):
         numel = _numel(shape)
         base_params += numel * count
         if train.quantized and quantizable:
@@ -77,7 +80,7 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         gradients = weights
     else:
         shapes = [(shape, target.copies) for target in targets for _, shape in target.tensors(dora)]
-        param_bytes = int(DTYPE_BYTES[TRAIN_ADAPTER_DTYPE])
+        param_bytes = int(DTYPE_BYTES[train.adapter_dtype])
         trainable = sum(_numel(shape) * count for shape, count in shapes)
         adapter = sum(block(_numel(shape) * param_bytes) * count for shape, count in shapes)
         gradients = adapter

@@ -163,3 +163,23 @@ def test_checkpointing_keeps_layer_inputs():
     e = estimate(spec, train=TrainSpec(seq_len=1024, grad_checkpointing=True))
     kept = 32 * 1024 * 4096 * 2
     assert kept <= e.breakdown["activations"] < kept * 1.2
+
+
+def test_torchtune_quantizes_only_lora_layers():
+    """DESIGN.md: torchtune's QLoRA quantizes only the linears that carry LoRA."""
+    spec = resolve_model("llama2-7b")
+    qv = LoraSpec(r=8, targets=("qv",))
+    hf = estimate(spec, qv, TrainSpec(method="qlora", kbit_prep=False))
+    tt = estimate(spec, qv, TrainSpec(method="qlora", stack="torchtune"))
+    unquantized = 32 * (2 * 4096 * 4096 + 3 * 4096 * 11008)  # k, o, gate, up, down stay bf16
+    assert tt.breakdown["weights"] - hf.breakdown["weights"] == pytest.approx(unquantized * 1.5,
+                                                                              rel=0.001)
+    assert tt.breakdown["adapter"] == hf.breakdown["adapter"] // 2  # bf16 adapters
+
+
+def test_chunked_losses_shrink_the_logits_term():
+    spec = resolve_model("llama3-8b")
+    terms = {stack: estimate(spec, train=TrainSpec(stack=stack, batch_size=2, seq_len=1024))
+             .phase_peaks for stack in ("hf-peft", "torchtune", "litgpt")}
+    loss = {stack: peaks["loss backward"] for stack, peaks in terms.items()}
+    assert loss["litgpt"] < loss["torchtune"] < loss["hf-peft"]

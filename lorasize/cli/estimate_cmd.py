@@ -47,7 +47,7 @@ def build_specs(ctx: click.Context, p: dict):
         double_quant=p["double_quant"], dtype=p["dtype"].lower(),
         optimizer=p["optimizer"].lower(), batch_size=p["batch_size"], seq_len=p["seq_len"],
         grad_checkpointing=p["grad_checkpointing"], attn=p["attn"].lower(),
-        kbit_prep=p["kbit_prep"],
+        kbit_prep=p["kbit_prep"], stack=p["stack"].lower(),
     )
     return model, lora, train
 

@@ -8,7 +8,7 @@ import click
 
 from ..activations import ATTN_IMPLEMENTATIONS
 from ..optimizers import OPTIMIZERS
-from ..specs import ADAPTER_DTYPES, COMPUTE_DTYPES, METHODS
+from ..specs import ADAPTER_DTYPES, COMPUTE_DTYPES, METHODS, STACKS
 
 _CHOICE = functools.partial(click.Choice, case_sensitive=False)
 
@@ -69,6 +69,10 @@ def train_options(func):
                           "as PEFT's prepare_model_for_kbit_training turns it on; off otherwise]"),
         click.option("--attn", type=_CHOICE(ATTN_IMPLEMENTATIONS), default="sdpa",
                      show_default=True, help="Attention implementation."),
+        click.option("--stack", type=_CHOICE(STACKS), default="hf-peft", show_default=True,
+                     help="Training framework: hf-peft (transformers + PEFT), torchtune "
+                          "(quantizes only LoRA layers, chunked loss) or litgpt (bf16-true, "
+                          "chunked loss)."),
         click.option("--kbit-prep/--no-kbit-prep", default=None,
                      help="PEFT prepare_model_for_kbit_training (fp32 upcast of non-quantized "
                           "parameters). [default: on for qlora]"),
