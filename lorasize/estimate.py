@@ -82,6 +82,7 @@ class Estimate:
     adapters_fit: int | None = None
     adapter_serve_bytes: int = 0
     serve_base_bytes: int = 0
+    serving: object | None = None  # lorasize.serve.ServingCapacity
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -264,7 +265,7 @@ def _with_serving(result: Estimate, capacity) -> Estimate:
     from dataclasses import replace
 
     return replace(result, adapters_fit=capacity.adapters, adapter_serve_bytes=capacity.adapter_bytes,
-                   serve_base_bytes=capacity.base_bytes)
+                   serve_base_bytes=capacity.base_bytes, serving=capacity)
 
 
 def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,

@@ -121,22 +121,44 @@ class TrainSpec:
         return self.batch_size * self.seq_len
 
 
+ENGINES = ("peft", "vllm", "sglang", "lorax")
+
+
 @dataclass(frozen=True)
 class ServeSpec:
     """Serving many adapters next to one base model.
 
     Attributes:
-        dtype: dtype each resident adapter is held in (PEFT ``load_adapter`` keeps fp32).
+        engine: ``peft``, ``vllm``, ``sglang`` or ``lorax`` (see :mod:`lorasize.serve`).
+        dtype: dtype each resident adapter is held in with PEFT (``load_adapter`` keeps fp32);
+            the other engines hold adapters in the model dtype.
         kv_tokens: KV-cache budget in tokens (all sequences together).
+        max_lora_rank: the rank vLLM/SGLang slots are preallocated at; ``None``: the adapter's
+            (rounded up to a rank vLLM accepts).
+        gpu_memory_utilization: share of the GPU vLLM/SGLang may use.
+        adapter_memory_fraction: share of the GPU LoRAX keeps for adapters.
     """
 
     dtype: str = "fp32"
     kv_tokens: int = 0
+    engine: str = "peft"
+    max_lora_rank: int | None = None
+    gpu_memory_utilization: float = 0.9
+    adapter_memory_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _choice(self.dtype, ADAPTER_DTYPES, "--serve-dtype")
+        _choice(self.engine, ENGINES, "--engine")
         if isinstance(self.kv_tokens, bool) or not isinstance(self.kv_tokens, int) or self.kv_tokens < 0:
             raise LorasizeError(f"must be 0 or more, got {self.kv_tokens!r}", source="--serve-tokens")
+        if self.max_lora_rank is not None:
+            _positive(self.max_lora_rank, "--max-lora-rank")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise LorasizeError(f"must be in (0, 1], got {self.gpu_memory_utilization}",
+                                source="--gpu-memory-utilization")
+        if not 0 < self.adapter_memory_fraction <= 1:
+            raise LorasizeError(f"must be in (0, 1], got {self.adapter_memory_fraction}",
+                                source="--adapter-memory-fraction")
 
 
 def _choice(value: str, allowed: tuple[str, ...], flag: str) -> None:

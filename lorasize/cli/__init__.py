@@ -36,8 +36,9 @@ def _register() -> None:
     from .catalog_cmds import gpus, models
     from .estimate_cmd import estimate
     from .inspect_cmd import inspect
+    from .serve_cmd import fit, serve
 
-    for command in (estimate, models, gpus, inspect):
+    for command in (estimate, models, gpus, inspect, serve, fit):
         cli.add_command(command)
 
 

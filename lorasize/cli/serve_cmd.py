@@ -1,0 +1,262 @@
+"""``lorasize serve`` and ``lorasize fit``: serving capacity, hot swapping, fleet cost, inverse solving."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+from ..catalog import gpu_from_catalog
+from ..errors import LorasizeError
+from ..estimate import estimate as run_estimate
+from ..fleet import DEFAULT_USD_PER_GPU_HOUR, gpus_for, models_per_gpu, option
+from ..hotswap import (DEFAULT_DISK_BYTES_PER_S, DEFAULT_H2D_BYTES_PER_S, DEFAULT_REQUESTS,
+                       DEFAULT_SEED, parse_traffic, simulate_lru, smallest_slots, swap_seconds)
+from ..render import render_estimate, table
+from ..resolve import resolve_model
+from ..solve import SOLVABLE, solve
+from ..specs import ENGINES, ServeSpec
+from ..units import format_bytes
+from ..weights import static_bytes
+from .estimate_cmd import build_gpu, build_specs
+from .options import lora_options, model_options, output_options, train_options
+
+
+def _require_gpu(p: dict):
+    gpu = build_gpu(p)
+    if gpu is None:
+        raise LorasizeError("which GPU? give --gpu NAME (see 'lorasize gpus') or --gpu-mem SIZE",
+                            source="--gpu")
+    return gpu
+
+
+def _gpu_options(func):
+    func = click.option("--gpu-mem", metavar="SIZE", help="GPU memory instead of a catalog card.")(func)
+    return click.option("--gpu", "-g", metavar="NAME", help="The GPU (lorasize gpus).")(func)
+
+
+def _serve_options(func):
+    options = [
+        click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False), default="peft",
+                     show_default=True, help="Serving engine whose memory rules apply."),
+        click.option("--max-seq-len", type=int, default=0, show_default=True,
+                     help="Longest sequence served (prompt + generated), for the KV cache."),
+        click.option("--concurrency", type=int, default=1, show_default=True,
+                     help="Sequences served at once, for the KV cache."),
+        click.option("--serve-dtype", type=click.Choice(("fp32", "bf16", "fp16")), default="fp32",
+                     show_default=True, help="Adapter dtype with --engine peft."),
+        click.option("--max-lora-rank", type=int, default=None,
+                     help="vLLM/SGLang slot rank. [default: the adapter's, rounded up for vLLM]"),
+        click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True,
+                     help="Share of the GPU vLLM/SGLang may use."),
+        click.option("--adapter-memory-fraction", type=float, default=0.1, show_default=True,
+                     help="Share of the GPU LoRAX keeps for adapters."),
+        click.option("--adapters", type=int, default=None,
+                     help="Adapters in the fleet (N), for hot swapping."),
+        click.option("--traffic", default=None, metavar="LAW",
+                     help="Popularity of the adapters: zipf:S, uniform, or a CSV of request counts."),
+        click.option("--rps", type=float, default=1.0, show_default=True, help="Requests per second."),
+        click.option("--slots", type=int, default=None,
+                     help="Resident adapters (K). [default: as many as fit]"),
+        click.option("--hit-rate", type=float, default=0.95, show_default=True,
+                     help="Target hit rate for the recommended slots."),
+        click.option("--requests", type=int, default=DEFAULT_REQUESTS, show_default=True,
+                     help="Simulated requests."),
+        click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True),
+        click.option("--disk-gbps", type=float, default=DEFAULT_DISK_BYTES_PER_S / 1e9,
+                     show_default=True, help="Disk read bandwidth, GB/s."),
+        click.option("--h2d-gbps", type=float, default=DEFAULT_H2D_BYTES_PER_S / 1e9,
+                     show_default=True, help="Host-to-device bandwidth, GB/s."),
+        click.option("--customers", type=int, default=None,
+                     help="Customers, for the fleet cost comparison."),
+        click.option("--tasks", type=int, default=1, show_default=True, help="Tasks per customer."),
+        click.option("--small-model", default="llama3.2-1b", show_default=True,
+                     help="The smaller base model of the fleet comparison."),
+        click.option("--usd-per-gpu-hour", type=float, default=DEFAULT_USD_PER_GPU_HOUR,
+                     show_default=True),
+    ]
+    for opt in reversed(options):
+        func = opt(func)
+    return func
+
+
+def _positive(value, flag: str) -> None:
+    if value is not None and value <= 0:
+        raise LorasizeError(f"must be above 0, got {value}", source=flag)
+
+
+def _hot_swap(p: dict, capacity) -> dict | None:
+    if p["adapters"] is None and p["traffic"] is None:
+        return None
+    _positive(p["adapters"], "--adapters")
+    _positive(p["rps"], "--rps")
+    _positive(p["requests"], "--requests")
+    _positive(p["disk_gbps"], "--disk-gbps")
+    _positive(p["h2d_gbps"], "--h2d-gbps")
+    popularity = parse_traffic(p["traffic"] or "uniform", p["adapters"])
+    fits = max(capacity.adapters, 0)
+    slots = p["slots"] if p["slots"] is not None else fits
+    if slots < 0:
+        raise LorasizeError(f"must be 0 or more, got {slots}", source="--slots")
+    result = simulate_lru(popularity, slots, p["requests"], p["seed"])
+    swap_s = swap_seconds(capacity.adapter_bytes, p["disk_gbps"] * 1e9, p["h2d_gbps"] * 1e9)
+    swaps_per_s = p["rps"] * (1 - result.hit_rate)
+    recommended = smallest_slots(popularity, p["hit_rate"], popularity.adapters, p["requests"],
+                                 p["seed"])
+    needed_slots = recommended.slots if recommended else popularity.adapters
+    needed_swaps = p["rps"] * (1 - (recommended.hit_rate if recommended else 1.0))
+    gpus = max(math.ceil(needed_slots / fits) if fits else 0, math.ceil(needed_swaps * swap_s), 1) \
+        if fits else None
+    return {
+        "adapters": popularity.adapters, "traffic": popularity.name, "slots": slots,
+        "hit_rate": round(result.hit_rate, 5), "swap_ins_per_s": round(swaps_per_s, 4),
+        "swap_seconds": round(swap_s, 4), "swap_busy_fraction": round(swaps_per_s * swap_s, 4),
+        "target_hit_rate": p["hit_rate"], "recommended_slots": needed_slots,
+        "gpus_needed": gpus, "requests_simulated": p["requests"], "seed": p["seed"],
+    }
+
+
+def _fleet(p: dict, model, lora, train, gpu, serve) -> list[dict] | None:
+    if p["customers"] is None:
+        return None
+    _positive(p["customers"], "--customers")
+    _positive(p["tasks"], "--tasks")
+    _positive(p["usd_per_gpu_hour"], "--usd-per-gpu-hour")
+    models = p["customers"] * p["tasks"]
+    price = p["usd_per_gpu_hour"]
+    full_bytes = static_bytes(model, (), train.__class__(dtype=train.dtype)).weights
+    small = resolve_model(p["small_model"], "--small-model")
+    small_bytes = static_bytes(small, (), train.__class__(dtype=train.dtype)).weights
+    lora_capacity = run_estimate(model, lora, train.__class__(dtype=train.dtype), gpu=gpu,
+                                 serve=serve)
+    qlora_capacity = run_estimate(model, lora, train.__class__(method="qlora", dtype=train.dtype),
+                                  gpu=gpu, serve=serve)
+    options = [
+        option(f"full fine-tuning of {model.name}", gpus_for(models, models_per_gpu(full_bytes, gpu)),
+               price, f"{format_bytes(full_bytes, 'GiB')} per model"),
+        option(f"full fine-tuning of {small.name}", gpus_for(models, models_per_gpu(small_bytes, gpu)),
+               price, f"{format_bytes(small_bytes, 'GiB')} per model"),
+        option("LoRA, every adapter resident", math.ceil(models / max(lora_capacity.adapters_fit, 1))
+               if lora_capacity.adapters_fit else models, price,
+               f"{lora_capacity.adapters_fit} adapters per GPU"),
+    ]
+    traffic = p["traffic"] or "zipf:1.1"
+    popularity = parse_traffic(traffic, models) if traffic.startswith(("zipf:", "uniform")) else \
+        parse_traffic(traffic, None)
+    slots_per_gpu = max(qlora_capacity.adapters_fit or 0, 1)
+    recommended = smallest_slots(popularity, p["hit_rate"], popularity.adapters, p["requests"], p["seed"])
+    needed = recommended.slots if recommended else popularity.adapters
+    options.append(option(f"QLoRA, hot swapping ({traffic}, hit rate {p['hit_rate']:g})",
+                          math.ceil(needed / slots_per_gpu), price,
+                          f"{needed} resident slots, {slots_per_gpu} per GPU"))
+    return [o.to_dict() for o in options]
+
+
+@click.command()
+@model_options
+@lora_options
+@train_options
+@_gpu_options
+@_serve_options
+@output_options
+@click.pass_context
+def serve(ctx: click.Context, as_json: bool, **p) -> int:
+    """How many adapters one GPU serves next to the base model, what hot swapping buys,
+    and what a fleet costs.
+
+    \b
+    Examples:
+      lorasize serve --model llama2-7b --r 64 --targets attn --gpu a100-40gb
+      lorasize serve --model llama3-8b --quant nf4 --r 16 --targets all --gpu l4 \\
+          --engine vllm --max-seq-len 4096 --concurrency 16
+      lorasize serve --model llama2-7b --r 64 --targets attn --gpu a100-40gb \\
+          --adapters 1000 --traffic zipf:1.1 --rps 50 --hit-rate 0.95
+      lorasize serve --model llama2-7b --r 16 --targets attn --gpu a100-40gb --customers 1000
+    """
+    p.setdefault("adapter_dtype", "fp32")
+    if p["quant"] and p["quant"].lower() != "none" and p["method"].lower() == "lora":
+        p["method"] = "qlora"
+    model, lora, train = build_specs(ctx, p)
+    gpu = _require_gpu(p)
+    for flag in ("max_seq_len", "concurrency"):
+        if p[flag] < 0:
+            raise LorasizeError(f"must be 0 or more, got {p[flag]}", source="--" + flag.replace("_", "-"))
+    spec = ServeSpec(dtype=p["serve_dtype"], kv_tokens=p["max_seq_len"] * p["concurrency"],
+                     engine=p["engine"].lower(), max_lora_rank=p["max_lora_rank"],
+                     gpu_memory_utilization=p["gpu_memory_utilization"],
+                     adapter_memory_fraction=p["adapter_memory_fraction"])
+    result = run_estimate(model, lora, train, gpu=gpu, serve=spec)
+    capacity = result.serving
+    data = dict(capacity.to_dict(), model=model.name, gpu=gpu.name,
+                gpu_memory_bytes=gpu.memory_bytes, r=lora.r,
+                targets=list(dict.fromkeys(t.linear.name for t in result.targets)))
+    swap = _hot_swap(p, capacity)
+    if swap:
+        data.update(swap)
+    fleet = _fleet(p, model, lora, train, gpu, spec)
+    if fleet:
+        data["fleet"] = fleet
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return 0
+    click.echo(_render_serve(data))
+    return 0
+
+
+def _render_serve(d: dict) -> str:
+    rows = [("GPU", f"{d['gpu']} ({format_bytes(d['gpu_memory_bytes'], 'GiB')})"),
+            ("engine", d["engine"]),
+            ("base weights", format_bytes(d["base_bytes"], "GiB")),
+            ("KV cache", format_bytes(d["kv_cache_bytes"], "GiB")),
+            ("one adapter (as held)", format_bytes(d["adapter_bytes"])),
+            ("adapters resident", f"{d['adapters_fit']:,}")]
+    out = [f"{d['model']}: r={d['r']} on {', '.join(d['targets'])}", table(rows)]
+    if d["engine_flags"]:
+        out.append("engine settings: " + " ".join(d["engine_flags"]))
+    if "hit_rate" in d:
+        out += ["", f"Hot swapping {d['adapters']:,} adapters ({d['traffic']}) through "
+                    f"{d['slots']:,} slots: hit rate {d['hit_rate']:.1%}, "
+                    f"{d['swap_ins_per_s']:.2f} swap-ins/s of {d['swap_seconds'] * 1000:.0f} ms "
+                    f"({d['swap_busy_fraction']:.0%} busy)",
+                f"For a {d['target_hit_rate']:.0%} hit rate: {d['recommended_slots']:,} slots, "
+                f"{d['gpus_needed']} GPU(s)"]
+    if "fleet" in d:
+        out += ["", table([(f["approach"], str(f["gpus"]), f"${f['usd_per_month']:,.0f}", f["detail"])
+                           for f in d["fleet"]], ("approach", "GPUs", "per month", "detail"), "lrrl")]
+    return "\n".join(out)
+
+
+@click.command()
+@model_options
+@lora_options
+@train_options
+@_gpu_options
+@click.option("--solve", "field", type=click.Choice(SOLVABLE), required=True,
+              help="The value to maximise.")
+@click.option("--headroom", type=float, default=0.0, show_default=True,
+              help="Share of GPU memory to keep free, e.g. 0.05.")
+@output_options
+@click.pass_context
+def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> int:
+    """Find the largest batch size, sequence length or rank that fits the GPU.
+
+    Exits 1 when even 1 does not fit.
+
+    \b
+    Example:
+      lorasize fit --model llama3-8b --method qlora --r 16 --targets all --gpu rtx-4090 --solve seq-len
+    """
+    p.setdefault("adapter_dtype", "fp32")
+    model, lora, train = build_specs(ctx, p)
+    gpu = _require_gpu(p)
+    value, result = solve(model, lora, train, gpu, field, headroom)
+    if as_json:
+        click.echo(json.dumps({"field": field, "solved": value, "headroom": headroom,
+                               "estimate": result.to_dict()}, indent=2))
+    else:
+        head = (f"largest {field} that fits {gpu.name} with {headroom:.0%} headroom: {value}"
+                if value else f"nothing fits {gpu.name}: even {field} = 1 needs "
+                              f"{format_bytes(result.peak_bytes, 'GiB')}")
+        click.echo(head + "\n\n" + render_estimate(result))
+    return 0 if value else 1

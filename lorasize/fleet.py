@@ -1,0 +1,55 @@
+"""Fleet cost: GPUs and dollars a month to serve every customer's fine-tuned model.
+
+Compares four ways to serve ``customers x tasks`` fine-tuned models (the comparison TrueFoundry
+made by hand for 1,000 customers, seed 004):
+
+1. full fine-tuning per model: every model is a full copy of the base, packed onto GPUs;
+2. the same with a smaller base model;
+3. LoRA with every adapter resident next to one 16-bit base per GPU;
+4. QLoRA with hot swapping: a 4-bit base and the resident slots a target hit rate needs.
+
+Cost = GPUs x price per GPU-hour x hours per month. The default price is the one implied by the
+seed's figures (350 A100-40GB for about $1M a month: about $4 per GPU-hour).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .allocator import DEFAULT_CUDA_CONTEXT_BYTES
+from .gpu import GpuSpec
+
+HOURS_PER_MONTH = 730  # 365 * 24 / 12
+DEFAULT_USD_PER_GPU_HOUR = 4.0
+
+
+@dataclass(frozen=True)
+class FleetOption:
+    """One way to serve the fleet."""
+
+    approach: str
+    gpus: int
+    usd_per_month: float
+    detail: str
+
+    def to_dict(self) -> dict:
+        return {"approach": self.approach, "gpus": self.gpus,
+                "usd_per_month": round(self.usd_per_month, 2), "detail": self.detail}
+
+
+def models_per_gpu(model_bytes: int, gpu: GpuSpec, context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES) -> float:
+    """Whole model copies one GPU holds; below 1 when a model needs several GPUs."""
+    usable = gpu.memory_bytes - context_bytes
+    return usable / model_bytes
+
+
+def gpus_for(models: int, per_gpu: float) -> int:
+    """GPUs needed to hold ``models`` copies at ``per_gpu`` copies per GPU."""
+    if per_gpu >= 1:
+        return math.ceil(models / math.floor(per_gpu))
+    return models * math.ceil(1 / per_gpu)
+
+
+def option(approach: str, gpus: int, usd_per_gpu_hour: float, detail: str) -> FleetOption:
+    return FleetOption(approach, gpus, gpus * usd_per_gpu_hour * HOURS_PER_MONTH, detail)

@@ -1,0 +1,107 @@
+"""Inverse questions: the largest batch, sequence length or rank that fits a GPU, and sweeps.
+
+The estimate grows with each of these (a property test holds it to that), so a binary search
+finds the largest value whose device total stays within the GPU's memory less the headroom.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import Any
+
+from .errors import LorasizeError, MissingExtraError
+from .estimate import Estimate, estimate
+from .gpu import GpuSpec
+from .layout import block_linears
+from .lora import LoraSpec
+from .model import ModelSpec
+from .specs import TrainSpec
+
+SOLVABLE = ("batch-size", "seq-len", "r")
+MAX_BATCH = 65_536
+MAX_SEQ_LEN = 1_048_576
+
+
+def _with(field: str, value: int, lora: LoraSpec, train: TrainSpec) -> tuple[LoraSpec, TrainSpec]:
+    if field == "r":
+        return replace(lora, r=value), train
+    if field == "batch-size":
+        return lora, replace(train, batch_size=value)
+    return lora, replace(train, seq_len=value)
+
+
+def _upper(field: str, model: ModelSpec) -> int:
+    if field == "r":
+        return min(min(m.in_features, m.out_features) for m in block_linears(model))
+    return MAX_BATCH if field == "batch-size" else MAX_SEQ_LEN
+
+
+def solve(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec, field: str,
+          headroom: float = 0.0) -> tuple[int | None, Estimate]:
+    """The largest value of ``field`` whose estimate fits ``gpu`` with ``headroom`` to spare.
+
+    Returns:
+        (value, estimate at that value); value is None when even 1 does not fit, and the
+        estimate is then the one at 1.
+
+    Raises:
+        LorasizeError: an unknown field or a headroom outside [0, 1).
+    """
+    if field not in SOLVABLE:
+        raise LorasizeError(f"'{field}' is not one of {', '.join(SOLVABLE)}", source="--solve")
+    if not 0 <= headroom < 1:
+        raise LorasizeError(f"must be in [0, 1), got {headroom}", source="--headroom")
+    limit = int(gpu.memory_bytes * (1 - headroom))
+
+    def at(value: int) -> Estimate:
+        spec_lora, spec_train = _with(field, value, lora, train)
+        return estimate(model, spec_lora, spec_train, gpu=gpu)
+
+    lowest = at(1)
+    if lowest.peak_bytes > limit:
+        return None, lowest
+    low, high = 1, _upper(field, model)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if at(middle).peak_bytes <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return low, at(low)
+
+
+def sweep(model: ModelSpec, gpu: GpuSpec | None = None, **grid: Any):
+    """Estimates over a grid, as a pandas DataFrame (one row per combination).
+
+    Keyword arguments name :class:`LoraSpec` or :class:`TrainSpec` fields and give a value or a
+    list of values, e.g. ``sweep(model, r=[8, 16, 64], seq_len=[512, 2048], targets=[("all",)])``.
+
+    Raises:
+        MissingExtraError: pandas is not installed.
+    """
+    try:
+        import pandas as pd
+    except ImportError:
+        raise MissingExtraError("lorasize.sweep", "report", "pandas") from None
+    lora_fields = set(LoraSpec.__dataclass_fields__)
+    train_fields = set(TrainSpec.__dataclass_fields__)
+    unknown = set(grid) - lora_fields - train_fields
+    if unknown:
+        raise LorasizeError(f"unknown sweep fields: {', '.join(sorted(unknown))}")
+    names = list(grid)
+    values = [v if isinstance(v, (list, tuple)) and not (name == "targets" and v and
+                                                        isinstance(v[0], str)) else [v]
+              for name, v in grid.items()]
+    rows = []
+    for combo in itertools.product(*values):
+        chosen = dict(zip(names, combo))
+        lora = LoraSpec(**{k: v for k, v in chosen.items() if k in lora_fields})
+        train = TrainSpec(**{k: v for k, v in chosen.items() if k in train_fields})
+        result = estimate(model, lora, train, gpu=gpu)
+        row = dict(chosen)
+        row.update({k: v for k, v in result.to_dict().items()
+                    if k not in ("train_breakdown", "phase_peaks", "notes", "targets")})
+        row.update({f"breakdown_{k}": v for k, v in result.breakdown.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
