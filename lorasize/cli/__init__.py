@@ -36,9 +36,10 @@ def _register() -> None:
     from .catalog_cmds import gpus, models
     from .estimate_cmd import estimate
     from .inspect_cmd import inspect
+    from .report_cmd import report
     from .serve_cmd import fit, serve
 
-    for command in (estimate, models, gpus, inspect, serve, fit):
+    for command in (estimate, models, gpus, inspect, serve, fit, report):
         cli.add_command(command)
 
 

@@ -1,0 +1,286 @@
+"""The capacity-planning report: one self-contained HTML file of plotly charts from a YAML plan.
+
+The plan (see ``examples/plan.yaml``) names a model, GPUs, a training grid and a serving setup;
+each chart is computed with the same library calls as the commands (``estimate``, ``solve``,
+``serve``, the hot-swap simulation), so the report never disagrees with them. plotly.js is
+embedded, so the file opens offline. A small script counts the charts that rendered and any
+JavaScript error into ``<body data-plots-rendered=... data-js-errors=...>``, which the tests read
+from a real headless Chromium.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .catalog import gpu_from_catalog
+from .errors import LorasizeError, MissingExtraError
+from .estimate import BREAKDOWN_KEYS, estimate
+from .gpu import GpuSpec
+from .hotswap import parse_traffic, simulate_lru
+from .lora import LoraSpec, split_targets
+from .model import ModelSpec
+from .resolve import resolve_model
+from .solve import solve
+from .specs import ServeSpec, TrainSpec
+from .units import BYTES_PER_GIB, format_bytes
+
+_TRAIN_KEYS = {"method", "quant", "double_quant", "dtype", "optimizer", "batch_size", "seq_len",
+               "grad_checkpointing", "attn", "kbit_prep", "stack"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A parsed report plan."""
+
+    title: str
+    model: ModelSpec
+    gpus: tuple[GpuSpec, ...]
+    train: TrainSpec
+    ranks: tuple[int, ...]
+    target_sets: tuple[tuple[str, ...], ...]
+    seq_lens: tuple[int, ...]
+    serve_lora: LoraSpec
+    serve: ServeSpec
+    adapters: int
+    traffic: str
+    slots: tuple[int, ...]
+    validation: tuple[dict, ...] = field(default_factory=tuple)
+
+
+def _require(mapping: dict, key: str, where: str) -> Any:
+    if key not in mapping:
+        raise LorasizeError(f"plan is missing '{where}{key}'")
+    return mapping[key]
+
+
+def _int_list(value: Any, where: str) -> tuple[int, ...]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise LorasizeError(f"'{where}' must be a positive integer or a list of them")
+    return tuple(values)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and check a YAML plan.
+
+    Raises:
+        LorasizeError: the file is missing, empty, not YAML, or a field is wrong (named).
+    """
+    try:
+        import yaml
+    except ImportError:
+        raise MissingExtraError("lorasize report", "report", "pyyaml") from None
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LorasizeError(f"cannot read ({exc.strerror})", source=str(path)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LorasizeError(f"not valid YAML{where}", source=str(path)) from None
+    if not data:
+        raise LorasizeError("the plan is empty", source=str(path))
+    if not isinstance(data, dict):
+        raise LorasizeError("the plan must be a mapping", source=str(path))
+    try:
+        return _parse_plan(data)
+    except LorasizeError as exc:
+        raise LorasizeError(str(exc), source=str(path)) from None
+
+
+def _parse_plan(data: dict) -> Plan:
+    model = resolve_model(str(_require(data, "model", "")), "model")
+    gpus = tuple(gpu_from_catalog(str(g), "gpus") for g in (_require(data, "gpus", "") or []))
+    if not gpus:
+        raise LorasizeError("'gpus' must list at least one GPU")
+    training = dict(data.get("training") or {})
+    ranks = _int_list(training.pop("ranks", [8, 16, 64]), "training.ranks")
+    target_sets = tuple(split_targets(t) for t in training.pop("targets", ["qv", "all"]))
+    seq_lens = _int_list(training.pop("seq_lens", [512, 1024, 2048, 4096]), "training.seq_lens")
+    unknown = set(training) - _TRAIN_KEYS
+    if unknown:
+        raise LorasizeError(f"unknown key 'training.{sorted(unknown)[0]}'")
+    train = TrainSpec(**training)
+    serving = dict(data.get("serving") or {})
+    serve_lora = LoraSpec(r=int(serving.get("r", 16)), targets=split_targets(serving.get("targets", "all")))
+    serve = ServeSpec(engine=str(serving.get("engine", "peft")),
+                      kv_tokens=int(serving.get("kv_tokens", 0)))
+    adapters = int(serving.get("adapters", 1000))
+    if adapters <= 0:
+        raise LorasizeError("'serving.adapters' must be above 0")
+    validation = tuple(data.get("validation") or ())
+    for row in validation:
+        if not isinstance(row, dict) or not {"name", "estimate_bytes", "measured_bytes"} <= set(row):
+            raise LorasizeError("each 'validation' row needs name, estimate_bytes, measured_bytes")
+    return Plan(
+        title=str(data.get("title", f"{model.name} capacity plan")), model=model, gpus=gpus,
+        train=train, ranks=ranks, target_sets=target_sets, seq_lens=seq_lens,
+        serve_lora=serve_lora, serve=serve, adapters=adapters,
+        traffic=str(serving.get("traffic", "zipf:1.1")),
+        slots=_int_list(serving.get("slots", [10, 50, 100, 200, 400]), "serving.slots"),
+        validation=validation,
+    )
+
+
+def _gib(n: int) -> float:
+    return n / BYTES_PER_GIB
+
+
+def _hover(e) -> str:
+    return "<br>".join(f"{k}: {format_bytes(v)}" for k, v in e.breakdown.items() if v)
+
+
+def build_figures(plan: Plan, progress: Callable[[int], None] = lambda n: None) -> list:
+    """The report's plotly figures, computed from the plan."""
+    import plotly.graph_objects as go
+
+    figures = []
+    labels, estimates = [], []
+    for targets in plan.target_sets:
+        for r in plan.ranks:
+            estimates.append(estimate(plan.model, LoraSpec(r=r, targets=targets), plan.train))
+            labels.append(f"r={r} {'+'.join(targets)}")
+            progress(1)
+    bars = go.Figure()
+    for key in BREAKDOWN_KEYS:
+        values = [_gib(e.breakdown[key]) for e in estimates]
+        if any(values):
+            bars.add_bar(name=key, x=labels, y=values, hovertext=[_hover(e) for e in estimates])
+    bars.update_layout(barmode="stack", title=f"Training memory by component ({plan.model.name})",
+                       xaxis_title="rank and targets", yaxis_title="device memory (GiB)")
+    figures.append(bars)
+
+    lora = LoraSpec(r=plan.ranks[0], targets=plan.target_sets[0])
+    seq_fig = go.Figure()
+    peaks = []
+    for seq in plan.seq_lens:
+        peaks.append(estimate(plan.model, lora, replace(plan.train, seq_len=seq)))
+        progress(1)
+    seq_fig.add_scatter(x=list(plan.seq_lens), y=[_gib(e.peak_bytes) for e in peaks],
+                        mode="lines+markers", name="device total",
+                        hovertext=[_hover(e) for e in peaks])
+    for gpu in plan.gpus:
+        seq_fig.add_hline(y=_gib(gpu.memory_bytes), line_dash="dash", annotation_text=gpu.name)
+    seq_fig.update_layout(title="Memory against sequence length", xaxis_title="sequence length (tokens)",
+                          yaxis_title="device memory (GiB)", xaxis_type="log")
+    figures.append(seq_fig)
+
+    largest = go.Figure()
+    batch, seq = [], []
+    for gpu in plan.gpus:
+        batch.append(solve(plan.model, lora, plan.train, gpu, "batch-size")[0] or 0)
+        seq.append(solve(plan.model, lora, plan.train, gpu, "seq-len")[0] or 0)
+        progress(1)
+    names = [g.name for g in plan.gpus]
+    largest.add_bar(name=f"largest batch at {plan.train.seq_len} tokens", x=names, y=batch)
+    largest.add_bar(name=f"largest sequence at batch {plan.train.batch_size} (tokens)", x=names, y=seq)
+    largest.update_layout(title="Largest batch and sequence per GPU", barmode="group",
+                          xaxis_title="GPU", yaxis_title="batch size / tokens", yaxis_type="log")
+    figures.append(largest)
+
+    fits = [estimate(plan.model, plan.serve_lora, plan.train, gpu, plan.serve) for gpu in plan.gpus]
+    progress(len(plan.gpus))
+    adapters = go.Figure(go.Bar(x=names, y=[e.adapters_fit for e in fits],
+                                hovertext=[f"{format_bytes(e.adapter_serve_bytes)} each" for e in fits]))
+    adapters.update_layout(title=f"Adapters resident per GPU ({plan.serve.engine}, r={plan.serve_lora.r})",
+                           xaxis_title="GPU", yaxis_title="adapters")
+    figures.append(adapters)
+
+    popularity = parse_traffic(plan.traffic, plan.adapters)
+    rates = []
+    for k in plan.slots:
+        rates.append(simulate_lru(popularity, k, requests=50_000).hit_rate)
+        progress(1)
+    hits = go.Figure(go.Scatter(x=list(plan.slots), y=rates, mode="lines+markers"))
+    hits.update_layout(title=f"Hit rate against resident slots ({plan.adapters} adapters, {plan.traffic})",
+                       xaxis_title="resident slots (adapters)", yaxis_title="hit rate",
+                       yaxis_range=[0, 1])
+    figures.append(hits)
+
+    if plan.validation:
+        scatter = go.Figure()
+        est = [_gib(int(r["estimate_bytes"])) for r in plan.validation]
+        meas = [_gib(int(r["measured_bytes"])) for r in plan.validation]
+        scatter.add_scatter(x=meas, y=est, mode="markers", text=[str(r["name"]) for r in plan.validation],
+                            name="estimate")
+        top = max(est + meas) * 1.05
+        scatter.add_scatter(x=[0, top], y=[0, top], mode="lines", name="identity",
+                            line={"dash": "dot"})
+        scatter.update_layout(title="Estimate against measurement", xaxis_title="measured (GiB)",
+                              yaxis_title="estimated (GiB)")
+        figures.append(scatter)
+    return figures
+
+
+# Counts JavaScript errors from the start, and the charts that rendered once the page has loaded.
+_ERRORS = ("<script>window.lorasizeErrors = 0; window.addEventListener('error', function () "
+           "{ window.lorasizeErrors += 1; });</script>")
+_WATCH = """<script>
+window.addEventListener('load', function () {
+  setTimeout(function () {
+    var plots = document.querySelectorAll('.plotly-graph-div');
+    var rendered = 0;
+    plots.forEach(function (p) { if (p.querySelector('.main-svg')) { rendered += 1; } });
+    document.body.dataset.plots = plots.length;
+    document.body.dataset.plotsRendered = rendered;
+    document.body.dataset.jsErrors = window.lorasizeErrors;
+  }, 200);
+});
+</script>"""
+
+
+def render_html(plan: Plan, figures: list) -> str:
+    """One self-contained page: plotly.js embedded once, then every chart."""
+    import plotly.io as pio
+
+    parts = [pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), default_width="100%")
+             for i, fig in enumerate(figures)]
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(plan.title)}</title>{_ERRORS}</head><body>"
+            f"<h1>{html.escape(plan.title)}</h1>"
+            f"<p>lorasize capacity plan for {html.escape(plan.model.name)} "
+            f"on {', '.join(html.escape(g.name) for g in plan.gpus)}.</p>"
+            + "".join(f"<section>{p}</section>" for p in parts) + _WATCH + "</body></html>")
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal modes
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def steps(plan: Plan) -> int:
+    """How many computations the report makes (for a progress bar)."""
+    return (len(plan.ranks) * len(plan.target_sets) + len(plan.seq_lens) + 2 * len(plan.gpus)
+            + len(plan.slots))
+
+
+def write_report(plan: Plan, out: str | Path, progress: Callable[[int], None] = lambda n: None) -> int:
+    """Build the report and write it atomically; returns the number of charts."""
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("lorasize report", "report", "plotly") from None
+    figures = build_figures(plan, progress)
+    out = Path(out)
+    if out.parent and not out.parent.exists():
+        raise LorasizeError("the folder does not exist", source=str(out.parent))
+    write_atomic(out, render_html(plan, figures))
+    return len(figures)
