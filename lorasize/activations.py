@@ -189,6 +189,12 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         attention = d * q + key + value + probs
         if full:
             attention += d * q  # o_proj's weight gradient needs the attention output
+    elif attn == "flash":
+        # flash-attn 2 (attn_implementation="flash_attention_2") casts fp32 q, k, v to the
+        # 16-bit dtype (transformers _flash_attention_forward) and saves them, the output and an
+        # fp32 log-sum-exp per head.
+        half = min(d, 2)
+        attention = half * (q + kv + kv + q) + FP32 * heads
     elif sdpa_backend(spec, d) == "math":
         # PyTorch's math kernel: the scaled q, the scaled and repeated k, the repeated v and the
         # fp32 probabilities (aten _scaled_dot_product_attention_math).

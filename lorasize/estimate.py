@@ -285,7 +285,7 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
         notes.append("with lm_head as a target PEFT also saves the whole output embedding in the "
                      "adapter file")
     activation_bytes = 4 if train.upcasts_to_fp32 else int(DTYPE_BYTES[train.dtype])
-    if train.attn in ("sdpa", "flash") and act.sdpa_backend(model, activation_bytes) == "math":
+    if train.attn == "sdpa" and act.sdpa_backend(model, activation_bytes) == "math":
         notes.append("attention runs on PyTorch's math kernel (fp32 activations with grouped-query "
                      "heads suit neither flash nor memory-efficient attention): it keeps the "
                      "seq x seq probabilities of every layer")

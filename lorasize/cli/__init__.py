@@ -38,8 +38,9 @@ def _register() -> None:
     from .inspect_cmd import inspect
     from .report_cmd import report
     from .serve_cmd import fit, serve
+    from .validate_cmd import validate
 
-    for command in (estimate, models, gpus, inspect, serve, fit, report):
+    for command in (estimate, models, gpus, inspect, serve, fit, report, validate):
         cli.add_command(command)
 
 

@@ -1,0 +1,48 @@
+"""``lorasize validate``: predictions against published measurements."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..render import table
+from ..validate import summary, validate as run_validate
+from .options import output_options
+
+
+@click.command()
+@click.option("--measurements", "-m", required=True, metavar="CSV",
+              help="A measurement CSV in the format of measurements/measured.csv.")
+@output_options
+def validate(measurements: str, as_json: bool) -> int:
+    """Compare lorasize's predictions with published measurements, row by row.
+
+    Prints predicted vs measured with the signed error, the median and 90th-percentile absolute
+    error per source, method and metric, and every row skipped with the reason.
+
+    \b
+    Example:
+      lorasize validate --measurements ../shared/measurements/measured.csv
+    """
+    rows = run_validate(measurements)
+    stats = summary(rows)
+    if as_json:
+        click.echo(json.dumps({"rows": [r.to_dict() for r in rows], "summary": stats}, indent=2))
+        return 0
+    compared = [r for r in rows if r.rel_error is not None]
+    click.echo(table([(r.id, r.method, r.metric, f"{r.predicted:,}", f"{r.measured:,}",
+                       f"{100 * r.rel_error:+.1f}%") for r in compared],
+                     ("id", "method", "metric", "predicted", "measured", "error"), "lllrrr"))
+    if "overall" in stats:
+        o = stats["overall"]
+        click.echo(f"\n{o['rows']} rows compared: median absolute error {100 * o['median_abs_error']:.1f}%, "
+                   f"90th percentile {100 * o['p90_abs_error']:.1f}%")
+        click.echo(table([(k, str(v["rows"]), f"{100 * v['median_abs_error']:.1f}%",
+                           f"{100 * v['p90_abs_error']:.1f}%") for k, v in stats["groups"].items()],
+                         ("source | method | metric", "rows", "median", "p90"), "lrrr"))
+    skipped = [r for r in rows if r.skipped]
+    if skipped:
+        click.echo(f"\n{len(skipped)} rows skipped:")
+        click.echo(table([(r.id, r.skipped) for r in skipped]))
+    return 0

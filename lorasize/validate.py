@@ -1,0 +1,255 @@
+"""``validate``: the estimator against published measurements, row by row.
+
+Reads any CSV in the format of ``shared/measurements/measured.csv`` (columns documented in its
+README), expresses each row it can as lorasize specs, predicts the row's metric
+(``peak_allocated`` -> ``max_memory_allocated``, ``peak_reserved`` -> ``max_memory_reserved``,
+``nvidia_smi`` -> the device total, ``trainable_params``, ``file_bytes``) and reports the signed
+relative error. Rows it cannot express are listed with the reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from .catalog import find_model_entry, gpu_from_catalog
+from .errors import LorasizeError
+from .estimate import Calibration, estimate
+from .lora import LoraSpec, resolve_targets, trainable_params
+from .model import ModelSpec
+from .specs import TrainSpec
+
+REQUIRED_COLUMNS = ("id", "source", "model", "task", "stack", "method", "base_precision",
+                    "double_quant", "r", "targets", "optimizer", "batch_size", "seq_len",
+                    "grad_checkpointing", "flash_attn", "gpu", "num_gpus", "metric", "value",
+                    "unit", "confidence")
+_UNITS = (("gib", 2**30), ("mib", 2**20), ("gb", 10**9), ("mb", 10**6), ("bytes", 1),
+          ("params", 1))
+# Published model names -> catalog names, where the catalog's aliases do not already match.
+_MODEL_NAMES = {
+    "llama-2-7b": "llama2-7b", "llama-2-13b": "llama2-13b", "llama-2-70b": "llama2-70b",
+    "llama-2-7b-chat-hf": "llama2-7b", "meta-llama-3-8b": "llama3-8b",
+    "meta-llama-3-8b-instruct": "llama3-8b", "llama-3.2-3b": "llama3.2-3b",
+    "llama-3.2-1b": "llama3.2-1b", "llama-3.1-8b": "llama3.1-8b",
+    "mistral-7b-v0.1": "mistral-7b", "mistral-7b-v0.2": "mistral-7b",
+    "mixtral-8x7b-instruct-v0.1": "mixtral-8x7b", "mixtral-8x7b-v0.1": "mixtral-8x7b",
+    "tinyllama-1.1b": "tinyllama-1.1b", "gemma-7b": "gemma-7b", "gemma-2b": "gemma-2b",
+    "falcon-7b": "falcon-7b",
+}
+_GPU_NAMES = (("a100-80", "a100-80gb"), ("a100", "a100-40gb"), ("a10g", "a10g"), ("l40s", "l40s"),
+              ("4090", "rtx-4090"), ("3090", "rtx-3090"), ("h100", "h100-80gb"), ("t4", "t4"),
+              ("l4", "l4"), ("v100", "v100-32gb"))
+
+
+class Skip(Exception):
+    """A row lorasize cannot express; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One compared row."""
+
+    id: str
+    source: str
+    method: str
+    metric: str
+    predicted: int | None
+    measured: int | None
+    skipped: str | None
+
+    @property
+    def rel_error(self) -> float | None:
+        if self.skipped or not self.measured:
+            return None
+        return (self.predicted - self.measured) / self.measured
+
+    def to_dict(self) -> dict:
+        error = self.rel_error
+        return {"id": self.id, "source": self.source, "method": self.method, "metric": self.metric,
+                "predicted_bytes": self.predicted, "measured_bytes": self.measured,
+                "rel_error": None if error is None else round(error, 5), "skipped": self.skipped}
+
+
+def _bytes(value: str, unit: str) -> int:
+    try:
+        number = float(value)
+    except ValueError:
+        raise Skip(f"value '{value}' is not a number") from None
+    unit = unit.strip().lower()
+    for name, scale in _UNITS:
+        if unit.startswith(name):
+            return int(round(number * scale))
+    raise Skip(f"unit '{unit}' is not one lorasize reads")
+
+
+def _model(name: str) -> ModelSpec:
+    from .catalog import model_from_catalog
+
+    key = name.strip().lower()
+    key = _MODEL_NAMES.get(key, key)
+    if find_model_entry(key) is None:
+        raise Skip(f"model '{name}' is not in the catalog")
+    return model_from_catalog(key)
+
+
+def _targets(text: str, model: ModelSpec) -> tuple[str, ...]:
+    text = text.lower()
+    head = ("lm_head",) if re.search(r"lm_head|\boutput\b|\bhead\b", text) and "not output" not in text else ()
+    if "all" in text:
+        return ("all",) + head
+    words = set(re.findall(r"[a-z_]+", text.split("(")[0])) | (
+        {"gate", "up", "down"} if "mlp" in text else set())
+    names = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj",
+             "up": "up_proj", "down": "down_proj"}
+    chosen = [names[w] for w in ("q", "k", "v", "o", "gate", "up", "down") if w in words]
+    if not chosen:
+        raise Skip(f"targets '{text}' are not ones lorasize reads")
+    if set(chosen) == {"q_proj", "v_proj"}:
+        return ("qv",) + head
+    if model.family in ("phi3", "gpt_neox", "falcon", "gpt2", "phi", "mixtral"):
+        groups = []
+        if set(chosen) & {"q_proj", "k_proj", "v_proj", "o_proj"}:
+            groups.append("attn")
+        if set(chosen) & {"gate_proj", "up_proj", "down_proj"}:
+            groups.append("mlp")
+        return tuple(groups) + head
+    return tuple(chosen) + head
+
+
+def _optimizer(text: str) -> str:
+    text = text.lower()
+    if "sgd" in text:
+        return "sgd"
+    paged = "paged" in text
+    eight = "8bit" in text or "8-bit" in text
+    if "adam" not in text:
+        raise Skip(f"optimizer '{text}' is not one lorasize models")
+    return ("paged-" if paged else "") + "adamw" + ("-8bit" if eight else "")
+
+
+def _flag(text: str, column: str) -> bool:
+    text = text.strip().lower()
+    if "offload" in text:
+        raise Skip("activation offloading is not modelled")
+    if text.startswith("yes") or text == "true":
+        return True
+    if text.startswith("no") or text in ("false", ""):
+        return False
+    raise Skip(f"{column} '{text}' is unclear")
+
+
+def _gpu(text: str):
+    text = text.lower().replace(" ", "")
+    for fragment, name in _GPU_NAMES:
+        if fragment in text:
+            return gpu_from_catalog(name)
+    return None
+
+
+def predict(row: dict, calibration: Calibration | None = None) -> int:
+    """The predicted value of one CSV row, in its metric's base unit (bytes or parameters).
+
+    Raises:
+        Skip: the row cannot be expressed.
+    """
+    metric = row["metric"].strip()
+    if metric in ("estimate", "unknown", ""):
+        raise Skip(f"metric '{metric or 'none'}' is not a measurement lorasize predicts")
+    if (row.get("num_gpus") or "1").strip() not in ("1", ""):
+        raise Skip("multi-GPU rows wait for sharding support")
+    model = _model(row["model"])
+    stack = row["stack"].strip()
+    if stack not in ("hf-peft", "torchtune", "litgpt"):
+        raise Skip(f"stack '{stack}' is not modelled")
+    method = row["method"].strip()
+    if method not in ("lora", "qlora", "full", "none"):
+        raise Skip(f"method '{method}' is not modelled")
+    r = int(row["r"]) if row["r"].strip().isdigit() else 8
+    lora = LoraSpec(r=r, targets=_targets(row["targets"], model) if method in ("lora", "qlora")
+                    else ("qv",))
+    if metric == "trainable_params":
+        if method == "none":
+            from .layout import total_params
+            return total_params(model)
+        return trainable_params(resolve_targets(model, lora))
+    if metric == "file_bytes":
+        raise Skip("adapter file rows are approximate sizes; tests compare exact files")
+    if row["task"].strip() != "train" or method == "none":
+        raise Skip(f"task '{row['task']}' is not a training step")
+    if not row["batch_size"].strip().isdigit() or not row["seq_len"].strip().isdigit():
+        raise Skip("batch size or sequence length not stated")
+    precision = row["base_precision"].lower()
+    quant = "nf4" if "nf4" in precision else "fp4" if "fp4" in precision else None
+    attn_text = row["flash_attn"].lower()
+    attn = "eager" if "eager" in attn_text else "flash" if "fa2" in attn_text else "sdpa"
+    train = TrainSpec(
+        method=method, quant=quant if method == "qlora" else None,
+        double_quant=row["double_quant"].strip().lower() == "true",
+        optimizer=_optimizer(row["optimizer"]), batch_size=int(row["batch_size"]),
+        seq_len=int(row["seq_len"]), grad_checkpointing=_flag(row["grad_checkpointing"],
+                                                             "grad_checkpointing"),
+        attn=attn, stack=stack)
+    result = estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration)
+    if metric == "peak_allocated":
+        return result.allocated_bytes
+    if metric == "peak_reserved":
+        return result.reserved_bytes
+    if metric == "nvidia_smi":
+        return result.peak_bytes
+    raise Skip(f"metric '{metric}' is not one lorasize predicts")
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a measurement CSV.
+
+    Raises:
+        LorasizeError: missing file or columns.
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise LorasizeError(f"missing column '{missing[0]}' (see measurements/README.md)",
+                                    source=str(path))
+            return list(reader)
+    except OSError as exc:
+        raise LorasizeError(f"cannot read ({exc.strerror})", source=str(path)) from None
+
+
+def validate(path: str | Path, calibration: Calibration | None = None) -> list[Row]:
+    """Predict every row of a measurement CSV that lorasize can express."""
+    rows = []
+    for raw in read_rows(path):
+        try:
+            measured = _bytes(raw["value"], raw["unit"])
+            predicted = predict(raw, calibration)
+            rows.append(Row(raw["id"], raw["source"], raw["method"], raw["metric"], predicted,
+                            measured, None))
+        except (Skip, LorasizeError) as reason:
+            rows.append(Row(raw["id"], raw["source"], raw["method"], raw["metric"], None, None,
+                            str(reason)))
+    return rows
+
+
+def summary(rows: list[Row]) -> dict:
+    """Median and 90th-percentile absolute relative error, overall and per source/method/metric."""
+    def stats(errors: list[float]) -> dict:
+        errors = sorted(abs(e) for e in errors)
+        p90 = errors[min(len(errors) - 1, int(round(0.9 * (len(errors) - 1))))]
+        return {"rows": len(errors), "median_abs_error": round(statistics.median(errors), 4),
+                "p90_abs_error": round(p90, 4)}
+
+    compared = [r for r in rows if r.rel_error is not None]
+    result: dict = {"compared": len(compared), "skipped": len(rows) - len(compared)}
+    if compared:
+        result["overall"] = stats([r.rel_error for r in compared])
+        groups: dict[str, list[float]] = {}
+        for r in compared:
+            groups.setdefault(f"{r.source} | {r.method} | {r.metric}", []).append(r.rel_error)
+        result["groups"] = {k: stats(v) for k, v in sorted(groups.items())}
+    return result
