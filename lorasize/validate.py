@@ -168,8 +168,10 @@ def predict(row: dict, calibration: Calibration | None = None) -> int:
     if method not in ("lora", "qlora", "full", "none"):
         raise Skip(f"method '{method}' is not modelled")
     r = int(row["r"]) if row["r"].strip().isdigit() else 8
+    notes = row.get("notes") or ""
+    dropout = re.search(r"lora_dropout\s*=?\s*([0-9]*\.?[0-9]+)", notes)
     lora = LoraSpec(r=r, targets=_targets(row["targets"], model) if method in ("lora", "qlora")
-                    else ("qv",))
+                    else ("qv",), dropout=float(dropout.group(1)) if dropout else 0.0)
     if metric == "trainable_params":
         if method == "none":
             from .layout import total_params
@@ -191,7 +193,10 @@ def predict(row: dict, calibration: Calibration | None = None) -> int:
         optimizer=_optimizer(row["optimizer"]), batch_size=int(row["batch_size"]),
         seq_len=int(row["seq_len"]), grad_checkpointing=_flag(row["grad_checkpointing"],
                                                              "grad_checkpointing"),
-        attn=attn, stack=stack)
+        attn=attn, stack=stack,
+        # fms-acceleration's accelerated-peft-bnb plugin prepares the model without PEFT's fp32
+        # upcasts (its notes say so); every other hf-peft QLoRA row uses the PEFT default.
+        kbit_prep=False if "accelerated-peft-bnb" in notes else None)
     result = estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration)
     if metric == "peak_allocated":
         return result.allocated_bytes
@@ -230,7 +235,7 @@ def validate(path: str | Path, calibration: Calibration | None = None) -> list[R
             predicted = predict(raw, calibration)
             rows.append(Row(raw["id"], raw["source"], raw["method"], raw["metric"], predicted,
                             measured, None))
-        except (Skip, LorasizeError) as reason:
+        except (Skip, LorasizeError, ValueError) as reason:
             rows.append(Row(raw["id"], raw["source"], raw["method"], raw["metric"], None, None,
                             str(reason)))
     return rows
