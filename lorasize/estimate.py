@@ -83,6 +83,8 @@ class Estimate:
     adapter_serve_bytes: int = 0
     serve_base_bytes: int = 0
     serving: object | None = None  # lorasize.serve.ServingCapacity
+    dynamic_bytes: int = 0  # memory that comes and goes within the step (for calibration)
+    calibration: Calibration | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -214,7 +216,10 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     """
     lora = lora or LoraSpec()
     train = train or TrainSpec()
-    calibration = calibration or Calibration()
+    if calibration is None:
+        from .calibration import default_calibration
+
+        calibration = default_calibration()
     targets = () if train.method == "full" else resolve_targets(model, lora)
     dora = lora.dora and train.method != "full"
     static = static_bytes(model, targets, train, dora)
@@ -251,6 +256,7 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
         trainable_params=static.trainable_params, adapter_file_bytes=file_size,
         breakdown=breakdown, allocated_bytes=allocated, reserved_bytes=reserved, peak_bytes=peak,
         peak_moment=peak_moment, phase_peaks=phase_peaks, gpu=gpu, serve=serve, notes=notes,
+        dynamic_bytes=dynamic, calibration=calibration,
     )
     if gpu is not None and targets:
         from .serve import serving_capacity

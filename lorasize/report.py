@@ -11,8 +11,6 @@ from a real headless Chromium.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +25,7 @@ from .model import ModelSpec
 from .resolve import resolve_model
 from .solve import solve
 from .specs import ServeSpec, TrainSpec
+from .files import write_atomic
 from .units import BYTES_PER_GIB, format_bytes
 
 _TRAIN_KEYS = {"method", "quant", "double_quant", "dtype", "optimizer", "batch_size", "seq_len",
@@ -247,23 +246,6 @@ def render_html(plan: Plan, figures: list) -> str:
             f"<p>lorasize capacity plan for {html.escape(plan.model.name)} "
             f"on {', '.join(html.escape(g.name) for g in plan.gpus)}.</p>"
             + "".join(f"<section>{p}</section>" for p in parts) + _WATCH + "</body></html>")
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal modes
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def steps(plan: Plan) -> int:

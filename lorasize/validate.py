@@ -73,7 +73,7 @@ class Row:
                 "rel_error": None if error is None else round(error, 5), "skipped": self.skipped}
 
 
-def _bytes(value: str, unit: str) -> int:
+def measured_bytes(value: str, unit: str) -> int:
     try:
         number = float(value)
     except ValueError:
@@ -155,6 +155,25 @@ def predict(row: dict, calibration: Calibration | None = None) -> int:
     Raises:
         Skip: the row cannot be expressed.
     """
+    result = row_estimate(row, calibration)
+    if isinstance(result, int):
+        return result
+    metric = row["metric"].strip()
+    if metric == "peak_allocated":
+        return result.allocated_bytes
+    if metric == "peak_reserved":
+        return result.reserved_bytes
+    if metric == "nvidia_smi":
+        return result.peak_bytes
+    raise Skip(f"metric '{metric}' is not one lorasize predicts")
+
+
+def row_estimate(row: dict, calibration: Calibration | None = None):
+    """The estimate for a training row, or the parameter count for a ``trainable_params`` row.
+
+    Raises:
+        Skip: the row cannot be expressed.
+    """
     metric = row["metric"].strip()
     if metric in ("estimate", "unknown", ""):
         raise Skip(f"metric '{metric or 'none'}' is not a measurement lorasize predicts")
@@ -197,14 +216,9 @@ def predict(row: dict, calibration: Calibration | None = None) -> int:
         # fms-acceleration's accelerated-peft-bnb plugin prepares the model without PEFT's fp32
         # upcasts (its notes say so); every other hf-peft QLoRA row uses the PEFT default.
         kbit_prep=False if "accelerated-peft-bnb" in notes else None)
-    result = estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration)
-    if metric == "peak_allocated":
-        return result.allocated_bytes
-    if metric == "peak_reserved":
-        return result.reserved_bytes
-    if metric == "nvidia_smi":
-        return result.peak_bytes
-    raise Skip(f"metric '{metric}' is not one lorasize predicts")
+    if metric not in ("peak_allocated", "peak_reserved", "nvidia_smi"):
+        raise Skip(f"metric '{metric}' is not one lorasize predicts")
+    return estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration)
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -231,7 +245,7 @@ def validate(path: str | Path, calibration: Calibration | None = None) -> list[R
     rows = []
     for raw in read_rows(path):
         try:
-            measured = _bytes(raw["value"], raw["unit"])
+            measured = measured_bytes(raw["value"], raw["unit"])
             predicted = predict(raw, calibration)
             rows.append(Row(raw["id"], raw["source"], raw["method"], raw["metric"], predicted,
                             measured, None))

@@ -38,9 +38,10 @@ def _register() -> None:
     from .inspect_cmd import inspect
     from .report_cmd import report
     from .serve_cmd import fit, serve
+    from .calibrate_cmd import calibrate
     from .validate_cmd import validate
 
-    for command in (estimate, models, gpus, inspect, serve, fit, report, validate):
+    for command in (estimate, models, gpus, inspect, serve, fit, report, validate, calibrate):
         cli.add_command(command)
 
 

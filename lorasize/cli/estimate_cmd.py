@@ -7,6 +7,7 @@ import json
 import click
 from click.core import ParameterSource
 
+from ..calibration import load_calibration
 from ..catalog import gpu_from_catalog
 from ..errors import LorasizeError
 from ..estimate import estimate as run_estimate
@@ -93,8 +94,9 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
     model, lora, train = build_specs(ctx, p)
     gpu = build_gpu(p)
     serve = ServeSpec(dtype=p["serve_dtype"].lower(), kv_tokens=p["serve_tokens"])
+    calibration = load_calibration(p["calibration"]) if p.get("calibration") else None
     result = run_estimate(model, lora, train, gpu=gpu, serve=serve,
-                          adapter_dtype=p["adapter_dtype"].lower())
+                          adapter_dtype=p["adapter_dtype"].lower(), calibration=calibration)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

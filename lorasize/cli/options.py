@@ -92,6 +92,8 @@ def gpu_options(func):
                      help="Dtype each served adapter is held in (PEFT load_adapter keeps fp32)."),
         click.option("--serve-tokens", type=int, default=0, show_default=True,
                      help="KV-cache budget in tokens when counting adapters that fit."),
+        click.option("--calibration", metavar="FILE",
+                     help="Calibration file from 'lorasize calibrate'. [default: the shipped one]"),
     ])(func)
 
 

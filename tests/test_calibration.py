@@ -1,0 +1,75 @@
+"""Calibration: fitting the overhead terms, the file format, and the shipped default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
+from lorasize.calibration import (DEFAULT_FILE, MIN_ROWS, calibrate_from_measurements, fit,
+                                  load_calibration, write_calibration)
+from lorasize.errors import LorasizeError
+from lorasize.estimate import Calibration
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "measurements" / "measured.csv"
+
+
+def test_least_squares_recovers_the_constants():
+    reserved = [(a + int(0.2 * d), a, d) for a, d in ((10**9, 10**8), (5 * 10**9, 3 * 10**9),
+                                                      (2 * 10**9, 10**9))]
+    device = [(r + 700 * 2**20, r) for r in (10**9, 2 * 10**9, 3 * 10**9)]
+    calibration, report = fit(reserved, device, "synthetic")
+    assert calibration.reserve_fraction == pytest.approx(0.2, abs=1e-6)
+    assert calibration.cuda_context_bytes == 700 * 2**20
+    assert report["reserved_rows"] == report["device_rows"] == MIN_ROWS
+
+
+def test_too_few_rows_keep_the_defaults():
+    calibration, _ = fit([(2, 1, 1)], [(10**10, 1)], "one row")
+    assert calibration.reserve_fraction == Calibration().reserve_fraction
+    assert calibration.cuda_context_bytes == Calibration().cuda_context_bytes
+
+
+def test_file_round_trip_and_errors(tmp_path):
+    path = tmp_path / "c.json"
+    write_calibration(Calibration(cuda_context_bytes=123 * 2**20, reserve_fraction=0.3), path)
+    loaded = load_calibration(path)
+    assert (loaded.cuda_context_bytes, loaded.reserve_fraction) == (123 * 2**20, 0.3)
+    for data, field in (({"schema_version": 9}, "schema_version"),
+                        ({"schema_version": 1, "cuda_context_bytes": -1, "reserve_fraction": 0.1},
+                         "cuda_context_bytes"),
+                        ({"schema_version": 1, "cuda_context_bytes": 1, "reserve_fraction": 2},
+                         "reserve_fraction")):
+        path.write_text(json.dumps(data))
+        with pytest.raises(LorasizeError, match=field):
+            load_calibration(path)
+
+
+def test_calibration_moves_reserved_and_device_only(tmp_path, cli):
+    spec, lora, train = resolve_model("llama2-7b"), LoraSpec(), TrainSpec()
+    low = estimate(spec, lora, train, calibration=Calibration(0, 0.0))
+    high = estimate(spec, lora, train, calibration=Calibration(2**30, 0.5))
+    assert low.allocated_bytes == high.allocated_bytes
+    assert high.reserved_bytes > low.reserved_bytes and high.peak_bytes > low.peak_bytes
+    path = tmp_path / "c.json"
+    path.write_text("{broken")
+    code, _, err = cli("estimate", "-m", "llama2-7b", "--calibration", str(path))
+    assert code == 2 and str(path) in err
+
+
+def test_shipped_calibration_loads():
+    calibration = load_calibration(DEFAULT_FILE)
+    assert 0 <= calibration.reserve_fraction <= 1
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason="the shared measurement set is not beside the checkout")
+def test_shipped_calibration_is_the_fit_of_the_measurements():
+    fitted, report = calibrate_from_measurements(SHARED)
+    shipped = load_calibration(DEFAULT_FILE)
+    assert (shipped.cuda_context_bytes, shipped.reserve_fraction) == (
+        fitted.cuda_context_bytes, fitted.reserve_fraction), (
+        "regenerate: lorasize calibrate -m ../shared/measurements/measured.csv "
+        "-o lorasize/data/calibration.json")
+    assert report["reserved_rows"] >= MIN_ROWS
