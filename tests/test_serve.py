@@ -167,3 +167,11 @@ def test_sweep_dataframe():
     assert len(frame) == 4
     assert frame.sort_values("seq_len")["train_allocated_bytes"].is_monotonic_increasing
     assert {"breakdown_activations", "fits", "adapters_fit"} <= set(frame.columns)
+
+
+def test_serve_popularity_csv_with_negative_counts(cli, tmp_path):
+    counts = tmp_path / "traffic.csv"
+    counts.write_text("adapter,requests\nacme,10\nglobex,-3\n")
+    code, out, err = cli("serve", "-m", "llama2-7b", "--gpu", "a100-40gb", "--traffic", str(counts))
+    assert code == 2 and out == "" and "line 3" in err and str(counts) in err
+    assert len(err.strip().splitlines()) == 1
