@@ -12,7 +12,10 @@
 - ``paged-adamw``: bitsandbytes 32-bit state (fp32 whatever the parameter dtype). Paged
   variants put buffers of 1e5 elements or more in CUDA unified memory (``get_state_buffer``), which
   ``torch.cuda`` statistics never count but the device does while the pages are resident.
-- ``sgd``: ``torch.optim.SGD`` with its default ``momentum=0`` keeps no state.
+- ``sgd``: ``torch.optim.SGD`` with its default ``momentum=0`` keeps no state;
+  ``sgd-momentum`` keeps one ``momentum_buffer`` in the parameter's dtype.
+- ``lion`` and variants: bitsandbytes ``Lion`` / ``Lion8bit`` / ``PagedLion`` (``Optimizer1State``,
+  Chen et al. 2023): one state buffer, fp32 or blockwise uint8 like the 8-bit AdamW.
 - ``adafactor``: ``transformers.optimization.Adafactor`` defaults (``beta1=None``): a matrix keeps
   a row and a column second-moment vector, a vector keeps one the size of itself (Shazeer & Stern
   2018), in the gradient's dtype, plus a 0-d ``RMS`` tensor.
@@ -25,7 +28,8 @@ from dataclasses import dataclass
 
 from .allocator import block
 
-OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "adafactor")
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum",
+              "adafactor", "lion", "lion-8bit", "paged-lion", "paged-lion-8bit")
 MIN_8BIT_SIZE = 4096  # bitsandbytes Optimizer8bit min_8bit_size default
 BLOCKSIZE_8BIT_STATE = 256  # bitsandbytes blockwise optimizer state quantization
 MIN_PAGED_NUMEL = 100_000  # bitsandbytes get_state_buffer pages tensors of 1e5 elements or more
@@ -54,6 +58,8 @@ def state_bytes(optimizer: str, shape: tuple[int, ...], param_bytes: int) -> Opt
     numel = math.prod(shape)
     if optimizer == "sgd":
         return OptimizerBytes()
+    if optimizer == "sgd-momentum":
+        return OptimizerBytes(device=block(numel * param_bytes))
     if optimizer == "adamw":
         return OptimizerBytes(device=2 * block(numel * param_bytes))
     if optimizer == "adafactor":
@@ -64,11 +70,12 @@ def state_bytes(optimizer: str, shape: tuple[int, ...], param_bytes: int) -> Opt
         return OptimizerBytes(device=block(numel * param_bytes) + rms)
     paged = optimizer.startswith("paged-")
     eight_bit = optimizer.endswith("-8bit") and numel >= MIN_8BIT_SIZE
+    states = 1 if "lion" in optimizer else 2  # Optimizer1State vs Optimizer2State
     if eight_bit:
-        buffers = 2 * block(numel)
-        absmax = 2 * block(FP32_BYTES * math.ceil(numel / BLOCKSIZE_8BIT_STATE))
+        buffers = states * block(numel)
+        absmax = states * block(FP32_BYTES * math.ceil(numel / BLOCKSIZE_8BIT_STATE))
     else:
-        buffers, absmax = 2 * block(FP32_BYTES * numel), 0
+        buffers, absmax = states * block(FP32_BYTES * numel), 0
     if paged and numel >= MIN_PAGED_NUMEL:
         return OptimizerBytes(device=absmax, paged=buffers)
     return OptimizerBytes(device=buffers + absmax)

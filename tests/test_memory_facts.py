@@ -66,6 +66,11 @@ def _real_state_bytes(optimizer_name: str, shape, dtype) -> int:
         elif optimizer_name == "paged-adamw":
             import bitsandbytes as bnb
             optimizer = bnb.optim.PagedAdamW([param])
+        elif optimizer_name in ("lion", "lion-8bit"):
+            import bitsandbytes as bnb
+            optimizer = (bnb.optim.Lion if optimizer_name == "lion" else bnb.optim.Lion8bit)([param])
+        elif optimizer_name == "sgd-momentum":
+            optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9)
         elif optimizer_name == "adafactor":
             from transformers.optimization import Adafactor
             optimizer = Adafactor([param])
@@ -80,7 +85,8 @@ def _real_state_bytes(optimizer_name: str, shape, dtype) -> int:
     return _unique_block_bytes(tensors)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "adamw-8bit", "paged-adamw", "adafactor", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-8bit", "paged-adamw", "adafactor", "sgd",
+                                       "sgd-momentum", "lion", "lion-8bit"])
 @pytest.mark.parametrize("shape", [(8, 4096), (4096, 64), (16, 200), (300,)])
 def test_optimizer_state_matches_real_optimizers(optimizer, shape):
     import torch
