@@ -97,8 +97,38 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
     calibration = load_calibration(p["calibration"]) if p.get("calibration") else None
     result = run_estimate(model, lora, train, gpu=gpu, serve=serve,
                           adapter_dtype=p["adapter_dtype"].lower(), calibration=calibration)
+    timing = _timing(p, model, result, train, gpu)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        data = result.to_dict()
+        data["time"] = timing.to_dict() if timing else None
+        click.echo(json.dumps(data, indent=2))
     else:
         click.echo(render_estimate(result))
+        if timing:
+            line = (f"Throughput on {gpu.name}: {timing.tokens_per_s:,.0f} tokens/s, "
+                    f"{timing.step_seconds:.2f} s a step (MFU {timing.mfu:g})")
+            if timing.hours is not None:
+                line += f"; {p['epochs']:g} epoch(s) of {p['dataset_tokens']:,} tokens: {timing.hours:,.1f} h"
+                if timing.usd is not None:
+                    line += f", ${timing.usd:,.0f}"
+            click.echo(line)
     return 1 if result.fits is False else 0
+
+
+def _timing(p: dict, model, result, train, gpu):
+    """Step time and hours, when the GPU's throughput is known."""
+    from ..timing import DEFAULT_MFU, training_time
+
+    mfu = p.get("mfu") if p.get("mfu") is not None else DEFAULT_MFU
+    if not 0 < mfu <= 1:
+        raise LorasizeError(f"must be in (0, 1], got {mfu}", source="--mfu")
+    for flag in ("dataset_tokens", "epochs", "usd_per_gpu_hour"):
+        value = p.get(flag)
+        if value is not None and value <= 0:
+            raise LorasizeError(f"must be above 0, got {value}", source="--" + flag.replace("_", "-"))
+    if gpu is None:
+        if p.get("dataset_tokens"):
+            raise LorasizeError("hours need a GPU: give --gpu NAME", source="--dataset-tokens")
+        return None
+    return training_time(model, result.targets, train, gpu, mfu, p.get("dataset_tokens"),
+                         p.get("epochs") or 1.0, p.get("usd_per_gpu_hour"))

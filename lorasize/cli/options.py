@@ -92,6 +92,13 @@ def gpu_options(func):
                      help="Dtype each served adapter is held in (PEFT load_adapter keeps fp32)."),
         click.option("--serve-tokens", type=int, default=0, show_default=True,
                      help="KV-cache budget in tokens when counting adapters that fit."),
+        click.option("--dataset-tokens", type=int, default=None,
+                     help="Tokens in the training set, for hours and cost (needs --gpu)."),
+        click.option("--epochs", type=float, default=1.0, show_default=True),
+        click.option("--usd-per-gpu-hour", type=float, default=None,
+                     help="Price of one GPU-hour, for the cost of the run."),
+        click.option("--mfu", type=float, default=None,
+                     help="Model FLOPs utilisation for step time. [default: 0.5, fitted]"),
         click.option("--calibration", metavar="FILE",
                      help="Calibration file from 'lorasize calibrate'. [default: the shipped one]"),
     ])(func)

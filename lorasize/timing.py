@@ -1,0 +1,98 @@
+"""Training time: FLOPs per token, step time, tokens per second, hours and cost.
+
+FLOPs per token (Kaplan et al. 2020, "Scaling Laws", section 2.1; Narayanan et al. 2021,
+"Efficient Large-Scale Language Model Training on GPU Clusters", appendix, for attention):
+
+- a token through a weight (in, out): 2 in out forward; backward 2 in out for the input's
+  gradient and 2 in out more only when the weight trains (frozen LoRA bases skip it);
+- a LoRA branch of rank r: 2 r (in + out) forward, 4 r (in + out) backward;
+- causal attention: 2 s q forward per layer (QK^T and PV over the unmasked half, which flash and
+  memory-efficient kernels skip; eager and math kernels compute the full s x s: 4 s q), twice
+  that backward;
+- gradient checkpointing runs each block's forward again in backward;
+- MoE layers run ``experts_per_token`` experts per token.
+
+Step time = FLOPs / (peak bf16 throughput x MFU) + the QLoRA dequantization of every 4-bit
+weight in each pass (memory-bound: read 0.5 byte, write and read back 2 bytes per weight).
+The model FLOPs utilisation default is fitted from one published run (below); ``lorasize
+calibrate`` will fit it from profiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .gpu import GpuSpec
+from .layout import block_linears
+from .lora import Target
+from .model import ModelSpec
+from .specs import TrainSpec
+
+# Fitted to IBM fms-acceleration's A100-80GB run of Mistral-7B, LoRA r=16 on q,k,v,o, batch 4 x
+# 4096 tokens, gradient checkpointing, flash-attn 2: 3,324 train tokens/s
+# (scripts/benchmarks/refs/a100_80gb.csv, measurements/evidence.md): 0.50 of the A100's 312 TFLOP/s.
+DEFAULT_MFU = 0.50
+# Bytes moved per 4-bit weight per dequantization: read packed (0.5), write 16-bit (2), read it
+# again in the matmul (2).
+DEQUANT_BYTES_PER_WEIGHT = 4.5
+SECONDS_PER_HOUR = 3600
+
+
+@dataclass(frozen=True)
+class TrainingTime:
+    """Throughput and duration of training on one GPU."""
+
+    flops_per_token: float
+    tokens_per_s: float
+    step_seconds: float
+    mfu: float
+    hours: float | None = None
+    usd: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"flops_per_token": round(self.flops_per_token), "tokens_per_s": round(self.tokens_per_s, 1),
+                "step_seconds": round(self.step_seconds, 4), "mfu": self.mfu,
+                "hours": None if self.hours is None else round(self.hours, 3),
+                "usd": None if self.usd is None else round(self.usd, 2)}
+
+
+def flops_per_token(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec) -> float:
+    """Training FLOPs per token of one step (forward, backward, recomputation)."""
+    full = train.method == "full"
+    linear = 0.0
+    for m in block_linears(model):
+        active = model.experts_per_token if m.experts else 1
+        linear += 2 * m.in_features * m.out_features * active
+    linear *= model.num_layers
+    head = 2 * model.hidden_size * model.vocab_size
+    causal = train.attn in ("sdpa", "flash")
+    attention = (2 if causal else 4) * train.seq_len * model.q_dim * model.num_layers
+    forward = linear + head + attention
+    backward = (2 if full else 1) * (linear + head) + 2 * attention
+    lora = sum(t.rank * max(t.linear.experts, 1) * (t.linear.in_features + t.linear.out_features)
+               * t.copies for t in targets) if not full else 0
+    recompute = linear + attention if train.checkpointing else 0
+    return forward + backward + recompute + 6 * lora
+
+
+def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, gpu: GpuSpec,
+                  mfu: float = DEFAULT_MFU, dataset_tokens: int | None = None, epochs: float = 1.0,
+                  usd_per_gpu_hour: float | None = None) -> TrainingTime | None:
+    """Tokens per second and hours on ``gpu``; None when the GPU's throughput is unknown."""
+    if not gpu.bf16_tflops:
+        return None
+    per_token = flops_per_token(model, targets, train)
+    compute_s = train.tokens * per_token / (gpu.bf16_tflops * 1e12 * mfu)
+    dequant_s = 0.0
+    if train.quantized and gpu.bandwidth_gbps:
+        quantized = model.num_layers * sum(m.weight_numel for m in block_linears(model) if m.quantizable)
+        passes = 3 if train.checkpointing else 2
+        dequant_s = passes * quantized * DEQUANT_BYTES_PER_WEIGHT / (gpu.bandwidth_gbps * 1e9)
+    step = compute_s + dequant_s
+    tokens_per_s = train.tokens / step
+    hours = usd = None
+    if dataset_tokens:
+        hours = dataset_tokens * epochs / tokens_per_s / SECONDS_PER_HOUR
+        if usd_per_gpu_hour is not None:
+            usd = hours * usd_per_gpu_hour
+    return TrainingTime(per_token, tokens_per_s, step, mfu, hours, usd)
