@@ -35,16 +35,34 @@ FLAG_VALUES = {
 SWITCHES = ["--grad-checkpointing", "--double-quant", "--dora", "--json", "--no-kbit-prep"]
 
 
+SERVE_FLAGS = {
+    "--engine": st.sampled_from(["peft", "vllm", "sglang", "lorax", "tgi"]),
+    "--adapters": number, "--traffic": st.one_of(st.sampled_from(["uniform", "zipf:1.1", "zipf:x"]), junk),
+    "--slots": number, "--hit-rate": st.one_of(st.floats(-1, 2).map(str), junk),
+    "--rps": number, "--requests": st.sampled_from(["1000", "0", "-5", "x"]),
+    "--max-seq-len": number, "--concurrency": number, "--customers": st.sampled_from(["10", "0", "x"]),
+}
+FIT_FLAGS = {"--solve": st.sampled_from(["batch-size", "seq-len", "r", "lr"]),
+             "--headroom": st.one_of(st.floats(-1, 2).map(str), junk)}
+
+
 @st.composite
 def argv(draw):
-    args = ["estimate"]
+    command = draw(st.sampled_from(["estimate", "estimate", "serve", "fit"]))
+    args = [command]
+    extra = {"serve": SERVE_FLAGS, "fit": FIT_FLAGS}.get(command, {})
+    if extra:
+        for flag in draw(st.lists(st.sampled_from(sorted(extra)), unique=True, max_size=4)):
+            args += [flag, draw(extra[flag])]
     for flag in draw(st.lists(st.sampled_from(sorted(FLAG_VALUES)), unique=True, max_size=9)):
         args += [flag, draw(FLAG_VALUES[flag])]
     args += draw(st.lists(st.sampled_from(SWITCHES), unique=True, max_size=3))
-    return args
+    if command != "estimate" and "--gpu" not in args and draw(st.booleans()):
+        args += ["--gpu", draw(st.sampled_from(GPU_NAMES))]
+    return [a for a in args if not (command != "estimate" and a in ("--dora",))]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(argv())
 def test_no_traceback_ever(args):
     code, out, err = run_cli(*args)

@@ -16,7 +16,7 @@ from ..hotswap import (DEFAULT_DISK_BYTES_PER_S, DEFAULT_H2D_BYTES_PER_S, DEFAUL
 from ..render import render_estimate, table
 from ..resolve import resolve_model
 from ..solve import SOLVABLE, solve
-from ..specs import ENGINES, ServeSpec
+from ..specs import ENGINES, ServeSpec, TrainSpec
 from ..units import format_bytes
 from ..weights import static_bytes
 from .estimate_cmd import build_gpu, build_specs
@@ -125,12 +125,12 @@ def _fleet(p: dict, model, lora, train, gpu, serve) -> list[dict] | None:
     _positive(p["usd_per_gpu_hour"], "--usd-per-gpu-hour")
     models = p["customers"] * p["tasks"]
     price = p["usd_per_gpu_hour"]
-    full_bytes = static_bytes(model, (), train.__class__(dtype=train.dtype)).weights
+    full_bytes = static_bytes(model, (), TrainSpec(dtype=train.dtype)).weights
     small = resolve_model(p["small_model"], "--small-model")
-    small_bytes = static_bytes(small, (), train.__class__(dtype=train.dtype)).weights
-    lora_capacity = run_estimate(model, lora, train.__class__(dtype=train.dtype), gpu=gpu,
+    small_bytes = static_bytes(small, (), TrainSpec(dtype=train.dtype)).weights
+    lora_capacity = run_estimate(model, lora, TrainSpec(dtype=train.dtype), gpu=gpu,
                                  serve=serve)
-    qlora_capacity = run_estimate(model, lora, train.__class__(method="qlora", dtype=train.dtype),
+    qlora_capacity = run_estimate(model, lora, TrainSpec(method="qlora", dtype=train.dtype),
                                   gpu=gpu, serve=serve)
     options = [
         option(f"full fine-tuning of {model.name}", gpus_for(models, models_per_gpu(full_bytes, gpu)),
