@@ -220,7 +220,8 @@ def _render_serve(d: dict) -> str:
                     f"{d['swap_ins_per_s']:.2f} swap-ins/s of {d['swap_seconds'] * 1000:.0f} ms "
                     f"({d['swap_busy_fraction']:.0%} busy)",
                 f"For a {d['target_hit_rate']:.0%} hit rate: {d['recommended_slots']:,} slots, "
-                f"{d['gpus_needed']} GPU(s)"]
+                + (f"{d['gpus_needed']} GPU(s)" if d["gpus_needed"] else
+                   f"but not one adapter fits beside the base on {d['gpu']}")]
     if "fleet" in d:
         out += ["", table([(f["approach"], str(f["gpus"]), f"${f['usd_per_month']:,.0f}", f["detail"])
                            for f in d["fleet"]], ("approach", "GPUs", "per month", "detail"), "lrrl")]
