@@ -126,6 +126,16 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
         source = f"{linear.group}-norm" if norm_fed else linear.path
         in_dtype = dt.norm_out if norm_fed else dt.compute
         saved = dt.adapter * target.rank * max(linear.experts, 1)
+        if target.variant in ("lora-fa", "vera"):
+            # LoRA-FA: A is frozen, so its matmul keeps no input; B keeps A's output. VeRA: the
+            # shared A and B are frozen buffers; lambda_d * (x A^T) keeps the rank-wide product,
+            # lambda_b * (... B^T) keeps the out-wide one (peft/tuners/vera/layer.py).
+            if target.variant == "vera":
+                saved += dt.adapter * linear.out_features
+            if dropout:
+                saved += BOOL * linear.in_features
+            total += round(saved * share)
+            continue
         if dropout:
             saved += (dt.adapter + BOOL) * linear.in_features
         elif in_dtype != dt.adapter:

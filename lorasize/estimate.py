@@ -25,7 +25,7 @@ from .allocator import (DEFAULT_CUDA_CONTEXT_BYTES, DEFAULT_RESERVE_FRACTION,
                         SMALL_SEGMENT_BYTES, cublas_workspace_bytes)
 from .gpu import GpuSpec
 from .layout import module_path
-from .lora import LoraSpec, Target, resolve_targets
+from .lora import LoraSpec, Target, resolve_targets, shared_tensors
 from .model import ModelSpec
 from .optimizers import step_temporary_bytes
 from .safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
@@ -147,8 +147,10 @@ def adapter_file_bytes(model: ModelSpec, targets: tuple[Target, ...], dtype: str
         for layer in layers:
             path = module_path(model, target.linear, layer)
             for name, shape in target.tensors(dora):
-                suffix = name if name == "lora_magnitude_vector" else f"{name}.weight"
+                suffix = f"{name}.weight" if name in ("lora_A", "lora_B") else name
                 tensors.append((f"base_model.model.{path}.{suffix}", st_dtype, shape))
+    # VeRA's shared projections (save_projection=True, PEFT's default) sit at the top.
+    tensors += [(f"base_model.{name}", st_dtype, shape) for name, shape in shared_tensors(targets)]
     return file_bytes(tensors, PEFT_METADATA)
 
 

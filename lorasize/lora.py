@@ -18,6 +18,7 @@ whose path ends with it; ``lm_head`` is the output head in every family.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -26,6 +27,11 @@ from .layout import Linear, block_linears, head_linear, module_path
 from .model import ModelSpec
 
 TARGET_ALIASES = ("all", "attn", "mlp", "qv")
+# LoRA-family methods (PEFT): rsLoRA changes only the scaling (Kalajdzievski 2023); LoRA-FA
+# freezes A after its random init (Zhang et al. 2023, peft.optimizers.create_lorafa_optimizer);
+# VeRA shares frozen random A and B across layers and trains two scaling vectors per matrix
+# (Kopiczko et al. 2024, peft.VeraConfig).
+VARIANTS = ("lora", "rslora", "lora-fa", "vera")
 _FUSED_QKV = ("query_key_value", "qkv_proj", "c_attn")
 
 
@@ -39,6 +45,7 @@ class LoraSpec:
         targets: aliases (``all``, ``attn``, ``mlp``, ``qv``) or module names.
         dropout: ``lora_dropout``; above 0 it saves a dropout mask and a dropped copy of the input.
         dora: weight-decomposed LoRA (magnitude vector per adapted matrix).
+        variant: one of :data:`VARIANTS`.
     """
 
     r: int = 8
@@ -46,8 +53,14 @@ class LoraSpec:
     targets: tuple[str, ...] = ("qv",)
     dropout: float = 0.0
     dora: bool = False
+    variant: str = "lora"
 
     def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise LorasizeError(f"'{self.variant}' is not one of {', '.join(VARIANTS)}",
+                                source="--variant")
+        if self.variant == "vera" and self.dora:
+            raise LorasizeError("DoRA applies to LoRA adapters, not VeRA", source="--dora")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise LorasizeError(f"rank must be a positive integer, got {self.r!r}", source="--r")
         if not 0.0 <= self.dropout < 1.0:
@@ -63,6 +76,7 @@ class Target:
     linear: Linear
     copies: int
     rank: int
+    variant: str = "lora"
 
     @property
     def params_per_copy(self) -> int:
@@ -71,13 +85,20 @@ class Target:
             self.linear.in_features + self.linear.out_features)
 
     def tensors(self, dora: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
-        """The adapter's tensors on one copy, as PEFT names and shapes them."""
+        """The adapter's tensors on one copy, as PEFT names and shapes them (VeRA's shared
+        projections are in :func:`shared_tensors`)."""
+        if self.variant == "vera":
+            return (("vera_lambda_b", (self.linear.out_features,)), ("vera_lambda_d", (self.rank,)))
         rank = self.rank * max(self.linear.experts, 1)
         shapes = [("lora_A", (rank, self.linear.in_features)),
                   ("lora_B", (self.linear.out_features, rank))]
         if dora:
             shapes.append(("lora_magnitude_vector", (self.linear.out_features,)))
         return tuple(shapes)
+
+    def trainable(self, name: str) -> bool:
+        """Whether the tensor called ``name`` trains (LoRA-FA freezes A)."""
+        return not (self.variant == "lora-fa" and name == "lora_A")
 
 
 def split_targets(text: str) -> tuple[str, ...]:
@@ -161,7 +182,7 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
                 f"r={lora.r} is larger than the smaller dimension of {linear.name} "
                 f"({linear.in_features} x {linear.out_features}); LoRA needs r below it",
                 source="--r")
-        targets.append(Target(linear, copies, rank))
+        targets.append(Target(linear, copies, rank, lora.variant))
     return tuple(targets)
 
 
@@ -169,11 +190,22 @@ def trainable_params(targets: Iterable[Target], dora: bool = False) -> int:
     """Trainable parameters of the adapter across all copies."""
     total = 0
     for target in targets:
-        per_copy = target.params_per_copy
-        if dora:
-            per_copy += target.linear.out_features
-        total += per_copy * target.copies
+        for name, shape in target.tensors(dora):
+            if target.trainable(name):
+                total += math.prod(shape) * target.copies
     return total
+
+
+def shared_tensors(targets: Iterable[Target]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Frozen tensors shared by every adapted matrix: VeRA's random projections, sized for the
+    largest input and output (peft/tuners/vera/model.py ``_init_vera_A_vera_B``)."""
+    targets = [t for t in targets if t.variant == "vera"]
+    if not targets:
+        return ()
+    rank = targets[0].rank
+    largest_in = max(t.linear.in_features for t in targets)
+    largest_out = max(t.linear.out_features for t in targets)
+    return (("vera_A", (rank, largest_in)), ("vera_B", (largest_out, rank)))
 
 
 def adapter_tensors(targets: Iterable[Target], dora: bool = False) -> list[tuple[int, ...]]:

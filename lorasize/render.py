@@ -50,7 +50,9 @@ def _title(e: Estimate) -> str:
         names = ", ".join(dict.fromkeys(t.linear.name for t in e.targets))
         quant = f" on a {train.quant_type}{' double-quant' if train.double_quant else ''} base" \
             if train.quantized else ""
-        what = f"{'DoRA' if e.lora.dora else 'LoRA'} r={e.lora.r} on {names}{quant}"
+        kind = {"lora": "DoRA" if e.lora.dora else "LoRA", "rslora": "rsLoRA", "lora-fa": "LoRA-FA",
+                "vera": "VeRA"}[e.lora.variant]
+        what = f"{kind} r={e.lora.r} on {names}{quant}"
     ckpt = ", gradient checkpointing" if train.checkpointing else ""
     return (f"{e.model.name}: {what}\n{train.dtype}, {train.optimizer}, batch {train.batch_size} x "
             f"{train.seq_len} tokens, {train.attn} attention{ckpt}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .allocator import block
 from .layout import block_linears, block_params, head_linear, top_params
-from .lora import Target
+from .lora import Target, shared_tensors
 from .model import ModelSpec
 from .optimizers import OptimizerBytes, state_bytes
 from .quant import quantized_bytes
@@ -79,11 +79,14 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         adapter = 0
         gradients = weights
     else:
-        shapes = [(shape, target.copies) for target in targets for _, shape in target.tensors(dora)]
+        resident = [(shape, target.copies, target.trainable(name)) for target in targets
+                    for name, shape in target.tensors(dora)]
+        resident += [(shape, 1, False) for _, shape in shared_tensors(targets)]
         param_bytes = int(DTYPE_BYTES[train.adapter_dtype])
+        shapes = [(shape, count) for shape, count, trains in resident if trains]
         trainable = sum(_numel(shape) * count for shape, count in shapes)
-        adapter = sum(block(_numel(shape) * param_bytes) * count for shape, count in shapes)
-        gradients = adapter
+        adapter = sum(block(_numel(shape) * param_bytes) * count for shape, count, _ in resident)
+        gradients = sum(block(_numel(shape) * param_bytes) * count for shape, count in shapes)
     optimizer = OptimizerBytes()
     for shape, count in shapes:
         one = state_bytes(train.optimizer, shape, param_bytes)

@@ -126,3 +126,55 @@ def test_one_layer_saved_bytes(family, attn, targets, dropout, monkeypatch):
     if family == "mixtral":
         tolerance = max(tolerance, (0.03 if targets == ("all",) else 0.01) * measured)
     assert abs(predicted - measured) <= tolerance, (predicted, measured)
+
+
+def _saved_variant(config: dict, layers: int, variant: str, targets: list[str]) -> int:
+    import torch
+    from peft import LoraConfig, VeraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(config, num_hidden_layers=layers)
+    model_type = config.pop("model_type")
+    torch.manual_seed(0)
+    with quiet():
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config),
+                                                 attn_implementation="sdpa").to(torch.bfloat16)
+        if variant == "vera":
+            model = get_peft_model(model, VeraConfig(r=4, target_modules=targets))
+        else:
+            model = get_peft_model(model, LoraConfig(r=4, target_modules=targets,
+                                                     use_rslora=variant == "rslora"))
+            if variant == "lora-fa":  # what peft.optimizers.create_lorafa_optimizer does to A
+                for name, param in model.named_parameters():
+                    if "lora_A" in name:
+                        param.requires_grad_(False)
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    params |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, config["vocab_size"], (BATCH, SEQ))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("variant", ["rslora", "lora-fa", "vera"])
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                             "gate_proj", "up_proj", "down_proj"]])
+def test_variant_layer_saved_bytes(variant, targets):
+    config = FAMILIES["llama"]
+    spec = ModelSpec.from_hf_config(dict(config, num_hidden_layers=3), name="llama")
+    resolved = resolve_targets(spec, LoraSpec(r=4, targets=tuple(targets), variant=variant))
+    measured = (_saved_variant(config, 3, variant, targets)
+                - _saved_variant(config, 2, variant, targets)) / (BATCH * SEQ)
+    dtypes = act.Dtypes(compute=2, residual=2, norm_out=2, adapter=4)
+    predicted = act.layer_bytes_per_token(spec, resolved, dtypes, seq_len=SEQ, attn="sdpa",
+                                          full=False, dropout=False).total
+    assert abs(predicted - measured) <= PER_LAYER_SLACK, (predicted, measured)

@@ -97,3 +97,20 @@ def test_seed_r64_qkvo_adapter_is_256_mib():
     size = adapter_file_bytes(spec, resolve_targets(
         spec, LoraSpec(r=64, targets=("q_proj", "k_proj", "v_proj", "o_proj"))))
     assert 256 * 2**20 < size < 256 * 2**20 + 64 * 1024  # data plus a header of tens of KiB
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_vera_file_matches_real_peft_file(family, tmp_path):
+    import torch
+    from peft import VeraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(TINY[family])
+    spec = ModelSpec.from_hf_config(config, name=family)
+    resolved = resolve_targets(spec, LoraSpec(r=8, targets=("all",), variant="vera"))
+    with quiet():
+        hf = AutoConfig.for_model(config.pop("model_type"), **config)
+        model = AutoModelForCausalLM.from_config(hf).to(torch.float32)
+        model = get_peft_model(model, VeraConfig(r=8, target_modules=[t.linear.path for t in resolved]))
+        model.save_pretrained(tmp_path)
+    assert adapter_file_bytes(spec, resolved, "fp32") == (tmp_path / "adapter_model.safetensors").stat().st_size

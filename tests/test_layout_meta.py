@@ -101,3 +101,32 @@ def test_seed_figures_llama2_7b():
     assert count("qv") == 4_194_304
     assert count("all") == 19_988_480
     assert count("all", "lm_head") == 20_277_248
+
+
+VARIANT_FAMILIES = ["llama2-7b", "qwen2.5-0.5b", "phi3-mini", "pythia-160m", "gemma-7b"]
+
+
+@pytest.mark.parametrize("name", VARIANT_FAMILIES)
+@pytest.mark.parametrize("targets", [("qv",), ("all",)])
+def test_variant_counts_match_peft(name, targets):
+    import torch
+    from peft import VeraConfig, get_peft_model
+
+    from conftest import quiet
+
+    entry = next(e for e in ENTRIES if e["name"] == name)
+    spec = _spec(entry, SHRUNK_LAYERS)
+    modules = _peft_kwargs(spec, LoraSpec(r=8, targets=targets))["target_modules"]
+    # VeRA: two trainable vectors per adapted matrix (PEFT's own count).
+    with quiet(), torch.device("meta"):
+        vera = get_peft_model(build_meta_model(entry["config"], SHRUNK_LAYERS),
+                              VeraConfig(r=8, target_modules=modules))
+    real = sum(p.numel() for p in vera.parameters() if p.requires_grad)
+    assert trainable_params(resolve_targets(spec, LoraSpec(r=8, targets=targets, variant="vera"))) == real
+    # rsLoRA trains what LoRA trains; LoRA-FA only the B matrices.
+    lora = peft_wrap(build_meta_model(entry["config"], SHRUNK_LAYERS), r=8, target_modules=modules,
+                     use_rslora=True)
+    real_rs = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    real_fa = sum(p.numel() for n, p in lora.named_parameters() if p.requires_grad and "lora_B" in n)
+    assert trainable_params(resolve_targets(spec, LoraSpec(r=8, targets=targets, variant="rslora"))) == real_rs
+    assert trainable_params(resolve_targets(spec, LoraSpec(r=8, targets=targets, variant="lora-fa"))) == real_fa

@@ -42,7 +42,8 @@ def build_specs(ctx: click.Context, p: dict):
         dora = adapter.dora if not _given(ctx, "dora") else dora
         alpha = adapter.alpha if adapter.alpha is not None and alpha is None else alpha
     lora = LoraSpec(r=r, alpha=float(alpha if alpha is not None else 2 * r),
-                    targets=targets, dropout=float(dropout), dora=dora)
+                    targets=targets, dropout=float(dropout), dora=dora,
+                    variant=(p.get("variant") or "lora").lower())
     train = TrainSpec(
         method=p["method"].lower(), quant=p["quant"].lower() if p["quant"] else None,
         double_quant=p["double_quant"], dtype=p["dtype"].lower(),

@@ -7,6 +7,7 @@ import functools
 import click
 
 from ..activations import ATTN_IMPLEMENTATIONS
+from ..lora import VARIANTS
 from ..optimizers import OPTIMIZERS
 from ..specs import ADAPTER_DTYPES, COMPUTE_DTYPES, METHODS, STACKS
 
@@ -45,6 +46,9 @@ def lora_options(func):
                      help="lora_dropout; above 0 it saves a mask and a copy of each input."),
         click.option("--dora/--no-dora", default=False, show_default=True,
                      help="Weight-decomposed LoRA (a magnitude vector per adapted matrix)."),
+        click.option("--variant", type=_CHOICE(VARIANTS), default="lora", show_default=True,
+                     help="LoRA-family method: rslora (scaling only), lora-fa (A frozen), vera "
+                          "(shared frozen projections, two vectors per matrix)."),
     ])(func)
 
 
