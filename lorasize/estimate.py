@@ -173,15 +173,21 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     top = act.top_bytes_per_token(model, dt, full, head) * tokens
     logits = act.logits_peak_bytes_per_token(model, train.stack, dt.compute) * tokens
     transient = act.layer_backward_transient_per_token(model, dt) * tokens
-    # bitsandbytes dequantizes one weight in the compute dtype, then casts it to the input's.
-    dequant = (d + (dt.compute if dt.compute != d else 0)) * static.largest_quantized
+    # bitsandbytes' MatMul4Bit dequantizes one weight to the compute dtype inside each matmul
+    # (the input is cast to it first, the output back afterwards).
+    dequant = d * static.largest_quantized
+    # PEFT's ParamWrapper differentiates W + BA as a whole: backward makes a gradient the size of
+    # a stacked expert weight before reducing it onto A and B. The first one backward meets, while
+    # every activation is still alive, is the last expert matrix of the forward.
+    last_expert = next((t for t in reversed(targets) if t.linear.experts), None)
+    expert_gradient = d * last_expert.linear.weight_numel if last_expert else 0
     if train.checkpointing:
         kept = act.checkpoint_bytes_per_token(model, dt) * model.num_layers * tokens + top
         moments = {
             "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
             "layer backward (recompute)": {
                 "activations": kept + layer * tokens + constant + mask, "logits": 0,
-                "temporaries": max(transient, dequant)},
+                "temporaries": max(transient, dequant, expert_gradient)},
         }
     else:
         saved = (layer * tokens + constant) * model.num_layers + top + mask
@@ -192,7 +198,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
         moments = {
             "loss backward": {"activations": saved, "logits": logits, "temporaries": 0},
             "layer backward": {"activations": saved, "logits": 0,
-                               "temporaries": max(transient, dequant)},
+                               "temporaries": max(transient, dequant, expert_gradient)},
         }
     grads_and_step = static.gradients + step_temporary_bytes(train.optimizer, static.optimizer)
     moments["optimizer step"] = {"activations": 0, "logits": 0, "temporaries": grads_and_step}

@@ -39,9 +39,10 @@ def _register() -> None:
     from .report_cmd import report
     from .serve_cmd import fit, serve
     from .calibrate_cmd import calibrate
+    from .trace_cmd import trace
     from .validate_cmd import validate
 
-    for command in (estimate, models, gpus, inspect, serve, fit, report, validate, calibrate):
+    for command in (estimate, trace, models, gpus, inspect, serve, fit, report, validate, calibrate):
         cli.add_command(command)
 
 

@@ -1,0 +1,63 @@
+"""The trace tier: one real training step of the real Hugging Face model with the real PEFT
+adapter, under torch's fake tensors, every live byte counted (see docs/trace.md).
+
+``trace(...)`` runs in a subprocess (the trace patches globals) and imports torch there only;
+importing this package imports no torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+from ..errors import LorasizeError, MissingExtraError
+from ..lora import LoraSpec
+from ..model import ModelSpec
+from ..specs import TrainSpec
+
+REQUIRED = ("torch", "transformers", "peft", "bitsandbytes")
+
+
+def check_available() -> None:
+    """Raise :class:`MissingExtraError` naming the missing package and the install command."""
+    for module in REQUIRED:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError("lorasize trace", "torch", module)
+
+
+def _item(model: ModelSpec, lora: LoraSpec, train: TrainSpec, options: dict) -> dict:
+    return {"model": {"name": model.name, "hf_config": model.hf_config},
+            "lora": asdict(lora), "train": asdict(train), **options}
+
+
+def trace_many(configs: list[tuple[ModelSpec, LoraSpec, TrainSpec]], fake: bool = True,
+               timeout: float = 1800, **options) -> list[dict]:
+    """Trace several configurations in one subprocess; returns one dict per configuration:
+    ``{"ok": True, "result": {...}}`` or ``{"ok": False, "error": "..."}``.
+
+    ``options`` go to :func:`lorasize.trace.run.trace_step` (``round_to``, ``emulate``,
+    ``real_bnb``)."""
+    check_available()
+    payload = json.dumps([_item(m, lo, t, dict(options, fake=fake)) for m, lo, t in configs])
+    done = subprocess.run([sys.executable, "-m", "lorasize.trace.worker"], input=payload,
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0 or not done.stdout.strip():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LorasizeError(f"the trace process failed: {last}")
+    return json.loads(done.stdout)
+
+
+def trace(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True) -> dict:
+    """Trace one configuration; the result as a dict (see :class:`lorasize.trace.run.TraceResult`).
+
+    Raises:
+        MissingExtraError: torch, transformers, peft or bitsandbytes is not installed.
+        LorasizeError: the architecture or setting cannot be traced (names it and the op).
+    """
+    (outcome,) = trace_many([(model, lora, train)], fake)
+    if not outcome["ok"]:
+        raise LorasizeError(f"cannot trace {model.name}: {outcome['error']}")
+    return outcome["result"]

@@ -1,0 +1,188 @@
+"""Build the real Hugging Face model with the real PEFT adapter, every tensor fake.
+
+Steps (learned in the trace prototype): build from the config on the meta device; swap the
+linears bitsandbytes would quantize for :class:`StandInLinear4bit`; run PEFT's
+``prepare_model_for_kbit_training`` when the spec asks for it; wrap with PEFT under
+``torch.device("meta")`` (otherwise PEFT materialises adapters in host memory first); then one
+``to_empty`` inside ``FakeTensorMode`` turns every parameter and buffer into a fake tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import torch
+
+from ..errors import LorasizeError
+from ..lora import LoraSpec, resolve_targets
+from ..model import ModelSpec
+from ..specs import TrainSpec
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+ATTN_IMPLEMENTATIONS = {"sdpa": "sdpa", "eager": "eager", "flash": "sdpa"}
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence library chatter while building."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def _standin_class():
+    import bitsandbytes as bnb
+
+    class StandInLinear4bit(bnb.nn.Linear4bit):
+        """``bnb.nn.Linear4bit`` with bitsandbytes' exact storage layout, on any device.
+
+        ``Params4bit`` cannot wrap a fake tensor, so the packed weight is a plain uint8
+        parameter made by the real ``quantize_4bit`` and the ``QuantState`` tensors are buffers;
+        forward is the real ``bnb.matmul_4bit``. Subclassing ``Linear4bit`` makes PEFT wrap it
+        with its bitsandbytes LoRA layer, as it wraps the real one.
+        """
+
+        def __init__(self, linear: torch.nn.Linear, compute_dtype, quant_type: str, double_quant: bool):
+            torch.nn.Module.__init__(self)
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            weight = torch.empty(self.out_features, self.in_features, dtype=compute_dtype,
+                                 device=linear.weight.device)
+            packed, state = bnb.functional.quantize_4bit(
+                weight, blocksize=64, compress_statistics=double_quant, quant_type=quant_type,
+                quant_storage=torch.uint8)
+            self.weight = torch.nn.Parameter(packed, requires_grad=False)
+            self.weight.compress_statistics = double_quant
+            self.weight.quant_type = quant_type
+            self.weight.blocksize = 64
+            self.bias = linear.bias
+            self.register_buffer("qs_absmax", state.absmax)
+            self.register_buffer("qs_code", state.code)
+            self._nested = state.state2 is not None
+            if self._nested:
+                self.register_buffer("qs_state2_absmax", state.state2.absmax)
+                self.register_buffer("qs_state2_code", state.state2.code)
+                self.register_buffer("qs_offset", state.offset)
+            self._meta = dict(shape=state.shape, dtype=state.dtype, quant_type=quant_type,
+                              blocksize2=state.state2.blocksize if self._nested else None)
+            self.compute_dtype = compute_dtype
+            self.compute_type_is_set = True
+            self.quant_storage = torch.uint8
+            self.support_avx512bf16_for_cpu = False
+
+        def _state(self):
+            F = bnb.functional
+            nested = None
+            if self._nested:
+                nested = F.QuantState(absmax=self.qs_state2_absmax, code=self.qs_state2_code,
+                                      blocksize=self._meta["blocksize2"], dtype=torch.float32)
+            return F.QuantState(absmax=self.qs_absmax, shape=self._meta["shape"], code=self.qs_code,
+                                blocksize=64, quant_type=self._meta["quant_type"],
+                                dtype=self._meta["dtype"], offset=getattr(self, "qs_offset", None),
+                                state2=nested)
+
+        def forward(self, x):
+            input_dtype = x.dtype
+            out = bnb.matmul_4bit(x.to(self.compute_dtype), self.weight, bias=None,
+                                  quant_state=self._state())
+            if self.bias is not None:
+                out = out + self.bias.to(out.dtype)
+            return out.to(input_dtype)
+
+    return StandInLinear4bit
+
+
+def _real_linear4bit(linear: torch.nn.Linear, compute_dtype, quant_type: str, double_quant: bool):
+    """bitsandbytes' own Linear4bit, quantizing the linear's real weights (CPU tensors)."""
+    import bitsandbytes as bnb
+
+    layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                              compute_dtype=compute_dtype, compress_statistics=double_quant,
+                              quant_type=quant_type, quant_storage=torch.uint8)
+    layer.weight = bnb.nn.Params4bit(linear.weight.data.to(compute_dtype), requires_grad=False,
+                                     quant_type=quant_type, compress_statistics=double_quant,
+                                     blocksize=64, module=layer)
+    if linear.bias is not None:
+        layer.bias = linear.bias
+    return layer.to("cpu")
+
+
+def quantize_linears(model: torch.nn.Module, train: TrainSpec, real_bnb: bool = False) -> int:
+    """Replace what transformers' ``replace_with_bnb_linear`` replaces (``type(m) is nn.Linear``,
+    not the head) by 4-bit layers: stand-ins, or bitsandbytes' own with ``real_bnb``. Returns
+    how many were replaced."""
+    if train.quant_type not in ("nf4", "fp4"):
+        raise LorasizeError(f"the trace models 4-bit bases; '{train.quant_type}' is not traced yet",
+                            source="--quant")
+    standin = _real_linear4bit if real_bnb else _standin_class()
+    output = model.get_output_embeddings()
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and child is not output:
+                setattr(parent, name, standin(child, TORCH_DTYPES[train.dtype], train.quant_type,
+                                              train.double_quant))
+                replaced += 1
+    model.is_loaded_in_4bit = True
+    return replaced
+
+
+def _peft_config(model: ModelSpec, lora: LoraSpec):
+    from peft import LoraConfig, VeraConfig
+
+    targets = resolve_targets(model, lora)
+    if lora.targets == ("all",):
+        modules, parameters = "all-linear", None
+    else:
+        modules = [t.linear.path for t in targets if not t.linear.experts]
+        parameters = [t.linear.path for t in targets if t.linear.experts] or None
+    if lora.variant == "vera":
+        return VeraConfig(r=lora.r, target_modules=modules, vera_dropout=lora.dropout)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=modules, target_parameters=parameters, use_dora=lora.dora,
+                      use_rslora=lora.variant == "rslora")
+
+
+def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, real_bnb: bool = False):
+    """The PEFT-wrapped model, its tensors fake when ``fake_mode`` is given (else real CPU)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = {k: v for k, v in model.hf_config.items() if not k.startswith("_")}
+    model_type = config.pop("model_type")
+    with quiet():
+        hf_config = AutoConfig.for_model(model_type, **config)
+        device = torch.device("meta") if fake_mode is not None else contextlib.nullcontext()
+        with device:
+            hf_model = AutoModelForCausalLM.from_config(
+                hf_config, attn_implementation=ATTN_IMPLEMENTATIONS[train.attn])
+        hf_model = hf_model.to(TORCH_DTYPES[train.dtype])
+        if train.quantized:
+            quantize_linears(hf_model, train, real_bnb)
+        if train.upcasts_to_fp32:
+            hf_model = prepare_model_for_kbit_training(hf_model, use_gradient_checkpointing=False)
+        if train.method != "full":
+            with device:
+                hf_model = get_peft_model(hf_model, _peft_config(model, lora))
+            if lora.variant == "lora-fa":
+                for name, param in hf_model.named_parameters():
+                    if "lora_A" in name:
+                        param.requires_grad_(False)
+        if train.checkpointing:
+            base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if fake_mode is not None:
+            with fake_mode:
+                hf_model = hf_model.to_empty(device="cpu")
+                # to_empty gives every parameter slot its own storage: tie the embeddings again,
+                # as from_pretrained does.
+                base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
+                base.tie_weights()
+    hf_model.train()
+    return hf_model

@@ -1,0 +1,109 @@
+"""Trace training steps of the real model under fake tensors and report what the tracker saw."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..allocator import MIN_BLOCK_BYTES
+from ..lora import LoraSpec
+from ..model import ModelSpec
+from ..specs import TrainSpec
+from .build import build, quiet
+from .emulation import EMULATION_VERSION, cuda_emulation, fake_tensor_fixes, workspace
+from .tracker import LiveBytesTracker
+
+TRACED_STEPS = 2  # optimizer state appears in step 1; step 2 is the steady state reported
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """The peak of allocated bytes of one steady-state training step, as traced."""
+
+    peak_bytes: int
+    breakdown: dict[str, int]
+    peak_op: str
+    phase_peaks: dict[str, int]
+    trainable_params: int
+    seconds: float = 0.0
+    ops: int = 0
+    emulation: str = EMULATION_VERSION
+    steps: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _optimizer(train: TrainSpec, params):
+    name = train.optimizer
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=1e-4, foreach=True)  # torch's CUDA default
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-3)
+    if name == "sgd-momentum":
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+        return Adafactor(params)
+    from ..errors import LorasizeError
+    raise LorasizeError(f"the trace runs torch and transformers optimizers; '{name}' is not traced "
+                        f"yet", source="--optimizer")
+
+
+def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True,
+               round_to: int = MIN_BLOCK_BYTES, emulate: bool = True,
+               real_bnb: bool = False) -> TraceResult:
+    """Run ``TRACED_STEPS`` real training steps (fake tensors unless ``fake=False``) in this
+    process and return the last step's peak. Patches globals: call it in a subprocess.
+
+    ``emulate=False`` keeps the CPU's own kernels (to compare real and fake runs of the same
+    code); ``real_bnb`` quantizes with bitsandbytes' own ``Params4bit`` (real tensors only).
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    start = time.perf_counter()
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+    with (cuda_emulation() if emulate else fake_tensor_fixes()):
+        network = build(model, lora, train, mode, real_bnb=real_bnb)
+        trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+        context = mode if mode is not None else _null()
+        with context, quiet():
+            generator = None if fake else torch.Generator().manual_seed(0)
+            ids = torch.randint(0, model.vocab_size, (train.batch_size, train.seq_len),
+                                generator=generator)
+            optimizer = _optimizer(train, [p for p in network.parameters() if p.requires_grad])
+            tracker = LiveBytesTracker(round_to=round_to, workspace=workspace if emulate else None)
+            tracker.track_model(network)
+            tracker.add(ids, "inputs")
+            steps = []
+            with tracker:
+                for _ in range(TRACED_STEPS):
+                    tracker.reset_peak()
+                    tracker.phase = "forward"
+                    loss = network(input_ids=ids, labels=ids).loss  # outputs dropped, as Trainer does
+                    tracker.phase = "backward"
+                    loss.backward()
+                    del loss
+                    tracker.phase = "optimizer"
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    tracker.track_optimizer(optimizer)
+                    tracker.phase = "setup"
+                    steps.append({"peak_bytes": tracker.peak, "peak_op": tracker.peak_op,
+                                  "breakdown": dict(tracker.peak_breakdown),
+                                  "phase_peaks": dict(tracker.phase_peaks)})
+    last = steps[-1]
+    return TraceResult(peak_bytes=last["peak_bytes"], breakdown=last["breakdown"],
+                       peak_op=last["peak_op"], phase_peaks=last["phase_peaks"],
+                       trainable_params=trainable, seconds=round(time.perf_counter() - start, 3),
+                       ops=tracker.ops, steps=steps)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
