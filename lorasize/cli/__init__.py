@@ -39,10 +39,12 @@ def _register() -> None:
     from .report_cmd import report
     from .serve_cmd import fit, serve
     from .calibrate_cmd import calibrate
+    from .check_cmd import check
     from .trace_cmd import trace
     from .validate_cmd import validate
 
-    for command in (estimate, trace, models, gpus, inspect, serve, fit, report, validate, calibrate):
+    for command in (estimate, trace, models, gpus, inspect, serve, fit, report, validate, calibrate,
+                    check):
         cli.add_command(command)
 
 
