@@ -53,8 +53,12 @@ def _check_registered():
     from lorasize.cli import cli
     from lorasize.cli.check_cmd import check
 
-    if "check" not in cli.commands:
-        cli.add_command(check)
+    if "check" in cli.commands:
+        yield
+        return
+    cli.add_command(check)
+    yield
+    del cli.commands["check"]  # leave the group as it was (docs/cli.md is rendered from it)
 
 
 def write(tmp_path: Path, text: str, name: str = "budgets.yaml") -> Path:
