@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = [[], ["estimate"], ["trace"], ["serve"], ["fit"], ["report"], ["validate"], ["calibrate"], ["check"], ["models"], ["gpus"], ["inspect"]]
+COMMANDS = [[], ["estimate"], ["trace"], ["profile"], ["serve"], ["fit"], ["report"], ["validate"], ["calibrate"], ["check"], ["models"], ["gpus"], ["inspect"]]
 
 
 def render() -> str:

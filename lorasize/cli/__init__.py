@@ -40,11 +40,12 @@ def _register() -> None:
     from .serve_cmd import fit, serve
     from .calibrate_cmd import calibrate
     from .check_cmd import check
+    from .profile_cmd import profile
     from .trace_cmd import trace
     from .validate_cmd import validate
 
-    for command in (estimate, trace, models, gpus, inspect, serve, fit, report, validate, calibrate,
-                    check):
+    for command in (estimate, trace, profile, models, gpus, inspect, serve, fit, report, validate,
+                    calibrate, check):
         cli.add_command(command)
 
 

@@ -21,6 +21,10 @@ from ..lora import LoraSpec, resolve_targets
 from ..model import ModelSpec
 from ..specs import TrainSpec
 
+# bitsandbytes logs a warning at import on CPU-only machines (an optional kernels package);
+# lorasize's output stays its own.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 ATTN_IMPLEMENTATIONS = {"sdpa": "sdpa", "eager": "eager", "flash": "sdpa"}
 

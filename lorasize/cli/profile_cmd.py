@@ -1,0 +1,84 @@
+"""``lorasize profile``: measure real training steps and save a profile file."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import click
+
+from ..allocator import cublas_workspace_bytes
+from ..errors import LorasizeError
+from ..estimate import estimate as run_estimate
+from ..profile.schema import write_profile
+from ..trace import check_available
+from ..units import format_bytes
+from .estimate_cmd import build_specs
+from .options import lora_options, model_options, output_options, train_options
+
+
+def _device(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@click.command()
+@model_options
+@lora_options
+@train_options
+@click.option("--steps", type=int, default=3, show_default=True, help="Measured training steps.")
+@click.option("--warmup", type=int, default=1, show_default=True,
+              help="Steps run first and not measured (optimizer state appears in the first).")
+@click.option("--device", type=click.Choice(("auto", "cuda", "cpu")), default="auto",
+              show_default=True, help="cuda: torch.cuda and pynvml; cpu: the live-storage tracker.")
+@click.option("--out", "-o", default="profiles", show_default=True, metavar="DIR",
+              help="Folder the profile file is written to (atomically).")
+@output_options
+@click.pass_context
+def profile(ctx: click.Context, steps: int, warmup: int, device: str, out: str, as_json: bool,
+            **p) -> int:
+    """Run real training steps (random weights of the model's real architecture) and record
+    their memory per phase, step time and tokens per second as a profile file.
+
+    On a GPU the figures come from torch.cuda and pynvml (the whole device, as nvidia-smi shows
+    it); on the CPU from the trace tier's tracker over real tensors, so the path runs anywhere.
+
+    \b
+    Example:
+      lorasize profile --model llama2-7b --method qlora --r 16 --targets all \\
+          --batch-size 4 --seq-len 1024 --steps 10 --out profiles/
+    """
+    check_available()
+    if steps <= 0 or warmup < 0:
+        raise LorasizeError("must be above 0 (and --warmup 0 or more)", source="--steps")
+    p.setdefault("adapter_dtype", "fp32")
+    model, lora, train = build_specs(ctx, p)
+    folder = Path(out)
+    if not folder.is_dir():
+        raise LorasizeError("the folder does not exist", source=str(folder))
+    from ..profile.runner import profile_training
+
+    data = profile_training(model, lora, train, steps=steps, warmup=warmup, device=_device(device))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model.name}-{train.method}-r{lora.r}-"
+                  f"b{train.batch_size}-s{train.seq_len}-{data['device']['kind']}-{int(time.time())}")
+    path = folder / f"{name}.json"
+    write_profile(data, path)
+    m = data["measurements"]
+    if as_json:
+        click.echo(json.dumps(dict(data, path=str(path)), indent=2))
+        return 0
+    if m["oom"]:
+        click.echo(f"out of memory: recorded in {path}")
+        return 1
+    est = run_estimate(model, lora, train)
+    expected = est.allocated_bytes
+    if data["device"]["kind"] == "cpu":
+        expected -= cublas_workspace_bytes(None)  # no cuBLAS workspace on the CPU
+    click.echo(f"wrote {path}\npeak allocated {format_bytes(m['peak_allocated_bytes'])} "
+               f"(estimate {format_bytes(expected)}), {m['tokens_per_s']:,.0f} tokens/s "
+               f"on {data['device']['name']}")
+    return 0

@@ -1,0 +1,111 @@
+"""Run real training steps and measure them: the profiler.
+
+The model is built from its config with random weights (memory does not depend on the values)
+or loaded from a local weights folder, quantized and wrapped with PEFT as the spec says, then
+trained for ``warmup + steps`` steps on synthetic token batches of exactly batch x seq. Each
+phase (forward, backward, optimizer) of each step is measured by a :mod:`backend
+<lorasize.profile.backends>`; an out-of-memory error is a result, not a crash.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict
+from importlib import metadata
+
+from .. import __version__
+from ..lora import LoraSpec
+from ..model import ModelSpec
+from ..specs import TrainSpec
+from .backends import CudaBackend, TrackerBackend
+from .schema import SCHEMA_VERSION
+
+PHASES = ("forward", "backward", "optimizer")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _versions(backend) -> dict:
+    versions = {name: _version(name) for name in ("torch", "transformers", "peft", "bitsandbytes")}
+    versions.update(lorasize=__version__, python=platform.python_version())
+    if backend.kind == "cuda":
+        versions["driver"] = backend.pynvml.nvmlSystemGetDriverVersion()
+    return versions
+
+
+def _device(backend) -> dict:
+    if backend.kind == "cuda":
+        import torch
+        props = torch.cuda.get_device_properties(0)
+        return {"kind": "cuda", "name": props.name, "memory_bytes": int(props.total_memory)}
+    return {"kind": "cpu", "name": platform.processor() or platform.machine(), "memory_bytes": None}
+
+
+def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: int = 3,
+                     warmup: int = 1, device: str = "cpu") -> dict:
+    """Profile ``steps`` measured training steps after ``warmup`` ones; returns the profile."""
+    import torch
+
+    from ..trace.build import build, quiet
+    from ..trace.run import _optimizer
+
+    torch.manual_seed(0)
+    backend = CudaBackend() if device == "cuda" else None  # fail before the slow build
+    load_start = time.perf_counter()
+    network = build(model, lora, train, fake_mode=None, real_bnb=train.quantized)
+    if device == "cuda":
+        network = network.to("cuda")
+    else:
+        backend = TrackerBackend(network)
+    load_seconds = time.perf_counter() - load_start
+    config = {"model": {"name": model.name, "hf_config": model.hf_config}, "lora": asdict(lora),
+              "train": asdict(train), "steps": steps, "warmup": warmup}
+    measurements: dict = {"oom": False, "load_seconds": round(load_seconds, 4), "phases": {}}
+    ids = torch.randint(0, model.vocab_size, (train.batch_size, train.seq_len), device=device)
+    optimizer = _optimizer(train, [p for p in network.parameters() if p.requires_grad])
+    step_times = []
+    backend.start()
+    try:
+        with backend.context(), quiet():
+            for step in range(warmup + steps):
+                begin = time.perf_counter()
+                for phase in PHASES:
+                    backend.begin_phase(phase)
+                    if phase == "forward":
+                        loss = network(input_ids=ids, labels=ids).loss
+                    elif phase == "backward":
+                        loss.backward()
+                        del loss
+                    else:
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        if backend.kind == "cpu":
+                            backend.tracker.track_optimizer(optimizer)
+                    figures = backend.end_phase(phase)
+                    if step >= warmup:
+                        kept = measurements["phases"].setdefault(phase, {})
+                        for key, value in figures.items():
+                            kept[key] = max(kept.get(key, 0), value)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                if step >= warmup:
+                    step_times.append(time.perf_counter() - begin)
+    except torch.cuda.OutOfMemoryError:
+        measurements["oom"] = True
+    finally:
+        summary = backend.stop()
+    network = optimizer = None
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    measurements.update(summary)
+    if not measurements["oom"]:
+        step = sorted(step_times)[len(step_times) // 2]
+        measurements.update(step_seconds=round(step, 6), tokens_per_s=round(train.tokens / step, 3))
+    return {"schema_version": SCHEMA_VERSION, "versions": _versions(backend),
+            "device": _device(backend), "config": config, "measurements": measurements}

@@ -1,0 +1,75 @@
+"""The profiler: real training steps measured, profile files written and checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lorasize import LoraSpec, ModelSpec, TrainSpec, estimate
+from lorasize.allocator import cublas_workspace_bytes
+from lorasize.errors import LorasizeError
+from lorasize.profile import load_profile, load_profiles, validate_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=160,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    folder = tmp_path / "tiny-llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY))
+    return folder
+
+
+@pytest.mark.parametrize("args", [["-t", "all", "-b", "2", "-s", "32"],
+                                  ["--method", "qlora", "-t", "qv", "-s", "32", "--no-kbit-prep"]])
+def test_cpu_profile_end_to_end(cli, tiny_model, tmp_path, args):
+    out = tmp_path / "profiles"
+    out.mkdir()
+    code, stdout, err = cli("profile", "-m", str(tiny_model), "-r", "4", *args, "--device", "cpu",
+                            "--steps", "2", "--out", str(out), "--json")
+    assert code == 0, err
+    data = json.loads(stdout)
+    (path,) = out.glob("*.json")
+    profile = load_profile(path)
+    measured = profile["measurements"]
+    assert measured["oom"] is False and measured["tokens_per_s"] > 0
+    assert set(measured["phases"]) == {"forward", "backward", "optimizer"}
+    assert {"torch", "transformers", "peft", "bitsandbytes", "lorasize"} <= set(profile["versions"])
+    # The estimate for the same step (no cuBLAS workspace on a CPU) agrees with the real run.
+    spec = ModelSpec.from_hf_config(TINY)
+    train = data["config"]["train"]
+    lora = data["config"]["lora"]
+    lora["targets"] = tuple(lora["targets"])
+    e = estimate(spec, LoraSpec(**lora), TrainSpec(**train))
+    assert e.allocated_bytes - cublas_workspace_bytes(None) == pytest.approx(
+        measured["peak_allocated_bytes"], rel=0.1)
+
+
+def test_no_gpu_is_a_clear_message(cli, tiny_model, tmp_path):
+    code, out, err = cli("profile", "-m", str(tiny_model), "--device", "cuda", "--out", str(tmp_path))
+    assert code == 2 and "--device" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda d: d.pop("versions"), "versions"),
+    (lambda d: d["device"].pop("name"), "device.name"),
+    (lambda d: d["measurements"].update(peak_allocated_bytes=-1), "measurements.peak_allocated_bytes"),
+    (lambda d: d.update(schema_version=7), "schema_version"),
+    (lambda d: d["config"].update(steps="three"), "config.steps"),
+])
+def test_malformed_profiles_name_the_field(mutate, field):
+    (shipped,) = sorted((ROOT / "profiles").glob("*.json"))[:1]
+    data = json.loads(shipped.read_text())
+    mutate(data)
+    with pytest.raises(LorasizeError, match=field.replace(".", r"\.")):
+        validate_profile(data, "x.json")
+
+
+def test_every_shipped_profile_loads():
+    profiles = load_profiles(ROOT / "profiles")
+    assert profiles, "profiles/ holds at least the example CPU profile"
