@@ -6,7 +6,8 @@ Two constants, each with a meaning (DESIGN.md: "keep the number of fitted consta
   of memory that comes and goes within a step. Fitted by least squares through the origin on
   rows measuring ``max_memory_reserved``:  measured - predicted_allocated ~ f x dynamic.
 - ``cuda_context_bytes``: device memory outside torch's allocator (context, kernels). Fitted as
-  the mean of ``nvidia-smi - predicted reserved - paged`` over rows measuring the whole device.
+  the mean of ``nvidia-smi - (allocated + f x dynamic) - paged`` over rows measuring the whole
+  device, with the reserve fraction f fitted first.
 
 Rows come from measurement CSVs (``validate``'s format) and from profile files. A term without
 rows keeps its built-in default (``lorasize/allocator.py``). The package ships
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from .allocator import DEFAULT_CUDA_CONTEXT_BYTES, DEFAULT_RESERVE_FRACTION
 from .errors import LorasizeError
-from .estimate import Calibration
+from .estimate import Calibration, estimate
 
 SCHEMA_VERSION = 1
 DEFAULT_FILE = Path(__file__).resolve().parent / "data" / "calibration.json"
@@ -74,13 +75,14 @@ def _clamp(value: float, bounds: tuple[float, float]) -> float:
     return min(max(value, bounds[0]), bounds[1])
 
 
-def fit(points_reserved: list[tuple[int, int, int]], points_device: list[tuple[int, int]],
+def fit(points_reserved: list[tuple[int, int, int]], points_device: list[tuple[int, int, int]],
         source: str) -> tuple[Calibration, dict]:
     """Least-squares fit of the two constants.
 
     Args:
         points_reserved: (measured reserved, predicted allocated, predicted dynamic) per row.
-        points_device: (measured device total, predicted reserved + paged) per row.
+        points_device: (measured device total, predicted allocated + paged, predicted dynamic)
+            per row.
         source: where the rows came from, recorded in the result.
 
     Returns:
@@ -94,7 +96,8 @@ def fit(points_reserved: list[tuple[int, int, int]], points_device: list[tuple[i
     else:
         fraction = DEFAULT_RESERVE_FRACTION
     if len(points_device) >= MIN_ROWS:
-        context = int(_clamp(sum(m - p for m, p in points_device) / len(points_device), CONTEXT_BOUNDS))
+        context = int(_clamp(sum(m - a - fraction * d for m, a, d in points_device)
+                             / len(points_device), CONTEXT_BOUNDS))
     else:
         context = DEFAULT_CUDA_CONTEXT_BYTES
     report["reserved_residuals"] = [m - a - fraction * d for m, a, d in points_reserved]
@@ -121,11 +124,41 @@ def calibrate_from_measurements(csv_path: str | Path) -> tuple[Calibration, dict
         if metric == "peak_reserved":
             reserved.append((measured, result.allocated_bytes, result.dynamic_bytes))
         else:
-            device.append((measured, result.reserved_bytes + result.breakdown["paged_optimizer"]))
+            device.append((measured, result.allocated_bytes + result.breakdown["paged_optimizer"],
+                           result.dynamic_bytes))
         used.append(row["id"])
     calibration, report = fit(reserved, device, f"fitted from {Path(csv_path).name}")
     report["rows"] = used
+    report["points_reserved"], report["points_device"] = reserved, device
     return calibration, report
+
+
+def profile_points(profiles: list[dict]) -> tuple[list, list, list]:
+    """Fit points from GPU profiles: (reserved points, device points, profile names used).
+    CPU profiles have no allocator or device figures and are skipped."""
+    from .lora import LoraSpec
+    from .model import ModelSpec
+    from .specs import TrainSpec
+
+    zero = Calibration(cuda_context_bytes=0, reserve_fraction=0.0, source="fit")
+    reserved, device, used = [], [], []
+    for profile in profiles:
+        measured = profile["measurements"]
+        if profile["device"]["kind"] != "cuda" or measured["oom"]:
+            continue
+        config = profile["config"]
+        lora = dict(config["lora"], targets=tuple(config["lora"]["targets"]))
+        model = ModelSpec.from_hf_config(config["model"]["hf_config"], name=config["model"]["name"])
+        result = estimate(model, LoraSpec(**lora), TrainSpec(**config["train"]), calibration=zero)
+        if measured.get("peak_reserved_bytes"):
+            reserved.append((measured["peak_reserved_bytes"], result.allocated_bytes,
+                             result.dynamic_bytes))
+        if measured.get("device_peak_bytes"):
+            device.append((measured["device_peak_bytes"],
+                           result.allocated_bytes + result.breakdown["paged_optimizer"],
+                           result.dynamic_bytes))
+        used.append(config["model"]["name"])
+    return reserved, device, used
 
 
 def write_calibration(calibration: Calibration, path: str | Path, report: dict | None = None) -> None:
@@ -134,5 +167,6 @@ def write_calibration(calibration: Calibration, path: str | Path, report: dict |
 
     data = {"schema_version": SCHEMA_VERSION, **asdict(calibration)}
     if report:
-        data["fit"] = {k: v for k, v in report.items() if k != "reserved_residuals"}
+        data["fit"] = {k: v for k, v in report.items()
+                       if k not in ("reserved_residuals", "points_reserved", "points_device")}
     write_atomic(path, json.dumps(data, indent=2) + "\n")

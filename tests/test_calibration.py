@@ -19,15 +19,16 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "measurement
 def test_least_squares_recovers_the_constants():
     reserved = [(a + int(0.2 * d), a, d) for a, d in ((10**9, 10**8), (5 * 10**9, 3 * 10**9),
                                                       (2 * 10**9, 10**9))]
-    device = [(r + 700 * 2**20, r) for r in (10**9, 2 * 10**9, 3 * 10**9)]
+    device = [(a + int(0.2 * d) + 700 * 2**20, a, d) for a, d in ((10**9, 10**8), (2 * 10**9, 10**9),
+                                                                   (3 * 10**9, 2 * 10**9))]
     calibration, report = fit(reserved, device, "synthetic")
     assert calibration.reserve_fraction == pytest.approx(0.2, abs=1e-6)
-    assert calibration.cuda_context_bytes == 700 * 2**20
+    assert calibration.cuda_context_bytes == pytest.approx(700 * 2**20, abs=2)
     assert report["reserved_rows"] == report["device_rows"] == MIN_ROWS
 
 
 def test_too_few_rows_keep_the_defaults():
-    calibration, _ = fit([(2, 1, 1)], [(10**10, 1)], "one row")
+    calibration, _ = fit([(2, 1, 1)], [(10**10, 1, 1)], "one row")
     assert calibration.reserve_fraction == Calibration().reserve_fraction
     assert calibration.cuda_context_bytes == Calibration().cuda_context_bytes
 
@@ -73,3 +74,35 @@ def test_shipped_calibration_is_the_fit_of_the_measurements():
         "regenerate: lorasize calibrate -m ../shared/measurements/measured.csv "
         "-o lorasize/data/calibration.json")
     assert report["reserved_rows"] >= MIN_ROWS
+
+
+def test_gpu_profiles_feed_the_fit(tmp_path, cli):
+    """Profiles of GPU runs are fit points (here synthetic ones whose reserve is 25% of the
+    step's dynamic memory); CPU profiles are skipped."""
+    from dataclasses import asdict
+
+    from lorasize.profile import write_profile
+    from lorasize.profile.schema import SCHEMA_VERSION
+
+    spec = resolve_model("llama3.2-1b")
+    zero = Calibration(0, 0.0)
+    for index, (r, seq) in enumerate(((8, 512), (16, 1024), (64, 2048))):
+        lora, train = LoraSpec(r=r, targets=("all",)), TrainSpec(seq_len=seq)
+        e = estimate(spec, lora, train, calibration=zero)
+        profile = {
+            "schema_version": SCHEMA_VERSION, "versions": {"torch": "2.13.0"},
+            "device": {"kind": "cuda", "name": "NVIDIA L4", "memory_bytes": 24 * 2**30},
+            "config": {"model": {"name": spec.name, "hf_config": spec.hf_config},
+                       "lora": asdict(lora), "train": asdict(train), "steps": 3},
+            "measurements": {"oom": False, "phases": {}, "step_seconds": 1.0, "tokens_per_s": 1.0,
+                             "peak_allocated_bytes": e.allocated_bytes,
+                             "peak_reserved_bytes": e.allocated_bytes + e.dynamic_bytes // 4,
+                             "device_peak_bytes": e.allocated_bytes + e.dynamic_bytes // 4 + 600 * 2**20,
+                             "context_bytes": 600 * 2**20},
+        }
+        write_profile(profile, tmp_path / f"p{index}.json")
+    code, out, err = cli("calibrate", "--profiles", str(tmp_path), "--out", str(tmp_path / "c.json"))
+    assert code == 0, err
+    fitted = load_calibration(tmp_path / "c.json")
+    assert fitted.reserve_fraction == pytest.approx(0.25, abs=1e-4)
+    assert fitted.cuda_context_bytes == pytest.approx(600 * 2**20, rel=0.01)
