@@ -60,6 +60,7 @@ SETTINGS = [
     (LoraSpec(r=8, targets=("all",)), TrainSpec(method="qlora", seq_len=256, kbit_prep=False,
                                                 grad_checkpointing=False)),
     (LoraSpec(r=64, targets=("qv",)), TrainSpec(method="qlora", seq_len=256)),
+    (LoraSpec(r=8, targets=("all",)), TrainSpec(seq_len=256, grad_checkpointing=True)),
 ]
 
 
@@ -92,9 +93,20 @@ def test_estimator_agrees_with_trace():
         _check_agreement(spec, lora, train, outcome["result"])
 
 
-def test_full_size_llama2_7b():
-    spec, lora, train = resolve_model("llama2-7b"), LoraSpec(r=8, targets=("qv",)), TrainSpec()
-    _check_agreement(spec, lora, train, trace(spec, lora, train))
+def test_full_size_llama2_7b_and_llama3_8b():
+    configs = [(resolve_model("llama2-7b"), LoraSpec(r=8, targets=("qv",)), TrainSpec()),
+               (resolve_model("llama3-8b"), LoraSpec(r=16, targets=("all",)),
+                TrainSpec(method="qlora", seq_len=1024))]
+    for (spec, lora, train), result in zip(configs, _ok(trace_many(configs))):
+        _check_agreement(spec, lora, train, result)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointing_with_and_without_reentrant(reentrant):
+    spec = _shrunk("llama3-8b")
+    lora, train = LoraSpec(r=16, targets=("all",)), TrainSpec(seq_len=256, grad_checkpointing=True)
+    (result,) = _ok(trace_many([(spec, lora, train)], reentrant=reentrant))
+    _check_agreement(spec, lora, train, result)
 
 
 @pytest.mark.slow
@@ -128,6 +140,18 @@ def _config_file():
     folder = Path(tempfile.mkdtemp())
     (folder / "config.json").write_text(json.dumps(TINY))
     return folder
+
+
+def test_missing_torch_extra_names_the_install(monkeypatch):
+    import importlib.util
+
+    from lorasize.errors import MissingExtraError
+    from lorasize.trace import check_available
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "peft" else real(name))
+    with pytest.raises(MissingExtraError, match=r'pip install "lorasize\[torch\]"'):
+        check_available()
 
 
 def test_untraceable_is_one_line(cli):

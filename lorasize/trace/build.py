@@ -153,7 +153,8 @@ def _peft_config(model: ModelSpec, lora: LoraSpec):
                       use_rslora=lora.variant == "rslora")
 
 
-def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, real_bnb: bool = False):
+def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, real_bnb: bool = False,
+          reentrant: bool = False):
     """The PEFT-wrapped model, its tensors fake when ``fake_mode`` is given (else real CPU)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -180,7 +181,9 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
                         param.requires_grad_(False)
         if train.checkpointing:
             base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            if reentrant:
+                base.enable_input_require_grads()  # reentrant checkpoints need an input with grad
         if fake_mode is not None:
             with fake_mode:
                 hf_model = hf_model.to_empty(device="cpu")

@@ -54,19 +54,20 @@ def _optimizer(train: TrainSpec, params):
 
 def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True,
                round_to: int = MIN_BLOCK_BYTES, emulate: bool = True,
-               real_bnb: bool = False) -> TraceResult:
+               real_bnb: bool = False, reentrant: bool = False) -> TraceResult:
     """Run ``TRACED_STEPS`` real training steps (fake tensors unless ``fake=False``) in this
     process and return the last step's peak. Patches globals: call it in a subprocess.
 
     ``emulate=False`` keeps the CPU's own kernels (to compare real and fake runs of the same
-    code); ``real_bnb`` quantizes with bitsandbytes' own ``Params4bit`` (real tensors only).
+    code); ``real_bnb`` quantizes with bitsandbytes' own ``Params4bit`` (real tensors only);
+    ``reentrant`` checkpoints with ``use_reentrant=True`` (PEFT's kbit preparation default).
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     start = time.perf_counter()
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
     with (cuda_emulation() if emulate else fake_tensor_fixes()):
-        network = build(model, lora, train, mode, real_bnb=real_bnb)
+        network = build(model, lora, train, mode, real_bnb=real_bnb, reentrant=reentrant)
         trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
         context = mode if mode is not None else _null()
         with context, quiet():

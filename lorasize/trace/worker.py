@@ -30,7 +30,8 @@ def main() -> int:
             model, lora, train = _specs(item)
             result = trace_step(model, lora, train, fake=item.get("fake", True),
                                 round_to=item.get("round_to", 512), emulate=item.get("emulate", True),
-                                real_bnb=item.get("real_bnb", False))
+                                real_bnb=item.get("real_bnb", False),
+                                reentrant=item.get("reentrant", False))
             results.append({"ok": True, "result": result.to_dict()})
         except LorasizeError as exc:
             results.append({"ok": False, "error": str(exc), "usage": True})
