@@ -33,6 +33,7 @@ from .errors import LorasizeError
 from .units import format_bytes, parse_bytes
 
 MODES = ("estimate", "trace")
+BASELINE_MODES = MODES + ("profiles",)  # baselines a file may hold: baseline, baseline_trace, ...
 # Figures a budget or baseline may name, each the ``estimate --json`` key without ``_bytes``.
 FIGURES = ("train_peak", "train_allocated", "train_reserved")
 # The issue's example ("no more than 1% above baseline"); a file's top-level ``tolerance`` wins.
@@ -291,7 +292,7 @@ def _scenario(name: str, name_node, node, path: str, tolerance: float | None) ->
         raise _located(exc, path, name, ye.line(name_node), lines) from None
     budgets = _budgets(fields.get("budget"), path, name, gpu)
     baselines = {}
-    for mode in MODES:
+    for mode in BASELINE_MODES:
         key = baseline_key(mode)
         if key in fields:
             baselines[mode] = _baseline(fields[key][1], path, name, key, tolerance)
@@ -436,6 +437,57 @@ def measure(budgets: BudgetsFile, mode: str = "estimate") -> dict[str, Measured]
     return measured
 
 
+def _matches(scenario: Scenario, profile: dict) -> bool:
+    from dataclasses import asdict
+
+    config = profile["config"]
+    lora = dict(config["lora"], targets=list(config["lora"]["targets"]))
+    wanted = dict(asdict(scenario.lora), targets=list(scenario.lora.targets))
+    same_model = (config["model"].get("hf_config") == scenario.model.hf_config
+                  or config["model"].get("name") == scenario.model.name)
+    same_lora = all(lora.get(k) == wanted[k] for k in ("r", "targets", "dropout", "dora", "variant"))
+    return same_model and same_lora and config["train"] == asdict(scenario.train)
+
+
+def measure_profiles(budgets: BudgetsFile, folder: str) -> dict[str, Measured]:
+    """Every scenario's figures from the newest profile of the same configuration.
+
+    A GPU profile gives all three figures as measured; a CPU profile measures allocated bytes
+    only, and the reserved and device figures add the estimate's allocator reserve and context.
+
+    Raises:
+        LorasizeError: the folder is not readable, or no profile matches a scenario (names it
+            and the command that would make one).
+    """
+    from .estimate import ALLOCATED_KEYS, estimate
+    from .profile.schema import load_profiles
+
+    try:
+        profiles = load_profiles(folder)
+    except LorasizeError as exc:
+        raise LorasizeError(str(exc).split(": ", 1)[-1], source="--from-profiles") from None
+    measured = {}
+    for scenario in budgets.scenarios:
+        found = [p for p in profiles if _matches(scenario, p) and not p["measurements"]["oom"]]
+        if not found:
+            raise LorasizeError(f"no profile in {folder} matches scenario '{scenario.name}' (run "
+                                f"lorasize profile with its flags)", source="--from-profiles")
+        figures = found[-1]["measurements"]
+        e = estimate(scenario.model, scenario.lora, scenario.train, gpu=scenario.gpu)
+        allocated = int(figures["peak_allocated_bytes"])
+        reserved = figures.get("peak_reserved_bytes")
+        device = figures.get("device_peak_bytes")
+        if found[-1]["device"]["kind"] != "cuda" or reserved is None:
+            reserved = allocated + (e.reserved_bytes - e.allocated_bytes)
+        if device is None:
+            device = reserved + (e.peak_bytes - e.reserved_bytes)
+        overhead = {k: v for k, v in e.breakdown.items() if k not in ALLOCATED_KEYS}
+        measured[scenario.name] = Measured(
+            {"train_allocated": allocated, "train_reserved": int(reserved), "train_peak": int(device)},
+            {"measured_allocated": allocated, **overhead})
+    return measured
+
+
 def _trace(budgets: BudgetsFile) -> list[dict]:
     try:
         from . import trace as trace_tier
@@ -521,7 +573,8 @@ def check(path: str | Path, mode: str = "estimate", profiles: str | None = None,
     Args:
         path: the budgets YAML file.
         mode: ``estimate`` (analytic) or ``trace`` (fake-tensor trace; needs the torch extra).
-        profiles: a folder of profiles to compare instead (not supported yet).
+        profiles: a folder of profile files (``lorasize profile``) whose measured figures are
+            judged instead (their baselines are ``baseline_profiles``).
         update_baseline: rewrite the file's baselines for ``mode`` with the measured numbers.
 
     Returns:
@@ -531,13 +584,14 @@ def check(path: str | Path, mode: str = "estimate", profiles: str | None = None,
         LorasizeError: a bad budgets file (names the line and field), an unknown mode, or a
             tier that is not available.
     """
-    if profiles is not None:
-        raise LorasizeError("comparing profiled runs is not supported yet: this version has no "
-                            "profile format to read", source="--from-profiles")
     if mode not in MODES:
         raise LorasizeError(f"unknown mode '{mode}' (expected {', '.join(MODES)})", source="--mode")
     budgets = load_budgets(path)
-    measured = measure(budgets, mode)
+    if profiles is not None:
+        mode = "profiles"
+        measured = measure_profiles(budgets, profiles)
+    else:
+        measured = measure(budgets, mode)
     updated: tuple[str, ...] = ()
     if update_baseline:
         from .files import write_atomic

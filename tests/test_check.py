@@ -153,7 +153,7 @@ def test_usage_errors_exit_2(tmp_path):
     path = write(tmp_path, PASSING)
     code, _, err = run_cli("check", str(path), "--from-profiles", str(tmp_path))
     assert code == 2 and err.startswith("lorasize: error: --from-profiles: ") and \
-        "not supported yet" in err and err.count("\n") == 1
+        "no profile" in err and err.count("\n") == 1
 
 
 def test_trace_mode_without_the_trace_tier_is_one_line(tmp_path, monkeypatch):
@@ -284,3 +284,25 @@ def test_trace_mode_runs_the_trace_tier(tmp_path):
     import json
     data = json.loads(out)
     assert data["mode"] == "trace" and data["results"][0]["verdict"] == "over budget"
+
+
+def test_from_profiles_judges_measured_runs(tmp_path):
+    """A real CPU profile of a scenario's configuration is judged against its budget."""
+    import json as _json
+
+    model = tmp_path / "tiny-llama"
+    model.mkdir()
+    (model / "config.json").write_text(_json.dumps(dict(
+        model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=160,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)))
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    code, _, err = run_cli("profile", "-m", str(model), "-r", "4", "-t", "all", "-s", "32",
+                           "--device", "cpu", "--steps", "1", "--out", str(profiles))
+    assert code == 0, err
+    budgets = tmp_path / "budgets.yaml"
+    for limit, expected in (("10 MiB", 0), ("100 KiB", 1)):
+        budgets.write_text(f"scenarios:\n  tiny:\n    model: {model}\n    r: 4\n    targets: all\n"
+                           f"    seq_len: 32\n    budget: train_allocated <= {limit}\n")
+        code, out, err = run_cli("check", str(budgets), "--from-profiles", str(profiles))
+        assert code == expected, (out, err)

@@ -18,7 +18,7 @@ from .options import output_options
               help="estimate (analytic, no torch) or trace (one real step under fake tensors; "
                    "needs lorasize[torch]).")
 @click.option("--from-profiles", "profiles", metavar="DIR",
-              help="Compare profiled runs from this folder instead (not supported yet).")
+              help="Judge the measured figures of profiled runs (lorasize profile) in this folder.")
 @click.option("--update-baseline", is_flag=True,
               help="Store the numbers measured now as the baselines (the file is rewritten "
                    "atomically; comments and order are kept).")
