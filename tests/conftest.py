@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
-import warnings
 
 import pytest
 
@@ -14,16 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-@contextlib.contextmanager
 def quiet():
-    """Silence transformers/peft/bitsandbytes chatter during a build."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
+    """Silence transformers/peft/bitsandbytes chatter during a build (the trace tier's own)."""
+    from lorasize.trace.build import quiet as library_quiet
+
+    return library_quiet()
 
 
 def build_meta_model(config: dict, num_layers: int | None = None):

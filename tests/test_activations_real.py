@@ -52,6 +52,29 @@ def _cuda_dropout(x, p=0.5, training=True, inplace=False):
     return torch.native_dropout(x, p, training)[0] if training and 0 < p < 1 else x
 
 
+def _forward_saved_bytes(model, vocab_size: int, buffers: bool) -> int:
+    """Bytes of every storage autograd saves in one training forward, each counted once;
+    parameters (and, with ``buffers``, buffers such as VeRA's shared projections) excluded."""
+    import torch
+
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    if buffers:
+        params |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, vocab_size, (BATCH, SEQ))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    return sum(saved.values())
+
+
 def _saved_bytes(config: dict, layers: int, attn: str, lora_kwargs: dict | None) -> int:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -65,20 +88,7 @@ def _saved_bytes(config: dict, layers: int, attn: str, lora_kwargs: dict | None)
         model = AutoModelForCausalLM.from_config(hf, attn_implementation=attn).to(torch.bfloat16)
         if lora_kwargs is not None:
             model = get_peft_model(model, LoraConfig(**lora_kwargs))
-    model.train()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    ids = torch.randint(0, config["vocab_size"], (BATCH, SEQ))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids)
-    return sum(saved.values())
+    return _forward_saved_bytes(model, config["vocab_size"], buffers=False)
 
 
 CASES = []
@@ -148,21 +158,7 @@ def _saved_variant(config: dict, layers: int, variant: str, targets: list[str]) 
                 for name, param in model.named_parameters():
                     if "lora_A" in name:
                         param.requires_grad_(False)
-    model.train()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    params |= {b.untyped_storage().data_ptr() for b in model.buffers()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    ids = torch.randint(0, config["vocab_size"], (BATCH, SEQ))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids)
-    return sum(saved.values())
+    return _forward_saved_bytes(model, config["vocab_size"], buffers=True)
 
 
 @pytest.mark.parametrize("variant", ["rslora", "lora-fa", "vera"])
