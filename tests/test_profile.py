@@ -73,3 +73,23 @@ def test_malformed_profiles_name_the_field(mutate, field):
 def test_every_shipped_profile_loads():
     profiles = load_profiles(ROOT / "profiles")
     assert profiles, "profiles/ holds at least the example CPU profile"
+
+
+def test_inference_profile_adapter_memory_matches_the_serving_model(cli, tiny_model, tmp_path):
+    """PEFT's real load_adapter, K times: the memory each adapter adds is what `serve` predicts
+    for PEFT (fp32 adapters)."""
+    from lorasize.lora import resolve_targets
+    from lorasize.serve import adapter_resident_bytes
+
+    out = tmp_path / "profiles"
+    out.mkdir()
+    code, stdout, err = cli("profile", "-m", str(tiny_model), "-r", "8", "-t", "all", "-s", "16",
+                            "--device", "cpu", "--steps", "1", "--inference", "4",
+                            "--new-tokens", "4", "--out", str(out), "--json")
+    assert code == 0, err
+    inference = json.loads(stdout)["measurements"]["inference"]
+    spec = ModelSpec.from_hf_config(TINY)
+    expected = adapter_resident_bytes(resolve_targets(spec, LoraSpec(r=8, targets=("all",))), "fp32")
+    assert inference["bytes_per_adapter"] == expected
+    assert len(inference["adapter_load_seconds"]) == 3
+    assert set(inference["generate_seconds"]) == {"base", "unmerged", "merged"}

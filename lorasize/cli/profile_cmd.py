@@ -35,12 +35,17 @@ def _device(choice: str) -> str:
               help="Steps run first and not measured (optimizer state appears in the first).")
 @click.option("--device", type=click.Choice(("auto", "cuda", "cpu")), default="auto",
               show_default=True, help="cuda: torch.cuda and pynvml; cpu: the live-storage tracker.")
+@click.option("--inference", "adapters", type=int, default=0, show_default=True, metavar="K",
+              help="Also profile inference: load the adapter K times (memory per adapter, load, "
+                   "swap and delete times) and time generation on the base, unmerged and merged.")
+@click.option("--new-tokens", type=int, default=16, show_default=True,
+              help="Tokens generated for the latency figures (with --inference).")
 @click.option("--out", "-o", default="profiles", show_default=True, metavar="DIR",
               help="Folder the profile file is written to (atomically).")
 @output_options
 @click.pass_context
-def profile(ctx: click.Context, steps: int, warmup: int, device: str, out: str, as_json: bool,
-            **p) -> int:
+def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: int,
+            new_tokens: int, out: str, as_json: bool, **p) -> int:
     """Run real training steps (random weights of the model's real architecture) and record
     their memory per phase, step time and tokens per second as a profile file.
 
@@ -62,7 +67,16 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, out: str, 
         raise LorasizeError("the folder does not exist", source=str(folder))
     from ..profile.runner import profile_training
 
+    if adapters < 0 or new_tokens <= 0:
+        raise LorasizeError("must be 0 or more (and --new-tokens above 0)", source="--inference")
     data = profile_training(model, lora, train, steps=steps, warmup=warmup, device=_device(device))
+    if adapters and not data["measurements"]["oom"]:
+        from ..profile.inference import profile_inference
+        from ..profile.runner import inference_backend
+
+        data["measurements"]["inference"] = profile_inference(
+            model, lora, train, adapters=adapters, new_tokens=new_tokens,
+            backend=inference_backend(data["device"]["kind"]))
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model.name}-{train.method}-r{lora.r}-"
                   f"b{train.batch_size}-s{train.seq_len}-{data['device']['kind']}-{int(time.time())}")
     path = folder / f"{name}.json"

@@ -56,6 +56,10 @@ class TrackerBackend(MemoryBackend):
     def context(self):
         return self.tracker
 
+    def live_bytes(self) -> int:
+        """Bytes live now (tensors created inside :meth:`context` and the tracked model)."""
+        return self.tracker.total
+
     def begin_phase(self, name: str) -> None:
         self.tracker.phase = {"optimizer": "optimizer"}.get(name, name)
         self.tracker.reset_peak()
@@ -101,6 +105,10 @@ class CudaBackend(MemoryBackend):
         self.peaks: dict[str, tuple[int, int]] = {}
         torch.cuda.init()
         self.context_bytes = self._used()
+
+    def live_bytes(self) -> int:
+        """Bytes torch holds allocated on the GPU now."""
+        return int(self.torch.cuda.memory_allocated())
 
     def _used(self) -> int:
         return int(self.pynvml.nvmlDeviceGetMemoryInfo(self.handle).used)

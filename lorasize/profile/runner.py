@@ -109,3 +109,22 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
         measurements.update(step_seconds=round(step, 6), tokens_per_s=round(train.tokens / step, 3))
     return {"schema_version": SCHEMA_VERSION, "versions": _versions(backend),
             "device": _device(backend), "config": config, "measurements": measurements}
+
+
+def inference_backend(kind: str):
+    """The backend measuring live bytes for :func:`lorasize.profile.inference.profile_inference`."""
+    if kind == "cuda":
+        return CudaBackend()
+    from ..trace.tracker import LiveBytesTracker
+
+    class _Tracker:
+        def __init__(self):
+            self.tracker = LiveBytesTracker(round_to=1)
+
+        def context(self):
+            return self.tracker
+
+        def live_bytes(self) -> int:
+            return self.tracker.total
+
+    return _Tracker()
