@@ -93,3 +93,20 @@ def test_inference_profile_adapter_memory_matches_the_serving_model(cli, tiny_mo
     assert inference["bytes_per_adapter"] == expected
     assert len(inference["adapter_load_seconds"]) == 3
     assert set(inference["generate_seconds"]) == {"base", "unmerged", "merged"}
+
+
+def test_sweep_runs_each_point_in_its_own_process(cli, tiny_model, tmp_path):
+    """A failing point is a row of the summary, not the end of the sweep."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {{model: {tiny_model}, seq_len: 16}}\n"
+                     "grid: {targets: [qv, not_a_module]}\nsteps: 1\ndevice: cpu\n")
+    out = tmp_path / "profiles"
+    out.mkdir()
+    code, stdout, _ = cli("profile", "--sweep", str(sweep), "--out", str(out), "--json")
+    rows = json.loads(stdout)
+    assert [r["status"] for r in rows] == ["ok", "error"]
+    assert "not_a_module" in rows[1]["error"]
+    assert code == 1 and len(list(out.glob("*.json"))) == 1
+    sweep.write_text("grid: {r: 8}\n")
+    code, _, err = cli("profile", "--sweep", str(sweep), "--out", str(out))
+    assert code == 2 and "grid.r" in err

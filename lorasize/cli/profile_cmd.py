@@ -40,12 +40,15 @@ def _device(choice: str) -> str:
                    "swap and delete times) and time generation on the base, unmerged and merged.")
 @click.option("--new-tokens", type=int, default=16, show_default=True,
               help="Tokens generated for the latency figures (with --inference).")
+@click.option("--sweep", "sweep_file", metavar="FILE",
+              help="Profile every point of a sweep file, each in its own process (one OOM does "
+                   "not stop the sweep); prints a summary table.")
 @click.option("--out", "-o", default="profiles", show_default=True, metavar="DIR",
               help="Folder the profile file is written to (atomically).")
 @output_options
 @click.pass_context
 def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: int,
-            new_tokens: int, out: str, as_json: bool, **p) -> int:
+            new_tokens: int, sweep_file: str | None, out: str, as_json: bool, **p) -> int:
     """Run real training steps (random weights of the model's real architecture) and record
     their memory per phase, step time and tokens per second as a profile file.
 
@@ -58,6 +61,8 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
           --batch-size 4 --seq-len 1024 --steps 10 --out profiles/
     """
     check_available()
+    if sweep_file:
+        return _sweep(sweep_file, out, as_json, dict(steps=steps, warmup=warmup, device=device))
     if steps <= 0 or warmup < 0:
         raise LorasizeError("must be above 0 (and --warmup 0 or more)", source="--steps")
     p.setdefault("adapter_dtype", "fp32")
@@ -96,3 +101,27 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
                f"(estimate {format_bytes(expected)}), {m['tokens_per_s']:,.0f} tokens/s "
                f"on {data['device']['name']}")
     return 0
+
+
+def _sweep(path: str, out: str, as_json: bool, defaults: dict) -> int:
+    from ..profile.sweep import load_sweep, run_point
+    from ..render import table
+
+    points, options = load_sweep(path)
+    if not Path(out).is_dir():
+        raise LorasizeError("the folder does not exist", source=out)
+    options = dict(defaults, **options)
+    rows = []
+    with click.progressbar(points, label="profiling", file=click.get_text_stream("stderr"),
+                           item_show_func=lambda pt: pt and " ".join(f"{k}={v}" for k, v in pt.items())) as bar:
+        for point in bar:
+            rows.append(run_point(point, out, options))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(table([(" ".join(f"{k}={v}" for k, v in r["point"].items()), r["status"],
+                           format_bytes(r["peak_allocated_bytes"]) if r.get("peak_allocated_bytes") else "-",
+                           f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else "-",
+                           r.get("error", "")) for r in rows],
+                         ("point", "status", "peak allocated", "tokens/s", "error"), "llrrl"))
+    return 0 if all(r["status"] in ("ok", "oom") for r in rows) else 1
