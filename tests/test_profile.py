@@ -110,3 +110,17 @@ def test_sweep_runs_each_point_in_its_own_process(cli, tiny_model, tmp_path):
     sweep.write_text("grid: {r: 8}\n")
     code, _, err = cli("profile", "--sweep", str(sweep), "--out", str(out))
     assert code == 2 and "grid.r" in err
+
+
+def test_timeline_and_snapshot_options(cli, tiny_model, tmp_path):
+    out = tmp_path / "profiles"
+    out.mkdir()
+    page = tmp_path / "timeline.html"
+    code, _, err = cli("profile", "-m", str(tiny_model), "-s", "16", "--device", "cpu", "--steps",
+                       "1", "--out", str(out), "--timeline", str(page))
+    assert code == 0, err
+    html = page.read_text()
+    assert "Plotly.newPlot" in html and "backward" in html and "memory (MiB)" in html
+    code, _, err = cli("profile", "-m", str(tiny_model), "--device", "cpu", "--out", str(out),
+                       "--memory-snapshot", str(tmp_path / "s.pickle"))
+    assert code == 2 and "--memory-snapshot" in err and "GPU" in err

@@ -40,6 +40,10 @@ def _device(choice: str) -> str:
                    "swap and delete times) and time generation on the base, unmerged and merged.")
 @click.option("--new-tokens", type=int, default=16, show_default=True,
               help="Tokens generated for the latency figures (with --inference).")
+@click.option("--timeline", metavar="FILE.html",
+              help="Write the memory over the steps, phases shaded, as a plotly page.")
+@click.option("--memory-snapshot", metavar="FILE.pickle",
+              help="Save torch's CUDA memory snapshot for PyTorch's memory viewer (GPU only).")
 @click.option("--sweep", "sweep_file", metavar="FILE",
               help="Profile every point of a sweep file, each in its own process (one OOM does "
                    "not stop the sweep); prints a summary table.")
@@ -48,7 +52,8 @@ def _device(choice: str) -> str:
 @output_options
 @click.pass_context
 def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: int,
-            new_tokens: int, sweep_file: str | None, out: str, as_json: bool, **p) -> int:
+            new_tokens: int, timeline: str | None, memory_snapshot: str | None,
+            sweep_file: str | None, out: str, as_json: bool, **p) -> int:
     """Run real training steps (random weights of the model's real architecture) and record
     their memory per phase, step time and tokens per second as a profile file.
 
@@ -74,7 +79,8 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
 
     if adapters < 0 or new_tokens <= 0:
         raise LorasizeError("must be 0 or more (and --new-tokens above 0)", source="--inference")
-    data = profile_training(model, lora, train, steps=steps, warmup=warmup, device=_device(device))
+    data = profile_training(model, lora, train, steps=steps, warmup=warmup, device=_device(device),
+                            timeline=timeline, memory_snapshot=memory_snapshot)
     if adapters and not data["measurements"]["oom"]:
         from ..profile.inference import profile_inference
         from ..profile.runner import inference_backend

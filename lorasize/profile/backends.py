@@ -35,6 +35,10 @@ class MemoryBackend:
     def stop(self) -> dict:
         return {}
 
+    def timeline(self) -> tuple[str, list[tuple[float, int, str]]]:
+        """(x-axis label, [(x, live or used bytes, phase)]) sampled during the run."""
+        return "", []
+
     def context(self):
         """A context manager the measured steps run inside."""
         from contextlib import nullcontext
@@ -51,7 +55,11 @@ class TrackerBackend(MemoryBackend):
 
         self.tracker = LiveBytesTracker(round_to=1)
         self.tracker.track_model(model)
+        self.tracker.history = []
         self.peaks: dict[str, int] = {}
+
+    def timeline(self):
+        return "operations", [(float(op), live, phase) for op, live, phase in self.tracker.history]
 
     def context(self):
         return self.tracker
@@ -101,6 +109,9 @@ class CudaBackend(MemoryBackend):
         self.torch = torch
         self.pynvml, self.handle = nvml_handle(index)
         self._samples_peak = 0
+        self._samples: list[tuple[float, int, str]] = []
+        self._phase = "setup"
+        self._start = time.perf_counter()
         self._running = False
         self.peaks: dict[str, tuple[int, int]] = {}
         torch.cuda.init()
@@ -115,8 +126,13 @@ class CudaBackend(MemoryBackend):
 
     def _sample(self) -> None:
         while self._running:
-            self._samples_peak = max(self._samples_peak, self._used())
+            used = self._used()
+            self._samples_peak = max(self._samples_peak, used)
+            self._samples.append((time.perf_counter() - self._start, used, self._phase))
             time.sleep(NVML_SAMPLE_SECONDS)
+
+    def timeline(self):
+        return "seconds", list(self._samples)
 
     def start(self) -> None:
         self._running = True
@@ -126,6 +142,7 @@ class CudaBackend(MemoryBackend):
     def begin_phase(self, name: str) -> None:
         self.torch.cuda.synchronize()
         self.torch.cuda.reset_peak_memory_stats()
+        self._phase = name
 
     def end_phase(self, name: str) -> dict:
         self.torch.cuda.synchronize()

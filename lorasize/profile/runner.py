@@ -48,8 +48,13 @@ def _device(backend) -> dict:
 
 
 def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: int = 3,
-                     warmup: int = 1, device: str = "cpu") -> dict:
-    """Profile ``steps`` measured training steps after ``warmup`` ones; returns the profile."""
+                     warmup: int = 1, device: str = "cpu", timeline: str | None = None,
+                     memory_snapshot: str | None = None) -> dict:
+    """Profile ``steps`` measured training steps after ``warmup`` ones; returns the profile.
+
+    ``timeline``: write the memory timeline there (plotly HTML). ``memory_snapshot``: save
+    torch's CUDA memory snapshot there (GPU only) for PyTorch's memory viewer.
+    """
     import torch
 
     from ..trace.build import build, quiet
@@ -70,6 +75,12 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
     ids = torch.randint(0, model.vocab_size, (train.batch_size, train.seq_len), device=device)
     optimizer = _optimizer(train, [p for p in network.parameters() if p.requires_grad])
     step_times = []
+    if memory_snapshot:
+        if device != "cuda":
+            from ..errors import LorasizeError
+            raise LorasizeError("a CUDA memory snapshot needs a GPU (--device cuda)",
+                                source="--memory-snapshot")
+        torch.cuda.memory._record_memory_history(max_entries=100_000)
     backend.start()
     try:
         with backend.context(), quiet():
@@ -100,6 +111,14 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
         measurements["oom"] = True
     finally:
         summary = backend.stop()
+        if memory_snapshot:
+            torch.cuda.memory._dump_snapshot(memory_snapshot)
+            torch.cuda.memory._record_memory_history(enabled=None)
+    if timeline:
+        from .timeline import write_timeline
+        axis, samples = backend.timeline()
+        write_timeline(samples, axis, f"{model.name}: memory over {warmup + steps} training steps",
+                       timeline)
     network = optimizer = None
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -53,6 +53,7 @@ class LiveBytesTracker(TorchDispatchMode):
         self.phase = "setup"
         self.phase_peaks: dict[str, int] = {}
         self.ops = 0
+        self.history: list[tuple[int, int, str]] | None = None  # (op, live bytes, phase) if kept
 
     def _round(self, nbytes: int) -> int:
         return -(-nbytes // self.round_to) * self.round_to if nbytes > 0 else 0
@@ -124,6 +125,8 @@ class LiveBytesTracker(TorchDispatchMode):
                 self.add(tensor, category)
         extra = self._round(int(self.workspace(func, args, kwargs, out) or 0)) if self.workspace else 0
         now = self.total + extra
+        if self.history is not None:
+            self.history.append((self.ops, now, self.phase))
         if now > self.phase_peaks.get(self.phase, 0):
             self.phase_peaks[self.phase] = now
         if now > self.peak:
