@@ -45,6 +45,18 @@ def test_fit_exit_codes(cli):
     assert code == 1 and json.loads(out)["fits"] is False
 
 
+def test_suggestions_when_it_does_not_fit(cli):
+    code, out, _ = cli("estimate", "-m", "llama3-8b", "--method", "qlora", "--r", "16", "-t", "all",
+                       "-b", "4", "-s", "2048", "--grad-checkpointing", "--gpu", "rtx-4090", "--json")
+    data = json.loads(out)
+    assert code == 1 and any(s.startswith("--batch-size ") for s in data["suggestions"])
+    smaller = int(next(s for s in data["suggestions"] if s.startswith("--batch-size")).split()[1])
+    code, out, _ = cli("estimate", "-m", "llama3-8b", "--method", "qlora", "--r", "16", "-t", "all",
+                       "-b", str(smaller), "-s", "2048", "--grad-checkpointing", "--gpu", "rtx-4090",
+                       "--json")
+    assert code == 0 and json.loads(out)["fits"] is True
+
+
 def test_gpu_names_case_insensitive_and_gpu_mem(cli):
     _, out, _ = cli("estimate", "-m", "gpt2", "--gpu", "A100-40GB", "--json")
     assert json.loads(out)["gpu_memory_bytes"] == 40960 * 2**20

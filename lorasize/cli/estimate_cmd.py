@@ -99,12 +99,16 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
     result = run_estimate(model, lora, train, gpu=gpu, serve=serve,
                           adapter_dtype=p["adapter_dtype"].lower(), calibration=calibration)
     timing = _timing(p, model, result, train, gpu)
+    suggestions = _suggestions(model, lora, train, gpu) if result.fits is False else []
     if as_json:
         data = result.to_dict()
         data["time"] = timing.to_dict() if timing else None
+        data["suggestions"] = suggestions
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(render_estimate(result))
+        if suggestions:
+            click.echo(f"To fit {gpu.name}: " + "; or ".join(suggestions))
         if timing:
             line = (f"Throughput on {gpu.name}: {timing.tokens_per_s:,.0f} tokens/s, "
                     f"{timing.step_seconds:.2f} s a step (MFU {timing.mfu:g})")
@@ -133,3 +137,29 @@ def _timing(p: dict, model, result, train, gpu):
         return None
     return training_time(model, result.targets, train, gpu, mfu, p.get("dataset_tokens"),
                          p.get("epochs") or 1.0, p.get("usd_per_gpu_hour"))
+
+
+def _suggestions(model, lora, train, gpu) -> list[str]:
+    """The nearest settings that fit: a smaller batch or sequence, or checkpointing."""
+    from dataclasses import replace
+
+    from ..solve import solve
+
+    found = []
+    for field, flag in (("batch-size", "--batch-size"), ("seq-len", "--seq-len")):
+        current = train.batch_size if field == "batch-size" else train.seq_len
+        value, _ = solve(model, lora, train, gpu, field)
+        if value and value < current:
+            found.append(f"{flag} {value}")
+    if not train.checkpointing:
+        checkpointed = replace(train, grad_checkpointing=True)
+        if run_estimate(model, lora, checkpointed, gpu=gpu).fits:
+            found.append("--grad-checkpointing")
+    if train.method == "lora":
+        quantized = replace(train, method="qlora", quant=None)
+        if run_estimate(model, lora, quantized, gpu=gpu).fits:
+            found.append("--method qlora")
+    if not found:
+        found.append("nothing smaller in batch, sequence, checkpointing or quantization is "
+                     "enough on one GPU")
+    return found
