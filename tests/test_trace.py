@@ -118,7 +118,7 @@ def test_checkpointing_with_and_without_reentrant(reentrant):
 ])
 def test_full_size_grid(name, lora, train):
     spec = resolve_model(name)
-    _check_agreement(spec, lora, train, trace(spec, lora, train))
+    _check_agreement(spec, lora, train, trace(spec, lora, train).to_dict())
 
 
 def test_cli_trace_json(cli):

@@ -59,7 +59,7 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
     """
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
-    traced = run_trace(model, lora, train)
+    traced = run_trace(model, lora, train).to_dict()
     est = run_estimate(model, lora, train)
     rows = compare(traced, est)
     estimated_peak = est.allocated_bytes - cublas_workspace_bytes(None)

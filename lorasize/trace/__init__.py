@@ -17,6 +17,9 @@ from ..errors import LorasizeError, MissingExtraError
 from ..lora import LoraSpec
 from ..model import ModelSpec
 from ..specs import TrainSpec
+from .result import TraceResult
+
+__all__ = ["TraceResult", "check_available", "trace", "trace_many"]
 
 REQUIRED = ("torch", "transformers", "peft", "bitsandbytes")
 
@@ -50,8 +53,8 @@ def trace_many(configs: list[tuple[ModelSpec, LoraSpec, TrainSpec]], fake: bool 
     return json.loads(done.stdout)
 
 
-def trace(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True) -> dict:
-    """Trace one configuration; the result as a dict (see :class:`lorasize.trace.run.TraceResult`).
+def trace(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True) -> TraceResult:
+    """Trace one configuration in a subprocess: two training steps, the second reported.
 
     Raises:
         MissingExtraError: torch, transformers, peft or bitsandbytes is not installed.
@@ -60,4 +63,4 @@ def trace(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True)
     (outcome,) = trace_many([(model, lora, train)], fake)
     if not outcome["ok"]:
         raise LorasizeError(f"cannot trace {model.name}: {outcome['error']}")
-    return outcome["result"]
+    return TraceResult.from_dict(outcome["result"])

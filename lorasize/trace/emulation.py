@@ -25,18 +25,33 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-EMULATION_VERSION = "torch-2.13/sm80/bnb-0.50"
+from .result import EMULATION_VERSION  # noqa: F401  (bump it when a rule here changes)
 FLASH_MAX_HEAD_DIM = 256
+
+
+def sdpa_kernel(compute_bytes: int, head_dim: int, grouped: bool, masked: bool) -> str:
+    """The kernel CUDA's SDPA dispatcher picks (``flash``, ``efficient`` or ``math``).
+
+    Flash takes 16-bit inputs with head_dim <= 256 and no explicit mask (causal masking is a flag),
+    grouped-query heads included; memory-efficient takes fp32 and masks but not grouped-query
+    heads (``check_batch_size_and_num_heads_dense<false>``); math takes the rest. The unmasked
+    case is :func:`lorasize.activations.sdpa_backend`'s rule (a test holds them together).
+    """
+    if not masked and compute_bytes == 2 and head_dim <= FLASH_MAX_HEAD_DIM:
+        return "flash"
+    if not grouped:
+        return "efficient"
+    return "math"
 
 
 def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
           enable_gqa=False):
     grouped = key.size(-3) != query.size(-3)
-    half = query.dtype in (torch.float16, torch.bfloat16)
-    if attn_mask is None and half and query.size(-1) <= FLASH_MAX_HEAD_DIM:
+    kernel = sdpa_kernel(query.element_size(), query.size(-1), grouped, attn_mask is not None)
+    if kernel == "flash":  # grouped-query k and v go in un-repeated
         return torch.ops.aten._scaled_dot_product_flash_attention(
             query, key, value, dropout_p, is_causal, False, scale=scale)[0]
-    if not grouped:
+    if kernel == "efficient":
         bias = attn_mask
         if bias is not None and bias.dtype == torch.bool:
             bias = torch.zeros(bias.shape, dtype=query.dtype).masked_fill_(~bias, float("-inf"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -12,28 +11,11 @@ from ..lora import LoraSpec
 from ..model import ModelSpec
 from ..specs import TrainSpec
 from .build import build, quiet
-from .emulation import EMULATION_VERSION, cuda_emulation, fake_tensor_fixes, workspace
+from .emulation import cuda_emulation, fake_tensor_fixes, workspace
+from .result import TraceResult
 from .tracker import LiveBytesTracker
 
 TRACED_STEPS = 2  # optimizer state appears in step 1; step 2 is the steady state reported
-
-
-@dataclass(frozen=True)
-class TraceResult:
-    """The peak of allocated bytes of one steady-state training step, as traced."""
-
-    peak_bytes: int
-    breakdown: dict[str, int]
-    peak_op: str
-    phase_peaks: dict[str, int]
-    trainable_params: int
-    seconds: float = 0.0
-    ops: int = 0
-    emulation: str = EMULATION_VERSION
-    steps: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _optimizer(train: TrainSpec, params):
