@@ -193,7 +193,9 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         if spec.family == "falcon":
             probs = d * heads * seq_len  # FalconAttention's softmax runs in the compute dtype
         else:
-            probs = (FP32 + d) * heads * seq_len
+            # softmax(..., dtype=float32).to(query.dtype): the cast is a second copy only when
+            # the compute dtype is 16-bit (it is a no-op on fp32, e.g. after kbit preparation).
+            probs = (FP32 + (d if d != FP32 else 0)) * heads * seq_len
         if spec.family == "gemma2":
             probs += d * heads * seq_len  # tanh soft-capping saves its output
         attention = d * q + key + value + probs

@@ -18,10 +18,11 @@ adds the CUDA context and paged optimizer state (what nvidia-smi shows).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from . import activations as act
-from .allocator import (DEFAULT_CUDA_CONTEXT_BYTES, DEFAULT_RESERVE_FRACTION,
+from .allocator import (DEFAULT_CUDA_CONTEXT_BYTES, block, DEFAULT_RESERVE_FRACTION,
                         SMALL_SEGMENT_BYTES, cublas_workspace_bytes)
 from .gpu import GpuSpec
 from .layout import module_path
@@ -181,13 +182,25 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     # every activation is still alive, is the last expert matrix of the forward.
     last_expert = next((t for t in reversed(targets) if t.linear.experts), None)
     expert_gradient = d * last_expert.linear.weight_numel if last_expert else 0
+    temporaries = max(transient, dequant, expert_gradient)
+    layer_grads, head_grads, mlp_out_grads = _backward_gradient_bytes(model, targets, lora, train)
+    # The MLP's gradient transients exist once its output projection has run backward, and so
+    # does that projection's adapter gradient.
+    partial = mlp_out_grads if temporaries == transient else 0
     if train.checkpointing:
-        kept = act.checkpoint_bytes_per_token(model, dt) * model.num_layers * tokens + top
+        checkpoint = act.checkpoint_bytes_per_token(model, dt) * tokens
+        kept = checkpoint * model.num_layers + top
+        recompute = layer * tokens + constant + mask
         moments = {
             "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
             "layer backward (recompute)": {
-                "activations": kept + layer * tokens + constant + mask, "logits": 0,
-                "temporaries": max(transient, dequant, expert_gradient)},
+                "activations": kept + recompute, "logits": 0, "temporaries": temporaries,
+                "gradients": head_grads + partial},
+            # The first layer, last in backward: one checkpoint left, every other layer's
+            # adapter gradients already accumulated.
+            "first layer backward (recompute)": {
+                "activations": checkpoint + recompute, "logits": 0, "temporaries": temporaries,
+                "gradients": head_grads + layer_grads * (model.num_layers - 1) + partial},
         }
     else:
         saved = (layer * tokens + constant) * model.num_layers + top + mask
@@ -197,12 +210,33 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
             saved -= (act.FP32 * model.hidden_size + act.FP32) * tokens
         moments = {
             "loss backward": {"activations": saved, "logits": logits, "temporaries": 0},
-            "layer backward": {"activations": saved, "logits": 0,
-                               "temporaries": max(transient, dequant, expert_gradient)},
+            "layer backward": {"activations": saved, "logits": 0, "temporaries": temporaries,
+                               "gradients": head_grads + partial},
         }
     grads_and_step = static.gradients + step_temporary_bytes(train.optimizer, static.optimizer)
     moments["optimizer step"] = {"activations": 0, "logits": 0, "temporaries": grads_and_step}
     return moments
+
+
+def _backward_gradient_bytes(model: ModelSpec, targets: tuple[Target, ...], lora: LoraSpec,
+                             train: TrainSpec) -> tuple[int, int, int]:
+    """Adapter gradient bytes that backward accumulates: per decoder layer, on the head (made
+    first, by the loss's backward), and on one layer's MLP output projection (the first module
+    a layer's backward meets). Full fine-tuning is not modelled here (zeros)."""
+    if train.method == "full":
+        return 0, 0, 0
+    param_bytes = int(DTYPE_BYTES[train.adapter_dtype])
+    dora = lora.dora
+
+    def grads(target: Target) -> int:
+        return sum(block(math.prod(shape) * param_bytes)
+                   for name, shape in target.tensors(dora) if target.trainable(name))
+
+    per_layer = sum(grads(t) for t in targets if t.linear.group != "head")
+    head = sum(grads(t) for t in targets if t.linear.group == "head")
+    mlp_out = sum(grads(t) for t in targets if t.linear.group == "mlp" and not t.linear.experts
+                  and t.linear.out_features == model.hidden_size)
+    return per_layer, head, mlp_out
 
 
 def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | None = None,
@@ -240,7 +274,7 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
         phase_peaks[name] = sum(resident.values()) + sum(parts.values()) + workspace
     peak_moment = max(phase_peaks, key=phase_peaks.get)
     parts = moments[peak_moment]
-    gradients = 0
+    gradients = parts.get("gradients", 0)
     temporaries = parts["temporaries"] + workspace
     if peak_moment == "optimizer step":
         gradients = static.gradients
@@ -250,7 +284,7 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     breakdown.update(gradients=gradients, activations=parts["activations"],
                      logits=parts["logits"], temporaries=temporaries)
     allocated = sum(breakdown[k] for k in ALLOCATED_KEYS)
-    dynamic = max(p["activations"] + p["logits"] + p["temporaries"] for p in moments.values())
+    dynamic = max(sum(p.values()) for p in moments.values())
     reserved = round_up(allocated + int(calibration.reserve_fraction * dynamic), SMALL_SEGMENT_BYTES)
     breakdown["allocator"] = reserved - allocated
     breakdown["cuda_context"] = calibration.cuda_context_bytes
