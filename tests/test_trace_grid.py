@@ -15,7 +15,8 @@ from lorasize import resolve_model
 from lorasize.activations import sdpa_backend
 from lorasize.trace import trace_many
 
-from trace_grid import ARCHITECTURES, cell, compare, covering_grid, failures, full_grid, label
+from trace_grid import (ARCHITECTURES, KNOWN_GRADIENT_GAPS, cell, compare, covering_grid, failures,
+                        full_grid, label)
 
 
 def _check(cells: list[tuple]) -> None:
@@ -25,8 +26,12 @@ def _check(cells: list[tuple]) -> None:
         if not outcome["ok"]:
             problems.append(f"{label(c)}: cannot trace: {outcome['error']}")
             continue
-        problems += [f"{label(c)}: {bad}" for bad in failures(compare(spec, lora, train,
-                                                                      outcome["result"]))]
+        bad = failures(compare(spec, lora, train, outcome["result"]))
+        if label(c) in KNOWN_GRADIENT_GAPS:
+            if [b for b in bad if not b.startswith("gradients:")] or not bad:
+                problems.append(f"{label(c)}: listed as a known gradients gap, now {bad or 'passes'}")
+            continue
+        problems += [f"{label(c)}: {b}" for b in bad]
     assert not problems, "\n".join(problems)
 
 

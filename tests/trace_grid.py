@@ -30,6 +30,58 @@ STATE_TOLERANCE = 0.005  # weights, adapter, gradients, optimizer state
 STATE_COMPONENTS = (("weights", ("weights", "quant_constants")), ("trainable", ("adapter",)),
                     ("gradients", ("gradients",)), ("optimizer", ("optimizer",)))
 
+# Cells where the estimator's gradients at the peak miss the trace's by more than 0.5% (measured
+# with ``python tests/trace_grid.py full``, emulation torch-2.13/sm80/bnb-0.50/2): the estimator
+# takes the backward peak at a layer boundary (the top layer, or with checkpointing the first
+# layer after every other layer's gradients exist, plus the MLP output projection's when the MLP
+# transient is the largest temporary); the trace's peak falls at an op inside a layer whose
+# partial gradients the estimator does not model, or at a near-tie of two moments. Totals pass
+# in these cells; their gradients component is checked to be still off, so fixing the estimator
+# means shrinking this list. An estimator gap, not a tolerance.
+KNOWN_GRADIENT_GAPS = frozenset({
+    "llama2-7b r64 all lora gc eager b1s256",
+    "llama2-7b r64 all lora gc eager b2s512",
+    "llama2-7b r64 all lora gc sdpa b1s256",
+    "llama2-7b r64 all qlora gc eager b2s512",
+    "llama2-7b r64 all qlora gc sdpa b2s512",
+    "llama2-7b r64 all qlora nogc eager b1s256",
+    "llama2-7b r64 all qlora nogc sdpa b1s256",
+    "llama2-7b r8 all lora gc eager b1s256",
+    "llama2-7b r8 all lora gc eager b2s512",
+    "llama2-7b r8 all qlora gc eager b2s512",
+    "llama2-7b r8 all qlora gc sdpa b2s512",
+    "llama2-7b r8 all qlora nogc eager b1s256",
+    "llama2-7b r8 all qlora nogc sdpa b1s256",
+    "mistral-7b r64 all lora gc eager b1s256",
+    "mistral-7b r64 all lora gc eager b2s512",
+    "mistral-7b r64 all lora gc sdpa b1s256",
+    "mistral-7b r64 all lora gc sdpa b2s512",
+    "mistral-7b r64 all qlora gc eager b1s256",
+    "mistral-7b r64 all qlora gc eager b2s512",
+    "mistral-7b r64 all qlora gc sdpa b1s256",
+    "mistral-7b r64 all qlora gc sdpa b2s512",
+    "mistral-7b r64 all qlora nogc eager b1s256",
+    "mistral-7b r64 all qlora nogc sdpa b1s256",
+    "mistral-7b r8 all lora gc eager b1s256",
+    "mistral-7b r8 all lora gc eager b2s512",
+    "mistral-7b r8 all lora gc sdpa b1s256",
+    "mistral-7b r8 all lora gc sdpa b2s512",
+    "mistral-7b r8 all qlora gc eager b2s512",
+    "mistral-7b r8 all qlora gc sdpa b2s512",
+    "mixtral-8x7b r64 qv lora gc eager b1s256",
+    "mixtral-8x7b r64 qv lora gc sdpa b1s256",
+    "mixtral-8x7b r64 qv qlora gc eager b1s256",
+    "mixtral-8x7b r64 qv qlora gc sdpa b1s256",
+    "mixtral-8x7b r8 all lora gc eager b2s512",
+    "mixtral-8x7b r8 all lora gc sdpa b2s512",
+    "mixtral-8x7b r8 all qlora gc eager b2s512",
+    "mixtral-8x7b r8 all qlora gc sdpa b2s512",
+    "phi3-mini r64 all qlora gc eager b1s256",
+    "phi3-mini r64 all qlora gc eager b2s512",
+    "phi3-mini r64 all qlora gc sdpa b1s256",
+    "phi3-mini r8 all qlora gc eager b2s512",
+})
+
 
 def shrunk(name: str, layers: int = SHRUNK_LAYERS) -> ModelSpec:
     """The catalog architecture with ``layers`` decoder layers and its real widths."""

@@ -73,10 +73,13 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
     error = 100 * (estimated_peak / traced["peak_bytes"] - 1) if traced["peak_bytes"] else 0.0
     out = [f"{model.name}: traced in {traced['seconds']:.1f} s ({traced['emulation']} emulation)",
            f"peak of allocated tensor memory: {traced['peak_bytes']:,} B "
-           f"({format_bytes(traced['peak_bytes'], 'GiB')}) at {traced['peak_op']}",
-           "phase peaks: " + ", ".join(f"{k} {format_bytes(v, 'GiB')}"
+           f"({format_bytes(traced['peak_bytes'])}) at {traced['peak_op']}",
+           "phase peaks: " + ", ".join(f"{k} {format_bytes(v)}"
                                        for k, v in traced["phase_peaks"].items()),
-           f"estimate: {format_bytes(estimated_peak, 'GiB')} ({error:+.2f}%) at {est.peak_moment}", "",
+           "at the peak: " + ", ".join(f"{k} {format_bytes(v)}"
+                                       for k, v in traced["breakdown"].items() if v),
+           f"estimate (without cuBLAS workspace): {format_bytes(estimated_peak)} ({error:+.2f}%) "
+           f"at {est.peak_moment}", "",
            table([(r["component"], format_bytes(r["trace_bytes"]), format_bytes(r["estimate_bytes"]),
                    format_bytes(r["difference_bytes"])) for r in rows],
                  ("component at the peak", "trace", "estimate", "estimate - trace"), "lrrr")]

@@ -36,15 +36,19 @@ def _item(model: ModelSpec, lora: LoraSpec, train: TrainSpec, options: dict) -> 
             "lora": asdict(lora), "train": asdict(train), **options}
 
 
-def trace_many(configs: list[tuple[ModelSpec, LoraSpec, TrainSpec]], fake: bool = True,
-               timeout: float = 1800, **options) -> list[dict]:
+def trace_many(configs: list[tuple], fake: bool = True, timeout: float = 1800,
+               **options) -> list[dict]:
     """Trace several configurations in one subprocess; returns one dict per configuration:
-    ``{"ok": True, "result": {...}}`` or ``{"ok": False, "error": "..."}``.
+    ``{"ok": True, "result": {...}}`` (:meth:`TraceResult.to_dict`) or
+    ``{"ok": False, "error": "..."}``.
 
-    ``options`` go to :func:`lorasize.trace.run.trace_step` (``round_to``, ``emulate``,
-    ``real_bnb``)."""
+    Each configuration is ``(model, lora, train)`` or ``(model, lora, train, options)``.
+    ``options`` (for all, or per configuration, which wins) go to
+    :func:`lorasize.trace.run.trace_step`: ``fake``, ``round_to``, ``emulate``, ``real_bnb``,
+    ``reentrant``."""
     check_available()
-    payload = json.dumps([_item(m, lo, t, dict(options, fake=fake)) for m, lo, t in configs])
+    payload = json.dumps([_item(m, lo, t, {**options, "fake": fake, **(rest[0] if rest else {})})
+                          for m, lo, t, *rest in configs])
     done = subprocess.run([sys.executable, "-m", "lorasize.trace.worker"], input=payload,
                           capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0 or not done.stdout.strip():

@@ -16,6 +16,7 @@ tensors and this layer makes the CPU take the decisions a GPU takes:
 - ``workspace``: transient bytes a CUDA kernel allocates inside one op that fake kernels do not
   show: flash-attention backward's fp32 ``dq_accum`` and the dequantized weight of bitsandbytes'
   ``gemm_4bit`` fallback.
+- ``host_state``: optimizer state CUDA keeps on the host (AdamW's ``step`` scalars), not counted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .result import EMULATION_VERSION  # noqa: F401  (bump it when a rule here changes)
-FLASH_MAX_HEAD_DIM = 256
+
+FLASH_MAX_HEAD_DIM = 256  # sdp_utils.cpp check_head_dim_size_flash (sm80+)
 
 
 def sdpa_kernel(compute_bytes: int, head_dim: int, grouped: bool, masked: bool) -> str:
@@ -80,6 +82,21 @@ def workspace(func, args, kwargs, out) -> int:
         shape = args[2]
         return int(shape[0]) * int(shape[1]) * args[0].element_size()
     return 0
+
+
+def host_state(optimizer) -> list:
+    """Optimizer state CUDA keeps in host memory: torch's Adam/AdamW/SGD keep the ``step`` count
+    as a CPU scalar unless ``capturable`` or ``fused`` (``torch/optim/adam.py``
+    ``_init_group``), so ``max_memory_allocated`` never sees it."""
+    tensors = []
+    for group in optimizer.param_groups:
+        if group.get("capturable") or group.get("fused"):
+            continue
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if isinstance(step, torch.Tensor) and step.dim() == 0:
+                tensors.append(step)
+    return tensors
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from ..lora import LoraSpec
 from ..model import ModelSpec
 from ..specs import TrainSpec
 from .build import build, quiet
-from .emulation import cuda_emulation, fake_tensor_fixes, workspace
+from .emulation import cuda_emulation, fake_tensor_fixes, host_state, workspace
 from .result import TraceResult
 from .tracker import LiveBytesTracker
 
@@ -73,6 +73,9 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     tracker.track_optimizer(optimizer)
+                    if emulate:
+                        for tensor in host_state(optimizer):
+                            tracker.forget(tensor)
                     tracker.phase = "setup"
                     steps.append({"peak_bytes": tracker.peak, "peak_op": tracker.peak_op,
                                   "breakdown": dict(tracker.peak_breakdown),

@@ -88,6 +88,17 @@ class LiveBytesTracker(TorchDispatchMode):
             self.live[category] += record[0]
             record[1] = category
 
+    def forget(self, tensor) -> None:
+        """Stop counting a tensor's storage (it would live in host memory on a GPU)."""
+        if not isinstance(tensor, torch.Tensor):
+            return
+        entry = self._records.get(tensor.untyped_storage())
+        if entry is not None and entry[0][0]:
+            record = entry[0]
+            self.live[record[1]] -= record[0]
+            self.total -= record[0]
+            record[0] = 0  # the finalizer then subtracts nothing
+
     def track_model(self, model: torch.nn.Module) -> None:
         """Count parameters and buffers; mark gradients as they are accumulated."""
         for param in model.parameters():
