@@ -25,6 +25,7 @@ from pathlib import Path
 from .allocator import DEFAULT_CUDA_CONTEXT_BYTES, DEFAULT_RESERVE_FRACTION
 from .errors import LorasizeError
 from .estimate import Calibration, estimate
+from .files import read_json
 
 SCHEMA_VERSION = 1
 DEFAULT_FILE = Path(__file__).resolve().parent / "data" / "calibration.json"
@@ -45,12 +46,7 @@ def load_calibration(path: str | Path) -> Calibration:
             (the message names it).
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LorasizeError(f"cannot read ({exc.strerror})", source=str(path)) from None
-    except json.JSONDecodeError:
-        raise LorasizeError("not a JSON file", source=str(path)) from None
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
         raise LorasizeError(f"field 'schema_version' must be {SCHEMA_VERSION}", source=str(path))
     context, fraction = data.get("cuda_context_bytes"), data.get("reserve_fraction")

@@ -23,3 +23,41 @@ def write_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def read_json(path: str | Path):
+    """Parse a JSON file; a missing or malformed file is a one-line :class:`LorasizeError`
+    naming the file (and the line)."""
+    import json
+
+    from .errors import LorasizeError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LorasizeError(f"cannot read ({exc.strerror})", source=str(path)) from None
+    except UnicodeDecodeError:
+        raise LorasizeError("not a readable JSON file (not UTF-8 text)", source=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise LorasizeError(f"not a readable JSON file (line {exc.lineno}: {exc.msg})",
+                            source=str(path)) from None
+
+
+def read_yaml(path: str | Path):
+    """Parse a YAML file, with the same one-line errors as :func:`read_json`."""
+    import yaml
+
+    from .errors import LorasizeError
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LorasizeError(f"cannot read ({exc.strerror})", source=str(path)) from None
+    except UnicodeDecodeError:
+        raise LorasizeError("not valid YAML (not UTF-8 text)", source=str(path)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LorasizeError(f"not valid YAML{where}", source=str(path)) from None

@@ -11,12 +11,12 @@ Which modules a block holds, and their names, is the concern of :mod:`lorasize.l
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import LorasizeError
+from .files import read_json
 from .units import dtype_name
 
 # model_type -> family, the key :mod:`lorasize.layout` uses for module structure.
@@ -145,10 +145,7 @@ class ModelSpec:
             path = path / "config.json"
         if not path.is_file():
             raise LorasizeError("no such file", source=str(path))
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LorasizeError(f"not a readable JSON file ({exc})", source=str(path)) from None
+        config = read_json(path)
         if not isinstance(config, dict):
             raise LorasizeError("expected a JSON object", source=str(path))
         return cls.from_hf_config(config, name=str(path.parent.name or path), source=str(path))

@@ -25,7 +25,7 @@ from .model import ModelSpec
 from .resolve import resolve_model
 from .solve import solve
 from .specs import ServeSpec, TrainSpec
-from .files import write_atomic
+from .files import read_yaml, write_atomic
 from .units import BYTES_PER_GIB, format_bytes
 
 _TRAIN_KEYS = {"method", "quant", "double_quant", "dtype", "optimizer", "batch_size", "seq_len",
@@ -70,19 +70,8 @@ def load_plan(path: str | Path) -> Plan:
     Raises:
         LorasizeError: the file is missing, empty, not YAML, or a field is wrong (named).
     """
-    try:
-        import yaml
-    except ImportError:
-        raise MissingExtraError("lorasize report", "report", "pyyaml") from None
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LorasizeError(f"cannot read ({exc.strerror})", source=str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise LorasizeError(f"not valid YAML{where}", source=str(path)) from None
+    data = read_yaml(path)
     if not data:
         raise LorasizeError("the plan is empty", source=str(path))
     if not isinstance(data, dict):

@@ -6,13 +6,13 @@ stays torch-free.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .catalog import find_model_entry, model_from_catalog
 from .errors import LorasizeError
+from .files import read_json
 from .model import ModelSpec
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -33,7 +33,9 @@ def resolve_model(text: str, flag: str = "--model") -> ModelSpec:
     path = Path(text).expanduser()
     if path.exists():
         return ModelSpec.from_file(path)
-    if "/" in text and not text.startswith((".", "/", "~")) and text.count("/") == 1:
+    if text.startswith((".", "/", "~")) or text.endswith(".json") or text.count("/") > 1:
+        raise LorasizeError(f"no such file or folder: {text}", source=flag)
+    if "/" in text:
         return _from_hub(text, flag)
     return model_from_catalog(text, flag)  # raises with suggestions
 
@@ -47,13 +49,22 @@ def _from_hub(repo_id: str, flag: str) -> ModelSpec:
             f"pip install \"lorasize[torch]\", or pass a config.json path", source=flag) from None
     from transformers import AutoConfig
 
+    import contextlib
+    import io
+    import logging
+
     try:
-        config = AutoConfig.from_pretrained(repo_id).to_dict()
+        # huggingface_hub logs each retry; the user gets one line, below.
+        logging.disable(logging.WARNING)
+        with contextlib.redirect_stderr(io.StringIO()):
+            config = AutoConfig.from_pretrained(repo_id).to_dict()
     except Exception as exc:  # network, auth, missing repo: all mean "cannot read it"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LorasizeError(
             f"cannot fetch the config of '{repo_id}' from the Hugging Face Hub ({reason}); "
             f"download its config.json and pass the path", source=flag) from None
+    finally:
+        logging.disable(logging.NOTSET)
     return ModelSpec.from_hf_config(config, name=repo_id, source=f"hub:{repo_id}")
 
 
@@ -80,10 +91,7 @@ def read_adapter_config(path: str | Path, flag: str = "--adapter") -> AdapterCon
     file = path / ADAPTER_CONFIG if path.is_dir() else path
     if not file.is_file():
         raise LorasizeError(f"no {ADAPTER_CONFIG} found", source=str(file))
-    try:
-        data: Any = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LorasizeError(f"not a readable JSON file ({exc})", source=str(file)) from None
+    data: Any = read_json(file)
     if not isinstance(data, dict):
         raise LorasizeError("expected a JSON object", source=str(file))
     peft_type = str(data.get("peft_type", "LORA")).upper()

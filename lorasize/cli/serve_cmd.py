@@ -7,7 +7,6 @@ import math
 
 import click
 
-from ..catalog import gpu_from_catalog
 from ..errors import LorasizeError
 from ..estimate import estimate as run_estimate
 from ..fleet import DEFAULT_USD_PER_GPU_HOUR, gpus_for, models_per_gpu, option

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LorasizeError
-from ..files import write_atomic
+from ..files import read_json, write_atomic
 
 SCHEMA_VERSION = 1
 REQUIRED = {
@@ -67,14 +67,7 @@ def validate_profile(data: Any, source: str = "profile") -> dict:
 
 def load_profile(path: str | Path) -> dict:
     """Read and check one profile file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LorasizeError(f"cannot read ({exc.strerror})", source=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise LorasizeError(f"not JSON (line {exc.lineno})", source=str(path)) from None
-    return validate_profile(data, str(path))
+    return validate_profile(read_json(path), str(path))
 
 
 def load_profiles(folder: str | Path) -> list[dict]:

@@ -32,15 +32,10 @@ def load_sweep(path: str | Path) -> tuple[list[dict], dict]:
     Raises:
         LorasizeError: unreadable or malformed file (names the field).
     """
-    import yaml
+    from ..files import read_yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LorasizeError(f"cannot read ({exc.strerror})", source=str(path)) from None
-    except yaml.YAMLError:
-        raise LorasizeError("not valid YAML", source=str(path)) from None
+    data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("base", {}), dict):
         raise LorasizeError("expected a mapping with 'base' and 'grid'", source=str(path))
     base, grid = dict(data.get("base") or {}), dict(data.get("grid") or {})
