@@ -131,9 +131,11 @@ def calibrate_from_measurements(csv_path: str | Path) -> tuple[Calibration, dict
 
 def profile_points(profiles: list[dict]) -> tuple[list, list, list]:
     """Fit points from GPU profiles: (reserved points, device points, profile names used).
-    CPU profiles have no allocator or device figures and are skipped."""
+    CPU profiles have no allocator or device figures and are skipped. A multi-GPU profile gives
+    one reserve point per rank and no context point (NCCL's buffers sit outside torch too)."""
     from .lora import LoraSpec
     from .model import ModelSpec
+    from .profile.schema import rank_reserve_points
     from .specs import TrainSpec
 
     zero = Calibration(cuda_context_bytes=0, reserve_fraction=0.0, source="fit")
@@ -143,6 +145,11 @@ def profile_points(profiles: list[dict]) -> tuple[list, list, list]:
         if profile["device"]["kind"] != "cuda" or measured["oom"]:
             continue
         config = profile["config"]
+        if "ranks" in profile:
+            points = rank_reserve_points(profile)
+            reserved += points
+            used += [f"{config['model']['name']}:rank{i}" for i in range(len(points))]
+            continue
         lora = dict(config["lora"], targets=tuple(config["lora"]["targets"]))
         model = ModelSpec.from_hf_config(config["model"]["hf_config"], name=config["model"]["name"])
         result = estimate(model, LoraSpec(**lora), TrainSpec(**config["train"]), calibration=zero)

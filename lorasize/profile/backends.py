@@ -50,10 +50,10 @@ class TrackerBackend(MemoryBackend):
 
     kind = "cpu"
 
-    def __init__(self, model):
+    def __init__(self, model, tracker_class=None):
         from ..trace.tracker import LiveBytesTracker
 
-        self.tracker = LiveBytesTracker(round_to=1)
+        self.tracker = (tracker_class or LiveBytesTracker)(round_to=1)
         self.tracker.track_model(model)
         self.tracker.history = []
         self.peaks: dict[str, int] = {}

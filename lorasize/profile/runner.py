@@ -39,10 +39,10 @@ def _versions(backend) -> dict:
     return versions
 
 
-def _device(backend) -> dict:
+def _device(backend, index: int = 0) -> dict:
     if backend.kind == "cuda":
         import torch
-        props = torch.cuda.get_device_properties(0)
+        props = torch.cuda.get_device_properties(index)
         return {"kind": "cuda", "name": props.name, "memory_bytes": int(props.total_memory)}
     return {"kind": "cpu", "name": platform.processor() or platform.machine(), "memory_bytes": None}
 
@@ -57,7 +57,7 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
     """
     import torch
 
-    from ..trace.build import build, quiet
+    from ..trace.build import build
     from ..trace.run import _optimizer
 
     torch.manual_seed(0)
@@ -70,17 +70,51 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
         backend = TrackerBackend(network)
     load_seconds = time.perf_counter() - load_start
     config = {"model": {"name": model.name, "hf_config": model.hf_config}, "lora": asdict(lora),
-              "train": asdict(train), "steps": steps, "warmup": warmup}
+              "train": asdict(train), "steps": steps, "warmup": warmup, "gpus": 1,
+              "sharding": "none"}
     measurements: dict = {"oom": False, "load_seconds": round(load_seconds, 4), "phases": {}}
     ids = torch.randint(0, model.vocab_size, (train.batch_size, train.seq_len), device=device)
     optimizer = _optimizer(train, [p for p in network.parameters() if p.requires_grad])
-    step_times = []
     if memory_snapshot:
         if device != "cuda":
             from ..errors import LorasizeError
             raise LorasizeError("a CUDA memory snapshot needs a GPU (--device cuda)",
                                 source="--memory-snapshot")
         torch.cuda.memory._record_memory_history(max_entries=100_000)
+    try:
+        step_times = run_steps(network, optimizer, ids, backend, measurements, steps, warmup,
+                               sync=torch.cuda.synchronize if device == "cuda" else None)
+    finally:
+        if memory_snapshot:
+            torch.cuda.memory._dump_snapshot(memory_snapshot)
+            torch.cuda.memory._record_memory_history(enabled=None)
+    if timeline:
+        from .timeline import write_timeline
+        axis, samples = backend.timeline()
+        write_timeline(samples, axis, f"{model.name}: memory over {warmup + steps} training steps",
+                       timeline)
+    network = optimizer = None
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    finish(measurements, step_times, train.tokens)
+    return {"schema_version": SCHEMA_VERSION, "versions": _versions(backend),
+            "device": _device(backend), "config": config, "measurements": measurements}
+
+
+def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, warmup: int,
+              sync=None) -> list[float]:
+    """Run ``warmup + steps`` training steps, each phase measured by ``backend``.
+
+    Fills ``measurements``: ``phases`` (per-phase peaks over the measured steps), ``oom``,
+    ``steady_bytes`` (bytes live between measured steps: weights, optimizer state and whatever
+    else persists), and the backend's summary. ``sync`` runs after each phase before it is
+    measured (a device synchronize). Returns the measured steps' durations in seconds.
+    """
+    import torch
+
+    from ..trace.build import quiet
+
+    step_times: list[float] = []
     backend.start()
     try:
         with backend.context(), quiet():
@@ -103,31 +137,24 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
                         kept = measurements["phases"].setdefault(phase, {})
                         for key, value in figures.items():
                             kept[key] = max(kept.get(key, 0), value)
-                if device == "cuda":
-                    torch.cuda.synchronize()
+                if sync is not None:
+                    sync()
                 if step >= warmup:
                     step_times.append(time.perf_counter() - begin)
+                    measurements["steady_bytes"] = max(measurements.get("steady_bytes", 0),
+                                                       int(backend.live_bytes()))
     except torch.cuda.OutOfMemoryError:
         measurements["oom"] = True
     finally:
-        summary = backend.stop()
-        if memory_snapshot:
-            torch.cuda.memory._dump_snapshot(memory_snapshot)
-            torch.cuda.memory._record_memory_history(enabled=None)
-    if timeline:
-        from .timeline import write_timeline
-        axis, samples = backend.timeline()
-        write_timeline(samples, axis, f"{model.name}: memory over {warmup + steps} training steps",
-                       timeline)
-    network = optimizer = None
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    measurements.update(summary)
-    if not measurements["oom"]:
+        measurements.update(backend.stop())
+    return step_times
+
+
+def finish(measurements: dict, step_times: list[float], tokens: int) -> None:
+    """Median step time and tokens per second, when the run did not run out of memory."""
+    if not measurements["oom"] and step_times:
         step = sorted(step_times)[len(step_times) // 2]
-        measurements.update(step_seconds=round(step, 6), tokens_per_s=round(train.tokens / step, 3))
-    return {"schema_version": SCHEMA_VERSION, "versions": _versions(backend),
-            "device": _device(backend), "config": config, "measurements": measurements}
+        measurements.update(step_seconds=round(step, 6), tokens_per_s=round(tokens / step, 3))
 
 
 def inference_backend(kind: str):

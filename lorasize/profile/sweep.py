@@ -22,7 +22,8 @@ from pathlib import Path
 from ..errors import LorasizeError
 
 FLAG_KEYS = {"model", "r", "alpha", "targets", "method", "quant", "dtype", "optimizer",
-             "batch_size", "seq_len", "attn", "lora_dropout", "variant", "stack"}
+             "batch_size", "seq_len", "attn", "lora_dropout", "variant", "stack", "gpus",
+             "sharding"}
 SWITCH_KEYS = {"grad_checkpointing", "double_quant", "dora", "kbit_prep"}
 
 
