@@ -30,15 +30,16 @@ from .lora import LoraSpec, Target, resolve_targets, shared_tensors
 from .model import ModelSpec
 from .optimizers import step_temporary_bytes
 from .safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
+from .sharding import ShardSpec, shard_notes, shard_static
 from .specs import ServeSpec, TrainSpec
 from .units import DTYPE_BYTES, round_up
 from .weights import StaticBytes, static_bytes
 
 BREAKDOWN_KEYS = (
     "weights", "quant_constants", "adapter", "gradients", "optimizer", "activations", "logits",
-    "temporaries", "allocator", "cuda_context", "paged_optimizer",
+    "temporaries", "communication", "allocator", "cuda_context", "paged_optimizer",
 )
-ALLOCATED_KEYS = BREAKDOWN_KEYS[:8]
+ALLOCATED_KEYS = BREAKDOWN_KEYS[:9]
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ class Estimate:
     """Everything ``lorasize estimate`` reports. Byte counts are integers.
 
     ``breakdown`` holds the components at the peak, in :data:`BREAKDOWN_KEYS` order; they sum to
-    ``peak_bytes``, the first eight to ``allocated_bytes``.
+    ``peak_bytes``, the first nine to ``allocated_bytes``. With a :class:`ShardSpec` every byte
+    count is one GPU's, and ``host_breakdown`` holds what is offloaded to the CPU per GPU.
     """
 
     model: ModelSpec
@@ -87,6 +89,13 @@ class Estimate:
     dynamic_bytes: int = 0  # memory that comes and goes within the step (for calibration)
     calibration: Calibration | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    shard: ShardSpec = field(default_factory=ShardSpec)
+    host_breakdown: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def host_bytes(self) -> int:
+        """Bytes offloaded to host (CPU) memory per GPU process."""
+        return sum(self.host_breakdown.values())
 
     @property
     def trainable_percent(self) -> float:
@@ -125,6 +134,11 @@ class Estimate:
             "headroom_bytes": self.headroom_bytes,
             "adapters_fit": self.adapters_fit,
             "adapter_serve_bytes": self.adapter_serve_bytes,
+            "gpus": self.shard.gpus,
+            "sharding": self.shard.sharding,
+            "offload": self.shard.offload,
+            "host_offload_bytes": self.host_bytes,
+            "host_breakdown": dict(self.host_breakdown),
             "notes": list(self.notes),
         }
 
@@ -241,7 +255,8 @@ def _backward_gradient_bytes(model: ModelSpec, targets: tuple[Target, ...], lora
 
 def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | None = None,
              gpu: GpuSpec | None = None, serve: ServeSpec | None = None,
-             adapter_dtype: str = "fp32", calibration: Calibration | None = None) -> Estimate:
+             adapter_dtype: str = "fp32", calibration: Calibration | None = None,
+             shard: ShardSpec | None = None) -> Estimate:
     """Estimate parameters, adapter size, training memory and serving capacity.
 
     Args:
@@ -252,6 +267,8 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
         serve: serving settings for ``adapters_fit`` (needs ``gpu``).
         adapter_dtype: dtype the adapter is saved in.
         calibration: overhead terms; built-in defaults if None.
+        shard: GPUs, sharding and offload (:mod:`lorasize.sharding`); one GPU if None. Every
+            byte count is then one GPU's.
 
     Raises:
         LorasizeError: a target the model lacks, r too large, inconsistent settings.
@@ -264,10 +281,16 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
         calibration = default_calibration()
     targets = () if train.method == "full" else resolve_targets(model, lora)
     dora = lora.dora and train.method != "full"
-    static = static_bytes(model, targets, train, dora)
+    shard = shard or ShardSpec()
+    sharded = shard_static(model, train, static_bytes(model, targets, train, dora), shard)
+    static = sharded.static
     moments = _activation_moments(model, targets, lora, train, static)
+    for name, parts in moments.items():
+        # Gathered parameters exist in forward and backward, not at the optimizer step.
+        parts["communication"] = 0 if name == "optimizer step" else sharded.gathered
     resident = {"weights": static.weights, "quant_constants": static.quant_constants,
-                "adapter": static.adapter, "optimizer": static.optimizer}
+                "adapter": static.adapter, "optimizer": static.optimizer,
+                "communication": sharded.communication}
     workspace = cublas_workspace_bytes(gpu.arch if gpu else None)
     phase_peaks = {}
     for name, parts in moments.items():
@@ -282,7 +305,8 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     breakdown = dict.fromkeys(BREAKDOWN_KEYS, 0)
     breakdown.update(resident)
     breakdown.update(gradients=gradients, activations=parts["activations"],
-                     logits=parts["logits"], temporaries=temporaries)
+                     logits=parts["logits"], temporaries=temporaries,
+                     communication=resident["communication"] + parts["communication"])
     allocated = sum(breakdown[k] for k in ALLOCATED_KEYS)
     dynamic = max(sum(p.values()) for p in moments.values())
     reserved = round_up(allocated + int(calibration.reserve_fraction * dynamic), SMALL_SEGMENT_BYTES)
@@ -292,13 +316,13 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     peak = sum(breakdown.values())
     head_dtype = "fp32" if train.upcasts_to_fp32 else train.dtype
     file_size = adapter_file_bytes(model, targets, adapter_dtype, dora, head_dtype) if targets else 0
-    notes = _notes(model, lora, train, targets)
+    notes = _notes(model, lora, train, targets) + shard_notes(train, shard)
     result = Estimate(
         model=model, lora=lora, train=train, targets=targets, base_params=static.base_params,
         trainable_params=static.trainable_params, adapter_file_bytes=file_size,
         breakdown=breakdown, allocated_bytes=allocated, reserved_bytes=reserved, peak_bytes=peak,
         peak_moment=peak_moment, phase_peaks=phase_peaks, gpu=gpu, serve=serve, notes=notes,
-        dynamic_bytes=dynamic, calibration=calibration,
+        dynamic_bytes=dynamic, calibration=calibration, shard=shard, host_breakdown=sharded.host,
     )
     if gpu is not None and targets:
         from .serve import serving_capacity

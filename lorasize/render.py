@@ -14,6 +14,7 @@ _LABELS = {
     "activations": "activations",
     "logits": "logits and loss",
     "temporaries": "temporaries (workspace, dequant)",
+    "communication": "communication (buckets, gathered layers)",
     "allocator": "allocator reserve",
     "cuda_context": "CUDA context",
     "paged_optimizer": "paged optimizer (unified memory)",
@@ -74,9 +75,16 @@ def render_estimate(e: Estimate) -> str:
         ("reserved   (max_memory_reserved)", e.reserved_bytes),
         ("device     (nvidia-smi)", e.peak_bytes),
     ]
-    out.append(f"Training memory at the peak ({e.peak_moment}):")
+    per_gpu = f", per GPU of {e.shard.label}" if e.shard.sharding != "none" else ""
+    out.append(f"Training memory at the peak ({e.peak_moment}{per_gpu}):")
     out.append(table(rows, ("component", "bytes", "GiB"), "lrr",
                      [(k, f"{v:,}", format_bytes(v, "GiB")) for k, v in levels]))
+    if e.host_breakdown:
+        host = [(_LABELS[k], f"{v:,}", format_bytes(v, "GiB")) for k, v in e.host_breakdown.items()
+                if v]
+        out += ["", "Offloaded to host (CPU) memory, per GPU process:",
+                table(host, ("component", "bytes", "GiB"), "lrr",
+                      [("host", f"{e.host_bytes:,}", format_bytes(e.host_bytes, "GiB"))])]
     if e.gpu is not None:
         verdict = "fits" if e.fits else "does NOT fit"
         out += ["", f"GPU {e.gpu.name} ({format_bytes(e.gpu.memory_bytes, 'GiB')}): {verdict}, "

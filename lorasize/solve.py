@@ -1,7 +1,10 @@
-"""Inverse questions: the largest batch, sequence length or rank that fits a GPU, and sweeps.
+"""Inverse questions: the largest batch, sequence length or rank that fits a GPU, the smallest
+multi-GPU setup that fits, and sweeps.
 
 The estimate grows with each of these (a property test holds it to that), so a binary search
 finds the largest value whose device total stays within the GPU's memory less the headroom.
+Per-GPU memory never rises with the number of GPUs (another property test), so a binary search
+also finds the fewest GPUs for a sharding.
 """
 
 from __future__ import annotations
@@ -16,11 +19,20 @@ from .gpu import GpuSpec
 from .layout import block_linears
 from .lora import LoraSpec
 from .model import ModelSpec
+from .sharding import ShardSpec
 from .specs import TrainSpec
 
 SOLVABLE = ("batch-size", "seq-len", "r")
 MAX_BATCH = 65_536
 MAX_SEQ_LEN = 1_048_576
+MAX_GPUS = 4096
+# The order to try setups in, cheapest in communication and framework complexity first: plain
+# data parallelism, then DeepSpeed's stages (ZeRO paper, section 5), FSDP full shard, then the
+# host offloads (slowest).
+SETUP_ORDER = (("ddp", "none"), ("zero1", "none"), ("zero2", "none"), ("fsdp", "none"),
+               ("zero3", "none"), ("zero3", "optimizer"), ("fsdp", "params"), ("zero3", "params"))
+# GPU counts to try when the user has not given one: one node of 2, 4 or 8, then whole nodes.
+NODE_SIZES = (2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def _with(field: str, value: int, lora: LoraSpec, train: TrainSpec) -> tuple[LoraSpec, TrainSpec]:
@@ -69,6 +81,57 @@ def solve(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec, fiel
         else:
             high = middle - 1
     return low, at(low)
+
+
+def fit_setup(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec,
+              gpus: int | None = None, calibration=None) -> tuple[ShardSpec, Estimate] | None:
+    """The first setup in :data:`SETUP_ORDER` whose per-GPU estimate fits ``gpu``.
+
+    Args:
+        gpus: the number of GPUs to share; None tries :data:`NODE_SIZES` in turn (the fewest
+            GPUs first, then the cheapest setup at that count).
+
+    Returns:
+        (shard, estimate), or None when nothing fits.
+    """
+    for count in (gpus,) if gpus else NODE_SIZES:
+        for sharding, offload in SETUP_ORDER:
+            shard = ShardSpec(count, sharding, offload)
+            result = estimate(model, lora, train, gpu=gpu, calibration=calibration, shard=shard)
+            if result.fits:
+                return shard, result
+    return None
+
+
+def fewest_gpus(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec,
+                sharding: str, offload: str = "none", max_gpus: int = MAX_GPUS,
+                calibration=None) -> tuple[ShardSpec, Estimate] | None:
+    """The fewest GPUs on which ``sharding`` (with ``offload``) fits ``gpu``.
+
+    Returns:
+        (shard, estimate), or None when even ``max_gpus`` do not fit.
+
+    Raises:
+        LorasizeError: an unknown sharding or offload, or a combination no framework offers.
+    """
+    def at(count: int) -> Estimate:
+        return estimate(model, lora, train, gpu=gpu, calibration=calibration,
+                        shard=ShardSpec(count, sharding, offload))
+
+    if sharding == "none":
+        result = estimate(model, lora, train, gpu=gpu, calibration=calibration,
+                          shard=ShardSpec(1, sharding, offload))
+        return (result.shard, result) if result.fits else None
+    if not at(max_gpus).fits:
+        return None
+    low, high = 1, max_gpus
+    while low < high:
+        middle = (low + high) // 2
+        if at(middle).fits:
+            high = middle
+        else:
+            low = middle + 1
+    return ShardSpec(low, sharding, offload), at(low)
 
 
 def sweep(model: ModelSpec, gpu: GpuSpec | None = None, **grid: Any):
