@@ -15,9 +15,11 @@ from ..gpu import GpuSpec
 from ..lora import LoraSpec, split_targets
 from ..render import render_estimate
 from ..resolve import read_adapter_config, resolve_model
+from ..sharding import ShardSpec, launch_commands
 from ..specs import ServeSpec, TrainSpec
 from ..units import parse_bytes
-from .options import gpu_options, lora_options, model_options, output_options, train_options
+from .options import (gpu_options, lora_options, model_options, output_options, shard_options,
+                      train_options)
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -76,13 +78,16 @@ def build_gpu(p: dict) -> GpuSpec | None:
 @lora_options
 @train_options
 @gpu_options
+@shard_options
 @output_options
 @click.pass_context
 def estimate(ctx: click.Context, as_json: bool, **p) -> int:
     """Estimate trainable parameters, adapter size and training memory (no GPU, no torch).
 
     With --gpu (or --gpu-mem), also say whether the step fits and how many adapters of this
-    shape fit beside the base model for serving. Exits 1 when it does not fit.
+    shape fit beside the base model for serving. Exits 1 when it does not fit, and then names
+    the smallest multi-GPU setup that fits with its launch command. With --gpus and --sharding,
+    memory is per GPU and offloaded bytes are host memory.
 
     \b
     Examples:
@@ -91,24 +96,41 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
           --batch-size 4 --seq-len 2048 --grad-checkpointing --gpu rtx-4090
       lorasize estimate --model ./my-model/config.json --r 8 --targets q_proj,v_proj --json
       lorasize estimate --adapter ./my-adapter --gpu a100-40gb
+      lorasize estimate --model llama2-70b --method full --grad-checkpointing \\
+          --gpus 8 --sharding zero3 --offload optimizer --gpu a100-80gb
     """
     model, lora, train = build_specs(ctx, p)
     gpu = build_gpu(p)
     serve = ServeSpec(dtype=p["serve_dtype"].lower(), kv_tokens=p["serve_tokens"])
     calibration = load_calibration(p["calibration"]) if p.get("calibration") else None
+    shard = ShardSpec(p["gpus"], (p["sharding"] or "none").lower(), p["offload"].lower())
     result = run_estimate(model, lora, train, gpu=gpu, serve=serve,
-                          adapter_dtype=p["adapter_dtype"].lower(), calibration=calibration)
+                          adapter_dtype=p["adapter_dtype"].lower(), calibration=calibration,
+                          shard=shard)
     timing = _timing(p, model, result, train, gpu)
-    suggestions = _suggestions(model, lora, train, gpu) if result.fits is False else []
+    suggestions = _suggestions(model, lora, train, gpu) \
+        if result.fits is False and shard.sharding == "none" else []
+    setups = _setups(model, lora, train, gpu, shard, calibration) if result.fits is False else []
     if as_json:
         data = result.to_dict()
         data["time"] = timing.to_dict() if timing else None
         data["suggestions"] = suggestions
+        data["multi_gpu"] = setups
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(render_estimate(result))
         if suggestions:
             click.echo(f"To fit {gpu.name}: " + "; or ".join(suggestions))
+        for setup in setups:
+            click.echo(f"{setup['why']}: {setup['gpus']} x {gpu.name} with {setup['sharding']}"
+                       + (f" and {setup['offload']} offload" if setup["offload"] != "none" else "")
+                       + f", {setup['train_peak_bytes'] / 2**30:.2f} GiB per GPU"
+                       + (f", {setup['host_offload_bytes'] / 2**30:.2f} GiB host per GPU"
+                          if setup["host_offload_bytes"] else ""))
+            click.echo(f"  {setup['launch']['accelerate']}")
+            click.echo(f"  {setup['launch']['torchrun']}")
+        if result.fits is False and not setups:
+            click.echo(f"No setup of up to {_MAX_SHOWN_GPUS} GPUs fits {gpu.name}.")
         if timing:
             line = (f"Throughput on {gpu.name}: {timing.tokens_per_s:,.0f} tokens/s, "
                     f"{timing.step_seconds:.2f} s a step (MFU {timing.mfu:g})")
@@ -118,6 +140,31 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
                     line += f", ${timing.usd:,.0f}"
             click.echo(line)
     return 1 if result.fits is False else 0
+
+
+_MAX_SHOWN_GPUS = 256
+
+
+def _setups(model, lora, train, gpu, shard, calibration) -> list[dict]:
+    """The smallest multi-GPU setups that fit: the first of ddp, zero1, zero2, fsdp, zero3 and
+    the offloads at the given --gpus (or the fewest GPUs), and the fewest GPUs for the given
+    --sharding."""
+    from ..solve import fewest_gpus, fit_setup
+
+    found = []
+    given = shard.gpus if shard.gpus > 1 else None
+    walk = fit_setup(model, lora, train, gpu, given, calibration)
+    if walk:
+        why = f"Smallest setup on {given} GPUs" if given else "Fewest GPUs that fit"
+        found.append((why, *walk))
+    if shard.sharding != "none":
+        fewest = fewest_gpus(model, lora, train, gpu, shard.sharding, shard.offload,
+                             _MAX_SHOWN_GPUS, calibration)
+        if fewest and (not walk or fewest[0] != walk[0]):
+            found.append((f"Fewest GPUs with {shard.sharding}", *fewest))
+    return [{"why": why, "gpus": s.gpus, "sharding": s.sharding, "offload": s.offload,
+             "train_peak_bytes": e.peak_bytes, "host_offload_bytes": e.host_bytes,
+             "launch": launch_commands(s, train)} for why, s, e in found]
 
 
 def _timing(p: dict, model, result, train, gpu):

@@ -9,6 +9,7 @@ import click
 from ..activations import ATTN_IMPLEMENTATIONS
 from ..lora import VARIANTS
 from ..optimizers import OPTIMIZERS
+from ..sharding import OFFLOADS, SHARDINGS
 from ..specs import ADAPTER_DTYPES, COMPUTE_DTYPES, METHODS, STACKS
 
 _CHOICE = functools.partial(click.Choice, case_sensitive=False)
@@ -105,6 +106,21 @@ def gpu_options(func):
                      help="Model FLOPs utilisation for step time. [default: 0.5, fitted]"),
         click.option("--calibration", metavar="FILE",
                      help="Calibration file from 'lorasize calibrate'. [default: the shipped one]"),
+    ])(func)
+
+
+def shard_options(func):
+    """--gpus, --sharding, --offload."""
+    return _apply([
+        click.option("--gpus", type=int, default=1, show_default=True,
+                     help="Data-parallel GPUs; memory is then reported per GPU."),
+        click.option("--sharding", type=_CHOICE(SHARDINGS), default=None,
+                     help="How the GPUs share the model: ddp, fsdp (FULL_SHARD), fsdp-grad-op "
+                          "(SHARD_GRAD_OP), zero1, zero2, zero3 (DeepSpeed). [default: none; "
+                          "needed with --gpus above 1]"),
+        click.option("--offload", type=_CHOICE(OFFLOADS), default="none", show_default=True,
+                     help="Move to host memory: optimizer (DeepSpeed ZeRO) or params (zero3 or "
+                          "fsdp: parameters, gradients and optimizer)."),
     ])(func)
 
 
