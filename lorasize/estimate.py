@@ -286,8 +286,11 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     static = sharded.static
     moments = _activation_moments(model, targets, lora, train, static)
     for name, parts in moments.items():
-        # Gathered parameters exist in forward and backward, not at the optimizer step.
+        # Gathered parameters and accumulated unsharded gradients exist in forward and
+        # backward, not at the optimizer step.
         parts["communication"] = 0 if name == "optimizer step" else sharded.gathered
+        if name != "optimizer step" and sharded.held_gradients:
+            parts["gradients"] = parts.get("gradients", 0) + sharded.held_gradients
     resident = {"weights": static.weights, "quant_constants": static.quant_constants,
                 "adapter": static.adapter, "optimizer": static.optimizer,
                 "communication": sharded.communication}

@@ -72,6 +72,16 @@ FSDP_UNITS_IN_FLIGHT = 2
 # allocates flat bucket buffers covering every gradient, a second copy unless
 # gradient_as_bucket_view=True (default False).
 DDP_BUCKET_CAP_BYTES = 25 * 1024**2
+# Stacks that accumulate gradients under FSDP's no_sync: lit-gpt's finetune scripts run every
+# micro-batch but the last inside ``fabric.no_backward_sync(model, enabled=is_accumulating)``
+# (their default global batch is many micro-batches), and FSDP then keeps each unit's gradient
+# unsharded until the synchronising micro-batch. lit-gpt wraps each ``Block`` (LoRA inside) with
+# ``use_orig_params=True``, so the frozen weights of a block get gradients too: "the gradient
+# memory usage will be higher than expected (namely, equivalent to not freezing those
+# parameters)" (torch FullyShardedDataParallel docs). Hugging Face accelerate does the same with
+# gradient accumulation steps above 1 (GradientAccumulationPlugin sync_each_batch=False), which
+# TrainSpec does not carry yet.
+FSDP_UNSHARDED_GRAD_ACCUMULATION_STACKS = ("litgpt",)
 # Optimizers whose state follows the parameter's dtype (on DeepSpeed's fp32 master: fp32).
 _STATE_IN_PARAM_DTYPE = ("adamw", "sgd-momentum", "adafactor")
 
@@ -147,12 +157,15 @@ class ShardedBytes:
         gathered: unsharded parameters (and, while their backward runs, gradients) that exist
             during forward and backward only.
         host: offloaded bytes per rank on the CPU, by component.
+        held_gradients: gradients held through forward and backward (unsharded accumulation
+            under FSDP's no_sync), as opposed to ``static.gradients`` at the optimizer step.
     """
 
     static: StaticBytes
     communication: int = 0
     gathered: int = 0
     host: dict[str, int] = field(default_factory=dict)
+    held_gradients: int = 0
 
     @property
     def host_bytes(self) -> int:
@@ -270,7 +283,14 @@ def _fsdp(model: ModelSpec, train: TrainSpec, static: StaticBytes,
         gathered = static.weights
     else:
         gathered = root + FSDP_UNITS_IN_FLIGHT * layer
-    if train.method == "full":
+    held = 0
+    if train.stack in FSDP_UNSHARDED_GRAD_ACCUMULATION_STACKS:
+        # Unsharded gradients of every unit with a trainable parameter; under LoRA each decoder
+        # layer's flat parameter, frozen weights included (the root unit is all frozen).
+        held = static.gradients if train.method == "full" else \
+            static.gradients + layer * model.num_layers
+        gradients = _split(held, n)
+    elif train.method == "full":
         # A unit's unsharded gradient lives until its reduce-scatter.
         gathered += layer
     host: dict[str, int] = {}
@@ -280,7 +300,7 @@ def _fsdp(model: ModelSpec, train: TrainSpec, static: StaticBytes,
         weights = adapter = gradients = optimizer = 0
     per_gpu = replace(static, weights=weights, adapter=adapter, gradients=gradients,
                       optimizer=optimizer, optimizer_paged=_split(static.optimizer_paged, n))
-    return ShardedBytes(per_gpu, gathered=gathered, host=host)
+    return ShardedBytes(per_gpu, gathered=gathered, host=host, held_gradients=held)
 
 
 def shard_notes(train: TrainSpec, shard: ShardSpec) -> tuple[str, ...]:
@@ -304,6 +324,10 @@ def shard_notes(train: TrainSpec, shard: ShardSpec) -> tuple[str, ...]:
     if shard.sharding == "zero3":
         notes.append("ZeRO-3 keeps parameters under stage3_param_persistence_threshold (1e5 "
                      "elements) whole on every GPU: not counted")
+    if shard.fsdp and train.stack in FSDP_UNSHARDED_GRAD_ACCUMULATION_STACKS:
+        notes.append(f"{train.stack} accumulates gradients under FSDP no_sync: every unit keeps "
+                     "its whole, unsharded gradient (frozen weights of a LoRA block included, "
+                     "use_orig_params=True) until the last micro-batch")
     if train.quantized and shard.stage == 3:
         notes.append("sharding 4-bit weights needs bnb_4bit_quant_storage equal to the compute "
                      "dtype (e.g. torch.bfloat16); quantization constants stay whole on every GPU")

