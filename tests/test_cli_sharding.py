@@ -65,3 +65,12 @@ def test_bad_setups_exit_2_naming_the_flag(cli, args, flag):
     code, out, err = cli("estimate", "-m", "llama2-7b", *args)
     assert code == 2
     assert flag in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_hours_split_over_gpus_and_cost_counts_them_all(cli):
+    base = ["estimate", "-m", "llama2-7b", "--gpu", "a100-80gb", "--dataset-tokens", "100000000",
+            "--usd-per-gpu-hour", "2", "--json"]
+    one = json.loads(cli(*base)[1])["time"]
+    four = json.loads(cli(*base, "--gpus", "4", "--sharding", "ddp")[1])["time"]
+    assert four["hours"] == pytest.approx(one["hours"] / 4, abs=1e-3)
+    assert four["usd"] == pytest.approx(one["usd"], abs=0.02)

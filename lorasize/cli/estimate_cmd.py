@@ -107,7 +107,7 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
     result = run_estimate(model, lora, train, gpu=gpu, serve=serve,
                           adapter_dtype=p["adapter_dtype"].lower(), calibration=calibration,
                           shard=shard)
-    timing = _timing(p, model, result, train, gpu)
+    timing = _timing(p, model, result, train, gpu, shard.gpus)
     suggestions = _suggestions(model, lora, train, gpu) \
         if result.fits is False and shard.sharding == "none" else []
     setups = _setups(model, lora, train, gpu, shard, calibration) if result.fits is False else []
@@ -132,10 +132,14 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
         if result.fits is False and not setups:
             click.echo(f"No setup of up to {_MAX_SHOWN_GPUS} GPUs fits {gpu.name}.")
         if timing:
-            line = (f"Throughput on {gpu.name}: {timing.tokens_per_s:,.0f} tokens/s, "
+            each = " per GPU" if shard.gpus > 1 else ""
+            line = (f"Throughput on {gpu.name}: {timing.tokens_per_s:,.0f} tokens/s{each}, "
                     f"{timing.step_seconds:.2f} s a step (MFU {timing.mfu:g})")
             if timing.hours is not None:
-                line += f"; {p['epochs']:g} epoch(s) of {p['dataset_tokens']:,} tokens: {timing.hours:,.1f} h"
+                on = f" on {shard.gpus} GPUs (communication time not counted)" \
+                    if shard.gpus > 1 else ""
+                line += (f"; {p['epochs']:g} epoch(s) of {p['dataset_tokens']:,} tokens{on}: "
+                         f"{timing.hours:,.1f} h")
                 if timing.usd is not None:
                     line += f", ${timing.usd:,.0f}"
             click.echo(line)
@@ -167,8 +171,9 @@ def _setups(model, lora, train, gpu, shard, calibration) -> list[dict]:
              "launch": launch_commands(s, train)} for why, s, e in found]
 
 
-def _timing(p: dict, model, result, train, gpu):
-    """Step time and hours, when the GPU's throughput is known."""
+def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
+    """Step time and hours, when the GPU's throughput is known. With several data-parallel GPUs
+    each works through its share of the tokens (hours are wall-clock, the cost is all GPUs')."""
     from ..timing import DEFAULT_MFU, training_time
 
     mfu = p.get("mfu") if p.get("mfu") is not None else DEFAULT_MFU
@@ -182,8 +187,10 @@ def _timing(p: dict, model, result, train, gpu):
         if p.get("dataset_tokens"):
             raise LorasizeError("hours need a GPU: give --gpu NAME", source="--dataset-tokens")
         return None
-    return training_time(model, result.targets, train, gpu, mfu, p.get("dataset_tokens"),
-                         p.get("epochs") or 1.0, p.get("usd_per_gpu_hour"))
+    tokens, price = p.get("dataset_tokens"), p.get("usd_per_gpu_hour")
+    return training_time(model, result.targets, train, gpu, mfu,
+                         -(-tokens // gpus) if tokens else tokens, p.get("epochs") or 1.0,
+                         price * gpus if price is not None else None)
 
 
 def _suggestions(model, lora, train, gpu) -> list[str]:
