@@ -46,9 +46,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layout import block_params
+from .layout import block_linears, block_params
 from .lora import Target
 from .model import ModelSpec
+from .stacks import StackRules, stack_rules
 
 FP32 = 4
 BOOL = 1
@@ -107,16 +108,29 @@ def _norm_count(spec: ModelSpec) -> int:
 _NOT_NORM_FED = ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h")
 
 
+def _source(spec: ModelSpec, path: str, group: str) -> str:
+    """The tensor a linear reads: a norm's output (shared by the linears it feeds) or the input
+    of a non-norm-fed projection (its own path). One norm feeding attention and MLP (Falcon-7B,
+    Phi-2's parallel block) is one source."""
+    if path.endswith(_NOT_NORM_FED):
+        return path
+    return "norm" if _norm_count(spec) == 1 else f"{group}-norm"
+
+
 def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropout: bool,
-                attn_output_saved: bool) -> int:
+                attn_output_saved: bool, fused_qkv_dropout: bool = False,
+                saved_inputs: set[str] | None = None) -> int:
     """Bytes per token the LoRA branches of one layer save.
 
     A branch casts its input to the adapter's dtype (a new tensor per branch) unless the input
     already has it; then every branch reading that input shares it, and nothing is added when
     the input is saved anyway (the attention output, which flash/efficient kernels keep).
+    ``fused_qkv_dropout``: q, k and v branches share one dropout (litgpt's ``LoRAQKVLinear``).
+    ``saved_inputs``: filled with the sources whose input the branches save as is.
     """
     total = 0
     shared: set[str] = set()
+    dropped: set[str] = set()
     for target in targets:
         if target.linear.group == "head":
             continue  # the head's input is the final norm's output, counted with the top
@@ -125,7 +139,7 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
         norm_fed = not linear.path.endswith(_NOT_NORM_FED)
         source = f"{linear.group}-norm" if norm_fed else linear.path
         in_dtype = dt.norm_out if norm_fed else dt.compute
-        saved = dt.adapter * target.rank * max(linear.experts, 1)
+        saved = dt.adapter * target.branch_width  # the rank-wide product B keeps
         if target.variant in ("lora-fa", "vera"):
             # LoRA-FA: A is frozen, so its matmul keeps no input; B keeps A's output. VeRA: the
             # shared A and B are frozen buffers; lambda_d * (x A^T) keeps the rank-wide product,
@@ -137,7 +151,12 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
             total += round(saved * share)
             continue
         if dropout:
-            saved += (dt.adapter + BOOL) * linear.in_features
+            if fused_qkv_dropout and norm_fed and linear.group == "attn":
+                if source not in dropped:
+                    dropped.add(source)
+                    saved += (dt.adapter + BOOL) * linear.in_features
+            else:
+                saved += (dt.adapter + BOOL) * linear.in_features
         elif in_dtype != dt.adapter:
             saved += dt.adapter * linear.in_features
         elif source not in shared:
@@ -145,6 +164,8 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
             is_attn_output = not norm_fed and linear.group == "attn"
             if not (is_attn_output and attn_output_saved):
                 saved += in_dtype * linear.in_features
+                if saved_inputs is not None:
+                    saved_inputs.add(_source(spec, linear.path, linear.group))
         total += round(saved * share)
     return total
 
@@ -170,9 +191,17 @@ def _parallel_shared_input(spec: ModelSpec) -> bool:
 
 
 def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, *,
-                          seq_len: int, attn: str, full: bool, dropout: bool) -> LayerActivations:
-    """Bytes per token one decoder layer keeps for backward (no checkpointing)."""
+                          seq_len: int, attn: str, full: bool, dropout: bool,
+                          stack: str = "hf-peft", quantized: bool = False) -> LayerActivations:
+    """Bytes per token one decoder layer keeps for backward (no checkpointing).
+
+    ``stack`` applies that stack's rules (:mod:`lorasize.stacks`); ``quantized``: the block's
+    linears are quantized (QLoRA).
+    """
+    rules = stack_rules(stack)
     d, h, q, kv, inter = dt.compute, spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
+    if rules.expands_gqa:
+        kv = q  # k and v expanded to every query head before the kernel saves them
     heads = spec.num_heads
     gemma_norm = spec.family in ("gemma2",) or spec.model_type == "gemma"
     norms = _norm_count(spec) * _norm_bytes(spec, dt, h, full and not gemma_norm)
@@ -217,7 +246,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
             attention += d * q  # o_proj's input is a contiguous copy of the kernel's output
     if full:
         attention += d * h  # the norm output, saved once for the q/k/v weight gradients
-    act = _ACT_SAVES.get(spec.family, 1)
+    act = 1 if rules.fused_gelu else _ACT_SAVES.get(spec.family, 1)
     gated = spec.family not in ("gpt2", "gpt_neox", "falcon", "phi")
     if gated:
         mlp = (2 + act) * d * inter  # gate (saved by the activation), up, act(gate)
@@ -233,8 +262,33 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
             mlp += k * (d * h + d * inter)  # each expert's gathered input and down_proj input
     elif full:
         mlp += d * h + d * inter  # weight gradients need the MLP inputs too
-    lora = 0 if full else _lora_bytes(spec, targets, dt, dropout, attn_output_saved=attn != "eager")
+    saved_inputs: set[str] = set()
+    lora = 0 if full else _lora_bytes(spec, targets, dt, dropout, attn_output_saved=attn != "eager",
+                                      fused_qkv_dropout=rules.fused_qkv_dropout,
+                                      saved_inputs=saved_inputs)
+    if quantized and rules.quantized_saves_input and not full:
+        lora += quantized_input_bytes(spec, dt, saved_inputs)
     return LayerActivations(norms=norms, attention=attention, mlp=mlp, lora=lora)
+
+
+def quantized_input_bytes(spec: ModelSpec, dt: Dtypes, already_saved: set[str] = frozenset()) -> int:
+    """Bytes per token that bitsandbytes <= 0.43.1 keeps for one layer's quantized linears.
+
+    ``MatMul4Bit.forward`` stored its input (``ctx.tensors = (A, B)``) whenever the input needed
+    a gradient, though backward uses only B (bitsandbytes PR #1270, "delete useless buffered
+    activation", fixed in 0.43.2). Each distinct input is kept once: a norm's output shared by
+    the linears it feeds, the attention output (litgpt copies it out of the kernel's layout with
+    ``y.transpose(1, 2).reshape``) and the MLP's inner product. Inputs a LoRA branch already
+    saves as they are (``already_saved``) are not counted twice.
+    """
+    widths: dict[str, int] = {}
+    for linear in block_linears(spec):
+        if linear.quantizable and not linear.experts:
+            source = _source(spec, linear.path, linear.group)
+            widths[source] = linear.in_features
+    in_dtype = {True: dt.compute, False: dt.norm_out}
+    return sum(in_dtype[source.endswith(_NOT_NORM_FED)] * width
+               for source, width in widths.items() if source not in already_saved)
 
 
 def layer_constant_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes) -> int:
@@ -253,14 +307,33 @@ def checkpoint_bytes_per_token(spec: ModelSpec, dt: Dtypes) -> int:
 
 
 def top_bytes_per_token(spec: ModelSpec, dt: Dtypes, full: bool,
-                        head: Target | None = None) -> int:
+                        head: Target | None = None, *, stack: str = "hf-peft",
+                        quantized: bool = False, dropout: bool = False) -> int:
     """Bytes per token saved outside the blocks: the final norm, and a LoRA on the head (its
-    fp32 input cast and rank-wide output)."""
-    total = _norm_bytes(spec, dt, spec.hidden_size, full)
+    fp32 input cast and rank-wide output).
+
+    litgpt: the head's LoRA runs in the compute dtype on its own dropout copy (litgpt
+    ``LoRALinear.forward``: ``self.lora_dropout(x) @ self.lora_A.transpose(0, 1)``), and a
+    quantized head keeps its input (:func:`quantized_input_bytes`).
+    """
+    rules = stack_rules(stack)
+    h = spec.hidden_size
+    total = _norm_bytes(spec, dt, h, full)
     if full:
-        total += dt.norm_out * spec.hidden_size  # the head's weight gradient needs its input
-    if head is not None:
-        total += FP32 * spec.hidden_size + FP32 * head.rank
+        total += dt.norm_out * h  # the head's weight gradient needs its input
+    head_input_saved = False
+    if head is not None and stack == "litgpt":
+        total += dt.adapter * head.rank
+        if dropout:
+            total += (dt.adapter + BOOL) * h
+        else:
+            total += dt.norm_out * h
+            head_input_saved = True
+    elif head is not None:
+        total += FP32 * h + FP32 * head.rank
+    if quantized and rules.quantize_head and rules.quantized_saves_input and not full \
+            and not head_input_saved:
+        total += dt.norm_out * h
     return total
 
 
@@ -276,8 +349,30 @@ def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute
     if stack == "torchtune":
         return FP32 * spec.vocab_size + 2 * FP32 * spec.vocab_size // TORCHTUNE_OUTPUT_CHUNKS
     if stack == "litgpt":
-        return compute * spec.vocab_size
+        # Every chunk's log-softmax output (then its gradient, as backward walks the chunks) and,
+        # with logits_alive, the chunked logits themselves, in the dtype Fabric hands them back in.
+        rules = stack_rules(stack)
+        copies = 2 if rules.logits_alive else 1
+        return copies * (rules.logits_bytes or compute) * spec.vocab_size
     return LOSS_FP32_COPIES_AT_PEAK * FP32 * spec.vocab_size
+
+
+def head_backward_logits_bytes_per_token(spec: ModelSpec, stack: str, compute: int) -> int:
+    """Bytes per token of logits live when a chunked head runs backward (litgpt): every chunk's
+    logits as the loss saw them and their gradients cast back to the compute dtype (Fabric's
+    output cast and the loss run backward for every chunk before the head's first chunk)."""
+    rules = stack_rules(stack)
+    return ((rules.logits_bytes or compute) + compute) * spec.vocab_size
+
+
+def loss_chunk_bytes(spec: ModelSpec, stack: str, compute: int, batch: int, seq_len: int) -> int:
+    """Bytes of one output chunk's transient gradient in the loss's backward (litgpt:
+    ``nll_loss_backward`` fills a ``[batch x 128, V]`` gradient before ``log_softmax_backward``
+    turns it into the chunk's logits gradient); 0 for stacks that do not chunk the head."""
+    rules = stack_rules(stack)
+    if not rules.lm_head_chunk:
+        return 0
+    return (rules.logits_bytes or compute) * spec.vocab_size * batch * min(rules.lm_head_chunk, seq_len)
 
 
 def eager_mask_bytes(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int, attn: str) -> int:

@@ -180,17 +180,22 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                                                  adapter=int(DTYPE_BYTES[train.adapter_dtype]))
     full = train.method == "full"
     tokens = train.tokens
+    dropout = lora.dropout > 0 and not full
     layer = act.layer_bytes_per_token(model, targets, dt, seq_len=train.seq_len, attn=train.attn,
-                                      full=full, dropout=lora.dropout > 0 and not full).total
+                                      full=full, dropout=dropout, stack=train.stack,
+                                      quantized=train.quantized).total
     mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
     constant = act.layer_constant_bytes(model, targets, dt)
     head = next((t for t in targets if t.linear.group == "head"), None)
-    top = act.top_bytes_per_token(model, dt, full, head) * tokens
-    logits = act.logits_peak_bytes_per_token(model, train.stack, dt.compute) * tokens
+    top = act.top_bytes_per_token(model, dt, full, head, stack=train.stack,
+                                  quantized=train.quantized, dropout=dropout) * tokens
+    logits = act.logits_peak_bytes_per_token(model, train.stack, dt.compute) * tokens \
+        + act.loss_chunk_bytes(model, train.stack, dt.compute, train.batch_size, train.seq_len)
     transient = act.layer_backward_transient_per_token(model, dt) * tokens
     # bitsandbytes' MatMul4Bit dequantizes one weight to the compute dtype inside each matmul
-    # (the input is cast to it first, the output back afterwards).
-    dequant = d * static.largest_quantized
+    # (the input is cast to it first, the output back afterwards). A quantized head is
+    # dequantized in its backward, right after the loss's, with every activation alive.
+    dequant = static.dequant_bytes
     # PEFT's ParamWrapper differentiates W + BA as a whole: backward makes a gradient the size of
     # a stacked expert weight before reducing it onto A and B. The first one backward meets, while
     # every activation is still alive, is the last expert matrix of the forward.
@@ -228,6 +233,12 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                                "gradients": head_grads + partial},
         }
     grads_and_step = static.gradients + step_temporary_bytes(train.optimizer, static.optimizer)
+    if static.head_dequant_bytes:
+        # A quantized head (litgpt) is dequantized in its backward, after the loss's: every
+        # activation is still alive, and so are the logits and their 16-bit gradients.
+        moments["head backward"] = dict(
+            moments["loss backward"], temporaries=static.head_dequant_bytes,
+            logits=act.head_backward_logits_bytes_per_token(model, train.stack, dt.compute) * tokens)
     moments["optimizer step"] = {"activations": 0, "logits": 0, "temporaries": grads_and_step}
     return moments
 

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 from .allocator import block
 from .layout import block_linears, block_params, head_linear, top_params
-from .lora import Target, shared_tensors
+from .lora import Target, importance_state_shapes, shared_tensors
 from .model import ModelSpec
 from .optimizers import OptimizerBytes, state_bytes
 from .quant import quantized_bytes
 from .specs import TrainSpec
+from .stacks import StackRules, stack_rules
 from .units import DTYPE_BYTES
 
 
@@ -28,6 +29,11 @@ class StaticBytes:
     largest_quantized: int  # elements of the largest quantized matrix (dequantized in forward)
     base_params: int
     trainable_params: int
+    # Bytes a dequantized weight takes while it exists: the largest quantized block matrix, and
+    # the output head when the stack quantizes it (dequantized in the head's backward, right
+    # after the loss's).
+    dequant_bytes: int = 0
+    head_dequant_bytes: int = 0
 
 
 def _frozen_dtype_bytes(train: TrainSpec) -> int:
@@ -35,9 +41,11 @@ def _frozen_dtype_bytes(train: TrainSpec) -> int:
     return DTYPE_BYTES["fp32"] if train.upcasts_to_fp32 else int(DTYPE_BYTES[train.dtype])
 
 
-def _tensors(spec: ModelSpec, only: frozenset[str] | None = None):
-    """(shape, out_features, quantizable, count) for every base tensor; weight and bias apart.
-    ``only``: when given, the module paths that may be quantized (torchtune's rule)."""
+def _tensors(spec: ModelSpec, only: frozenset[str] | None = None,
+             rules: StackRules = StackRules()):
+    """(shape, out_features, quantizable, count) for every base tensor; weight and bias apart,
+    the head last. ``only``: when given, the module paths that may be quantized (torchtune's
+    rule); ``rules``: the stack's head rules (quantized, untied)."""
     for linear in block_linears(spec):
         experts = (linear.experts,) if linear.experts else ()
         quantizable = linear.quantizable and (only is None or linear.path in only)
@@ -50,8 +58,8 @@ def _tensors(spec: ModelSpec, only: frozenset[str] | None = None):
     for param in top_params(spec):
         yield (param.numel,), 0, False, 1
     head = head_linear(spec)
-    if not spec.tie_embeddings:
-        yield (head.out_features, head.in_features), head.out_features, False, 1
+    if not spec.tie_embeddings or rules.untied_head:
+        yield (head.out_features, head.in_features), head.out_features, rules.quantize_head, 1
     if head.bias:
         yield (head.out_features,), 0, False, 1
 
@@ -59,21 +67,27 @@ def _tensors(spec: ModelSpec, only: frozenset[str] | None = None):
 def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
                  dora: bool = False) -> StaticBytes:
     """Weights, constants, trainable weights, gradients and optimizer state of one model."""
-    weights = constants = base_params = largest = 0
+    weights = constants = base_params = largest = head_quantized = 0
     other = _frozen_dtype_bytes(train)
-    only = frozenset(t.linear.path for t in targets) if train.stack == "torchtune" else None
-    for shape, out_features, quantizable, count in _tensors(spec, only):
+    rules = stack_rules(train.stack)
+    only = frozenset(t.linear.path for t in targets) if rules.quantize_only_targets else None
+    head = head_linear(spec)
+    head_shape = (head.out_features, head.in_features)
+    for shape, out_features, quantizable, count in _tensors(spec, only, rules):
         numel = _numel(shape)
         base_params += numel * count
         if train.quantized and quantizable:
             q = quantized_bytes(numel, out_features, train.quant_type, train.double_quant)
             weights += q.weight * count
             constants += q.constants * count
-            largest = max(largest, numel)
+            if count == 1 and shape == head_shape and rules.quantize_head:
+                head_quantized = numel
+            else:
+                largest = max(largest, numel)
         else:
             weights += block(numel * other) * count
     if train.method == "full":
-        shapes = [(shape, count) for shape, _, _, count in _tensors(spec)]
+        shapes = [(shape, count) for shape, _, _, count in _tensors(spec, None, rules)]
         param_bytes = int(DTYPE_BYTES[train.dtype])
         trainable = base_params
         adapter = 0
@@ -91,10 +105,16 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     for shape, count in shapes:
         one = state_bytes(train.optimizer, shape, param_bytes)
         optimizer += OptimizerBytes(one.device * count, one.paged * count)
+    if train.method != "full":  # AdaLoRA's importance scores (lora.importance_state_shapes)
+        optimizer += OptimizerBytes(sum(block(_numel(shape) * param_bytes) * count
+                                        for shape, count in importance_state_shapes(targets)))
+    dequant_per_element = int(DTYPE_BYTES[train.dtype]) + rules.dequant_bytes_extra
     return StaticBytes(weights=weights, quant_constants=constants, adapter=adapter,
                        gradients=gradients, optimizer=optimizer.device,
                        optimizer_paged=optimizer.paged, largest_quantized=largest,
-                       base_params=base_params, trainable_params=trainable)
+                       base_params=base_params, trainable_params=trainable,
+                       dequant_bytes=dequant_per_element * largest,
+                       head_dequant_bytes=dequant_per_element * head_quantized)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

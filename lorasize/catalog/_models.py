@@ -357,6 +357,18 @@ MODELS = [
         ),
     ),  # total 2,779,683,840 (meta build, transformers 5.23.0)
     dict(
+        name="phi-1.5",
+        aliases=("phi-1_5", "phi1.5", "microsoft/phi-1_5"),
+        hf_id="microsoft/phi-1_5",
+        url="https://huggingface.co/microsoft/phi-1_5/blob/main/config.json",
+        config=dict(
+            model_type="phi", vocab_size=51200, hidden_size=2048, intermediate_size=8192,
+            num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=32,
+            partial_rotary_factor=0.5, qk_layernorm=False, max_position_embeddings=2048,
+            tie_word_embeddings=False, torch_dtype="float16",
+        ),
+    ),
+    dict(
         name="phi3-mini",
         aliases=("phi-3-mini", "phi3-mini-4k", "phi-3-mini-4k-instruct", "phi3",
                  "microsoft/Phi-3-mini-4k-instruct"),
@@ -374,6 +386,18 @@ MODELS = [
     # 25% rotary). The config.json files have no attention_bias key: GPTNeoXConfig defaults it
     # to True, which the checkpoints rely on (they ship q/k/v and dense biases).
     # ------------------------------------------------------------------------------------------
+    dict(
+        name="stablelm-base-alpha-3b",
+        aliases=("stablelm-alpha-3b", "stabilityai/stablelm-base-alpha-3b"),
+        hf_id="stabilityai/stablelm-base-alpha-3b",
+        url="https://huggingface.co/stabilityai/stablelm-base-alpha-3b/blob/main/config.json",
+        config=dict(
+            model_type="gpt_neox", vocab_size=50688, hidden_size=4096, intermediate_size=16384,
+            num_hidden_layers=16, num_attention_heads=32, max_position_embeddings=4096,
+            rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+            torch_dtype="float16",
+        ),
+    ),  # StableLM-Alpha is a GPT-NeoX model (GPTNeoXForCausalLM in its config.json)
     dict(
         name="pythia-160m",
         aliases=("EleutherAI/pythia-160m",),

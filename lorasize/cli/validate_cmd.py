@@ -41,6 +41,13 @@ def validate(measurements: str, as_json: bool) -> int:
         click.echo(table([(k, str(v["rows"]), f"{100 * v['median_abs_error']:.1f}%",
                            f"{100 * v['p90_abs_error']:.1f}%") for k, v in stats["groups"].items()],
                          ("source | method | metric", "rows", "median", "p90"), "lrrr"))
+    if "bar" in stats:
+        b = stats["bar"]
+        click.echo(f"\nbar (single-GPU training rows, confidence high): {b['rows']} rows, median "
+                   f"{100 * b['median_abs_error']:.1f}% (limit {100 * b['median_limit']:.0f}%), "
+                   f"90th percentile {100 * b['p90_abs_error']:.1f}% "
+                   f"(limit {100 * b['p90_limit']:.0f}%): {'met' if b['met'] else 'NOT met'}; "
+                   f"{len(b['skipped'])} rows of the set skipped")
     skipped = [r for r in rows if r.skipped]
     if skipped:
         click.echo(f"\n{len(skipped)} rows skipped:")

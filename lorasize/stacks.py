@@ -1,0 +1,87 @@
+"""Training stacks: the framework behaviours that change memory, one named rule each.
+
+``--stack`` (:data:`lorasize.specs.STACKS`) picks the framework that runs the step. Each rule below
+applies to every run of that stack, as its code did when the published measurements were taken
+(README, "Against published measurements"); each cites the lines it comes from. The Hugging Face +
+PEFT stack is the reference the trace tier checks exactly; the other two differ from it only where
+a rule says so.
+
+- ``hf-peft``: transformers 5 + PEFT 0.21 + bitsandbytes 0.50 (see docs/memory-model.md).
+- ``litgpt``: lit-gpt / litgpt ``finetune/lora.py`` (Oct 2023 to 2024) on Lightning Fabric's
+  ``BitsandbytesPrecision`` with the bitsandbytes it pinned (0.41.1 in lit-gpt's resource tables,
+  ``bitsandbytes==0.42.0`` in litgpt: "LitGPT only supports bitsandbytes v0.42.0").
+- ``torchtune``: torchtune's single-device LoRA/QLoRA and full recipes (torchao NF4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StackRules:
+    """What a training stack does that changes memory.
+
+    Attributes:
+        quantize_head: the output head is quantized with the blocks (Lightning's
+            ``BitsandbytesPrecision.init_context`` swaps every ``torch.nn.Linear`` class for a
+            bitsandbytes one; litgpt passes no ``ignore_modules``).
+        untied_head: the framework's model holds its own output head even when the Hugging Face
+            checkpoint ties it to the embeddings (litgpt ``GPT.__init__`` always builds
+            ``self.lm_head = nn.Linear(...)``; tying only with ``train.tie_embeddings``).
+        quantize_only_targets: only linears that carry LoRA are quantized (torchtune
+            ``LoRALinear(quantize_base=True)``).
+        quantized_saves_input: each quantized linear keeps its input until backward
+            (bitsandbytes <= 0.43.1 ``MatMul4Bit.forward``: ``ctx.tensors = (A, B)`` whenever A or B
+            needs a gradient; fixed in bitsandbytes PR #1270, 0.43.2, July 2024).
+        dequant_bytes_extra: bytes per element of a dequantized weight on top of the compute
+            dtype's: Lightning quantizes from ``weight.to(torch.half)``, so ``dequantize_4bit``
+            returns fp16 and ``MatMul4Bit`` casts it with ``.to(A.dtype)`` (both live at the cast).
+        fused_qkv_dropout: q, k and v share one LoRA dropout of their common input (litgpt
+            ``LoRAQKVLinear`` is one module over the fused ``attn`` projection).
+        expands_gqa: k and v are expanded to every query head before attention and saved at
+            that width (litgpt ``CausalSelfAttention.forward``: ``k.expand(...)`` "training: flash
+            attention requires it").
+        logits_alive: the chunked logits stay referenced through backward next to the
+            log-softmax outputs (litgpt ``fit()`` keeps ``logits`` in scope across
+            ``fabric.backward``).
+        lm_head_chunk: tokens per output-head chunk (litgpt ``lm_head_chunk_size=128``), 0 for none.
+        logits_bytes: bytes per element of the logits the loss sees, 0 for the compute dtype's:
+            Lightning Fabric's ``_FabricModule.forward`` returns ``precision.convert_output(output)``,
+            and ``HalfPrecision`` / ``BitsandbytesPrecision.convert_output`` cast every float
+            output to ``torch.get_default_dtype()``, float32 outside the forward context.
+        fused_gelu: the MLP's GELU is torch's ``F.gelu(x, approximate=...)``, which saves only its
+            input (litgpt ``GptNeoxMLP.forward``), where transformers' Phi and GPT-2 use the
+            Python ``NewGELUActivation`` that saves four tensors.
+    """
+
+    quantize_head: bool = False
+    untied_head: bool = False
+    quantize_only_targets: bool = False
+    quantized_saves_input: bool = False
+    dequant_bytes_extra: int = 0
+    fused_qkv_dropout: bool = False
+    expands_gqa: bool = False
+    logits_alive: bool = False
+    lm_head_chunk: int = 0
+    logits_bytes: int = 0
+    fused_gelu: bool = False
+
+
+FP16 = 2
+FP32 = 4
+LITGPT_LM_HEAD_CHUNK = 128  # litgpt finetune/lora.py: model(input_ids, lm_head_chunk_size=128)
+
+STACK_RULES = {
+    "hf-peft": StackRules(),
+    "litgpt": StackRules(quantize_head=True, untied_head=True, quantized_saves_input=True,
+                         dequant_bytes_extra=FP16, fused_qkv_dropout=True, expands_gqa=True,
+                         logits_alive=True, lm_head_chunk=LITGPT_LM_HEAD_CHUNK, logits_bytes=FP32,
+                         fused_gelu=True),
+    "torchtune": StackRules(quantize_only_targets=True),
+}
+
+
+def stack_rules(stack: str) -> StackRules:
+    """The rules of a stack named in :data:`lorasize.specs.STACKS`."""
+    return STACK_RULES[stack]
