@@ -16,7 +16,10 @@ from ..profile.schema import write_profile
 from ..trace import check_available
 from ..units import format_bytes
 from .estimate_cmd import build_specs
-from .options import lora_options, model_options, output_options, train_options
+from .options import lora_options, model_options, output_options, shard_options, train_options
+
+# What the profiler can run with several GPUs (DeepSpeed ZeRO and offload are estimated only).
+PROFILED_SHARDINGS = ("fsdp", "fsdp-grad-op", "ddp")
 
 
 def _device(choice: str) -> str:
@@ -30,6 +33,7 @@ def _device(choice: str) -> str:
 @model_options
 @lora_options
 @train_options
+@shard_options
 @click.option("--steps", type=int, default=3, show_default=True, help="Measured training steps.")
 @click.option("--warmup", type=int, default=1, show_default=True,
               help="Steps run first and not measured (optimizer state appears in the first).")
@@ -59,11 +63,15 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
 
     On a GPU the figures come from torch.cuda and pynvml (the whole device, as nvidia-smi shows
     it); on the CPU from the trace tier's tracker over real tensors, so the path runs anywhere.
+    With --gpus N and --sharding fsdp, fsdp-grad-op or ddp, N ranks run under torchrun (nccl on
+    GPUs, gloo on the CPU) and the profile records every rank.
 
     \b
-    Example:
+    Examples:
       lorasize profile --model llama2-7b --method qlora --r 16 --targets all \\
           --batch-size 4 --seq-len 1024 --steps 10 --out profiles/
+      lorasize profile --model llama3-8b --r 16 --targets all --gpus 8 --sharding fsdp \\
+          --batch-size 2 --seq-len 2048 --grad-checkpointing --out profiles/
     """
     check_available()
     if sweep_file:
@@ -79,6 +87,12 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
 
     if adapters < 0 or new_tokens <= 0:
         raise LorasizeError("must be 0 or more (and --new-tokens above 0)", source="--inference")
+    gpus, sharding = p["gpus"], (p["sharding"] or "none").lower()
+    if gpus < 1:
+        raise LorasizeError(f"must be 1 or more, got {gpus}", source="--gpus")
+    if gpus > 1 or sharding != "none" or p["offload"].lower() != "none":
+        return _distributed(model, lora, train, p, gpus, sharding, steps, warmup, _device(device),
+                            folder, as_json, adapters, timeline, memory_snapshot)
     data = profile_training(model, lora, train, steps=steps, warmup=warmup, device=_device(device),
                             timeline=timeline, memory_snapshot=memory_snapshot)
     if adapters and not data["measurements"]["oom"]:
@@ -106,6 +120,55 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
     click.echo(f"wrote {path}\npeak allocated {format_bytes(m['peak_allocated_bytes'])} "
                f"(estimate {format_bytes(expected)}), {m['tokens_per_s']:,.0f} tokens/s "
                f"on {data['device']['name']}")
+    return 0
+
+
+def _distributed(model, lora, train, p: dict, gpus: int, sharding: str, steps: int, warmup: int,
+                 device: str, folder: Path, as_json: bool, adapters: int, timeline: str | None,
+                 memory_snapshot: str | None) -> int:
+    """Profile ``gpus`` ranks under torchrun and write one profile with every rank."""
+    from ..profile.distributed import RankFailed, profile_distributed
+
+    if sharding not in PROFILED_SHARDINGS:
+        raise LorasizeError(f"{gpus} profiled GPUs share the model with "
+                            f"{', '.join(PROFILED_SHARDINGS)}, not {sharding}", source="--sharding")
+    for flag, given in (("--offload", p["offload"].lower() != "none"), ("--inference", adapters),
+                        ("--timeline", timeline), ("--memory-snapshot", memory_snapshot)):
+        if given:
+            raise LorasizeError("is not profiled with --gpus and --sharding yet", source=flag)
+    if device == "cuda":
+        import torch
+        if torch.cuda.device_count() < gpus:
+            raise LorasizeError(f"{gpus} ranks need {gpus} GPUs; {torch.cuda.device_count()} "
+                                f"visible", source="--gpus")
+    try:
+        data = profile_distributed(model, lora, train, gpus, sharding, steps=steps, warmup=warmup,
+                                   device=device)
+    except RankFailed as exc:  # a result, not a crash: one line, exit 1
+        click.echo(f"lorasize: profile: {exc}", err=True)
+        return 1
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model.name}-{train.method}-r{lora.r}-"
+                  f"b{train.batch_size}-s{train.seq_len}-{gpus}x{sharding}-{device}-"
+                  f"{int(time.time())}")
+    path = folder / f"{name}.json"
+    write_profile(data, path)
+    if as_json:
+        click.echo(json.dumps(dict(data, path=str(path)), indent=2))
+        return 0
+    click.echo(f"wrote {path}")
+    for rank in data["ranks"]:
+        if rank["status"] != "ok":
+            click.echo(f"rank {rank['rank']}: {'out of memory' if rank['oom'] else rank['status']}")
+            continue
+        click.echo(f"rank {rank['rank']}: peak allocated {format_bytes(rank['peak_allocated_bytes'])}"
+                   f", between steps {format_bytes(rank['steady_bytes'])}, "
+                   f"{rank['tokens_per_s']:,.0f} tokens/s")
+    m = data["measurements"]
+    if m["oom"]:
+        click.echo("out of memory on at least one rank")
+        return 1
+    click.echo(f"{gpus} x {sharding} on {data['device']['name']}: {m['tokens_per_s']:,.0f} "
+               f"tokens/s in all")
     return 0
 
 

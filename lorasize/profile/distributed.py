@@ -125,7 +125,8 @@ def _quant_storage_as(network, dtype) -> None:
     for module in network.modules():
         weight = getattr(module, "weight", None)
         if getattr(weight, "quant_state", None) is not None and weight.dtype == torch.uint8:
-            weight.data = weight.data.view(dtype)
+            # packed bytes (n, 1) as uint8 -> (n / itemsize, 1) as dtype, bitsandbytes' layout
+            weight.data = weight.data.reshape(-1).view(dtype).reshape(-1, 1)
             weight.quant_storage = dtype
             module.quant_storage = dtype
 
@@ -153,7 +154,7 @@ def _rank_measure(job: dict, rank: int, local_rank: int, world: int) -> dict:
     from ..trace.build import TORCH_DTYPES, build
     from ..trace.run import _optimizer
     from .backends import CudaBackend, TrackerBackend
-    from .runner import finish, run_steps
+    from .runner import _device, finish, run_steps
 
     model = ModelSpec.from_hf_config(job["model"]["hf_config"], name=job["model"]["name"])
     lora = LoraSpec(**dict(job["lora"], targets=tuple(job["lora"]["targets"])))
@@ -164,7 +165,7 @@ def _rank_measure(job: dict, rank: int, local_rank: int, world: int) -> dict:
     backend = CudaBackend(local_rank) if cuda else None
     load_start = time.perf_counter()
     network = build(model, lora, train, fake_mode=None, real_bnb=train.quantized)
-    if train.quantized and job["sharding"] == "fsdp":
+    if train.quantized and job["sharding"].startswith("fsdp"):
         _quant_storage_as(network, TORCH_DTYPES[train.dtype])
     if cuda:
         network = network.to(device)
@@ -182,7 +183,6 @@ def _rank_measure(job: dict, rank: int, local_rank: int, world: int) -> dict:
     step_times = run_steps(network, optimizer, ids, backend, measurements, job["steps"],
                            job["warmup"], sync=torch.cuda.synchronize if cuda else None)
     finish(measurements, step_times, train.tokens)
-    from .runner import _device
     return {"rank": rank, "local_rank": local_rank, "status": "oom" if measurements["oom"] else "ok",
             "device": _device(backend, local_rank), **measurements}
 
@@ -270,9 +270,6 @@ def profile_distributed(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpus
 
     if sharding not in SHARDINGS:
         raise LorasizeError(f"must be one of {', '.join(SHARDINGS)}", source="--sharding")
-    if train.quantized and device != "cuda":
-        raise LorasizeError("multi-GPU QLoRA needs CUDA (bitsandbytes' 4-bit kernels); use "
-                            "--device cuda or --method lora", source="--gpus")
     work = Path(tempfile.mkdtemp(prefix="lorasize-dist-"))
     job = {"model": {"name": model.name, "hf_config": model.hf_config}, "lora": asdict(lora),
            "train": asdict(train), "steps": steps, "warmup": warmup, "gpus": gpus,
