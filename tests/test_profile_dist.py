@@ -210,3 +210,51 @@ def test_calibrate_takes_each_rank_of_a_gpu_profile_as_a_reserve_row(cli, tmp_pa
     assert json.loads(out.splitlines()[-1])["rows"].count("profile:tiny-llama:rank1") == 2
     # No context rows from multi-GPU profiles (NCCL's buffers are outside torch as well).
     assert fitted.cuda_context_bytes == DEFAULT_CUDA_CONTEXT_BYTES
+
+
+def _job(tmp_path) -> dict:
+    profile = _shipped_multi_rank()
+    return dict({k: profile["config"][k] for k in ("model", "lora", "train", "steps", "warmup",
+                                                   "gpus", "sharding")},
+                device="cuda", rank_dir=str(tmp_path), result=str(tmp_path / "profile.json"))
+
+
+def test_an_out_of_memory_rank_is_a_result(tmp_path):
+    """What the launcher makes of a rank that ran out of memory (GPU only, so its rank file is
+    written here): the profile records it, and the rank torchrun stopped."""
+    from lorasize.profile.distributed import collect
+
+    job = _job(tmp_path)
+    (tmp_path / "rank1.json").write_text(json.dumps(
+        {"rank": 1, "local_rank": 1, "oom": True, "status": "oom", "phases": {}}))
+    profile = collect(job, 1, "")
+    assert profile["measurements"]["oom"] is True
+    assert [(r["rank"], r["status"]) for r in profile["ranks"]] == [(0, "stopped"), (1, "oom")]
+
+
+def test_a_failing_rank_is_named(tmp_path):
+    from lorasize.profile.distributed import RankFailed, collect
+
+    job = _job(tmp_path)
+    with pytest.raises(RankFailed, match="torchrun failed: no output"):
+        collect(job, 1, "")
+    (tmp_path / "rank1.json").write_text(json.dumps(
+        {"rank": 1, "local_rank": 1, "oom": False, "status": "error", "kind": "DistBackendError",
+         "error": "NCCL error", "bad_input": False, "source": None}))
+    with pytest.raises(RankFailed, match="rank 1 failed: DistBackendError: NCCL error"):
+        collect(job, 1, "")
+
+
+@pytest.mark.slow
+def test_sweep_points_can_be_multi_gpu(cli, tiny_model, tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {{model: {tiny_model}, seq_len: 16, gpus: 2}}\n"
+                     "grid: {sharding: [fsdp, ddp]}\nsteps: 1\ndevice: cpu\n")
+    out = tmp_path / "profiles"
+    out.mkdir()
+    code, stdout, err = cli("profile", "--sweep", str(sweep), "--out", str(out), "--json")
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    shardings = sorted(load_profile(r["path"])["config"]["sharding"] for r in rows)
+    assert shardings == ["ddp", "fsdp"]

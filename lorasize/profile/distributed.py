@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -266,8 +267,6 @@ def profile_distributed(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpus
         LorasizeError: bad input found by a rank (a target the model lacks...), naming the flag.
         RankFailed: a rank failed otherwise, or the launch itself failed (names the rank).
     """
-    from .schema import validate_profile
-
     if sharding not in SHARDINGS:
         raise LorasizeError(f"must be one of {', '.join(SHARDINGS)}", source="--sharding")
     work = Path(tempfile.mkdtemp(prefix="lorasize-dist-"))
@@ -284,10 +283,26 @@ def profile_distributed(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpus
                                            os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        return collect(job, done.returncode, done.stderr)
     except subprocess.TimeoutExpired:
         raise RankFailed(f"the {gpus} ranks did not finish in {timeout:g} s") from None
-    result = work / "profile.json"
-    if done.returncode == 0 and result.is_file():
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def collect(job: dict, returncode: int, stderr: str) -> dict:
+    """The profile a torchrun launch left: rank 0's when every rank finished, else one made
+    from the ranks' own files (``rank<i>.json`` in ``job["rank_dir"]``).
+
+    Raises:
+        LorasizeError: bad input found by a rank, naming the flag.
+        RankFailed: a rank failed other than by running out of memory, or no rank said why.
+    """
+    from .schema import validate_profile
+
+    work = Path(job["rank_dir"])
+    result = Path(job["result"])
+    if returncode == 0 and result.is_file():
         return validate_profile(json.loads(result.read_text()), "rank 0")
     failed = sorted((json.loads(p.read_text()) for p in work.glob("rank*.json")),
                     key=lambda r: r["rank"])
@@ -296,20 +311,20 @@ def profile_distributed(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpus
         raise LorasizeError(errors[0]["error"], source=errors[0]["source"])
     if errors or not failed:
         reason = (f"{errors[0]['kind']}: {errors[0]['error']}" if errors else
-                  " ".join(done.stderr.strip().splitlines()[-ERROR_TAIL_LINES:]) or "no output")
+                  " ".join(stderr.strip().splitlines()[-ERROR_TAIL_LINES:]) or "no output")
         where = f"rank {errors[0]['rank']}" if errors else "torchrun"
         raise RankFailed(f"{where} failed: {reason}")
-    # Out of memory on some rank: the others were stopped by torchrun mid-step.
+    # Out of memory on some rank: torchrun stopped the others mid-step.
     seen = {r["rank"] for r in failed}
     ranks = failed + [{"rank": i, "local_rank": i, "oom": False, "status": "stopped"}
-                      for i in range(gpus) if i not in seen]
-    from .runner import _versions
+                      for i in range(job["gpus"]) if i not in seen]
     from .backends import MemoryBackend
+    from .runner import _versions
 
     backend = MemoryBackend()
     backend.kind = "cpu"  # the launcher reads no device; the driver version is left out
-    kind = {"kind": device, "name": device, "memory_bytes": None}
-    return validate_profile(_combine(job, ranks, _versions(backend), kind), "launcher")
+    device = {"kind": job["device"], "name": job["device"], "memory_bytes": None}
+    return validate_profile(_combine(job, ranks, _versions(backend), device), "launcher")
 
 
 if __name__ == "__main__":
