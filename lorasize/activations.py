@@ -139,7 +139,7 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
         norm_fed = not linear.path.endswith(_NOT_NORM_FED)
         source = f"{linear.group}-norm" if norm_fed else linear.path
         in_dtype = dt.norm_out if norm_fed else dt.compute
-        saved = dt.adapter * target.rank * max(linear.experts, 1)
+        saved = dt.adapter * target.branch_width  # the rank-wide product B keeps
         if target.variant in ("lora-fa", "vera"):
             # LoRA-FA: A is frozen, so its matmul keeps no input; B keeps A's output. VeRA: the
             # shared A and B are frozen buffers; lambda_d * (x A^T) keeps the rank-wide product,

@@ -26,7 +26,8 @@ from .allocator import (DEFAULT_CUDA_CONTEXT_BYTES, block, DEFAULT_RESERVE_FRACT
                         SMALL_SEGMENT_BYTES, cublas_workspace_bytes)
 from .gpu import GpuSpec
 from .layout import module_path
-from .lora import LoraSpec, Target, resolve_targets, shared_tensors
+from .lora import (LoraSpec, Target, delta_weight_transient_bytes, input_grad_saved_bytes,
+                   resolve_targets, shared_tensors)
 from .model import ModelSpec
 from .optimizers import step_temporary_bytes
 from .safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
@@ -162,8 +163,9 @@ def adapter_file_bytes(model: ModelSpec, targets: tuple[Target, ...], dtype: str
         for layer in layers:
             path = module_path(model, target.linear, layer)
             for name, shape in target.tensors(dora):
-                suffix = f"{name}.weight" if name in ("lora_A", "lora_B") else name
-                tensors.append((f"base_model.model.{path}.{suffix}", st_dtype, shape))
+                suffix = target.saved_key(name)
+                if suffix is not None:
+                    tensors.append((f"base_model.model.{path}.{suffix}", st_dtype, shape))
     # VeRA's shared projections (save_projection=True, PEFT's default) sit at the top.
     tensors += [(f"base_model.{name}", st_dtype, shape) for name, shape in shared_tensors(targets)]
     return file_bytes(tensors, PEFT_METADATA)
@@ -186,6 +188,9 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                                       quantized=train.quantized).total
     mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
     constant = act.layer_constant_bytes(model, targets, dt)
+    # LoHa/LoKr delta weights (AdaLoRA's A * E) kept for the input's gradient (lora.py).
+    delta = input_grad_saved_bytes(model, targets, dt.adapter)
+    constant += delta.per_layer
     head = next((t for t in targets if t.linear.group == "head"), None)
     top = act.top_bytes_per_token(model, dt, full, head, stack=train.stack,
                                   quantized=train.quantized, dropout=dropout) * tokens
@@ -201,14 +206,15 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     # every activation is still alive, is the last expert matrix of the forward.
     last_expert = next((t for t in reversed(targets) if t.linear.experts), None)
     expert_gradient = d * last_expert.linear.weight_numel if last_expert else 0
-    temporaries = max(transient, dequant, expert_gradient)
+    temporaries = max(transient, dequant, expert_gradient,
+                      delta_weight_transient_bytes(targets, dt.adapter))
     layer_grads, head_grads, mlp_out_grads = _backward_gradient_bytes(model, targets, lora, train)
     # The MLP's gradient transients exist once its output projection has run backward, and so
     # does that projection's adapter gradient.
     partial = mlp_out_grads if temporaries == transient else 0
     if train.checkpointing:
         checkpoint = act.checkpoint_bytes_per_token(model, dt) * tokens
-        kept = checkpoint * model.num_layers + top
+        kept = checkpoint * model.num_layers + top + delta.head
         recompute = layer * tokens + constant + mask
         moments = {
             "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
@@ -223,6 +229,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
         }
     else:
         saved = (layer * tokens + constant) * model.num_layers + top + mask
+        saved += delta.head - delta.first_layer_unsaved
         if not full and model.norm == "rms":
             # The first layer's input does not require grad (frozen embeddings): its first norm
             # saves nothing.

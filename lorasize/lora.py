@@ -10,6 +10,27 @@ Stacked expert matrices (a 3-D parameter of E experts, transformers 5 MoE layers
 PEFT's ``ParamWrapper`` with A (r*E, in) and B (out, r*E): ``r * E * (in + out)``; PEFT gives the
 fused gate/up matrix rank 2r so it equals two separate adapters.
 
+Other LoRA-family methods PEFT implements, per adapted matrix W (out, in) and rank r:
+
+- LoRA+ (Hayou et al. 2024, ``peft.optimizers.create_loraplus_optimizer``): LoRA with a larger
+  learning rate for B; the same tensors and state.
+- AdaLoRA (Zhang et al. 2023, ``peft.AdaLoraConfig``): ``P Lambda Q`` with lora_A (r, in),
+  lora_E (r, 1), lora_B (out, r) and a ``ranknum`` scalar (not saved); ``r`` is ``init_r``:
+  the budget schedule masks singular values of E to zero but never shrinks a tensor while
+  training, so memory follows ``init_r`` whatever ``target_r`` is.
+  ``trainable = r * (in + out + 1) + 1`` on a GPU (see :meth:`Target.trainable`).
+- LoHa (Hyeon-Woo et al. 2022, ``peft.LoHaConfig``): ``(w1_a w1_b) * (w2_a w2_b)`` (Hadamard
+  product), hada_w1_a / hada_w2_a (out, r), hada_w1_b / hada_w2_b (r, in):
+  ``trainable = 2 r (in + out)``.
+- LoKr (Yeh et al. 2024, ``peft.LoKrConfig``): ``kron(w1, w2)`` with out = a*b, in = c*d
+  factored by ``factorization`` (LyCORIS, copied by PEFT); w1 (a, c) is full unless
+  ``decompose_both`` and ``r < max(a, c) / 2``, w2 (b, d) is full unless ``r < max(b, d) / 2``,
+  then each becomes a (x, r) and (r, y) pair.
+
+LoHa and LoKr build the whole delta weight ``dW`` (out x in, the adapter dtype) on every forward
+and call ``F.linear(x, dW)``: a weight-sized tensor per adapted matrix, saved for backward when x
+requires grad (see :func:`input_grad_saved_bytes`).
+
 Targets follow PEFT's rules: ``all`` is every linear layer in the blocks and not the output head
 (PEFT's ``all-linear``, which alone doubles the fused expert rank); a name selects each module
 whose path ends with it; ``lm_head`` is the output head in every family.
@@ -31,7 +52,16 @@ TARGET_ALIASES = ("all", "attn", "mlp", "qv")
 # freezes A after its random init (Zhang et al. 2023, peft.optimizers.create_lorafa_optimizer);
 # VeRA shares frozen random A and B across layers and trains two scaling vectors per matrix
 # (Kopiczko et al. 2024, peft.VeraConfig).
-VARIANTS = ("lora", "rslora", "lora-fa", "vera")
+# LoRA+, AdaLoRA, LoHa and LoKr: see the module docstring.
+VARIANTS = ("lora", "rslora", "lora-fa", "vera", "loraplus", "adalora", "loha", "lokr")
+# Variants whose tensors are LoRA's A and B (DoRA's magnitude may be added).
+_LORA_LIKE = ("lora", "rslora", "lora-fa", "loraplus")
+# Variants that materialise the whole delta weight each forward (PEFT's LyCORIS layers).
+DELTA_WEIGHT_VARIANTS = ("loha", "lokr")
+# LoKrConfig defaults (peft/tuners/lokr/config.py): search factors near the square root, keep w1
+# a full matrix.
+LOKR_DECOMPOSE_FACTOR = -1
+LOKR_DECOMPOSE_BOTH = False
 _FUSED_QKV = ("query_key_value", "qkv_proj", "c_attn")
 
 
@@ -59,8 +89,11 @@ class LoraSpec:
         if self.variant not in VARIANTS:
             raise LorasizeError(f"'{self.variant}' is not one of {', '.join(VARIANTS)}",
                                 source="--variant")
-        if self.variant == "vera" and self.dora:
-            raise LorasizeError("DoRA applies to LoRA adapters, not VeRA", source="--dora")
+        if self.dora and self.variant not in _LORA_LIKE:
+            raise LorasizeError(f"DoRA applies to LoRA adapters, not {self.variant}", source="--dora")
+        if self.dropout and self.variant in DELTA_WEIGHT_VARIANTS:
+            raise LorasizeError(f"{self.variant} has rank and module dropout, not lora_dropout on "
+                                "the input; use 0", source="--lora-dropout")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
             raise LorasizeError(f"rank must be a positive integer, got {self.r!r}", source="--r")
         if not 0.0 <= self.dropout < 1.0:
@@ -81,14 +114,22 @@ class Target:
     @property
     def params_per_copy(self) -> int:
         """Trainable parameters of one adapter on one copy of the module."""
-        return self.rank * max(self.linear.experts, 1) * (
-            self.linear.in_features + self.linear.out_features)
+        return sum(math.prod(shape) for name, shape in self.tensors(False) if self.trainable(name))
 
     def tensors(self, dora: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """The adapter's tensors on one copy, as PEFT names and shapes them (VeRA's shared
         projections are in :func:`shared_tensors`)."""
+        out_f, in_f, r = self.linear.out_features, self.linear.in_features, self.rank
         if self.variant == "vera":
-            return (("vera_lambda_b", (self.linear.out_features,)), ("vera_lambda_d", (self.rank,)))
+            return (("vera_lambda_b", (out_f,)), ("vera_lambda_d", (r,)))
+        if self.variant == "adalora":
+            return (("lora_A", (r, in_f)), ("lora_E", (r, 1)), ("lora_B", (out_f, r)),
+                    ("ranknum", (1,)))
+        if self.variant == "loha":
+            return (("hada_w1_a", (out_f, r)), ("hada_w1_b", (r, in_f)),
+                    ("hada_w2_a", (out_f, r)), ("hada_w2_b", (r, in_f)))
+        if self.variant == "lokr":
+            return lokr_tensors(in_f, out_f, r)
         rank = self.rank * max(self.linear.experts, 1)
         shapes = [("lora_A", (rank, self.linear.in_features)),
                   ("lora_B", (self.linear.out_features, rank))]
@@ -97,8 +138,92 @@ class Target:
         return tuple(shapes)
 
     def trainable(self, name: str) -> bool:
-        """Whether the tensor called ``name`` trains (LoRA-FA freezes A)."""
+        """Whether the tensor called ``name`` trains (LoRA-FA freezes A).
+
+        AdaLoRA creates ``ranknum`` frozen on the CPU, but PEFT then moves it to the base
+        layer's device and dtype by assigning ``ranknum.to(...)`` into an ``nn.ParameterDict``,
+        which wraps the new tensor as a Parameter with ``requires_grad=True``
+        (peft/tuners/tuners_utils.py ``_move_adapter_to_device_of_base_layer``): on a GPU base it
+        trains, gets a gradient and optimizer state (on the meta device nothing moves and PEFT
+        reports it frozen)."""
         return not (self.variant == "lora-fa" and name == "lora_A")
+
+    def saved_key(self, name: str) -> str | None:
+        """The key suffix ``save_pretrained`` writes for tensor ``name``, or None when PEFT does
+        not save it. LoRA's A and B are ``nn.Linear`` modules (``lora_A.weight``); AdaLoRA's,
+        LoHa's and LoKr's tensors are ``nn.ParameterDict`` entries (the adapter name dropped);
+        AdaLoRA leaves ``ranknum`` out (peft/tuners/adalora/model.py)."""
+        if name == "ranknum":
+            return None
+        if name in ("lora_A", "lora_B") and self.variant != "adalora":
+            return f"{name}.weight"
+        return name
+
+    @property
+    def branch_width(self) -> int:
+        """Elements per token the branch saves for backward besides its input: the rank-wide
+        product of the input and A (kept by B's matmul). AdaLoRA also divides its out-wide
+        output by ``ranknum``, which trains on a GPU (:meth:`trainable`), so the division keeps
+        its numerator. LoHa and LoKr multiply the input by the whole delta weight and keep
+        nothing rank-wide."""
+        if self.variant in DELTA_WEIGHT_VARIANTS:
+            return 0
+        if self.variant == "adalora":
+            return self.rank + self.linear.out_features
+        return self.rank * max(self.linear.experts, 1)
+
+    def input_grad_saved_elements(self) -> int:
+        """Elements of the weight-side operand the branch's matmul saves only to compute the
+        input's gradient (autograd saves ``mat2`` of ``mm`` only when ``self`` requires grad),
+        whatever the token count: LoHa's and LoKr's delta weight (out x in), AdaLoRA's
+        ``lora_A * lora_E`` (r x in); LoRA's A is a parameter, so nothing new."""
+        if self.variant in DELTA_WEIGHT_VARIANTS:
+            return self.linear.out_features * self.linear.in_features
+        if self.variant == "adalora":
+            return self.rank * self.linear.in_features
+        return 0
+
+
+def factorization(dimension: int, factor: int = LOKR_DECOMPOSE_FACTOR) -> tuple[int, int]:
+    """Split ``dimension`` into ``(m, n)``, ``m <= n``, ``m * n == dimension``: with ``factor`` > 0
+    dividing it, ``(factor, dimension // factor)``; else the divisor pair nearest the square root
+    whose smaller part is at most ``factor`` (all of them for -1). LyCORIS ``lokr.factorization``
+    as copied by PEFT (peft/tuners/lokr/layer.py)."""
+    if factor > 0 and dimension % factor == 0:
+        return factor, dimension // factor
+    if factor == -1:
+        factor = dimension
+    m, n = 1, dimension
+    length = m + n
+    while m < n:
+        new_m = m + 1
+        while dimension % new_m != 0:
+            new_m += 1
+        new_n = dimension // new_m
+        if new_m + new_n > length or new_m > factor:
+            break
+        m, n = new_m, new_n
+    if m > n:
+        n, m = m, n
+    return m, n
+
+
+def lokr_tensors(in_features: int, out_features: int, r: int,
+                 decompose_factor: int = LOKR_DECOMPOSE_FACTOR,
+                 decompose_both: bool = LOKR_DECOMPOSE_BOTH) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """LoKr's tensors for one Linear (peft/tuners/lokr/layer.py ``update_layer`` and
+    ``create_adapter_parameters``): out = a*b and in = c*d factored, w1 (a, c), w2 (b, d), each
+    replaced by a rank-r pair when r is under half its larger side (w1 only with
+    ``decompose_both``)."""
+    in_m, in_n = factorization(in_features, decompose_factor)
+    out_l, out_k = factorization(out_features, decompose_factor)
+    use_w1 = not (decompose_both and r < max(out_l, in_m) / 2)
+    use_w2 = not (r < max(out_k, in_n) / 2)
+    shapes = [("lokr_w1", (out_l, in_m))] if use_w1 else [("lokr_w1_a", (out_l, r)),
+                                                          ("lokr_w1_b", (r, in_m))]
+    shapes += [("lokr_w2", (out_k, in_n))] if use_w2 else [("lokr_w2_a", (out_k, r)),
+                                                           ("lokr_w2_b", (r, in_n))]
+    return tuple(shapes)
 
 
 def split_targets(text: str) -> tuple[str, ...]:
@@ -175,9 +300,22 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
     all_linear = "all" in lora.targets
     targets = []
     for linear, copies in chosen.values():
-        rank = lora.r * (linear.rank_multiplier if all_linear else 1)
         is_router = spec.num_experts and linear.out_features == spec.num_experts
-        if lora.r > min(linear.in_features, linear.out_features) and not is_router:
+        if (linear.experts or is_router) and lora.variant not in _LORA_LIKE:
+            # 3-D expert parameters and transformers 5's MoE routers are no nn.Linear: PEFT
+            # adapts them for LoRA only (ParamWrapper), and all-linear leaves them out otherwise.
+            if all_linear:
+                continue
+            raise LorasizeError(f"{lora.variant} cannot adapt {linear.name}, which is no "
+                                "nn.Linear (PEFT adapts it for LoRA only)", source="--targets")
+        if lora.variant in DELTA_WEIGHT_VARIANTS and spec.family == "gpt2" and linear.group != "head":
+            # GPT-2's blocks use transformers' Conv1D, which PEFT's LyCORIS layers refuse.
+            raise LorasizeError(f"PEFT's {lora.variant} adapts nn.Linear and convolutions, not "
+                                f"GPT-2's Conv1D ({linear.name})", source="--variant")
+        rank = lora.r * (linear.rank_multiplier if all_linear else 1)
+        if lora.variant == "lokr":
+            pass  # LoKr's rank only chooses between full and factored Kronecker factors
+        elif lora.r > min(linear.in_features, linear.out_features) and not is_router:
             raise LorasizeError(
                 f"r={lora.r} is larger than the smaller dimension of {linear.name} "
                 f"({linear.in_features} x {linear.out_features}); LoRA needs r below it",
@@ -215,3 +353,94 @@ def adapter_tensors(targets: Iterable[Target], dora: bool = False) -> list[tuple
         for _, shape in target.tensors(dora):
             shapes.extend([shape] * target.copies)
     return shapes
+
+
+# Output projections: their input is the attention output or the MLP's hidden activation, not a
+# norm's output.
+_OUTPUT_PROJECTIONS = ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h")
+
+
+@dataclass(frozen=True)
+class InputGradSaved:
+    """Bytes the branches save only for their input's gradient (see
+    :meth:`Target.input_grad_saved_elements`), independent of the token count.
+
+    Attributes:
+        per_layer: one decoder layer whose input requires grad (every layer but the first, and
+            every layer recomputed under checkpointing).
+        first_layer_unsaved: what the first layer does not save: its input comes from the frozen
+            embeddings, so a branch whose input has no adapter upstream in that layer keeps no
+            delta weight.
+        head: an adapter on the output head (its input requires grad when any block is adapted).
+    """
+
+    per_layer: int = 0
+    first_layer_unsaved: int = 0
+    head: int = 0
+
+
+def input_grad_saved_bytes(spec: ModelSpec, targets: Iterable[Target],
+                           adapter_bytes: int) -> InputGradSaved:
+    """LoHa/LoKr delta weights (and AdaLoRA's ``A * E``) that ``F.linear``/``matmul`` keep for
+    backward, per layer, in the adapter dtype (``adapter_bytes`` per element)."""
+    targets = list(targets)
+    blocks = [t for t in targets if t.linear.group != "head"]
+    per_layer = first_unsaved = head = 0
+
+    def size(target: Target) -> int:
+        return target.input_grad_saved_elements() * adapter_bytes
+
+    everywhere = [t for t in blocks if t.copies == spec.num_layers]
+    attn_in = [t for t in everywhere if t.linear.group == "attn"
+               and not t.linear.path.endswith(_OUTPUT_PROJECTIONS)]
+    attn = [t for t in everywhere if t.linear.group == "attn"]
+    mlp_in = [t for t in everywhere if t.linear.group == "mlp"
+              and not t.linear.path.endswith(_OUTPUT_PROJECTIONS)]
+    for target in blocks:
+        per_layer += round(size(target) * target.copies / spec.num_layers)
+        if target.copies != spec.num_layers:
+            continue  # which layers a partial target covers is not modelled here
+        path = target.linear.path
+        if target.linear.group == "attn":
+            grad = bool(attn_in) and path.endswith(_OUTPUT_PROJECTIONS)
+        elif not path.endswith(_OUTPUT_PROJECTIONS):
+            grad = bool(attn) and not spec.parallel_block
+        else:
+            grad = bool(mlp_in) or (bool(attn) and not spec.parallel_block)
+        if not grad:
+            first_unsaved += size(target)
+    head_target = next((t for t in targets if t.linear.group == "head"), None)
+    if head_target is not None and blocks:
+        head = size(head_target)
+    return InputGradSaved(per_layer=per_layer, first_layer_unsaved=first_unsaved, head=head)
+
+
+# Weight-sized tensors (adapter dtype) live at once at the peak of one LoHa/LoKr branch's
+# backward. LoHa (peft/tuners/loha/layer.py HadaWeight.backward): the delta's gradient from
+# F.linear, ``grad * scale``, the old ``temp``, ``w1_a @ w1_b`` and the new ``temp`` = 5. LoKr
+# (make_kron: torch.kron is a broadcast multiply): the delta's gradient, ``grad * scale`` and one
+# product of the multiply's backward = 3. By then F.linear's backward has released the branch's
+# own saved delta weight, so the net increase is one copy less. Counted from the code; the trace
+# tier shows the same (tests/test_variant_trace.py).
+DELTA_BACKWARD_COPIES = {"loha": 5, "lokr": 3}
+
+
+def delta_weight_transient_bytes(targets: Iterable[Target], adapter_bytes: int) -> int:
+    """The largest net backward transient of a LoHa/LoKr branch (0 for the other methods):
+    ``(copies - 1) x`` its weight, the saved delta it replaces taken off."""
+    return max(((DELTA_BACKWARD_COPIES[t.variant] - 1) * t.linear.weight_numel * adapter_bytes
+                for t in targets if t.variant in DELTA_BACKWARD_COPIES), default=0)
+
+
+# AdaLoRA's RankAllocator.update_ipt (peft/tuners/adalora/layer.py), run by
+# ``update_and_allocate`` after every optimizer step until ``total_step - tfinal``: for every
+# parameter named ``lora_*`` (A, E, B; not ranknum) it keeps ``ipt``, ``exp_avg_ipt`` and
+# ``exp_avg_unc``, each ``torch.zeros_like(p)``.
+ADALORA_IMPORTANCE_COPIES = 3
+
+
+def importance_state_shapes(targets: Iterable[Target]) -> list[tuple[tuple[int, ...], int]]:
+    """(shape, copies) of AdaLoRA's importance tensors: state beside the optimizer's."""
+    return [(shape, target.copies * ADALORA_IMPORTANCE_COPIES) for target in targets
+            if target.variant == "adalora"
+            for name, shape in target.tensors(False) if name.startswith("lora_")]

@@ -52,7 +52,8 @@ def _title(e: Estimate) -> str:
         quant = f" on a {train.quant_type}{' double-quant' if train.double_quant else ''} base" \
             if train.quantized else ""
         kind = {"lora": "DoRA" if e.lora.dora else "LoRA", "rslora": "rsLoRA", "lora-fa": "LoRA-FA",
-                "vera": "VeRA"}[e.lora.variant]
+                "vera": "VeRA", "loraplus": "DoRA+" if e.lora.dora else "LoRA+",
+                "adalora": "AdaLoRA", "loha": "LoHa", "lokr": "LoKr"}[e.lora.variant]
         what = f"{kind} r={e.lora.r} on {names}{quant}"
     ckpt = ", gradient checkpointing" if train.checkpointing else ""
     return (f"{e.model.name}: {what}\n{train.dtype}, {train.optimizer}, batch {train.batch_size} x "

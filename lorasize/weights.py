@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .allocator import block
 from .layout import block_linears, block_params, head_linear, top_params
-from .lora import Target, shared_tensors
+from .lora import Target, importance_state_shapes, shared_tensors
 from .model import ModelSpec
 from .optimizers import OptimizerBytes, state_bytes
 from .quant import quantized_bytes
@@ -105,6 +105,9 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     for shape, count in shapes:
         one = state_bytes(train.optimizer, shape, param_bytes)
         optimizer += OptimizerBytes(one.device * count, one.paged * count)
+    if train.method != "full":  # AdaLoRA's importance scores (lora.importance_state_shapes)
+        optimizer += OptimizerBytes(sum(block(_numel(shape) * param_bytes) * count
+                                        for shape, count in importance_state_shapes(targets)))
     dequant_per_element = int(DTYPE_BYTES[train.dtype]) + rules.dequant_bytes_extra
     return StaticBytes(weights=weights, quant_constants=constants, adapter=adapter,
                        gradients=gradients, optimizer=optimizer.device,

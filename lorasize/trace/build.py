@@ -137,6 +137,30 @@ def quantize_linears(model: torch.nn.Module, train: TrainSpec, real_bnb: bool = 
     return replaced
 
 
+# AdaLoRA's schedule needs a step count; memory does not depend on it (nor on target_r: ranks are
+# masked, never shrunk, while training).
+ADALORA_TOTAL_STEP = 1000
+# The trace's steps fall in AdaLoRA's warm-up (step <= tinit): importance scores are updated (their
+# memory is real) but no rank is masked, which would need tensor values (``kthvalue().item()``).
+ADALORA_TINIT = 100
+
+
+def variant_config(variant: str, r: int, alpha: float, modules, **extra):
+    """PEFT's config for AdaLoRA, LoHa or LoKr (``--variant``) with PEFT's defaults otherwise;
+    ``extra`` goes to the config (e.g. LoKr's ``decompose_factor``)."""
+    from peft import AdaLoraConfig, LoHaConfig, LoKrConfig
+
+    if variant == "adalora":
+        return AdaLoraConfig(init_r=r, target_r=max(1, r // 2), lora_alpha=alpha,
+                             target_modules=modules, total_step=ADALORA_TOTAL_STEP,
+                             tinit=ADALORA_TINIT, **extra)
+    if variant == "loha":
+        return LoHaConfig(r=r, alpha=alpha, target_modules=modules, **extra)
+    if variant == "lokr":
+        return LoKrConfig(r=r, alpha=alpha, target_modules=modules, **extra)
+    raise ValueError(variant)
+
+
 def _peft_config(model: ModelSpec, lora: LoraSpec):
     from peft import LoraConfig, VeraConfig
 
@@ -148,6 +172,9 @@ def _peft_config(model: ModelSpec, lora: LoraSpec):
         parameters = [t.linear.path for t in targets if t.linear.experts] or None
     if lora.variant == "vera":
         return VeraConfig(r=lora.r, target_modules=modules, vera_dropout=lora.dropout)
+    if lora.variant in ("adalora", "loha", "lokr"):
+        extra = {"lora_dropout": lora.dropout} if lora.variant == "adalora" else {}
+        return variant_config(lora.variant, lora.r, lora.alpha, modules, **extra)
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=modules, target_parameters=parameters, use_dora=lora.dora,
                       use_rslora=lora.variant == "rslora")
@@ -179,6 +206,12 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
                 for name, param in hf_model.named_parameters():
                     if "lora_A" in name:
                         param.requires_grad_(False)
+            if lora.variant == "adalora":
+                # On a real device PEFT's move to the base layer re-wraps ranknum as a trainable
+                # Parameter (lorasize.lora.Target.trainable); on meta it is never moved.
+                for name, param in hf_model.named_parameters():
+                    if ".ranknum." in name:
+                        param.requires_grad_(True)
         if train.checkpointing:
             base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
@@ -192,4 +225,11 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
                 base = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
                 base.tie_weights()
     hf_model.train()
+    if lora.variant in ("loha", "lokr") and train.method != "full":
+        # LyCORIS layers draw ``torch.rand(1) > module_dropout`` in training, a data-dependent
+        # branch fake tensors cannot take; with module and rank dropout 0 (PEFT's defaults) the
+        # eval-mode path is the same computation.
+        for module in hf_model.modules():
+            if hasattr(module, "module_dropout") and hasattr(module, "rank_dropout"):
+                module.training = False
     return hf_model

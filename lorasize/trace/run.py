@@ -71,6 +71,7 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
                     del loss
                     tracker.phase = "optimizer"
                     optimizer.step()
+                    _adalora_update(network, len(steps), tracker)
                     optimizer.zero_grad(set_to_none=True)
                     tracker.track_optimizer(optimizer)
                     if emulate:
@@ -85,6 +86,19 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
                        peak_op=last["peak_op"], phase_peaks=last["phase_peaks"],
                        trainable_params=trainable, seconds=round(time.perf_counter() - start, 3),
                        ops=tracker.ops, steps=steps)
+
+
+def _adalora_update(network, step: int, tracker) -> None:
+    """AdaLoRA's ``update_and_allocate``, where its training loop calls it (after the optimizer
+    step, before ``zero_grad``); its importance scores are state like the optimizer's."""
+    allocate = getattr(getattr(network, "base_model", None), "update_and_allocate", None)
+    if allocate is None or not hasattr(network.base_model, "rankallocator"):
+        return
+    allocate(step)
+    allocator = network.base_model.rankallocator
+    for scores in (allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc):
+        for tensor in scores.values():
+            tracker.recategorize(tensor, "optimizer")
 
 
 class _null:
