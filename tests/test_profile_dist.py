@@ -258,3 +258,12 @@ def test_sweep_points_can_be_multi_gpu(cli, tiny_model, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     shardings = sorted(load_profile(r["path"])["config"]["sharding"] for r in rows)
     assert shardings == ["ddp", "fsdp"]
+
+
+def test_each_rank_reads_its_own_gpu_in_nvml():
+    """Rank i samples torch's cuda:i, which NVML numbers by the machine's GPUs."""
+    from lorasize.profile.backends import nvml_index
+
+    assert [nvml_index(i, "4,5,6,7") for i in range(4)] == [4, 5, 6, 7]
+    assert nvml_index(1, None) == 1 and nvml_index(1, "") == 1
+    assert nvml_index(0, "GPU-8f6e2c1a-0000") == 0

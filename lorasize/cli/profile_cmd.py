@@ -129,9 +129,12 @@ def _distributed(model, lora, train, p: dict, gpus: int, sharding: str, steps: i
     """Profile ``gpus`` ranks under torchrun and write one profile with every rank."""
     from ..profile.distributed import RankFailed, profile_distributed
 
+    if sharding == "none":
+        raise LorasizeError(f"{gpus} GPUs need a way to share the model: fsdp, fsdp-grad-op or "
+                            f"ddp", source="--sharding")
     if sharding not in PROFILED_SHARDINGS:
-        raise LorasizeError(f"{gpus} profiled GPUs share the model with "
-                            f"{', '.join(PROFILED_SHARDINGS)}, not {sharding}", source="--sharding")
+        raise LorasizeError(f"the profiler runs fsdp, fsdp-grad-op and ddp; {sharding} is "
+                            f"estimated only (lorasize estimate)", source="--sharding")
     for flag, given in (("--offload", p["offload"].lower() != "none"), ("--inference", adapters),
                         ("--timeline", timeline), ("--memory-snapshot", memory_snapshot)):
         if given:

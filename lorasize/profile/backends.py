@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -83,8 +84,19 @@ class TrackerBackend(MemoryBackend):
                 "context_bytes": None}
 
 
+def nvml_index(index: int, visible: str | None) -> int:
+    """NVML's index of torch's CUDA device ``index``: NVML counts every GPU of the machine, torch
+    only those ``CUDA_VISIBLE_DEVICES`` lists (as schedulers such as SLURM set it). Entries that
+    are UUIDs are left to the caller's index."""
+    entries = [entry.strip() for entry in (visible or "").split(",") if entry.strip()]
+    if index < len(entries) and entries[index].isdigit():
+        return int(entries[index])
+    return index
+
+
 def nvml_handle(index: int = 0):
-    """pynvml's handle for the GPU, or a one-line error when there is none."""
+    """pynvml's handle for torch's CUDA device ``index``, or a one-line error when there is
+    none."""
     try:
         import pynvml
     except ImportError:
@@ -92,7 +104,8 @@ def nvml_handle(index: int = 0):
                             source="--device") from None
     try:
         pynvml.nvmlInit()
-        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(index)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return pynvml, pynvml.nvmlDeviceGetHandleByIndex(nvml_index(index, visible))
     except pynvml.NVMLError as exc:
         raise LorasizeError(f"no NVIDIA GPU can be read ({exc}); profile on the CPU with "
                             f"--device cpu", source="--device") from None
