@@ -119,7 +119,7 @@ def _source(spec: ModelSpec, path: str, group: str) -> str:
 
 def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropout: bool,
                 attn_output_saved: bool, fused_qkv_dropout: bool = False,
-                saved_inputs: set[str] | None = None) -> int:
+                saved_inputs: set[str] | None = None, fused_qkv_output: bool = False) -> int:
     """Bytes per token the LoRA branches of one layer save.
 
     A branch casts its input to the adapter's dtype (a new tensor per branch) unless the input
@@ -127,10 +127,15 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
     the input is saved anyway (the attention output, which flash/efficient kernels keep).
     ``fused_qkv_dropout``: q, k and v branches share one dropout (litgpt's ``LoRAQKVLinear``).
     ``saved_inputs``: filled with the sources whose input the branches save as is.
+    ``fused_qkv_output``: the q/k/v branches' output is saved (litgpt's ``zero_pad``).
     """
     total = 0
     shared: set[str] = set()
     dropped: set[str] = set()
+    attn_in = [t for t in targets if t.linear.group == "attn"
+               and not t.linear.path.endswith(_NOT_NORM_FED)]
+    # Every q/k/v column adapted (one fused module, or q, k and v all targeted): no padding.
+    qkv_all = sum(t.linear.out_features for t in attn_in) == spec.q_dim + 2 * spec.kv_dim
     for target in targets:
         if target.linear.group == "head":
             continue  # the head's input is the final norm's output, counted with the top
@@ -150,6 +155,8 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
                 saved += BOOL * linear.in_features
             total += round(saved * share)
             continue
+        if fused_qkv_output and norm_fed and linear.group == "attn" and not qkv_all:
+            saved += dt.adapter * linear.out_features
         if dropout:
             if fused_qkv_dropout and norm_fed and linear.group == "attn":
                 if source not in dropped:
@@ -200,8 +207,11 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
     """
     rules = stack_rules(stack)
     d, h, q, kv, inter = dt.compute, spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
+    v_extra = 0
     if rules.expands_gqa:
         kv = q  # k and v expanded to every query head before the kernel saves them
+    if rules.v_views_qkv and spec.num_kv_heads == spec.num_heads and attn != "eager":
+        v_extra = d * (q + kv)  # the saved v keeps the whole fused q/k/v output alive
     heads = spec.num_heads
     gemma_norm = spec.family in ("gemma2",) or spec.model_type == "gemma"
     norms = _norm_count(spec) * _norm_bytes(spec, dt, h, full and not gemma_norm)
@@ -244,6 +254,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         attention = d * q + d * kv + d * kv + d * q + FP32 * heads
         if full and spec.family in _CAT_ROPE:
             attention += d * q  # o_proj's input is a contiguous copy of the kernel's output
+    attention += v_extra
     if full:
         attention += d * h  # the norm output, saved once for the q/k/v weight gradients
     act = 1 if rules.fused_gelu else _ACT_SAVES.get(spec.family, 1)
@@ -265,7 +276,8 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
     saved_inputs: set[str] = set()
     lora = 0 if full else _lora_bytes(spec, targets, dt, dropout, attn_output_saved=attn != "eager",
                                       fused_qkv_dropout=rules.fused_qkv_dropout,
-                                      saved_inputs=saved_inputs)
+                                      saved_inputs=saved_inputs,
+                                      fused_qkv_output=rules.fused_qkv_saves_lora_output)
     if quantized and rules.quantized_saves_input and not full:
         lora += quantized_input_bytes(spec, dt, saved_inputs)
     return LayerActivations(norms=norms, attention=attention, mlp=mlp, lora=lora)

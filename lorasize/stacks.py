@@ -39,6 +39,10 @@ class StackRules:
             returns fp16 and ``MatMul4Bit`` casts it with ``.to(A.dtype)`` (both live at the cast).
         fused_qkv_dropout: q, k and v share one LoRA dropout of their common input (litgpt
             ``LoRAQKVLinear`` is one module over the fused ``attn`` projection).
+        fused_qkv_saves_lora_output: the fused q/k/v adapter keeps its output: litgpt
+            ``LoRAQKVLinear.zero_pad`` scatters it with ``index_copy``, whose derivative
+            (``source: grad.index_select(dim, index).expand_as(source)``) saves ``source``; with
+            all of q, k and v adapted there is nothing to pad and nothing is saved.
         expands_gqa: k and v are expanded to every query head before attention and saved at
             that width (litgpt ``CausalSelfAttention.forward``: ``k.expand(...)`` "training: flash
             attention requires it").
@@ -61,6 +65,8 @@ class StackRules:
     quantized_saves_input: bool = False
     dequant_bytes_extra: int = 0
     fused_qkv_dropout: bool = False
+    fused_qkv_saves_lora_output: bool = False
+    v_views_qkv: bool = False
     expands_gqa: bool = False
     logits_alive: bool = False
     lm_head_chunk: int = 0
@@ -75,7 +81,8 @@ LITGPT_LM_HEAD_CHUNK = 128  # litgpt finetune/lora.py: model(input_ids, lm_head_
 STACK_RULES = {
     "hf-peft": StackRules(),
     "litgpt": StackRules(quantize_head=True, untied_head=True, quantized_saves_input=True,
-                         dequant_bytes_extra=FP16, fused_qkv_dropout=True, expands_gqa=True,
+                         dequant_bytes_extra=FP16, fused_qkv_dropout=True,
+                         fused_qkv_saves_lora_output=True, v_views_qkv=True, expands_gqa=True,
                          logits_alive=True, lm_head_chunk=LITGPT_LM_HEAD_CHUNK, logits_bytes=FP32,
                          fused_gelu=True),
     "torchtune": StackRules(quantize_only_targets=True),
