@@ -19,8 +19,9 @@ METHODS = ("lora", "qlora", "full")
 # - torchtune: QLoRA quantizes only the linears that carry LoRA (LoRALinear(quantize_base=True));
 #   the model, adapters included, is built in the training dtype; the loss is
 #   CEWithChunkedOutputLoss over 8 chunks of the output.
-# - litgpt: lit-gpt finetune/lora.py: bf16-true precision (adapters in bf16) and the head and
-#   loss computed in chunks of 128 tokens in the compute dtype (chunked_cross_entropy).
+# - litgpt: lit-gpt finetune/lora.py: bf16-true precision (adapters in bf16), the head computed
+#   in chunks of 128 tokens that Fabric hands back in fp32 (chunked_cross_entropy), every linear
+#   quantized by Lightning's BitsandbytesPrecision. Each rule: lorasize/stacks.py.
 STACKS = ("hf-peft", "torchtune", "litgpt")
 COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 ADAPTER_DTYPES = ("fp32", "bf16", "fp16")

@@ -224,6 +224,8 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
     if not row["batch_size"].strip().isdigit() or not row["seq_len"].strip().isdigit():
         raise Skip("batch size or sequence length not stated")
     precision = row["base_precision"].lower()
+    if "mixed" in precision or "autocast" in precision:
+        raise Skip("autocast mixed precision (fp32 weights, 16-bit compute) is not modelled")
     quant = "nf4" if "nf4" in precision else "fp4" if "fp4" in precision else None
     attn_text = row["flash_attn"].lower()
     if "compile" in attn_text:

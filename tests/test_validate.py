@@ -73,3 +73,62 @@ def test_published_measurements_json(cli):
     for row_id in ("mc-01", "mc-03", "mc-05"):
         assert abs(rows[row_id]["rel_error"]) < 0.05, row_id
     assert data["summary"]["compared"] >= 40
+
+
+def test_bar_is_the_single_gpu_high_confidence_training_rows(tmp_path, cli):
+    """The issue #4 bar: only single-GPU training rows of confidence high with a memory metric;
+    rows of that set that cannot be predicted are listed, not dropped silently."""
+    direct = estimate(resolve_model("llama3.2-3b"), LoraSpec(r=32, targets=("qv",)),
+                      TrainSpec(batch_size=4, seq_len=768), gpu_from_catalog("l40s"))
+    exact = str(direct.reserved_bytes)
+    path = _write(tmp_path / "m.csv", [
+        dict(BASE, id="in-exact", value=exact),
+        dict(BASE, id="in-10", value=str(round(direct.reserved_bytes / 1.1))),
+        dict(BASE, id="in-20", value=str(round(direct.reserved_bytes / 1.2))),
+        dict(BASE, id="medium", value="1", confidence="medium"),
+        dict(BASE, id="two-gpus", value="1", num_gpus="2"),
+        dict(BASE, id="params", value="9175040", metric="trainable_params", unit="params"),
+        dict(BASE, id="compiled", value="1", flash_attn="sdpa + torch.compile"),
+    ])
+    stats = summary(validate(path))
+    bar = stats["bar"]
+    assert bar["rows"] == 3
+    assert bar["median_abs_error"] == pytest.approx(0.1, abs=1e-4)
+    assert bar["p90_abs_error"] == pytest.approx(0.2, abs=1e-4)
+    assert bar["met"] is False and bar["median_limit"] == 0.05 and bar["p90_limit"] == 0.12
+    assert list(bar["skipped"]) == ["compiled"] and "torch.compile" in bar["skipped"]["compiled"]
+    assert list(bar["worst"])[0] == "in-20"
+    code, out, _ = cli("validate", "--measurements", str(path))
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("bar "))
+    assert "3 rows, median 10.0% (limit 5%), 90th percentile 20.0% (limit 12%): NOT met" in line
+    assert "1 rows of the set skipped" in line
+
+
+def test_row_inputs_read_from_the_stack_and_notes(tmp_path):
+    """litgpt rows that do not state the LoRA dropout get litgpt's default (0.05, which keeps a
+    dropped copy of each adapter input); 'dropout 0.05' in the notes is read too; a quantized MoE
+    row measured with transformers 4 is skipped with the reason."""
+    from lorasize.validate import row_estimate
+
+    lit = dict(BASE, stack="litgpt", model="Llama-2-7B", batch_size="1", seq_len="512",
+               method="lora", targets="q,v", notes="")
+    stated = dict(lit, notes="r=8, alpha=16, dropout 0.05, LoRA on query+value only")
+    none = dict(lit, notes="lora_dropout 0.0")
+    assert row_estimate(lit).lora.dropout == 0.05
+    assert row_estimate(stated).lora.dropout == 0.05
+    assert row_estimate(none).lora.dropout == 0.0
+    assert row_estimate(lit).allocated_bytes > row_estimate(none).allocated_bytes
+    moe = dict(BASE, model="Mixtral-8x7B-v0.1", method="qlora", base_precision="nf4",
+               notes="fms-acceleration refs/a100_80gb.csv @24bdadb (Feb 2025)", value="1")
+    rows = validate(_write(tmp_path / "moe.csv", [dict(moe, id="moe")]))
+    assert "transformers 4" in rows[0].skipped
+
+
+@pytest.mark.skipif(not SHARED.is_file(), reason="the shared measurement set is not beside the checkout")
+def test_published_bar_figure(cli):
+    """The figure README quotes (section "Against published measurements")."""
+    code, out, _ = cli("validate", "--measurements", str(SHARED), "--json")
+    bar = json.loads(out)["summary"]["bar"]
+    assert bar["rows"] >= 34
+    assert bar["median_abs_error"] <= 0.05 and bar["p90_abs_error"] <= 0.12 and bar["met"]
