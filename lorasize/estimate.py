@@ -309,6 +309,10 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
         parts["communication"] = 0 if name == "optimizer step" else sharded.gathered
         if name != "optimizer step" and sharded.held_gradients:
             parts["gradients"] = parts.get("gradients", 0) + sharded.held_gradients
+        if name != "optimizer step" and train.grad_accum > 1:
+            # Micro-batches after the first run forward and backward with every gradient of the
+            # earlier ones alive (AccumulateGrad adds into .grad in place): no more activations.
+            parts["gradients"] = max(parts.get("gradients", 0), static.gradients)
     resident = {"weights": static.weights, "quant_constants": static.quant_constants,
                 "adapter": static.adapter, "optimizer": static.optimizer,
                 "communication": sharded.communication}
@@ -388,4 +392,29 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
     if train.optimizer.startswith("paged-"):
         notes.append("paged optimizer state lives in CUDA unified memory: nvidia-smi shows it, "
                      "torch.cuda.max_memory_allocated does not")
+    notes += _variant_notes(lora, train, targets)
     return tuple(notes)
+
+
+def _variant_notes(lora: LoraSpec, train: TrainSpec, targets: tuple[Target, ...]) -> list[str]:
+    """What gradient accumulation and the LoRA-family methods change (lorasize/lora.py)."""
+    notes = []
+    if train.grad_accum > 1:
+        notes.append(f"gradient accumulation: {train.grad_accum} micro-batches of "
+                     f"{train.batch_size} per optimizer step (effective batch "
+                     f"{train.effective_batch_size}); activations stay those of one micro-batch, "
+                     "only the gradients are held between micro-batches")
+    if train.method == "full":
+        return notes
+    if lora.variant == "loraplus":
+        notes.append("LoRA+ changes only B's learning rate: memory is LoRA's")
+    if lora.variant in ("loha", "lokr") and targets:
+        notes.append(f"PEFT's {lora.variant} builds each adapted matrix's whole delta weight on every "
+                     f"forward and keeps it for backward ({train.adapter_dtype}, one per adapted "
+                     "matrix and layer): gradient checkpointing keeps only one layer's")
+    if lora.variant == "adalora":
+        notes.append("AdaLoRA: memory follows init_r (--r); ranks are masked, not shrunk, while "
+                     "training. update_and_allocate keeps 3 importance tensors per lora_A/E/B "
+                     "(counted with the optimizer); the saved file shrinks to the allocated "
+                     "ranks (target_r on average) once budgeting has run")
+    return notes

@@ -56,6 +56,13 @@ class TrainSpec:
             parameter to fp32); ``None`` means on for qlora with the hf-peft stack, as PEFT's
             QLoRA recipes do.
         stack: the training framework, one of :data:`STACKS`.
+        adapter_train_dtype: dtype of the trainable adapter weights (and so of their gradients
+            and of AdamW's state, which is ``zeros_like`` the parameter); ``None``: the stack's
+            (fp32 for hf-peft, whose ``autocast_adapter_dtype=True`` upcasts them; the compute
+            dtype for torchtune and litgpt). bf16 with PEFT is
+            ``get_peft_model(model, config, autocast_adapter_dtype=False)`` on a bf16 base.
+        grad_accum: micro-batches per optimizer step (gradient accumulation); the effective
+            batch is ``batch_size * grad_accum``.
     """
 
     method: str = "lora"
@@ -69,6 +76,8 @@ class TrainSpec:
     attn: str = "sdpa"
     kbit_prep: bool | None = None
     stack: str = "hf-peft"
+    adapter_train_dtype: str | None = None
+    grad_accum: int = 1
 
     def __post_init__(self) -> None:
         _choice(self.stack, STACKS, "--stack")
@@ -78,6 +87,9 @@ class TrainSpec:
         _choice(self.attn, ATTN_IMPLEMENTATIONS, "--attn")
         _positive(self.batch_size, "--batch-size")
         _positive(self.seq_len, "--seq-len")
+        _positive(self.grad_accum, "--grad-accum")
+        if self.adapter_train_dtype is not None:
+            _choice(self.adapter_train_dtype, ADAPTER_DTYPES, "--adapter-train-dtype")
         quant = self.quant_type
         if quant != "none":
             _choice(quant, QUANT_TYPES, "--quant")
@@ -108,6 +120,8 @@ class TrainSpec:
     @property
     def adapter_dtype(self) -> str:
         """Dtype of the trainable adapter weights during training."""
+        if self.adapter_train_dtype is not None:
+            return self.adapter_train_dtype
         return TRAIN_ADAPTER_DTYPE if self.stack == "hf-peft" else self.dtype
 
     @property
@@ -119,7 +133,13 @@ class TrainSpec:
 
     @property
     def tokens(self) -> int:
+        """Tokens in one micro-batch (what the memory peak depends on)."""
         return self.batch_size * self.seq_len
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Sequences per optimizer step: micro-batch times gradient accumulation."""
+        return self.batch_size * self.grad_accum
 
 
 ENGINES = ("peft", "vllm", "sglang", "lorax")

@@ -6,6 +6,7 @@ FLOPs per token (Kaplan et al. 2020, "Scaling Laws", section 2.1; Narayanan et a
 - a token through a weight (in, out): 2 in out forward; backward 2 in out for the input's
   gradient and 2 in out more only when the weight trains (frozen LoRA bases skip it);
 - a LoRA branch of rank r: 2 r (in + out) forward, 4 r (in + out) backward;
+- LoHa/LoKr: the whole delta weight per token, 2 in out forward and 4 in out backward;
 - causal attention: 2 s q forward per layer (QK^T and PV over the unmasked half, which flash and
   memory-efficient kernels skip; eager and math kernels compute the full s x s: 4 s q), twice
   that backward;
@@ -20,11 +21,12 @@ calibrate`` will fit it from profiles.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .gpu import GpuSpec
 from .layout import block_linears
-from .lora import Target
+from .lora import DELTA_WEIGHT_VARIANTS, Target
 from .model import ModelSpec
 from .specs import TrainSpec
 
@@ -48,10 +50,20 @@ class TrainingTime:
     mfu: float
     hours: float | None = None
     usd: float | None = None
+    grad_accum: int = 1
+    optimizer_steps: int | None = None
+
+    @property
+    def optimizer_step_seconds(self) -> float:
+        """One optimizer step: ``grad_accum`` micro-batch steps."""
+        return self.step_seconds * self.grad_accum
 
     def to_dict(self) -> dict:
         return {"flops_per_token": round(self.flops_per_token), "tokens_per_s": round(self.tokens_per_s, 1),
                 "step_seconds": round(self.step_seconds, 4), "mfu": self.mfu,
+                "grad_accum": self.grad_accum,
+                "optimizer_step_seconds": round(self.optimizer_step_seconds, 4),
+                "optimizer_steps": self.optimizer_steps,
                 "hours": None if self.hours is None else round(self.hours, 3),
                 "usd": None if self.usd is None else round(self.usd, 2)}
 
@@ -70,7 +82,12 @@ def flops_per_token(model: ModelSpec, targets: tuple[Target, ...], train: TrainS
     forward = linear + head + attention
     backward = (2 if full else 1) * (linear + head) + 2 * attention
     lora = sum(t.rank * max(t.linear.experts, 1) * (t.linear.in_features + t.linear.out_features)
-               * t.copies for t in targets) if not full else 0
+               * t.copies for t in targets if t.variant not in DELTA_WEIGHT_VARIANTS) if not full else 0
+    # LoHa/LoKr multiply each token by the whole delta weight (forward, input and weight
+    # gradients: 6 in out per token, like a trained weight); building the delta once a step is
+    # not per token and left out.
+    lora += sum(t.linear.in_features * t.linear.out_features * t.copies for t in targets
+                if t.variant in DELTA_WEIGHT_VARIANTS) if not full else 0
     recompute = linear + attention if train.checkpointing else 0
     return forward + backward + recompute + 6 * lora
 
@@ -90,9 +107,11 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         dequant_s = passes * quantized * DEQUANT_BYTES_PER_WEIGHT / (gpu.bandwidth_gbps * 1e9)
     step = compute_s + dequant_s
     tokens_per_s = train.tokens / step
-    hours = usd = None
+    hours = usd = steps = None
     if dataset_tokens:
         hours = dataset_tokens * epochs / tokens_per_s / SECONDS_PER_HOUR
+        # Gradient accumulation changes the number of optimizer steps, not the tokens per second.
+        steps = math.ceil(dataset_tokens * epochs / (train.tokens * train.grad_accum))
         if usd_per_gpu_hour is not None:
             usd = hours * usd_per_gpu_hour
-    return TrainingTime(per_token, tokens_per_s, step, mfu, hours, usd)
+    return TrainingTime(per_token, tokens_per_s, step, mfu, hours, usd, train.grad_accum, steps)

@@ -52,6 +52,8 @@ def build_specs(ctx: click.Context, p: dict):
         optimizer=p["optimizer"].lower(), batch_size=p["batch_size"], seq_len=p["seq_len"],
         grad_checkpointing=p["grad_checkpointing"], attn=p["attn"].lower(),
         kbit_prep=p["kbit_prep"], stack=p["stack"].lower(),
+        adapter_train_dtype=(p.get("adapter_train_dtype") or "").lower() or None,
+        grad_accum=1 if p.get("grad_accum") is None else p["grad_accum"],
     )
     return model, lora, train
 
@@ -139,7 +141,8 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
                 on = f" on {shard.gpus} GPUs (communication time not counted)" \
                     if shard.gpus > 1 else ""
                 line += (f"; {p['epochs']:g} epoch(s) of {p['dataset_tokens']:,} tokens{on}: "
-                         f"{timing.hours:,.1f} h")
+                         f"{timing.hours:,.1f} h, {timing.optimizer_steps:,} optimizer steps of "
+                         f"{train.effective_batch_size * shard.gpus} sequences")
                 if timing.usd is not None:
                     line += f", ${timing.usd:,.0f}"
             click.echo(line)

@@ -48,8 +48,10 @@ def lora_options(func):
         click.option("--dora/--no-dora", default=False, show_default=True,
                      help="Weight-decomposed LoRA (a magnitude vector per adapted matrix)."),
         click.option("--variant", type=_CHOICE(VARIANTS), default="lora", show_default=True,
-                     help="LoRA-family method: rslora (scaling only), lora-fa (A frozen), vera "
-                          "(shared frozen projections, two vectors per matrix)."),
+                     help="LoRA-family method (PEFT): rslora (scaling only), lora-fa (A frozen), "
+                          "vera (shared frozen projections, two vectors per matrix), loraplus "
+                          "(B's learning rate only), adalora (--r is init_r), loha, lokr (the "
+                          "whole delta weight is built and kept each forward)."),
     ])(func)
 
 
@@ -81,6 +83,13 @@ def train_options(func):
         click.option("--kbit-prep/--no-kbit-prep", default=None,
                      help="PEFT prepare_model_for_kbit_training (fp32 upcast of non-quantized "
                           "parameters). [default: on for qlora]"),
+        click.option("--adapter-train-dtype", type=_CHOICE(ADAPTER_DTYPES), default=None,
+                     help="Dtype of the adapter weights while training, and so of their "
+                          "gradients and AdamW state (bf16: PEFT's autocast_adapter_dtype=False "
+                          "on a bf16 base). [default: fp32 for hf-peft, --dtype otherwise]"),
+        click.option("--grad-accum", type=int, default=1, show_default=True,
+                     help="Micro-batches per optimizer step: the effective batch is batch x N; "
+                          "the peak is one micro-batch's (gradients held between them)."),
     ])(func)
 
 

@@ -201,7 +201,14 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
             hf_model = prepare_model_for_kbit_training(hf_model, use_gradient_checkpointing=False)
         if train.method != "full":
             with device:
-                hf_model = get_peft_model(hf_model, _peft_config(model, lora))
+                # An explicit adapter dtype: PEFT leaves adapters in the base layer's dtype
+                # without autocast; cast them to the one asked for (fp16 on a bf16 base).
+                hf_model = get_peft_model(hf_model, _peft_config(model, lora),
+                                          autocast_adapter_dtype=train.adapter_train_dtype is None)
+            if train.adapter_train_dtype is not None:
+                for param in hf_model.parameters():
+                    if param.requires_grad:
+                        param.data = param.data.to(TORCH_DTYPES[train.adapter_train_dtype])
             if lora.variant == "lora-fa":
                 for name, param in hf_model.named_parameters():
                     if "lora_A" in name:

@@ -64,11 +64,12 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
             with tracker:
                 for _ in range(TRACED_STEPS):
                     tracker.reset_peak()
-                    tracker.phase = "forward"
-                    loss = network(input_ids=ids, labels=ids).loss  # outputs dropped, as Trainer does
-                    tracker.phase = "backward"
-                    loss.backward()
-                    del loss
+                    for _ in range(train.grad_accum):  # gradients accumulate across micro-batches
+                        tracker.phase = "forward"
+                        loss = network(input_ids=ids, labels=ids).loss  # outputs dropped, as Trainer does
+                        tracker.phase = "backward"
+                        loss.backward()
+                        del loss
                     tracker.phase = "optimizer"
                     optimizer.step()
                     _adalora_update(network, len(steps), tracker)
