@@ -183,6 +183,15 @@ class Target:
             return self.rank * self.linear.in_features
         return 0
 
+    def factor_product_elements(self) -> int:
+        """Elements of LoKr's factored Kronecker factors (``w_a @ w_b``, not parameters) that
+        kron's multiply keeps for the other factor's gradient, whatever needs grad upstream."""
+        if self.variant != "lokr":
+            return 0
+        shapes = dict(self.tensors(False))
+        return sum(shapes[f"lokr_w{i}_a"][0] * shapes[f"lokr_w{i}_b"][1] for i in (1, 2)
+                   if f"lokr_w{i}_a" in shapes)
+
 
 def factorization(dimension: int, factor: int = LOKR_DECOMPOSE_FACTOR) -> tuple[int, int]:
     """Split ``dimension`` into ``(m, n)``, ``m <= n``, ``m * n == dimension``: with ``factor`` > 0
@@ -382,7 +391,8 @@ class InputGradSaved:
 def input_grad_saved_bytes(spec: ModelSpec, targets: Iterable[Target],
                            adapter_bytes: int) -> InputGradSaved:
     """LoHa/LoKr delta weights (and AdaLoRA's ``A * E``) that ``F.linear``/``matmul`` keep for
-    backward, per layer, in the adapter dtype (``adapter_bytes`` per element)."""
+    backward, per layer, in the adapter dtype (``adapter_bytes`` per element); ``per_layer`` also
+    holds LoKr's factored Kronecker factors, which every layer keeps."""
     targets = list(targets)
     blocks = [t for t in targets if t.linear.group != "head"]
     per_layer = first_unsaved = head = 0
@@ -397,7 +407,8 @@ def input_grad_saved_bytes(spec: ModelSpec, targets: Iterable[Target],
     mlp_in = [t for t in everywhere if t.linear.group == "mlp"
               and not t.linear.path.endswith(_OUTPUT_PROJECTIONS)]
     for target in blocks:
-        per_layer += round(size(target) * target.copies / spec.num_layers)
+        kept = size(target) + target.factor_product_elements() * adapter_bytes
+        per_layer += round(kept * target.copies / spec.num_layers)
         if target.copies != spec.num_layers:
             continue  # which layers a partial target covers is not modelled here
         path = target.linear.path

@@ -35,6 +35,7 @@ offloads both) the sharded parameters as well, leaving the gathered units on the
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 
 from .errors import LorasizeError
@@ -72,16 +73,16 @@ FSDP_UNITS_IN_FLIGHT = 2
 # allocates flat bucket buffers covering every gradient, a second copy unless
 # gradient_as_bucket_view=True (default False).
 DDP_BUCKET_CAP_BYTES = 25 * 1024**2
-# Stacks that accumulate gradients under FSDP's no_sync: lit-gpt's finetune scripts run every
-# micro-batch but the last inside ``fabric.no_backward_sync(model, enabled=is_accumulating)``
-# (their default global batch is many micro-batches), and FSDP then keeps each unit's gradient
-# unsharded until the synchronising micro-batch. lit-gpt wraps each ``Block`` (LoRA inside) with
-# ``use_orig_params=True``, so the frozen weights of a block get gradients too: "the gradient
-# memory usage will be higher than expected (namely, equivalent to not freezing those
-# parameters)" (torch FullyShardedDataParallel docs). Hugging Face accelerate does the same with
-# gradient accumulation steps above 1 (GradientAccumulationPlugin sync_each_batch=False), which
-# TrainSpec does not carry yet.
-FSDP_UNSHARDED_GRAD_ACCUMULATION_STACKS = ("litgpt",)
+# Gradient accumulation under FSDP: micro-batches before the last run under ``no_sync`` (lit-gpt's
+# ``fabric.no_backward_sync(model, enabled=is_accumulating)``; accelerate's
+# GradientAccumulationPlugin with its default ``sync_each_batch=False``), and FSDP keeps each
+# unit's gradient unsharded until the synchronising micro-batch (torch FSDP ``no_sync`` docs: "FSDP
+# will accumulate the full model gradients (instead of gradient shards)").
+# Stacks whose FSDP units mix frozen and trainable parameters: lit-gpt wraps each ``Block`` (LoRA
+# inside) with ``use_orig_params=True``, and then "the gradient memory usage will be higher than
+# expected (namely, equivalent to not freezing those parameters)" (torch FullyShardedDataParallel
+# docs). PEFT's ``fsdp_auto_wrap_policy`` gives the Hugging Face stack separate LoRA units.
+FSDP_FROZEN_GRADIENT_STACKS = ("litgpt",)
 # Optimizers whose state follows the parameter's dtype (on DeepSpeed's fp32 master: fp32).
 _STATE_IN_PARAM_DTYPE = ("adamw", "sgd-momentum", "adafactor")
 
@@ -283,14 +284,14 @@ def _fsdp(model: ModelSpec, train: TrainSpec, static: StaticBytes,
         gathered = static.weights
     else:
         gathered = root + FSDP_UNITS_IN_FLIGHT * layer
-    held = 0
-    if train.stack in FSDP_UNSHARDED_GRAD_ACCUMULATION_STACKS:
-        # Unsharded gradients of every unit with a trainable parameter; under LoRA each decoder
-        # layer's flat parameter, frozen weights included (the root unit is all frozen).
-        held = static.gradients if train.method == "full" else \
-            static.gradients + layer * model.num_layers
-        gradients = _split(held, n)
-    elif train.method == "full":
+    # Gradients of every unit with a trainable parameter, whole; under LoRA on a stack that mixes
+    # frozen and trainable parameters in a unit, each decoder layer's (the root unit is frozen).
+    frozen = layer * model.num_layers \
+        if train.method != "full" and train.stack in FSDP_FROZEN_GRADIENT_STACKS else 0
+    unsharded = static.gradients + frozen
+    gradients = _split(unsharded, n)
+    held = unsharded if train.grad_accum > 1 else 0
+    if not held and (train.method == "full" or frozen):
         # A unit's unsharded gradient lives until its reduce-scatter.
         gathered += layer
     host: dict[str, int] = {}
@@ -324,10 +325,13 @@ def shard_notes(train: TrainSpec, shard: ShardSpec) -> tuple[str, ...]:
     if shard.sharding == "zero3":
         notes.append("ZeRO-3 keeps parameters under stage3_param_persistence_threshold (1e5 "
                      "elements) whole on every GPU: not counted")
-    if shard.fsdp and train.stack in FSDP_UNSHARDED_GRAD_ACCUMULATION_STACKS:
-        notes.append(f"{train.stack} accumulates gradients under FSDP no_sync: every unit keeps "
-                     "its whole, unsharded gradient (frozen weights of a LoRA block included, "
-                     "use_orig_params=True) until the last micro-batch")
+    if shard.fsdp and train.grad_accum > 1:
+        notes.append("gradient accumulation under FSDP no_sync keeps every unit's whole, "
+                     "unsharded gradient until the last micro-batch (accelerate's "
+                     "sync_each_batch=True trades that memory for communication)")
+    if shard.fsdp and train.method != "full" and train.stack in FSDP_FROZEN_GRADIENT_STACKS:
+        notes.append(f"{train.stack} wraps each block with LoRA inside under use_orig_params=True: "
+                     "FSDP keeps gradients for its frozen weights too")
     if train.quantized and shard.stage == 3:
         notes.append("sharding 4-bit weights needs bnb_4bit_quant_storage equal to the compute "
                      "dtype (e.g. torch.bfloat16); quantization constants stay whole on every GPU")
@@ -335,6 +339,21 @@ def shard_notes(train: TrainSpec, shard: ShardSpec) -> tuple[str, ...]:
         notes.append(f"offloaded bytes are host (CPU) memory per GPU process; the node needs "
                      f"{shard.gpus} x that")
     return tuple(notes)
+
+
+def grad_accum_from_row(row: dict) -> int:
+    """Micro-batches per optimizer step of a measurement CSV row, from its ``notes``: a stated
+    "grad accum K", else a "global batch B" over ``batch_size`` x ``num_gpus``, else 1."""
+    text = (row.get("notes") or "").lower()
+    stated = re.search(r"grad(?:ient)?[ _]accum(?:ulation)?(?:[ _]steps)?\s*[=:]?\s*(\d+)", text)
+    if stated:
+        return max(int(stated.group(1)), 1)
+    total = re.search(r"global batch(?: size)?\s*[=:]?\s*(\d+)", text)
+    batch = (row.get("batch_size") or "").strip()
+    gpus = (row.get("num_gpus") or "1").strip() or "1"
+    if total and batch.isdigit() and gpus.isdigit():
+        return max(int(total.group(1)) // (int(batch) * int(gpus)), 1)
+    return 1
 
 
 def sharding_from_row(row: dict) -> ShardSpec:

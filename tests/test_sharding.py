@@ -15,8 +15,8 @@ from lorasize.errors import LorasizeError
 from lorasize.estimate import ALLOCATED_KEYS, estimate
 from lorasize.lora import LoraSpec
 from lorasize.sharding import (DEEPSPEED_PREFETCH_BUCKET_SIZE, SHARDINGS, ShardSpec,
-                               largest_module_params, launch_commands, shard_static,
-                               sharding_from_row)
+                               grad_accum_from_row, largest_module_params, launch_commands,
+                               shard_static, sharding_from_row)
 from lorasize.solve import fewest_gpus, fit_setup
 from lorasize.specs import TrainSpec
 from lorasize.weights import static_bytes
@@ -141,13 +141,14 @@ def _multi_gpu_rows() -> list[dict]:
 
 def predict_row(row: dict) -> tuple[int, ShardSpec]:
     """The per-GPU prediction of a multi-GPU row: the row's one-GPU specs (validate's reading)
-    with its sharding."""
+    with its sharding and gradient accumulation."""
     from lorasize.validate import row_estimate
 
     shard = sharding_from_row(row)
     metric = row["metric"] if row["metric"] in ("peak_allocated", "peak_reserved") else "nvidia_smi"
     single = row_estimate({**row, "num_gpus": "1", "metric": metric})
-    result = estimate(single.model, single.lora, single.train, gpu=single.gpu, shard=shard)
+    train = replace(single.train, grad_accum=grad_accum_from_row(row))
+    result = estimate(single.model, single.lora, train, gpu=single.gpu, shard=shard)
     value = {"peak_allocated": result.allocated_bytes,
              "peak_reserved": result.reserved_bytes}.get(metric, result.peak_bytes)
     return value, shard
@@ -192,6 +193,31 @@ def test_measured_multi_gpu_rows():
 ])
 def test_sharding_from_row(row, expected):
     assert sharding_from_row(row) == expected
+
+
+@pytest.mark.parametrize("row,expected", [
+    ({"notes": "lit-gpt defaults: global batch 128 via grad accumulation", "batch_size": "2",
+      "num_gpus": "2"}, 32),
+    ({"notes": "gradient_checkpointing True, grad accum 1, HF default optimizer"}, 1),
+    ({"notes": "micro batch 1, global batch 16.", "batch_size": "1", "num_gpus": "4"}, 4),
+    ({"notes": ""}, 1),
+])
+def test_grad_accum_from_row(row, expected):
+    assert grad_accum_from_row(row) == expected
+
+
+def test_fsdp_accumulation_holds_unsharded_gradients():
+    """Under FSDP no_sync the held gradients are the whole model's, whatever N; the step's are
+    sharded."""
+    model = model_from_catalog("llama2-7b")
+    train = replace(FULL, grad_accum=4)
+    static = static_bytes(model, (), train)
+    for gpus in (2, 8):
+        sharded = shard_static(model, train, static, ShardSpec(gpus, "fsdp"))
+        assert sharded.held_gradients == static.gradients
+        assert sharded.static.gradients == pytest.approx(static.gradients / gpus, abs=1)
+    one_step = shard_static(model, FULL, static, ShardSpec(8, "fsdp"))
+    assert one_step.held_gradients == 0
 
 
 def test_sharding_from_row_needs_a_named_sharding():

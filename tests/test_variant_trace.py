@@ -78,3 +78,41 @@ if __name__ == "__main__":
         rows = compare(spec, lora, train, outcome["result"])
         print(f"{lora.variant:8} {'+'.join(lora.targets):4} {'gc' if train.checkpointing else 'nogc':4} "
               + "  ".join(f"{k} {100 * v[2]:+.2f}%" for k, v in rows.items()))
+
+
+@pytest.mark.parametrize("variant", ["adalora", "loha", "lokr"])
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                             "gate_proj", "up_proj", "down_proj"]])
+def test_one_layer_saved_bytes_on_real_tensors(variant, targets):
+    """Without fake tensors: a tiny bf16 Llama with 3 and with 2 layers runs a real forward under
+    ``saved_tensors_hooks`` (tests/test_activations_real.py); the difference is one layer's saved
+    bytes, per token plus the delta weights (AdaLoRA's ``A * E``) it keeps whatever the tokens."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from conftest import quiet
+    from lorasize import activations as act
+    from lorasize.lora import input_grad_saved_bytes, resolve_targets
+    from lorasize.model import ModelSpec
+    from test_activations_real import BATCH, FAMILIES, PER_LAYER_SLACK, SEQ, _forward_saved_bytes
+    from test_variants_peft import peft_config
+
+    def saved(layers: int) -> int:
+        config = dict(FAMILIES["llama"], num_hidden_layers=layers)
+        model_type = config.pop("model_type")
+        torch.manual_seed(0)
+        with quiet():
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config),
+                                                     attn_implementation="sdpa").to(torch.bfloat16)
+            model = get_peft_model(model, peft_config(variant, 4, targets))
+        return _forward_saved_bytes(model, config["vocab_size"], buffers=True)
+
+    spec = ModelSpec.from_hf_config(dict(FAMILIES["llama"], num_hidden_layers=3), name="llama")
+    resolved = resolve_targets(spec, LoraSpec(r=4, targets=tuple(targets), variant=variant))
+    dtypes = act.Dtypes(compute=2, residual=2, norm_out=2, adapter=4)
+    per_token = act.layer_bytes_per_token(spec, resolved, dtypes, seq_len=SEQ, attn="sdpa",
+                                          full=False, dropout=False).total
+    predicted = per_token * BATCH * SEQ + input_grad_saved_bytes(spec, resolved, 4).per_layer
+    measured = saved(3) - saved(2)
+    assert abs(predicted - measured) <= PER_LAYER_SLACK * BATCH * SEQ, (predicted, measured)
