@@ -144,6 +144,10 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
         norm_fed = not linear.path.endswith(_NOT_NORM_FED)
         source = f"{linear.group}-norm" if norm_fed else linear.path
         in_dtype = dt.norm_out if norm_fed else dt.compute
+        if target.variant == "ia3" and not target.is_feedforward:
+            # PEFT's IA3 multiplies the base output by its vector: the multiply keeps the output.
+            total += round(dt.compute * linear.out_features * share)
+            continue
         saved = dt.adapter * target.branch_width  # the rank-wide product B keeps
         if target.variant in ("lora-fa", "vera"):
             # LoRA-FA: A is frozen, so its matmul keeps no input; B keeps A's output. VeRA: the

@@ -408,6 +408,10 @@ def _variant_notes(lora: LoraSpec, train: TrainSpec, targets: tuple[Target, ...]
         return notes
     if lora.variant == "loraplus":
         notes.append("LoRA+ changes only B's learning rate: memory is LoRA's")
+    if lora.variant == "ia3":
+        notes.append("IA3 trains one vector per matrix (--r does not apply); the MLP's output "
+                     "projections are its feedforward_modules (input scaled), the others have "
+                     "their output scaled")
     if lora.variant in ("loha", "lokr") and targets:
         notes.append(f"PEFT's {lora.variant} builds each adapted matrix's whole delta weight on every "
                      f"forward and keeps it for backward ({train.adapter_dtype}, one per adapted "

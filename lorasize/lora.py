@@ -22,6 +22,9 @@ Other LoRA-family methods PEFT implements, per adapted matrix W (out, in) and ra
 - LoHa (Hyeon-Woo et al. 2022, ``peft.LoHaConfig``): ``(w1_a w1_b) * (w2_a w2_b)`` (Hadamard
   product), hada_w1_a / hada_w2_a (out, r), hada_w1_b / hada_w2_b (r, in):
   ``trainable = 2 r (in + out)``.
+- IA3 (Liu et al. 2022, ``peft.IA3Config``): one learned vector per matrix, ``ia3_l`` of shape
+  (1, in) on a feed-forward module (it scales the input), (out, 1) on any other (it scales the
+  output); ``r`` does not apply.
 - LoKr (Yeh et al. 2024, ``peft.LoKrConfig``): ``kron(w1, w2)`` with out = a*b, in = c*d
   factored by ``factorization`` (LyCORIS, copied by PEFT); w1 (a, c) is full unless
   ``decompose_both`` and ``r < max(a, c) / 2``, w2 (b, d) is full unless ``r < max(b, d) / 2``,
@@ -53,7 +56,7 @@ TARGET_ALIASES = ("all", "attn", "mlp", "qv")
 # VeRA shares frozen random A and B across layers and trains two scaling vectors per matrix
 # (Kopiczko et al. 2024, peft.VeraConfig).
 # LoRA+, AdaLoRA, LoHa and LoKr: see the module docstring.
-VARIANTS = ("lora", "rslora", "lora-fa", "vera", "loraplus", "adalora", "loha", "lokr")
+VARIANTS = ("lora", "rslora", "lora-fa", "vera", "loraplus", "adalora", "loha", "lokr", "ia3")
 # Variants whose tensors are LoRA's A and B (DoRA's magnitude may be added).
 _LORA_LIKE = ("lora", "rslora", "lora-fa", "loraplus")
 # Variants that materialise the whole delta weight each forward (PEFT's LyCORIS layers).
@@ -91,7 +94,7 @@ class LoraSpec:
                                 source="--variant")
         if self.dora and self.variant not in _LORA_LIKE:
             raise LorasizeError(f"DoRA applies to LoRA adapters, not {self.variant}", source="--dora")
-        if self.dropout and self.variant in DELTA_WEIGHT_VARIANTS:
+        if self.dropout and self.variant in (*DELTA_WEIGHT_VARIANTS, "ia3"):
             raise LorasizeError(f"{self.variant} has rank and module dropout, not lora_dropout on "
                                 "the input; use 0", source="--lora-dropout")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -130,6 +133,8 @@ class Target:
                     ("hada_w2_a", (out_f, r)), ("hada_w2_b", (r, in_f)))
         if self.variant == "lokr":
             return lokr_tensors(in_f, out_f, r)
+        if self.variant == "ia3":
+            return (("ia3_l", (1, in_f) if self.is_feedforward else (out_f, 1)),)
         rank = self.rank * max(self.linear.experts, 1)
         shapes = [("lora_A", (rank, self.linear.in_features)),
                   ("lora_B", (self.linear.out_features, rank))]
@@ -148,6 +153,13 @@ class Target:
         reports it frozen)."""
         return not (self.variant == "lora-fa" and name == "lora_A")
 
+    @property
+    def is_feedforward(self) -> bool:
+        """IA3 scales a feed-forward module's input, any other module's output: lorasize passes
+        the MLP's output projections as PEFT's ``feedforward_modules`` (as PEFT's own defaults
+        do, e.g. ``down_proj`` for Llama)."""
+        return self.linear.group == "mlp" and self.linear.path.endswith(_OUTPUT_PROJECTIONS)
+
     def saved_key(self, name: str) -> str | None:
         """The key suffix ``save_pretrained`` writes for tensor ``name``, or None when PEFT does
         not save it. LoRA's A and B are ``nn.Linear`` modules (``lora_A.weight``); AdaLoRA's,
@@ -165,8 +177,8 @@ class Target:
         product of the input and A (kept by B's matmul). AdaLoRA also divides its out-wide
         output by ``ranknum``, which trains on a GPU (:meth:`trainable`), so the division keeps
         its numerator. LoHa and LoKr multiply the input by the whole delta weight and keep
-        nothing rank-wide."""
-        if self.variant in DELTA_WEIGHT_VARIANTS:
+        nothing rank-wide; IA3 has no rank (its saved tensors are in activations.py)."""
+        if self.variant in (*DELTA_WEIGHT_VARIANTS, "ia3"):
             return 0
         if self.variant == "adalora":
             return self.rank + self.linear.out_features
@@ -181,6 +193,8 @@ class Target:
             return self.linear.out_features * self.linear.in_features
         if self.variant == "adalora":
             return self.rank * self.linear.in_features
+        if self.variant == "ia3":  # the scaling vector (1 * ia3_l.flatten(), a new tensor)
+            return self.linear.in_features if self.is_feedforward else self.linear.out_features
         return 0
 
     def factor_product_elements(self) -> int:
@@ -322,8 +336,8 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
             raise LorasizeError(f"PEFT's {lora.variant} adapts nn.Linear and convolutions, not "
                                 f"GPT-2's Conv1D ({linear.name})", source="--variant")
         rank = lora.r * (linear.rank_multiplier if all_linear else 1)
-        if lora.variant == "lokr":
-            pass  # LoKr's rank only chooses between full and factored Kronecker factors
+        if lora.variant in ("lokr", "ia3"):
+            pass  # LoKr's rank only chooses full or factored Kronecker factors; IA3 has none
         elif lora.r > min(linear.in_features, linear.out_features) and not is_router:
             raise LorasizeError(
                 f"r={lora.r} is larger than the smaller dimension of {linear.name} "

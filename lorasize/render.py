@@ -53,7 +53,7 @@ def _title(e: Estimate) -> str:
             if train.quantized else ""
         kind = {"lora": "DoRA" if e.lora.dora else "LoRA", "rslora": "rsLoRA", "lora-fa": "LoRA-FA",
                 "vera": "VeRA", "loraplus": "DoRA+" if e.lora.dora else "LoRA+",
-                "adalora": "AdaLoRA", "loha": "LoHa", "lokr": "LoKr"}[e.lora.variant]
+                "adalora": "AdaLoRA", "loha": "LoHa", "lokr": "LoKr", "ia3": "IA3"}[e.lora.variant]
         what = f"{kind} r={e.lora.r} on {names}{quant}"
     ckpt = ", gradient checkpointing" if train.checkpointing else ""
     return (f"{e.model.name}: {what}\n{train.dtype}, {train.optimizer}, batch {train.batch_size} x "

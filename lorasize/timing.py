@@ -82,7 +82,8 @@ def flops_per_token(model: ModelSpec, targets: tuple[Target, ...], train: TrainS
     forward = linear + head + attention
     backward = (2 if full else 1) * (linear + head) + 2 * attention
     lora = sum(t.rank * max(t.linear.experts, 1) * (t.linear.in_features + t.linear.out_features)
-               * t.copies for t in targets if t.variant not in DELTA_WEIGHT_VARIANTS) if not full else 0
+               * t.copies for t in targets if t.variant not in (*DELTA_WEIGHT_VARIANTS, "ia3")) \
+        if not full else 0  # IA3's elementwise scaling is negligible
     # LoHa/LoKr multiply each token by the whole delta weight (forward, input and weight
     # gradients: 6 in out per token, like a trained weight); building the delta once a step is
     # not per token and left out.

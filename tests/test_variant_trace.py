@@ -8,6 +8,8 @@ the table):
   or 3 (LoKr) weight-sized tensors at once.
 - AdaLoRA divides its output by the trainable ``ranknum`` (an out-wide saved numerator per
   token) and keeps three importance tensors per ``lora_*`` parameter (``update_and_allocate``).
+- IA3 scales a module's output (the multiply keeps the 16-bit output) or, on the MLP's output
+  projection, its input (an fp32 copy of it).
 
 Totals must agree within the grid's 3%; the weights, adapter and optimizer state within 0.5%.
 Gradients at the peak are not held here for the checkpointed ``all`` cells: the trace's peak falls
@@ -31,6 +33,7 @@ CELLS = [
     ("lokr", ("all",), False),
     ("adalora", ("all",), False),
     ("adalora", ("qv",), True),
+    ("ia3", ("all",), False),
 ]
 
 
@@ -80,7 +83,7 @@ if __name__ == "__main__":
               + "  ".join(f"{k} {100 * v[2]:+.2f}%" for k, v in rows.items()))
 
 
-@pytest.mark.parametrize("variant", ["adalora", "loha", "lokr"])
+@pytest.mark.parametrize("variant", ["adalora", "loha", "lokr", "ia3"])
 @pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj",
                                                              "gate_proj", "up_proj", "down_proj"]])
 def test_one_layer_saved_bytes_on_real_tensors(variant, targets):
@@ -105,7 +108,8 @@ def test_one_layer_saved_bytes_on_real_tensors(variant, targets):
         with quiet():
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config),
                                                      attn_implementation="sdpa").to(torch.bfloat16)
-            model = get_peft_model(model, peft_config(variant, 4, targets))
+            model = get_peft_model(model, peft_config(variant, 4, targets, ["down_proj"]
+                                                      if "down_proj" in targets else []))
         return _forward_saved_bytes(model, config["vocab_size"], buffers=True)
 
     spec = ModelSpec.from_hf_config(dict(FAMILIES["llama"], num_hidden_layers=3), name="llama")

@@ -26,7 +26,7 @@ ENTRIES = {e["name"]: e for e in model_entries()}
 FAMILIES = ["llama2-7b", "mistral-7b", "mixtral-8x7b", "qwen2.5-0.5b", "qwen3-8b", "gemma-2b",
             "gemma2-2b", "phi-2", "phi3-mini", "pythia-160m", "falcon-7b", "stablelm-3b", "gpt2"]
 SHRUNK_LAYERS = 2
-METHODS = ("adalora", "loha", "lokr")
+METHODS = ("adalora", "loha", "lokr", "ia3")
 
 
 def _spec(name: str) -> ModelSpec:
@@ -35,11 +35,18 @@ def _spec(name: str) -> ModelSpec:
     return spec.with_layers(SHRUNK_LAYERS)
 
 
-def peft_config(variant: str, r: int, modules, **extra):
-    """The PEFT config lorasize's ``--variant`` stands for (the trace tier builds the same)."""
+def peft_config(variant: str, r: int, modules, feedforward=(), **extra):
+    """The PEFT config lorasize's ``--variant`` stands for (the trace tier builds the same);
+    IA3 needs the feed-forward module names (``Target.is_feedforward``)."""
     from lorasize.trace.build import variant_config
 
+    if variant == "ia3":
+        extra["feedforward_modules"] = list(feedforward)
     return variant_config(variant, r, 2 * r, modules, **extra)
+
+
+def _feedforward(spec: ModelSpec, lora: LoraSpec) -> list[str]:
+    return [t.linear.path for t in resolve_targets(spec, lora) if t.is_feedforward]
 
 
 def _modules(spec: ModelSpec, lora: LoraSpec):
@@ -66,7 +73,7 @@ def test_counts_match_peft(name, variant, targets):
         return
     with quiet(), torch.device("meta"):
         model = get_peft_model(build_meta_model(ENTRIES[name]["config"], SHRUNK_LAYERS),
-                               peft_config(variant, 8, _modules(spec, lora)))
+                               peft_config(variant, 8, _modules(spec, lora), _feedforward(spec, lora)))
     trainable, _ = model.get_nb_trainable_parameters()
     resolved = resolve_targets(spec, lora)
     if variant == "adalora":
@@ -178,7 +185,7 @@ def test_file_bytes_match_real_peft_file(family, variant, targets, tmp_path):
     resolved = resolve_targets(spec, lora)
     with quiet():
         model = get_peft_model(_tiny_model(family, torch.float32),
-                               peft_config(variant, 4, _modules(spec, lora)))
+                               peft_config(variant, 4, _modules(spec, lora), _feedforward(spec, lora)))
         model.save_pretrained(tmp_path)
     real = (tmp_path / "adapter_model.safetensors").stat().st_size
     assert adapter_file_bytes(spec, resolved, "fp32", head_dtype="fp32") == real
@@ -239,7 +246,7 @@ def test_optimizer_state_follows_the_tensors(variant):
     lora = LoraSpec(r=4, targets=("all",), variant=variant)
     with quiet():
         model = get_peft_model(_tiny_model("llama", torch.bfloat16),
-                               peft_config(variant, 4, "all-linear"))
+                               peft_config(variant, 4, "all-linear", _feedforward(spec, lora)))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       foreach=True)
         _one_step(model, optimizer, spec.vocab_size)

@@ -51,7 +51,8 @@ def lora_options(func):
                      help="LoRA-family method (PEFT): rslora (scaling only), lora-fa (A frozen), "
                           "vera (shared frozen projections, two vectors per matrix), loraplus "
                           "(B's learning rate only), adalora (--r is init_r), loha, lokr (the "
-                          "whole delta weight is built and kept each forward)."),
+                          "whole delta weight is built and kept each forward), ia3 (a vector "
+                          "per matrix)."),
     ])(func)
 
 

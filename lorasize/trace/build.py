@@ -148,7 +148,7 @@ ADALORA_TINIT = 100
 def variant_config(variant: str, r: int, alpha: float, modules, **extra):
     """PEFT's config for AdaLoRA, LoHa or LoKr (``--variant``) with PEFT's defaults otherwise;
     ``extra`` goes to the config (e.g. LoKr's ``decompose_factor``)."""
-    from peft import AdaLoraConfig, LoHaConfig, LoKrConfig
+    from peft import AdaLoraConfig, IA3Config, LoHaConfig, LoKrConfig
 
     if variant == "adalora":
         return AdaLoraConfig(init_r=r, target_r=max(1, r // 2), lora_alpha=alpha,
@@ -158,6 +158,8 @@ def variant_config(variant: str, r: int, alpha: float, modules, **extra):
         return LoHaConfig(r=r, alpha=alpha, target_modules=modules, **extra)
     if variant == "lokr":
         return LoKrConfig(r=r, alpha=alpha, target_modules=modules, **extra)
+    if variant == "ia3":  # extra: feedforward_modules
+        return IA3Config(target_modules=modules, **extra)
     raise ValueError(variant)
 
 
@@ -172,8 +174,10 @@ def _peft_config(model: ModelSpec, lora: LoraSpec):
         parameters = [t.linear.path for t in targets if t.linear.experts] or None
     if lora.variant == "vera":
         return VeraConfig(r=lora.r, target_modules=modules, vera_dropout=lora.dropout)
-    if lora.variant in ("adalora", "loha", "lokr"):
+    if lora.variant in ("adalora", "loha", "lokr", "ia3"):
         extra = {"lora_dropout": lora.dropout} if lora.variant == "adalora" else {}
+        if lora.variant == "ia3":
+            extra = {"feedforward_modules": [t.linear.path for t in targets if t.is_feedforward]}
         return variant_config(lora.variant, lora.r, lora.alpha, modules, **extra)
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=modules, target_parameters=parameters, use_dora=lora.dora,
