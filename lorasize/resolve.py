@@ -79,13 +79,19 @@ class AdapterConfig:
     dropout: float | None
     dora: bool
     base_model: str | None
+    variant: str = "lora"
+
+
+# PEFT's peft_type -> lorasize's --variant (LoRA with use_rslora is rslora).
+PEFT_TYPE_VARIANTS = {"LORA": "lora", "ADALORA": "adalora", "LOHA": "loha", "LOKR": "lokr",
+                      "IA3": "ia3", "VERA": "vera"}
 
 
 def read_adapter_config(path: str | Path, flag: str = "--adapter") -> AdapterConfig:
     """Read a PEFT adapter folder's ``adapter_config.json`` (or the file itself).
 
     Raises:
-        LorasizeError: missing or malformed file, or a PEFT type other than LoRA.
+        LorasizeError: missing or malformed file, or a PEFT type lorasize does not size.
     """
     path = Path(path).expanduser()
     file = path / ADAPTER_CONFIG if path.is_dir() else path
@@ -95,9 +101,15 @@ def read_adapter_config(path: str | Path, flag: str = "--adapter") -> AdapterCon
     if not isinstance(data, dict):
         raise LorasizeError("expected a JSON object", source=str(file))
     peft_type = str(data.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
-        raise LorasizeError(f"peft_type {peft_type} is not LoRA; lorasize sizes LoRA adapters",
-                            source=str(file))
+    if peft_type not in PEFT_TYPE_VARIANTS:
+        raise LorasizeError(f"peft_type {peft_type} is not one lorasize sizes "
+                            f"({', '.join(PEFT_TYPE_VARIANTS)})", source=str(file))
+    variant = PEFT_TYPE_VARIANTS[peft_type]
+    if peft_type == "LORA" and data.get("use_rslora"):
+        variant = "rslora"
+    if peft_type == "LOKR" and (data.get("decompose_factor", -1) != -1 or data.get("decompose_both")):
+        raise LorasizeError("LoKr with decompose_factor or decompose_both other than PEFT's "
+                            "defaults is not sized yet", source=str(file))
     targets = data.get("target_modules")
     if isinstance(targets, str):
         if targets == "all-linear":
@@ -109,11 +121,11 @@ def read_adapter_config(path: str | Path, flag: str = "--adapter") -> AdapterCon
         targets = tuple(str(t) for t in targets)
     elif targets is not None:
         raise LorasizeError("target_modules must be a list or a string", source=str(file))
-    r = data.get("r")
+    r = data.get("init_r" if peft_type == "ADALORA" else "r")  # AdaLoRA's memory follows init_r
     if r is not None and (isinstance(r, bool) or not isinstance(r, int)):
         raise LorasizeError(f"r must be an integer, got {r!r}", source=str(file))
     return AdapterConfig(
-        path=str(file), r=r, alpha=data.get("lora_alpha"), targets=targets,
+        path=str(file), r=r, alpha=data.get("lora_alpha", data.get("alpha")), targets=targets,
         dropout=data.get("lora_dropout"), dora=bool(data.get("use_dora", False)),
-        base_model=data.get("base_model_name_or_path"),
+        base_model=data.get("base_model_name_or_path"), variant=variant,
     )

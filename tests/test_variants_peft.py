@@ -260,3 +260,33 @@ def test_optimizer_state_follows_the_tensors(variant):
     assert static.optimizer == real
     assert static.gradients == sum(block(p.grad.numel() * p.grad.element_size())
                                    for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("variant", ["adalora", "loha", "lokr", "ia3", "rslora"])
+def test_estimate_reads_a_real_adapter_folder(variant, tmp_path, cli):
+    """``lorasize estimate --adapter`` on a folder written by PEFT's save_pretrained: the method
+    comes from ``peft_type`` (AdaLoRA's rank from ``init_r``), and the predicted file size is the
+    real file's."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    spec = ModelSpec.from_hf_config(TINY["llama"], name="llama")
+    lora = LoraSpec(r=4, targets=("qv",), variant=variant)
+    modules = _modules(spec, LoraSpec(r=4, targets=("qv",)))
+    config = (LoraConfig(r=4, target_modules=modules, use_rslora=True) if variant == "rslora"
+              else peft_config(variant, 4, modules, _feedforward(spec, lora)))
+    with quiet():
+        model = get_peft_model(_tiny_model("llama", torch.float32), config)
+        model.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "config.json").write_text(json.dumps(TINY["llama"]))
+    code, out, err = cli("estimate", "--adapter", str(tmp_path / "adapter"), "-m",
+                         str(tmp_path / "config.json"), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    real = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
+    assert data["adapter_file_bytes"] == real
+    trainable, _ = model.get_nb_trainable_parameters()  # a real fp32 CPU base: ranknum frozen
+    ranknum = len(data["targets"]) * spec.num_layers if variant == "adalora" else 0
+    assert data["trainable_params"] == trainable + ranknum

@@ -43,9 +43,11 @@ def build_specs(ctx: click.Context, p: dict):
             ctx, "lora_dropout") else dropout
         dora = adapter.dora if not _given(ctx, "dora") else dora
         alpha = adapter.alpha if adapter.alpha is not None and alpha is None else alpha
+    variant = (p.get("variant") or "lora").lower()
+    if adapter and not _given(ctx, "variant"):
+        variant = adapter.variant
     lora = LoraSpec(r=r, alpha=float(alpha if alpha is not None else 2 * r),
-                    targets=targets, dropout=float(dropout), dora=dora,
-                    variant=(p.get("variant") or "lora").lower())
+                    targets=targets, dropout=float(dropout or 0.0), dora=dora, variant=variant)
     train = TrainSpec(
         method=p["method"].lower(), quant=p["quant"].lower() if p["quant"] else None,
         double_quant=p["double_quant"], dtype=p["dtype"].lower(),

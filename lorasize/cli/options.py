@@ -29,8 +29,9 @@ def model_options(func):
         click.option("--model", "-m", metavar="NAME|PATH|HUB_ID",
                      help="Catalog name (lorasize models), a config.json or its folder, or a Hub id."),
         click.option("--adapter", metavar="PATH",
-                     help="A PEFT adapter folder: r, alpha, targets, DoRA and base model come from "
-                          "its adapter_config.json (flags given here win)."),
+                     help="A PEFT adapter folder: method (peft_type), r, alpha, targets, DoRA "
+                          "and base model come from its adapter_config.json (flags given here "
+                          "win)."),
     ])(func)
 
 
