@@ -290,3 +290,9 @@ def test_estimate_reads_a_real_adapter_folder(variant, tmp_path, cli):
     trainable, _ = model.get_nb_trainable_parameters()  # a real fp32 CPU base: ranknum frozen
     ranknum = len(data["targets"]) * spec.num_layers if variant == "adalora" else 0
     assert data["trainable_params"] == trainable + ranknum
+    code, out, err = cli("inspect", str(tmp_path / "adapter"), "-m", str(tmp_path / "config.json"),
+                         "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["predicted"]["file_bytes"] == report["file_bytes"] == real
+    assert report["predicted"]["params"] == report["params"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import click
 
 from ..errors import LorasizeError
 from ..estimate import adapter_file_bytes
-from ..lora import LoraSpec, resolve_targets, trainable_params
+from ..lora import LoraSpec, resolve_targets
 from ..render import table
 from ..resolve import ADAPTER_CONFIG, read_adapter_config, resolve_model
 from ..safetensors_format import read_header
@@ -47,18 +48,21 @@ def inspect_adapter(path: str, model: str | None = None) -> dict:
         return report
     adapter = read_adapter_config(config_path)
     base = model or adapter.base_model
-    if not base or adapter.r is None or not adapter.targets:
+    r = adapter.r if adapter.r is not None else (8 if adapter.variant == "ia3" else None)
+    if not base or r is None or not adapter.targets:
         return report
     spec = resolve_model(base, "--model" if model else str(config_path))
-    lora = LoraSpec(r=adapter.r, targets=adapter.targets, dora=adapter.dora)
+    lora = LoraSpec(r=r, targets=adapter.targets, dora=adapter.dora, variant=adapter.variant)
     targets = resolve_targets(spec, lora)
-    lora_dtypes = Counter(t.dtype for t in tensors if ".lora_" in t.name)
+    lora_dtypes = Counter(t.dtype for t in tensors if not t.name.endswith("base_layer.weight"))
     save_dtype = _SAVE_DTYPES.get(lora_dtypes.most_common(1)[0][0], "fp32") if lora_dtypes else "fp32"
     head = next((t for t in tensors if t.name.endswith("lm_head.base_layer.weight")), None)
     head_dtype = _SAVE_DTYPES.get(head.dtype, "bf16") if head else "bf16"
     report["predicted"] = {
         "model": spec.name, "r": adapter.r, "targets": list(adapter.targets),
-        "params": trainable_params(targets, adapter.dora),
+        # What the file holds (AdaLoRA's ranknum trains but is not saved).
+        "params": sum(math.prod(shape) * t.copies for t in targets
+                      for name, shape in t.tensors(adapter.dora) if t.saved_key(name)),
         "file_bytes": adapter_file_bytes(spec, targets, save_dtype, adapter.dora, head_dtype),
         "dtype": save_dtype,
     }
