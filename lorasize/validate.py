@@ -25,6 +25,7 @@ from .errors import LorasizeError
 from .estimate import Calibration, estimate
 from .lora import LoraSpec, resolve_targets, trainable_params
 from .model import ModelSpec
+from .sharding import grad_accum_from_row, sharding_from_row
 from .specs import TrainSpec
 
 REQUIRED_COLUMNS = ("id", "source", "model", "task", "stack", "method", "base_precision",
@@ -197,8 +198,10 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
     metric = row["metric"].strip()
     if metric in ("estimate", "unknown", ""):
         raise Skip(f"metric '{metric or 'none'}' is not a measurement lorasize predicts")
-    if (row.get("num_gpus") or "1").strip() not in ("1", ""):
-        raise Skip("multi-GPU rows wait for sharding support")
+    try:
+        shard = sharding_from_row(row)
+    except LorasizeError as error:
+        raise Skip(str(error)) from None
     model = _model(row["model"])
     stack = row["stack"].strip()
     if stack not in ("hf-peft", "torchtune", "litgpt"):
@@ -246,10 +249,11 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
         attn=attn, stack=stack,
         # fms-acceleration's accelerated-peft-bnb plugin prepares the model without PEFT's fp32
         # upcasts (its notes say so); every other hf-peft QLoRA row uses the PEFT default.
-        kbit_prep=False if "accelerated-peft-bnb" in notes else None)
+        kbit_prep=False if "accelerated-peft-bnb" in notes else None,
+        grad_accum=grad_accum_from_row(row))
     if metric not in ("peak_allocated", "peak_reserved", "nvidia_smi"):
         raise Skip(f"metric '{metric}' is not one lorasize predicts")
-    return estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration)
+    return estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration, shard=shard)
 
 
 def _year(row: dict) -> int:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lorasize import LoraSpec, TrainSpec, estimate, gpu_from_catalog, resolve_model
+from lorasize.sharding import ShardSpec
 from lorasize.validate import REQUIRED_COLUMNS, summary, validate
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "measurements" / "measured.csv"
@@ -32,6 +33,9 @@ BASE = dict(source="test", model="Llama-3.2-3B", task="train", stack="hf-peft", 
 def test_rows_are_predicted_with_the_estimator(tmp_path):
     direct = estimate(resolve_model("llama3.2-3b"), LoraSpec(r=32, targets=("qv",)),
                       TrainSpec(batch_size=4, seq_len=768), gpu_from_catalog("l40s"))
+    sharded = estimate(resolve_model("llama3.2-3b"), LoraSpec(r=32, targets=("qv",)),
+                       TrainSpec(batch_size=4, seq_len=768), gpu_from_catalog("l40s"),
+                       shard=ShardSpec(2, "fsdp"))
     path = _write(tmp_path / "m.csv", [
         dict(BASE, id="a", value=str(direct.reserved_bytes)),
         dict(BASE, id="b", value=str(direct.reserved_bytes * 1.1)),
@@ -39,16 +43,20 @@ def test_rows_are_predicted_with_the_estimator(tmp_path):
         dict(BASE, id="d", value="1", num_gpus="4"),
         dict(BASE, id="e", value="1", model="NotAModel-9B"),
         dict(BASE, id="f", value="1", metric="estimate"),
+        dict(BASE, id="g", value=str(sharded.reserved_bytes), num_gpus="2",
+             notes="FSDP full shard over 2 GPUs"),
     ])
     rows = {r.id: r for r in validate(path)}
     assert rows["a"].rel_error == 0
+    # A multi-GPU row is predicted per GPU with the sharding its notes name.
+    assert rows["g"].rel_error == 0 and sharded.reserved_bytes < direct.reserved_bytes
     assert rows["b"].rel_error == pytest.approx(1 / 1.1 - 1, rel=1e-6)
     assert abs(rows["c"].rel_error) < 1e-9
-    assert "multi-GPU" in rows["d"].skipped
+    assert "without a named sharding" in rows["d"].skipped
     assert "not in the catalog" in rows["e"].skipped
     assert "estimate" in rows["f"].skipped
     stats = summary(list(rows.values()))
-    assert stats["compared"] == 3 and stats["skipped"] == 3
+    assert stats["compared"] == 4 and stats["skipped"] == 3
 
 
 def test_missing_column_is_one_line_exit_2(tmp_path, cli):
