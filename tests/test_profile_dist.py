@@ -267,3 +267,31 @@ def test_each_rank_reads_its_own_gpu_in_nvml():
     assert [nvml_index(i, "4,5,6,7") for i in range(4)] == [4, 5, 6, 7]
     assert nvml_index(1, None) == 1 and nvml_index(1, "") == 1
     assert nvml_index(0, "GPU-8f6e2c1a-0000") == 0
+
+
+def _forward_peaks(cli, model, out, *args) -> list[int]:
+    data = _profile(cli, model, out, "--steps", "1", *args)
+    return [r["phases"]["forward"]["peak_allocated_bytes"]
+            for r in data.get("ranks", [data["measurements"]])]
+
+
+def test_gradient_accumulation_holds_the_gradients_between_micro_batches(cli, tiny_model,
+                                                                         tmp_path):
+    """--grad-accum 2: the second micro-batch's forward runs with the first one's gradients
+    alive, exactly the trainable parameters' bytes more (fp32 adapters)."""
+    out = tmp_path / "profiles"
+    out.mkdir()
+    (one,), (two,) = (_forward_peaks(cli, tiny_model, out, "--grad-accum", n) for n in "12")
+    assert two - one == _numels("lora")[1] * FP32_BYTES
+
+
+@pytest.mark.slow
+def test_fsdp_gradient_accumulation_holds_unsharded_gradients(cli, tiny_model, tmp_path):
+    """Under FSDP2 with gradient sync off between micro-batches (as no_sync), each rank keeps
+    the whole model's gradients, not its shard."""
+    out = tmp_path / "profiles"
+    out.mkdir()
+    flags = ("--gpus", "2", "--sharding", "fsdp")
+    one = _forward_peaks(cli, tiny_model, out, *flags)
+    two = _forward_peaks(cli, tiny_model, out, *flags, "--grad-accum", "2")
+    assert [b - a for a, b in zip(one, two)] == [_numels("lora")[1] * FP32_BYTES] * 2

@@ -149,6 +149,28 @@ def _wrap(network, sharding: str, cuda: bool, local_rank: int, world: int):
     return network
 
 
+def _no_sync(network, sharding: str):
+    """Gradient accumulation as the training loops do it: gradients are reduced on the last
+    micro-batch only (DDP's ``no_sync``; FSDP2's ``set_requires_gradient_sync``, which keeps
+    unsharded gradients until then)."""
+    state: dict = {}
+
+    def ddp(final: bool) -> None:
+        if final:
+            if state.pop("context", None) is not None:
+                state["exit"]()
+            return
+        if "context" not in state:
+            context = network.no_sync()
+            context.__enter__()
+            state.update(context=context, exit=lambda: context.__exit__(None, None, None))
+
+    def fsdp(final: bool) -> None:
+        network.set_requires_gradient_sync(final)
+
+    return ddp if sharding == "ddp" else fsdp
+
+
 def _rank_measure(job: dict, rank: int, local_rank: int, world: int) -> dict:
     import torch
 
@@ -182,8 +204,9 @@ def _rank_measure(job: dict, rank: int, local_rank: int, world: int) -> dict:
     ids = torch.randint(0, model.vocab_size, (train.batch_size, train.seq_len), device=device)
     optimizer = _optimizer(train, [p for p in network.parameters() if p.requires_grad])
     step_times = run_steps(network, optimizer, ids, backend, measurements, job["steps"],
-                           job["warmup"], sync=torch.cuda.synchronize if cuda else None)
-    finish(measurements, step_times, train.tokens)
+                           job["warmup"], sync=torch.cuda.synchronize if cuda else None,
+                           grad_accum=train.grad_accum, no_sync=_no_sync(network, job["sharding"]))
+    finish(measurements, step_times, train.tokens * train.grad_accum)
     return {"rank": rank, "local_rank": local_rank, "status": "oom" if measurements["oom"] else "ok",
             "device": _device(backend, local_rank), **measurements}
 
@@ -207,7 +230,8 @@ def _combine(job: dict, ranks: list[dict], versions: dict, device: dict) -> dict
     measurements["load_seconds"] = max(r.get("load_seconds", 0.0) for r in ranks)
     if not oom and all("step_seconds" in r for r in ranks):
         step = max(r["step_seconds"] for r in ranks)
-        tokens = job["train"]["batch_size"] * job["train"]["seq_len"] * len(ranks)
+        train = job["train"]
+        tokens = train["batch_size"] * train["seq_len"] * train.get("grad_accum", 1) * len(ranks)
         measurements.update(step_seconds=step, tokens_per_s=round(tokens / step, 3))
     config = {k: job[k] for k in ("model", "lora", "train", "steps", "warmup", "gpus", "sharding")}
     return {"schema_version": SCHEMA_VERSION, "versions": versions, "device": device,

@@ -83,7 +83,8 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
         torch.cuda.memory._record_memory_history(max_entries=100_000)
     try:
         step_times = run_steps(network, optimizer, ids, backend, measurements, steps, warmup,
-                               sync=torch.cuda.synchronize if device == "cuda" else None)
+                               sync=torch.cuda.synchronize if device == "cuda" else None,
+                               grad_accum=train.grad_accum)
     finally:
         if memory_snapshot:
             torch.cuda.memory._dump_snapshot(memory_snapshot)
@@ -96,19 +97,22 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
     network = optimizer = None
     if device == "cuda":
         torch.cuda.empty_cache()
-    finish(measurements, step_times, train.tokens)
+    finish(measurements, step_times, train.tokens * train.grad_accum)
     return {"schema_version": SCHEMA_VERSION, "versions": _versions(backend),
             "device": _device(backend), "config": config, "measurements": measurements}
 
 
 def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, warmup: int,
-              sync=None) -> list[float]:
+              sync=None, grad_accum: int = 1, no_sync=None) -> list[float]:
     """Run ``warmup + steps`` training steps, each phase measured by ``backend``.
 
-    Fills ``measurements``: ``phases`` (per-phase peaks over the measured steps), ``oom``,
-    ``steady_bytes`` (bytes live between measured steps: weights, optimizer state and whatever
-    else persists), and the backend's summary. ``sync`` runs after each phase before it is
-    measured (a device synchronize). Returns the measured steps' durations in seconds.
+    Each step runs ``grad_accum`` micro-batches (forward and backward, gradients accumulating)
+    before the optimizer; ``no_sync(final)`` is called before each micro-batch (data parallel:
+    gradients are reduced on the last one only). Fills ``measurements``: ``phases`` (per-phase
+    peaks over the measured steps), ``oom``, ``steady_bytes`` (bytes live between measured steps:
+    weights, optimizer state and whatever else persists), and the backend's summary. ``sync``
+    runs at the end of each step (a device synchronize). Returns the measured steps' durations
+    in seconds.
     """
     import torch
 
@@ -116,13 +120,18 @@ def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, 
 
     step_times: list[float] = []
     backend.start()
+    schedule = [phase for _ in range(grad_accum) for phase in PHASES[:2]] + [PHASES[2]]
     try:
         with backend.context(), quiet():
             for step in range(warmup + steps):
                 begin = time.perf_counter()
-                for phase in PHASES:
+                micro = 0
+                for phase in schedule:
                     backend.begin_phase(phase)
                     if phase == "forward":
+                        micro += 1
+                        if no_sync is not None:
+                            no_sync(micro == grad_accum)
                         loss = network(input_ids=ids, labels=ids).loss
                     elif phase == "backward":
                         loss.backward()
