@@ -112,6 +112,9 @@ def calibrate_from_measurements(csv_path: str | Path) -> tuple[Calibration, dict
         metric = row["metric"].strip()
         if metric not in ("peak_reserved", "nvidia_smi") or row["stack"].strip() != "hf-peft":
             continue
+        # Several GPUs add NCCL buffers outside torch that would be fitted as CUDA context.
+        if (row.get("num_gpus") or "1").strip() not in ("1", ""):
+            continue
         try:
             measured = measured_bytes(row["value"], row["unit"])
             result = row_estimate(row, zero)
