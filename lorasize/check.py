@@ -47,7 +47,8 @@ _SPEC_KEYS: dict[str, tuple[str, object]] = {
     "dtype": ("str", "bf16"), "optimizer": ("str", "adamw"), "batch_size": ("int", 1),
     "seq_len": ("int", 512), "grad_checkpointing": ("bool", None), "attn": ("str", "sdpa"),
     "stack": ("str", "hf-peft"), "kbit_prep": ("bool", None), "gpu": ("str", None),
-    "gpu_mem": ("str", None),
+    "gpu_mem": ("str", None), "adapter_train_dtype": ("str", None), "grad_accum": ("int", 1),
+    "gpus": ("int", 1), "sharding": ("str", "none"), "offload": ("str", "none"),
 }
 _OTHER_KEYS = ("budget", "baseline", "baseline_trace", "description")
 _FITS = re.compile(r"^fits(?:\s+(?P<gpu>[\w.\-]+?))?(?:\s+with\s+(?P<headroom>.+?)\s+headroom)?$",
@@ -96,6 +97,7 @@ class Scenario:
     baselines: dict[str, Baseline]
     node: object = field(compare=False, repr=False)
     lines: dict[str, int] = field(default_factory=dict)  # field -> line, for messages
+    shard: object | None = None  # lorasize.sharding.ShardSpec; None: one GPU
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,7 @@ def _scenario(name: str, name_node, node, path: str, tolerance: float | None) ->
     from .gpu import GpuSpec
     from .lora import LoraSpec, split_targets
     from .resolve import resolve_model
+    from .sharding import ShardSpec
     from .specs import TrainSpec
 
     fields = {}
@@ -279,7 +282,10 @@ def _scenario(name: str, name_node, node, path: str, tolerance: float | None) ->
             double_quant=p["double_quant"], dtype=p["dtype"].lower(),
             optimizer=p["optimizer"].lower(), batch_size=p["batch_size"], seq_len=p["seq_len"],
             grad_checkpointing=p["grad_checkpointing"], attn=p["attn"].lower(),
-            kbit_prep=p["kbit_prep"], stack=p["stack"].lower())
+            kbit_prep=p["kbit_prep"], stack=p["stack"].lower(),
+            adapter_train_dtype=p["adapter_train_dtype"].lower() if p["adapter_train_dtype"] else None,
+            grad_accum=p["grad_accum"])
+        shard = ShardSpec(p["gpus"], p["sharding"].lower(), p["offload"].lower())
         gpu = gpu_from_catalog(p["gpu"]) if p["gpu"] else None
         if p["gpu_mem"]:
             try:
@@ -302,7 +308,8 @@ def _scenario(name: str, name_node, node, path: str, tolerance: float | None) ->
     if gpu is None:  # a 'fits' budget's GPU is the one the estimate reports against
         gpu = next((b.gpu for b in budgets if b.gpu is not None), None)
     return Scenario(name=name, line=ye.line(name_node), model=model, lora=lora, train=train,
-                    gpu=gpu, budgets=budgets, baselines=baselines, node=node, lines=lines)
+                    gpu=gpu, budgets=budgets, baselines=baselines, node=node, lines=lines,
+                    shard=shard)
 
 
 def _located(error: LorasizeError, path: str, scenario: str, line: int,
@@ -416,7 +423,7 @@ def measure(budgets: BudgetsFile, mode: str = "estimate") -> dict[str, Measured]
     estimates = {}
     for s in budgets.scenarios:
         try:
-            estimates[s.name] = estimate(s.model, s.lora, s.train, gpu=s.gpu)
+            estimates[s.name] = estimate(s.model, s.lora, s.train, gpu=s.gpu, shard=s.shard)
         except LorasizeError as exc:
             raise _located(exc, budgets.path, s.name, s.line, s.lines) from None
     if mode == "estimate":
@@ -440,13 +447,21 @@ def measure(budgets: BudgetsFile, mode: str = "estimate") -> dict[str, Measured]
 def _matches(scenario: Scenario, profile: dict) -> bool:
     from dataclasses import asdict
 
+    from .sharding import ShardSpec
+    from .specs import TrainSpec
+
     config = profile["config"]
     lora = dict(config["lora"], targets=list(config["lora"]["targets"]))
     wanted = dict(asdict(scenario.lora), targets=list(scenario.lora.targets))
     same_model = (config["model"].get("hf_config") == scenario.model.hf_config
                   or config["model"].get("name") == scenario.model.name)
     same_lora = all(lora.get(k) == wanted[k] for k in ("r", "targets", "dropout", "dora", "variant"))
-    return same_model and same_lora and config["train"] == asdict(scenario.train)
+    # Profiles written before a TrainSpec field existed hold its default.
+    train = {**asdict(TrainSpec()), **config["train"]}
+    shard = scenario.shard or ShardSpec()
+    same_gpus = (config.get("gpus", 1) == shard.gpus
+                 and config.get("sharding", "none") == shard.sharding and shard.offload == "none")
+    return same_model and same_lora and same_gpus and train == asdict(scenario.train)
 
 
 def measure_profiles(budgets: BudgetsFile, folder: str) -> dict[str, Measured]:
@@ -473,7 +488,8 @@ def measure_profiles(budgets: BudgetsFile, folder: str) -> dict[str, Measured]:
             raise LorasizeError(f"no profile in {folder} matches scenario '{scenario.name}' (run "
                                 f"lorasize profile with its flags)", source="--from-profiles")
         figures = found[-1]["measurements"]
-        e = estimate(scenario.model, scenario.lora, scenario.train, gpu=scenario.gpu)
+        e = estimate(scenario.model, scenario.lora, scenario.train, gpu=scenario.gpu,
+                     shard=scenario.shard)
         allocated = int(figures["peak_allocated_bytes"])
         reserved = figures.get("peak_reserved_bytes")
         device = figures.get("device_peak_bytes")
@@ -494,6 +510,11 @@ def _trace(budgets: BudgetsFile) -> list[dict]:
     except ImportError:
         raise LorasizeError("the trace tier is not part of this installation of lorasize; use "
                             "--mode estimate", source="--mode trace") from None
+    for scenario in budgets.scenarios:
+        if scenario.shard is not None and scenario.shard.gpus > 1:
+            raise LorasizeError(f"scenario '{scenario.name}': the trace runs one process; check "
+                                f"multi-GPU scenarios with --mode estimate or --from-profiles",
+                                source=f"{budgets.path}:{scenario.line}")
     outcomes = trace_tier.trace_many([(s.model, s.lora, s.train) for s in budgets.scenarios])
     for scenario, outcome in zip(budgets.scenarios, outcomes):
         if not outcome["ok"]:

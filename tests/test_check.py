@@ -135,6 +135,10 @@ BAD_FILES = [
     ("scenarios:\n  a: {model: gpt2, budget: fits h100}\n  a: {model: gpt2}\n", 3, "given twice"),
     ("scenarios:\n  a:\n    model: [gpt2\n", 4, "not valid YAML"),
     ("tolerance: 1%\nscenario:\n  a: {model: gpt2}\n", 2, "unknown top-level key 'scenario'"),
+    ("scenarios:\n  a:\n    model: pythia-1b\n    gpus: 2\n    sharding: zero9\n"
+     "    budget: fits h100\n", 5, "sharding: 'zero9' is not one of"),
+    ("scenarios:\n  a:\n    model: pythia-1b\n    grad_accum: 0\n    budget: fits h100\n", 4,
+     "grad_accum: must be a positive integer"),
 ]
 
 
@@ -306,3 +310,29 @@ def test_from_profiles_judges_measured_runs(tmp_path):
                            f"    seq_len: 32\n    budget: train_allocated <= {limit}\n")
         code, out, err = run_cli("check", str(budgets), "--from-profiles", str(profiles))
         assert code == expected, (out, err)
+    # The one-process profile is not a measurement of the same step on two FSDP ranks.
+    budgets.write_text(budgets.read_text().replace("    budget:", "    gpus: 2\n    sharding: fsdp\n"
+                                                   "    budget:"))
+    code, _, err = run_cli("check", str(budgets), "--from-profiles", str(profiles))
+    assert code == 2 and "no profile" in err
+
+
+def test_multi_gpu_scenarios_are_judged_per_gpu(tmp_path):
+    """A scenario's gpus/sharding/offload reach the estimate: full fine-tuning of Llama-2-7B
+    does not fit one A100-40GB, and fits each of 8 under ZeRO-3 at the per-GPU figure."""
+    import json
+
+    from lorasize import TrainSpec, estimate, resolve_model
+    from lorasize.sharding import ShardSpec
+
+    text = ("scenarios:\n  big:\n    model: llama2-7b\n    method: full\n    seq_len: 1024\n"
+            "    grad_accum: 4\n{extra}    budget: fits a100-40gb\n")
+    code, out, _ = run_cli("check", str(write(tmp_path, text.format(extra=""))), "--json")
+    assert code == 1
+    code, out, err = run_cli("check", str(write(tmp_path, text.format(
+        extra="    gpus: 8\n    sharding: zero3\n"))), "--json")
+    assert code == 0, err
+    expected = estimate(resolve_model("llama2-7b"), train=TrainSpec(method="full", seq_len=1024,
+                                                                     grad_accum=4),
+                        shard=ShardSpec(8, "zero3"))
+    assert json.loads(out)["results"][0]["value_bytes"] == expected.peak_bytes
