@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_cli
@@ -83,6 +83,8 @@ SMALL_MODELS = ["llama2-7b", "llama3-8b", "mistral-7b", "qwen2.5-7b", "gemma-7b"
        method=st.sampled_from(["lora", "qlora"]), ckpt=st.booleans(),
        attn=st.sampled_from(["sdpa", "eager"]),
        optimizer=st.sampled_from(["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor"]))
+@example(model="gpt2", r=5, bump=1, batch=1, seq=1, targets=("qv",), method="lora", ckpt=False,
+         attn="sdpa", optimizer="adamw-8bit")  # A crosses min_8bit_size
 def test_memory_never_decreases(model, r, bump, batch, seq, targets, method, ckpt, attn, optimizer):
     spec = resolve_model(model)
 
@@ -90,11 +92,19 @@ def test_memory_never_decreases(model, r, bump, batch, seq, targets, method, ckp
         train = TrainSpec(method=method, batch_size=batch, seq_len=seq, grad_checkpointing=ckpt,
                           attn=attn, optimizer=optimizer)
         e = estimate(spec, LoraSpec(r=r, targets=targets), train)
-        return e.allocated_bytes, e.reserved_bytes, e.peak_bytes
+        return e.allocated_bytes, e.reserved_bytes, e.peak_bytes, e.breakdown["optimizer"]
 
     base = peak(r, batch, seq)
     # A larger paged tensor (1e5 elements or more) leaves torch's allocator for unified memory,
     # so with paged optimizers only the device total must grow.
     levels = slice(2, 3) if optimizer.startswith("paged-") else slice(0, 3)
-    for bigger in (peak(r + bump, batch, seq), peak(r, batch + 1, seq), peak(r, batch, seq + bump)):
+    for bigger in (peak(r, batch + 1, seq), peak(r, batch, seq + bump)):
         assert all(b >= a for a, b in zip(base[levels], bigger[levels]))
+    wider = peak(r + bump, batch, seq)
+    if optimizer.endswith("-8bit"):
+        # bitsandbytes keeps fp32 state for tensors under 4096 elements (min_8bit_size): a larger
+        # rank can carry A or B into 8-bit state and shrink the optimizer (GPT-2 q,v: A of r=5 is
+        # 3,840 elements, fp32; r=6 is 4,608, 8-bit). Everything else must still grow.
+        assert wider[0] - wider[3] >= base[0] - base[3]
+    else:
+        assert all(b >= a for a, b in zip(base[levels], wider[levels]))
