@@ -54,7 +54,8 @@ def _title(e: Estimate) -> str:
         kind = {"lora": "DoRA" if e.lora.dora else "LoRA", "rslora": "rsLoRA", "lora-fa": "LoRA-FA",
                 "vera": "VeRA", "loraplus": "DoRA+" if e.lora.dora else "LoRA+",
                 "adalora": "AdaLoRA", "loha": "LoHa", "lokr": "LoKr", "ia3": "IA3"}[e.lora.variant]
-        what = f"{kind} r={e.lora.r} on {names}{quant}"
+        rank = "" if e.lora.variant == "ia3" else f" r={e.lora.r}"  # IA3 trains vectors: no rank
+        what = f"{kind}{rank} on {names}{quant}"
     ckpt = ", gradient checkpointing" if train.checkpointing else ""
     return (f"{e.model.name}: {what}\n{train.dtype}, {train.optimizer}, batch {train.batch_size} x "
             f"{train.seq_len} tokens, {train.attn} attention{ckpt}")
@@ -70,7 +71,8 @@ def render_estimate(e: Estimate) -> str:
     if e.adapter_file_bytes:
         params.append(("adapter file (safetensors)", format_bytes(e.adapter_file_bytes)))
     out += [table(params), ""]
-    rows = [(_LABELS[k], f"{v:,}", format_bytes(v, "GiB")) for k, v in e.breakdown.items() if v]
+    labels = dict(_LABELS, weights="model weights (trained)") if e.train.method == "full" else _LABELS
+    rows = [(labels[k], f"{v:,}", format_bytes(v, "GiB")) for k, v in e.breakdown.items() if v]
     levels = [
         ("allocated  (max_memory_allocated)", e.allocated_bytes),
         ("reserved   (max_memory_reserved)", e.reserved_bytes),

@@ -196,3 +196,11 @@ def test_python_dash_m():
     done = subprocess.run([sys.executable, "-m", "lorasize", "estimate", "-m", "gpt2", "--json"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and json.loads(done.stdout)["base_params"] == 124_439_808
+
+
+def test_labels_follow_the_method(cli):
+    """Full fine-tuning trains the weights; IA3 trains vectors and has no rank."""
+    _, out, _ = cli("estimate", "-m", "gpt2", "--method", "full")
+    assert "model weights (trained)" in out and "frozen base weights" not in out
+    _, out, _ = cli("estimate", "-m", "gpt2", "--variant", "ia3", "-t", "all")
+    assert "IA3 on" in out.splitlines()[0] and "r=" not in out.splitlines()[0]
