@@ -52,11 +52,14 @@ class Calibration:
         reserve_fraction: reserved bytes above the allocated peak, per byte of memory that comes
             and goes in a step (activations, logits, temporaries).
         source: where the numbers come from.
+        mfu: model FLOPs utilisation of training steps (step time), fitted from GPU profiles;
+            None: :data:`lorasize.timing.DEFAULT_MFU`.
     """
 
     cuda_context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES
     reserve_fraction: float = DEFAULT_RESERVE_FRACTION
     source: str = "built-in defaults (allocator.py)"
+    mfu: float | None = None
 
 
 @dataclass(frozen=True)

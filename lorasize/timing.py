@@ -93,6 +93,23 @@ def flops_per_token(model: ModelSpec, targets: tuple[Target, ...], train: TrainS
     return forward + backward + recompute + 6 * lora
 
 
+def peak_compute_seconds(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
+                         gpu: GpuSpec) -> float:
+    """Seconds one micro-batch's FLOPs take at the GPU's peak bf16 throughput (MFU 1)."""
+    return train.tokens * flops_per_token(model, targets, train) / (gpu.bf16_tflops * 1e12)
+
+
+def dequant_seconds(model: ModelSpec, train: TrainSpec, gpu: GpuSpec) -> float:
+    """Seconds per micro-batch spent dequantizing the 4-bit weights (memory-bound: once in
+    forward, once in backward, once more in the recomputed forward); 0 without a quantized base
+    or a known bandwidth."""
+    if not (train.quantized and gpu.bandwidth_gbps):
+        return 0.0
+    quantized = model.num_layers * sum(m.weight_numel for m in block_linears(model) if m.quantizable)
+    passes = 3 if train.checkpointing else 2
+    return passes * quantized * DEQUANT_BYTES_PER_WEIGHT / (gpu.bandwidth_gbps * 1e9)
+
+
 def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, gpu: GpuSpec,
                   mfu: float = DEFAULT_MFU, dataset_tokens: int | None = None, epochs: float = 1.0,
                   usd_per_gpu_hour: float | None = None) -> TrainingTime | None:
@@ -100,13 +117,7 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
     if not gpu.bf16_tflops:
         return None
     per_token = flops_per_token(model, targets, train)
-    compute_s = train.tokens * per_token / (gpu.bf16_tflops * 1e12 * mfu)
-    dequant_s = 0.0
-    if train.quantized and gpu.bandwidth_gbps:
-        quantized = model.num_layers * sum(m.weight_numel for m in block_linears(model) if m.quantizable)
-        passes = 3 if train.checkpointing else 2
-        dequant_s = passes * quantized * DEQUANT_BYTES_PER_WEIGHT / (gpu.bandwidth_gbps * 1e9)
-    step = compute_s + dequant_s
+    step = peak_compute_seconds(model, targets, train, gpu) / mfu + dequant_seconds(model, train, gpu)
     tokens_per_s = train.tokens / step
     hours = usd = steps = None
     if dataset_tokens:

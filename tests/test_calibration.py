@@ -35,14 +35,17 @@ def test_too_few_rows_keep_the_defaults():
 
 def test_file_round_trip_and_errors(tmp_path):
     path = tmp_path / "c.json"
-    write_calibration(Calibration(cuda_context_bytes=123 * 2**20, reserve_fraction=0.3), path)
+    write_calibration(Calibration(cuda_context_bytes=123 * 2**20, reserve_fraction=0.3, mfu=0.42),
+                      path)
     loaded = load_calibration(path)
-    assert (loaded.cuda_context_bytes, loaded.reserve_fraction) == (123 * 2**20, 0.3)
+    assert (loaded.cuda_context_bytes, loaded.reserve_fraction, loaded.mfu) == (123 * 2**20, 0.3, 0.42)
     for data, field in (({"schema_version": 9}, "schema_version"),
                         ({"schema_version": 1, "cuda_context_bytes": -1, "reserve_fraction": 0.1},
                          "cuda_context_bytes"),
                         ({"schema_version": 1, "cuda_context_bytes": 1, "reserve_fraction": 2},
-                         "reserve_fraction")):
+                         "reserve_fraction"),
+                        ({"schema_version": 1, "cuda_context_bytes": 1, "reserve_fraction": 0.1,
+                          "mfu": 1.5}, "mfu")):
         path.write_text(json.dumps(data))
         with pytest.raises(LorasizeError, match=field):
             load_calibration(path)
@@ -84,17 +87,28 @@ def test_gpu_profiles_feed_the_fit(tmp_path, cli):
     from lorasize.profile import write_profile
     from lorasize.profile.schema import SCHEMA_VERSION
 
+    from lorasize import gpu_from_catalog
+    from lorasize.timing import dequant_seconds, peak_compute_seconds
+
     spec = resolve_model("llama3.2-1b")
     zero = Calibration(0, 0.0)
-    for index, (r, seq) in enumerate(((8, 512), (16, 1024), (64, 2048))):
-        lora, train = LoraSpec(r=r, targets=("all",)), TrainSpec(seq_len=seq)
+    l4 = gpu_from_catalog("NVIDIA L4")  # the name torch.cuda.get_device_name() prints
+    runs = ((8, 512, "lora"), (16, 1024, "qlora"), (64, 2048, "lora"))
+    seconds_of = []
+    for index, (r, seq, method) in enumerate(runs):
+        lora, train = LoraSpec(r=r, targets=("all",)), TrainSpec(seq_len=seq, method=method)
         e = estimate(spec, lora, train, calibration=zero)
+        # Steps that ran at 37% of the L4's peak, plus the QLoRA run's dequantization.
+        seconds = (peak_compute_seconds(spec, e.targets, train, l4) / 0.37
+                   + dequant_seconds(spec, train, l4))
+        seconds_of.append(seconds)
         profile = {
             "schema_version": SCHEMA_VERSION, "versions": {"torch": "2.13.0"},
             "device": {"kind": "cuda", "name": "NVIDIA L4", "memory_bytes": 24 * 2**30},
             "config": {"model": {"name": spec.name, "hf_config": spec.hf_config},
                        "lora": asdict(lora), "train": asdict(train), "steps": 3},
-            "measurements": {"oom": False, "phases": {}, "step_seconds": 1.0, "tokens_per_s": 1.0,
+            "measurements": {"oom": False, "phases": {}, "step_seconds": seconds,
+                             "tokens_per_s": train.tokens / seconds,
                              "peak_allocated_bytes": e.allocated_bytes,
                              "peak_reserved_bytes": e.allocated_bytes + e.dynamic_bytes // 4,
                              "device_peak_bytes": e.allocated_bytes + e.dynamic_bytes // 4 + 600 * 2**20,
@@ -106,3 +120,15 @@ def test_gpu_profiles_feed_the_fit(tmp_path, cli):
     fitted = load_calibration(tmp_path / "c.json")
     assert fitted.reserve_fraction == pytest.approx(0.25, abs=1e-4)
     assert fitted.cuda_context_bytes == pytest.approx(600 * 2**20, rel=0.01)
+    assert fitted.mfu == pytest.approx(0.37, abs=1e-4)
+    # The calibrated estimate gives the QLoRA run's measured throughput back; --mfu overrides.
+    args = ("estimate", "-m", "llama3.2-1b", "--method", "qlora", "-r", "16", "-t", "all", "-s",
+            "1024", "--gpu", "l4", "--json")
+    code, out, _ = cli(*args, "--calibration", str(tmp_path / "c.json"))
+    timing = json.loads(out)["time"]
+    assert timing["mfu"] == pytest.approx(0.37, abs=1e-4)
+    assert timing["tokens_per_s"] == pytest.approx(1024 / seconds_of[1], rel=1e-3)
+    _, out, _ = cli(*args, "--calibration", str(tmp_path / "c.json"), "--mfu", "0.2")
+    assert json.loads(out)["time"]["mfu"] == 0.2
+    _, out, _ = cli(*args)
+    assert json.loads(out)["time"]["mfu"] == 0.5  # the shipped calibration has no profiles

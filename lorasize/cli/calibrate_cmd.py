@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import click
 
 from pathlib import Path
 
-from ..calibration import calibrate_from_measurements, fit, profile_points, write_calibration
+from ..calibration import (calibrate_from_measurements, fit, fit_mfu, mfu_points, profile_points,
+                           write_calibration)
 from ..errors import LorasizeError
 from ..profile.schema import load_profiles
 from ..units import format_bytes
@@ -20,8 +22,9 @@ from ..units import format_bytes
 @click.option("--profiles", "-p", metavar="DIR", help="A folder of profile files (lorasize profile).")
 @click.option("--out", "-o", required=True, metavar="FILE", help="Calibration file to write.")
 def calibrate(measurements: str | None, profiles: str | None, out: str) -> int:
-    """Fit the CUDA context and allocator-reserve terms from measurements and write a
-    calibration file that `estimate --calibration` reads.
+    """Fit the CUDA context and allocator-reserve terms from measurements, and the model FLOPs
+    utilisation from GPU profiles, and write a calibration file that `estimate --calibration`
+    reads.
 
     \b
     Example:
@@ -29,23 +32,29 @@ def calibrate(measurements: str | None, profiles: str | None, out: str) -> int:
     """
     if not measurements and not profiles:
         raise LorasizeError("give --measurements CSV and/or --profiles DIR", source="--measurements")
-    reserved, device, rows = [], [], []
+    reserved, device, rows, times = [], [], [], []
     if measurements:
         _, report = calibrate_from_measurements(measurements)
         reserved += report["points_reserved"]
         device += report["points_device"]
         rows += report["rows"]
     if profiles:
-        more_reserved, more_device, names = profile_points(load_profiles(profiles))
+        loaded = load_profiles(profiles)
+        more_reserved, more_device, names = profile_points(loaded)
+        times, timed = mfu_points(loaded)
+        rows += [f"profile-time:{n}" for n in timed]
         reserved += more_reserved
         device += more_device
         rows += [f"profile:{n}" for n in names]
     sources = " and ".join(x for x in (measurements and Path(measurements).name, profiles) if x)
     calibration, report = fit(reserved, device, f"fitted from {sources}")
+    calibration = replace(calibration, mfu=fit_mfu(times))
     report["rows"] = rows
+    report["mfu_rows"] = len(times)
     write_calibration(calibration, out, report)
     click.echo(f"wrote {out}: reserve_fraction {calibration.reserve_fraction:g} "
                f"({report['reserved_rows']} rows), cuda_context {format_bytes(calibration.cuda_context_bytes)} "
-               f"({report['device_rows']} rows)")
+               f"({report['device_rows']} rows), mfu "
+               f"{'default' if calibration.mfu is None else f'{calibration.mfu:g}'} ({len(times)} rows)")
     click.echo(json.dumps({"rows": report["rows"]}))
     return 0

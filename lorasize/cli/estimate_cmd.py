@@ -181,7 +181,9 @@ def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
     each works through its share of the tokens (hours are wall-clock, the cost is all GPUs')."""
     from ..timing import DEFAULT_MFU, training_time
 
-    mfu = p.get("mfu") if p.get("mfu") is not None else DEFAULT_MFU
+    # --mfu, else the calibration's (fitted from GPU profiles), else the built-in default.
+    calibrated = result.calibration.mfu if result.calibration is not None else None
+    mfu = next(m for m in (p.get("mfu"), calibrated, DEFAULT_MFU) if m is not None)
     if not 0 < mfu <= 1:
         raise LorasizeError(f"must be in (0, 1], got {mfu}", source="--mfu")
     for flag in ("dataset_tokens", "epochs", "usd_per_gpu_hour"):

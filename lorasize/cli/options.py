@@ -114,7 +114,8 @@ def gpu_options(func):
         click.option("--usd-per-gpu-hour", type=float, default=None,
                      help="Price of one GPU-hour, for the cost of the run."),
         click.option("--mfu", type=float, default=None,
-                     help="Model FLOPs utilisation for step time. [default: 0.5, fitted]"),
+                     help="Model FLOPs utilisation for step time. [default: the calibration's, "
+                     "fitted from GPU profiles, else 0.5]"),
         click.option("--calibration", metavar="FILE",
                      help="Calibration file from 'lorasize calibrate'. [default: the shipped one]"),
     ])(func)
