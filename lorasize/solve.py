@@ -50,8 +50,9 @@ def _upper(field: str, model: ModelSpec) -> int:
 
 
 def solve(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec, field: str,
-          headroom: float = 0.0) -> tuple[int | None, Estimate]:
-    """The largest value of ``field`` whose estimate fits ``gpu`` with ``headroom`` to spare.
+          headroom: float = 0.0, shard: ShardSpec | None = None) -> tuple[int | None, Estimate]:
+    """The largest value of ``field`` whose estimate fits ``gpu`` with ``headroom`` to spare
+    (per GPU under ``shard``, when given).
 
     Returns:
         (value, estimate at that value); value is None when even 1 does not fit, and the
@@ -68,7 +69,7 @@ def solve(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec, fiel
 
     def at(value: int) -> Estimate:
         spec_lora, spec_train = _with(field, value, lora, train)
-        return estimate(model, spec_lora, spec_train, gpu=gpu)
+        return estimate(model, spec_lora, spec_train, gpu=gpu, shard=shard)
 
     lowest = at(1)
     if lowest.peak_bytes > limit:

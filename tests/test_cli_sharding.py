@@ -74,3 +74,24 @@ def test_hours_split_over_gpus_and_cost_counts_them_all(cli):
     four = json.loads(cli(*base, "--gpus", "4", "--sharding", "ddp")[1])["time"]
     assert four["hours"] == pytest.approx(one["hours"] / 4, abs=1e-3)
     assert four["usd"] == pytest.approx(one["usd"], abs=0.02)
+
+
+def test_fit_solves_per_gpu(cli):
+    """Full fine-tuning of Llama-3-8B fits no A100-40GB alone; on 8 under ZeRO-3 the solved
+    sequence length fits per GPU and one more token does not."""
+    from lorasize import TrainSpec, estimate, gpu_from_catalog, resolve_model
+    from lorasize.sharding import ShardSpec
+
+    args = ("fit", "-m", "llama3-8b", "--method", "full", "--gpu", "a100-40gb", "--solve",
+            "seq-len", "--json")
+    code, out, _ = cli(*args)
+    assert code == 1 and json.loads(out)["solved"] is None
+    code, out, err = cli(*args, "--gpus", "8", "--sharding", "zero3")
+    assert code == 0, err
+    solved = json.loads(out)["solved"]
+    gpu, shard = gpu_from_catalog("a100-40gb"), ShardSpec(8, "zero3")
+    above = estimate(resolve_model("llama3-8b"), train=TrainSpec(method="full", seq_len=solved + 1),
+                     gpu=gpu, shard=shard)
+    assert above.peak_bytes > gpu.memory_bytes
+    code, _, err = cli(*args, "--gpus", "8")
+    assert code == 2 and err.startswith("lorasize: error: --sharding")

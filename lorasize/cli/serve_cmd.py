@@ -14,12 +14,13 @@ from ..hotswap import (DEFAULT_DISK_BYTES_PER_S, DEFAULT_H2D_BYTES_PER_S, DEFAUL
                        DEFAULT_SEED, parse_traffic, simulate_lru, smallest_slots, swap_seconds)
 from ..render import render_estimate, table
 from ..resolve import resolve_model
+from ..sharding import ShardSpec
 from ..solve import SOLVABLE, solve
 from ..specs import ENGINES, ServeSpec, TrainSpec
 from ..units import format_bytes
 from ..weights import static_bytes
 from .estimate_cmd import build_gpu, build_specs
-from .options import lora_options, model_options, output_options, train_options
+from .options import lora_options, model_options, output_options, shard_options, train_options
 
 
 def _require_gpu(p: dict):
@@ -232,6 +233,7 @@ def _render_serve(d: dict) -> str:
 @lora_options
 @train_options
 @_gpu_options
+@shard_options
 @click.option("--solve", "field", type=click.Choice(SOLVABLE), required=True,
               help="The value to maximise.")
 @click.option("--headroom", type=float, default=0.0, show_default=True,
@@ -239,18 +241,21 @@ def _render_serve(d: dict) -> str:
 @output_options
 @click.pass_context
 def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> int:
-    """Find the largest batch size, sequence length or rank that fits the GPU.
+    """Find the largest batch size, sequence length or rank that fits the GPU (each of
+    --gpus GPUs under --sharding).
 
     Exits 1 when even 1 does not fit.
 
     \b
     Example:
       lorasize fit --model llama3-8b --method qlora --r 16 --targets all --gpu rtx-4090 --solve seq-len
+      lorasize fit --model llama3-8b --method full --gpu a100-40gb --gpus 8 --sharding zero3 --solve seq-len
     """
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
     gpu = _require_gpu(p)
-    value, result = solve(model, lora, train, gpu, field, headroom)
+    shard = ShardSpec(p["gpus"], (p["sharding"] or "none").lower(), p["offload"].lower())
+    value, result = solve(model, lora, train, gpu, field, headroom, shard)
     if as_json:
         click.echo(json.dumps({"field": field, "solved": value, "headroom": headroom,
                                "estimate": result.to_dict()}, indent=2))
