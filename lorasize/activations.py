@@ -307,6 +307,32 @@ def quantized_input_bytes(spec: ModelSpec, dt: Dtypes, already_saved: set[str] =
                for source, width in widths.items() if source not in already_saved)
 
 
+def previous_inputs_bytes_per_token(spec: ModelSpec, dt: Dtypes, stack: str) -> int:
+    """Bytes per token of the previous micro-batch still alive when the next forward ends, for a
+    stack with ``previous_inputs_alive`` (:mod:`lorasize.stacks`): every input ``MatMul4Bit``
+    kept on its ``ctx`` (:func:`quantized_input_bytes` of each layer, none left out for a LoRA
+    branch, whose saved tensors backward did release), less the first layer's norm-fed q/k/v
+    input (the frozen embedding's output needs no gradient, so nothing is kept), plus a quantized
+    head's input; 0 for other stacks."""
+    rules = stack_rules(stack)
+    if not (rules.previous_inputs_alive and rules.quantized_saves_input):
+        return 0
+    total = quantized_input_bytes(spec, dt) * spec.num_layers - dt.norm_out * spec.hidden_size
+    if rules.quantize_head:
+        total += dt.norm_out * spec.hidden_size
+    return total
+
+
+def next_forward_logits_bytes_per_token(spec: ModelSpec, stack: str, compute: int,
+                                        converting: bool = True) -> int:
+    """Bytes per token of logits alive late in the next forward (litgpt): the previous
+    micro-batch's, as Fabric handed them back, and the new chunks: in the compute dtype while
+    the head computes them, in both dtypes while ``convert_output`` casts them (``converting``)."""
+    rules = stack_rules(stack)
+    handed = rules.logits_bytes or compute
+    return (handed + compute + (handed if converting else 0)) * spec.vocab_size
+
+
 def layer_constant_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes) -> int:
     """Bytes one layer saves whatever the token count.
 

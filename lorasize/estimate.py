@@ -3,14 +3,18 @@ breakdown, and serving capacity. Torch-free; every number is a sum of named comp
 
 Peak of a training step (steady state, the second step, optimizer state present). Autograd frees
 activations as backward walks down the layers while gradients appear, so the peak of allocated
-bytes is the largest of three moments:
+bytes is the largest of these moments:
 
 1. the loss's backward (``log_softmax_backward``): static tensors, every saved activation, and
    the fp32 log-softmax output with its two gradients;
 2. a layer's backward: static tensors, what is saved (with gradient checkpointing: every layer's
    input and one recomputed layer), and the larger of its gradient transients and, in QLoRA, one
    dequantized weight (they do not coexist: the weight is dequantized inside one matmul);
-3. the optimizer step: static tensors, every gradient, and the step's temporaries.
+3. the optimizer step: static tensors, every gradient, and the step's temporaries;
+4. litgpt QLoRA on bitsandbytes <= 0.43.1, unless the peak micro-batch is the run's first: the
+   end of the next forward, with every saved activation, the previous micro-batch's
+   quantized-linear inputs (``MatMul4Bit`` keeps them on its ``ctx``, which outlives backward
+   while litgpt still references the previous logits) and both micro-batches' logits.
 
 Then ``reserved = allocated + allocator reserve`` (``max_memory_reserved``) and the device total
 adds the CUDA context and paged optimizer state (what nvidia-smi shows).
@@ -242,6 +246,24 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
             "layer backward": {"activations": saved, "logits": 0, "temporaries": temporaries,
                                "gradients": head_grads + partial},
         }
+        if train.quantized and not full and not train.first_micro_batch:
+            # litgpt + bitsandbytes <= 0.43.1: the previous micro-batch's quantized-linear inputs
+            # (kept on MatMul4Bit's ctx) and logits live until the next forward returns
+            # (StackRules.previous_inputs_alive); the micro-batch before the peak one is taken to
+            # be as long.
+            # Two moments: the head's last chunk (its weight dequantized, the new logits still
+            # 16-bit) and the cast of the new logits (both dtypes alive).
+            previous = act.previous_inputs_bytes_per_token(model, dt, train.stack) * tokens
+            if previous:
+                moments["next forward, head"] = {
+                    "activations": saved + previous,
+                    "temporaries": static.head_dequant_bytes or dequant,
+                    "logits": act.next_forward_logits_bytes_per_token(
+                        model, train.stack, dt.compute, converting=False) * tokens}
+                moments["next forward end"] = {
+                    "activations": saved + previous, "temporaries": 0,
+                    "logits": act.next_forward_logits_bytes_per_token(
+                        model, train.stack, dt.compute) * tokens}
     grads_and_step = static.gradients + step_temporary_bytes(train.optimizer, static.optimizer)
     if static.head_dequant_bytes:
         # A quantized head (litgpt) is dequantized in its backward, after the loss's: every

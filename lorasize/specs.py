@@ -63,6 +63,9 @@ class TrainSpec:
             ``get_peft_model(model, config, autocast_adapter_dtype=False)`` on a bf16 base.
         grad_accum: micro-batches per optimizer step (gradient accumulation); the effective
             batch is ``batch_size * grad_accum``.
+        first_micro_batch: the peak micro-batch is the run's first, so nothing of an earlier one
+            is alive (lit-gpt 2023 put its longest sample first); only stacks whose rules keep
+            the previous micro-batch's tensors (``StackRules.previous_inputs_alive``) read it.
     """
 
     method: str = "lora"
@@ -78,6 +81,7 @@ class TrainSpec:
     stack: str = "hf-peft"
     adapter_train_dtype: str | None = None
     grad_accum: int = 1
+    first_micro_batch: bool = False
 
     def __post_init__(self) -> None:
         _choice(self.stack, STACKS, "--stack")

@@ -57,6 +57,17 @@ class StackRules:
         fused_gelu: the MLP's GELU is torch's ``F.gelu(x, approximate=...)``, which saves only its
             input (litgpt ``GptNeoxMLP.forward``), where transformers' Phi and GPT-2 use the
             Python ``NewGELUActivation`` that saves four tensors.
+        previous_inputs_alive: the previous micro-batch's quantized-linear inputs are still alive
+            when the next forward ends. bitsandbytes <= 0.43.1 ``MatMul4Bit.forward`` keeps its
+            input as a plain attribute (``ctx.tensors = (A, B)``), not through
+            ``save_for_backward``, so backward does not release it: it lives as long as the graph
+            node, and litgpt ``fit()`` keeps the graph referenced through ``logits`` until the next
+            iteration's ``logits = model(input_ids, lm_head_chunk_size=128)`` returns (the old
+            fp32 logits live until then too). Only a micro-batch that follows another is affected:
+            litgpt 2024 (``CycleIterator`` over a ``DataLoader``) measures its peak at whichever
+            iteration draws the longest batch, while lit-gpt 2023 forced the longest sample into
+            the first iteration (``get_batch(fabric, train_data, longest_seq_ix if iter_num == 0
+            else None)``), so nothing preceded its peak (``TrainSpec.first_micro_batch``).
     """
 
     quantize_head: bool = False
@@ -72,6 +83,7 @@ class StackRules:
     lm_head_chunk: int = 0
     logits_bytes: int = 0
     fused_gelu: bool = False
+    previous_inputs_alive: bool = False
 
 
 FP16 = 2
@@ -84,7 +96,7 @@ STACK_RULES = {
                          dequant_bytes_extra=FP16, fused_qkv_dropout=True,
                          fused_qkv_saves_lora_output=True, v_views_qkv=True, expands_gqa=True,
                          logits_alive=True, lm_head_chunk=LITGPT_LM_HEAD_CHUNK, logits_bytes=FP32,
-                         fused_gelu=True),
+                         fused_gelu=True, previous_inputs_alive=True),
     "torchtune": StackRules(quantize_only_targets=True),
 }
 

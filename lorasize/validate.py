@@ -61,6 +61,8 @@ MEMORY_METRICS = ("peak_allocated", "peak_reserved", "nvidia_smi")
 # transformers 5.0 (first release candidate December 2025) fused the MoE experts into 3-D
 # parameters; rows dated earlier were measured with transformers 4's per-expert nn.Linear modules.
 TRANSFORMERS_5_YEAR = 2026
+# litgpt (2024) iterates a DataLoader; lit-gpt (2023) put the longest sample in the first iteration.
+LITGPT_DATALOADER_YEAR = 2024
 
 
 class Skip(Exception):
@@ -250,7 +252,11 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
         # fms-acceleration's accelerated-peft-bnb plugin prepares the model without PEFT's fp32
         # upcasts (its notes say so); every other hf-peft QLoRA row uses the PEFT default.
         kbit_prep=False if "accelerated-peft-bnb" in notes else None,
-        grad_accum=grad_accum_from_row(row))
+        grad_accum=grad_accum_from_row(row),
+        # lit-gpt 2023 forced the longest sample into the first iteration, so its reported peak
+        # is the first micro-batch's; litgpt 2024 draws batches from a DataLoader
+        # (StackRules.previous_inputs_alive).
+        first_micro_batch=stack == "litgpt" and _year(row) < LITGPT_DATALOADER_YEAR)
     if metric not in ("peak_allocated", "peak_reserved", "nvidia_smi"):
         raise Skip(f"metric '{metric}' is not one lorasize predicts")
     return estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration, shard=shard)
