@@ -146,14 +146,22 @@ def calibrate_from_measurements(csv_path: str | Path) -> tuple[Calibration, dict
     return calibration, report
 
 
+def _profile_specs(config: dict):
+    """The model, LoRA and training specs a profile's ``config`` records."""
+    from .lora import LoraSpec
+    from .model import ModelSpec
+    from .specs import TrainSpec
+
+    model = ModelSpec.from_hf_config(config["model"]["hf_config"], name=config["model"]["name"])
+    lora = LoraSpec(**dict(config["lora"], targets=tuple(config["lora"]["targets"])))
+    return model, lora, TrainSpec(**config["train"])
+
+
 def profile_points(profiles: list[dict]) -> tuple[list, list, list]:
     """Fit points from GPU profiles: (reserved points, device points, profile names used).
     CPU profiles have no allocator or device figures and are skipped. A multi-GPU profile gives
     one reserve point per rank and no context point (NCCL's buffers sit outside torch too)."""
-    from .lora import LoraSpec
-    from .model import ModelSpec
     from .profile.schema import rank_reserve_points
-    from .specs import TrainSpec
 
     zero = Calibration(cuda_context_bytes=0, reserve_fraction=0.0, source="fit")
     reserved, device, used = [], [], []
@@ -167,9 +175,8 @@ def profile_points(profiles: list[dict]) -> tuple[list, list, list]:
             reserved += points
             used += [f"{config['model']['name']}:rank{i}" for i in range(len(points))]
             continue
-        lora = dict(config["lora"], targets=tuple(config["lora"]["targets"]))
-        model = ModelSpec.from_hf_config(config["model"]["hf_config"], name=config["model"]["name"])
-        result = estimate(model, LoraSpec(**lora), TrainSpec(**config["train"]), calibration=zero)
+        model, lora, train = _profile_specs(config)
+        result = estimate(model, lora, train, calibration=zero)
         if measured.get("peak_reserved_bytes"):
             reserved.append((measured["peak_reserved_bytes"], result.allocated_bytes,
                              result.dynamic_bytes))
@@ -187,9 +194,6 @@ def mfu_points(profiles: list[dict]) -> tuple[list[tuple[float, float]], list[st
     the modelled dequantization), and the profile names used. Multi-GPU profiles are left out:
     their step time includes communication, which the FLOPs model does not."""
     from .catalog import gpu_from_catalog
-    from .lora import LoraSpec
-    from .model import ModelSpec
-    from .specs import TrainSpec
     from .timing import dequant_seconds, peak_compute_seconds
 
     points, used = [], []
@@ -204,9 +208,7 @@ def mfu_points(profiles: list[dict]) -> tuple[list[tuple[float, float]], list[st
             continue
         if not gpu.bf16_tflops:
             continue
-        model = ModelSpec.from_hf_config(config["model"]["hf_config"], name=config["model"]["name"])
-        lora = LoraSpec(**dict(config["lora"], targets=tuple(config["lora"]["targets"])))
-        train = TrainSpec(**config["train"])
+        model, lora, train = _profile_specs(config)
         targets = estimate(model, lora, train).targets
         seconds = train.tokens / measured["tokens_per_s"]  # per micro-batch
         points.append((peak_compute_seconds(model, targets, train, gpu),

@@ -56,23 +56,18 @@ FP32_BYTES = 4
 DEEPSPEED_REDUCE_BUCKET_SIZE = 500_000_000
 # stage3_prefetch_bucket_size 5e7 elements: parameters fetched ahead of the module that runs.
 DEEPSPEED_PREFETCH_BUCKET_SIZE = 50_000_000
-# stage3_max_live_parameters 1e9: a cap on gathered elements, not an allocation; the gathered
-# module and the prefetch bucket stay under it for every catalog model.
-DEEPSPEED_MAX_LIVE_PARAMETERS = 1_000_000_000
-# stage3_param_persistence_threshold 1e5: smaller parameters stay whole on every rank (norms,
-# biases, small LoRA matrices); not modelled (a few MiB).
-DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD = 100_000
-# allgather_bucket_size 5e8 (stage 1/2): the updated 16-bit partitions are gathered in place into
-# the flat 16-bit groups, without a separate buffer of that size; not counted.
-DEEPSPEED_ALLGATHER_BUCKET_SIZE = 500_000_000
+# Defaults not counted: stage3_max_live_parameters (1e9) caps gathered elements rather than
+# allocating, and the gathered module and prefetch bucket stay under it for every catalog model;
+# stage3_param_persistence_threshold (1e5) keeps smaller parameters whole on every rank (norms,
+# biases, small LoRA matrices: a few MiB); allgather_bucket_size (5e8, stage 1/2) gathers the
+# updated 16-bit partitions in place, without a buffer of that size.
 # FSDP (torch 2.13, FullyShardedDataParallel defaults): backward_prefetch=BACKWARD_PRE gathers the
 # next unit while the current one runs backward, limit_all_gathers keeps at most two in flight;
 # the root unit is not resharded after forward (_runtime_utils._post_forward_reshard).
 FSDP_UNITS_IN_FLIGHT = 2
-# torch DDP (torch/nn/parallel/distributed.py): bucket_cap_mb default 25 MiB; the Reducer
-# allocates flat bucket buffers covering every gradient, a second copy unless
+# torch DDP (torch/nn/parallel/distributed.py): the Reducer allocates flat bucket buffers
+# (bucket_cap_mb 25 MiB each) covering every gradient, a second copy of the gradients unless
 # gradient_as_bucket_view=True (default False).
-DDP_BUCKET_CAP_BYTES = 25 * 1024**2
 # Gradient accumulation under FSDP: micro-batches before the last run under ``no_sync`` (lit-gpt's
 # ``fabric.no_backward_sync(model, enabled=is_accumulating)``; accelerate's
 # GradientAccumulationPlugin with its default ``sync_each_batch=False``), and FSDP keeps each
@@ -278,7 +273,7 @@ def _fsdp(model: ModelSpec, train: TrainSpec, static: StaticBytes,
     n = shard.gpus
     root, layer = unit_bytes(model, train, static)
     weights, adapter = _split(static.weights, n), _split(static.adapter, n)
-    gradients, optimizer = _split(static.gradients, n), _split(static.optimizer, n)
+    optimizer = _split(static.optimizer, n)
     if shard.sharding == "fsdp-grad-op":
         # SHARD_GRAD_OP keeps every unit gathered from its forward to the end of backward.
         gathered = static.weights

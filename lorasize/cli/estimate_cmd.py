@@ -26,6 +26,11 @@ def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
 
+def build_shard(p: dict) -> ShardSpec:
+    """The :class:`ShardSpec` of --gpus, --sharding and --offload."""
+    return ShardSpec(p["gpus"], (p["sharding"] or "none").lower(), p["offload"].lower())
+
+
 def build_specs(ctx: click.Context, p: dict):
     """Specs from the flags, with an adapter_config.json filling what the flags leave out."""
     adapter = read_adapter_config(p["adapter"]) if p.get("adapter") else None
@@ -107,7 +112,7 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
     gpu = build_gpu(p)
     serve = ServeSpec(dtype=p["serve_dtype"].lower(), kv_tokens=p["serve_tokens"])
     calibration = load_calibration(p["calibration"]) if p.get("calibration") else None
-    shard = ShardSpec(p["gpus"], (p["sharding"] or "none").lower(), p["offload"].lower())
+    shard = build_shard(p)
     result = run_estimate(model, lora, train, gpu=gpu, serve=serve,
                           adapter_dtype=p["adapter_dtype"].lower(), calibration=calibration,
                           shard=shard)

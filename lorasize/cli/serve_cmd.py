@@ -14,12 +14,11 @@ from ..hotswap import (DEFAULT_DISK_BYTES_PER_S, DEFAULT_H2D_BYTES_PER_S, DEFAUL
                        DEFAULT_SEED, parse_traffic, simulate_lru, smallest_slots, swap_seconds)
 from ..render import render_estimate, table
 from ..resolve import resolve_model
-from ..sharding import ShardSpec
 from ..solve import SOLVABLE, solve
 from ..specs import ENGINES, ServeSpec, TrainSpec
 from ..units import format_bytes
 from ..weights import static_bytes
-from .estimate_cmd import build_gpu, build_specs
+from .estimate_cmd import build_gpu, build_shard, build_specs
 from .options import lora_options, model_options, output_options, shard_options, train_options
 
 
@@ -254,7 +253,7 @@ def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> 
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
     gpu = _require_gpu(p)
-    shard = ShardSpec(p["gpus"], (p["sharding"] or "none").lower(), p["offload"].lower())
+    shard = build_shard(p)
     value, result = solve(model, lora, train, gpu, field, headroom, shard)
     if as_json:
         click.echo(json.dumps({"field": field, "solved": value, "headroom": headroom,
