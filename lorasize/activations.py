@@ -63,6 +63,7 @@ TORCHTUNE_OUTPUT_CHUNKS = 8  # torchtune.modules.loss.CEWithChunkedOutputLoss nu
 # silu / gelu / gelu_pytorch_tanh save their input; GPT-2 and Phi-2 "gelu_new" is written in
 # Python (transformers activations.NewGELUActivation) and saves x, tanh(.), 0.5x and 1 + tanh(.).
 _ACT_SAVES = {"gpt2": 4, "phi": 4}
+_ACT_FUNCTION_SAVES = {"gelu_new": 4}  # by a card's hidden_act (NewGELUActivation)
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash", "eager")
 
 
@@ -100,8 +101,15 @@ def _norm_bytes(spec: ModelSpec, dt: Dtypes, width: int, full: bool) -> int:
     return FP32 * width + FP32 + (dt.norm_out * width if full else 0)
 
 
+def _traits(spec: ModelSpec) -> dict:
+    """The activation traits of a card's layer kind (empty for the hand-written families)."""
+    return spec.kind.traits if spec.kind is not None else {}
+
+
 def _norm_count(spec: ModelSpec) -> int:
     """Norms over the hidden width in one block (per-head q/k norms excluded)."""
+    if spec.kind is not None:
+        return int(_traits(spec).get("norms", 0))
     return sum(1 for p in block_params(spec) if not p.path.startswith("self_attn"))
 
 
@@ -217,7 +225,9 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
     if rules.v_views_qkv and spec.num_kv_heads == spec.num_heads and attn != "eager":
         v_extra = d * (q + kv)  # the saved v keeps the whole fused q/k/v output alive
     heads = spec.num_heads
-    gemma_norm = spec.family in ("gemma2",) or spec.model_type == "gemma"
+    traits = _traits(spec)
+    gemma_norm = spec.family in ("gemma2",) or spec.model_type == "gemma" \
+        or bool(traits.get("norm_plus_one"))
     norms = _norm_count(spec) * _norm_bytes(spec, dt, h, full and not gemma_norm)
     if full and gemma_norm:
         norms += _norm_count(spec) * FP32 * h  # (x * (1 + w)) saves the fp32 normalised x
@@ -239,7 +249,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
             # softmax(..., dtype=float32).to(query.dtype): the cast is a second copy only when
             # the compute dtype is 16-bit (it is a no-op on fp32, e.g. after kbit preparation).
             probs = (FP32 + (d if d != FP32 else 0)) * heads * seq_len
-        if spec.family == "gemma2":
+        if spec.family == "gemma2" or traits.get("softcap"):
             probs += d * heads * seq_len  # tanh soft-capping saves its output
         attention = d * q + key + value + probs
         if full:
@@ -263,6 +273,9 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         attention += d * h  # the norm output, saved once for the q/k/v weight gradients
     act = 1 if rules.fused_gelu else _ACT_SAVES.get(spec.family, 1)
     gated = spec.family not in ("gpt2", "gpt_neox", "falcon", "phi")
+    if spec.kind is not None:
+        act = _ACT_FUNCTION_SAVES.get(str(traits.get("act")), 1)
+        gated = traits.get("mlp") in ("gated", "moe")
     if gated:
         mlp = (2 + act) * d * inter  # gate (saved by the activation), up, act(gate)
     else:
@@ -277,6 +290,14 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
             mlp += k * (d * h + d * inter)  # each expert's gathered input and down_proj input
     elif full:
         mlp += d * h + d * inter  # weight gradients need the MLP inputs too
+    shared = int(traits.get("shared_intermediate") or 0)
+    if shared:
+        # A shared expert (Qwen2-MoE, DeepSeek, Llama 4) is a dense gated MLP every token runs.
+        mlp += (2 + act) * d * shared + (d * h + d * shared if full else 0)
+    if traits.get("mlp") == "none":
+        mlp = 0
+    if spec.kind is not None and not spec.kind.analytic:
+        attention = 0  # measured by the layer probe (lorasize.trace.probe), not modelled here
     saved_inputs: set[str] = set()
     lora = 0 if full else _lora_bytes(spec, targets, dt, dropout, attn_output_saved=attn != "eager",
                                       fused_qkv_dropout=rules.fused_qkv_dropout,
@@ -426,3 +447,54 @@ def layer_backward_transient_per_token(spec: ModelSpec, dt: Dtypes) -> int:
     """Bytes per token that exist only while one layer runs backward: the gradients of the MLP's
     three intermediate tensors and of the hidden states flowing down."""
     return 3 * dt.compute * spec.intermediate_size + 2 * dt.residual * spec.hidden_size
+
+
+@dataclass(frozen=True)
+class KindView:
+    """One kind of decoder layer of a card model, as the per-layer formulas see it: ``spec`` is
+    the model with that kind's widths and ``num_layers`` its layer count; ``targets`` are the
+    adapted matrices of those layers."""
+
+    spec: ModelSpec
+    targets: tuple[Target, ...]
+
+    @property
+    def layers(self) -> int:
+        return self.spec.num_layers
+
+
+def kind_views(spec: ModelSpec, targets: tuple[Target, ...]) -> tuple[KindView, ...]:
+    """The model's decoder layers, one view per kind: the model itself for the hand-written
+    families (every layer alike), each kind of an architecture card otherwise. Vision-tower
+    targets belong to no kind (text-only training never runs the tower)."""
+    if spec.card is None:
+        return (KindView(spec, targets),)
+    from dataclasses import replace
+
+    from .layout import copies
+
+    views = []
+    for kind in spec.card.kinds:
+        t = kind.traits
+        layers = set(kind.layers)
+        view = replace(
+            spec, num_layers=len(kind.layers), kind=kind,
+            num_heads=int(t.get("heads") or spec.num_heads),
+            num_kv_heads=int(t.get("kv_heads") or spec.num_kv_heads),
+            head_dim=int(t.get("head_dim") or spec.head_dim),
+            intermediate_size=int(t.get("intermediate") or 0),
+            num_experts=int(t.get("experts") or 0), experts_per_token=int(t.get("top_k") or 0),
+            qk_norm=bool(t.get("qk_norm")), norm=str(t.get("norm", "rms")))
+        kind_targets = []
+        for target in targets:
+            linear = target.linear
+            if linear.group in ("head", "vision") or linear.prefix:
+                continue
+            held = layers & set(linear.layer_ids or range(spec.num_layers))
+            if not held:
+                continue
+            share = len(held) * target.copies // copies(spec, linear)
+            if share:
+                kind_targets.append(replace(target, copies=share))
+        views.append(KindView(view, tuple(kind_targets)))
+    return tuple(views)

@@ -29,7 +29,7 @@ from . import activations as act
 from .allocator import (DEFAULT_CUDA_CONTEXT_BYTES, block, DEFAULT_RESERVE_FRACTION,
                         SMALL_SEGMENT_BYTES, cublas_workspace_bytes)
 from .gpu import GpuSpec
-from .layout import module_path
+from .layout import copy_layers, module_path
 from .lora import (LoraSpec, Target, delta_weight_transient_bytes, input_grad_saved_bytes,
                    resolve_targets, shared_tensors)
 from .model import ModelSpec
@@ -166,8 +166,7 @@ def adapter_file_bytes(model: ModelSpec, targets: tuple[Target, ...], dtype: str
         tensors.append(("base_model.model.lm_head.base_layer.weight",
                         DTYPE_TO_SAFETENSORS[head_dtype], (model.vocab_size, model.hidden_size)))
     for target in targets:
-        layers = [None] if target.linear.group == "head" else range(target.copies)
-        for layer in layers:
+        for layer in copy_layers(target.linear, target.copies):
             path = module_path(model, target.linear, layer)
             for name, shape in target.tensors(dora):
                 suffix = target.saved_key(name)
@@ -190,20 +189,27 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     full = train.method == "full"
     tokens = train.tokens
     dropout = lora.dropout > 0 and not full
-    layer = act.layer_bytes_per_token(model, targets, dt, seq_len=train.seq_len, attn=train.attn,
-                                      full=full, dropout=dropout, stack=train.stack,
-                                      quantized=train.quantized).total
+    # One term per kind of decoder layer (one for the hand-written families, whose layers are
+    # all alike): bytes one layer saves, per token and whatever the token count.
+    kinds = [(view.layers,
+              act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
+                                        attn=train.attn, full=full, dropout=dropout,
+                                        stack=train.stack, quantized=train.quantized).total,
+              act.layer_constant_bytes(view.spec, view.targets, dt))
+             for view in act.kind_views(model, targets)]
     mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
-    constant = act.layer_constant_bytes(model, targets, dt)
     # LoHa/LoKr delta weights (AdaLoRA's A * E) kept for the input's gradient (lora.py).
     delta = input_grad_saved_bytes(model, targets, dt.adapter)
-    constant += delta.per_layer
+    all_layers = sum(n * (layer * tokens + constant) for n, layer, constant in kinds) \
+        + delta.per_layer * model.num_layers
+    one_layer = max(layer * tokens + constant for _, layer, constant in kinds) + delta.per_layer
     head = next((t for t in targets if t.linear.group == "head"), None)
     top = act.top_bytes_per_token(model, dt, full, head, stack=train.stack,
                                   quantized=train.quantized, dropout=dropout) * tokens
     logits = act.logits_peak_bytes_per_token(model, train.stack, dt.compute) * tokens \
         + act.loss_chunk_bytes(model, train.stack, dt.compute, train.batch_size, train.seq_len)
-    transient = act.layer_backward_transient_per_token(model, dt) * tokens
+    transient = max(act.layer_backward_transient_per_token(view.spec, dt)
+                    for view in act.kind_views(model, ())) * tokens
     # bitsandbytes' MatMul4Bit dequantizes one weight to the compute dtype inside each matmul
     # (the input is cast to it first, the output back afterwards). A quantized head is
     # dequantized in its backward, right after the loss's, with every activation alive.
@@ -222,7 +228,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     if train.checkpointing:
         checkpoint = act.checkpoint_bytes_per_token(model, dt) * tokens
         kept = checkpoint * model.num_layers + top + delta.head
-        recompute = layer * tokens + constant + mask
+        recompute = one_layer + mask
         moments = {
             "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
             "layer backward (recompute)": {
@@ -235,7 +241,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                 "gradients": head_grads + layer_grads * (model.num_layers - 1) + partial},
         }
     else:
-        saved = (layer * tokens + constant) * model.num_layers + top + mask
+        saved = all_layers + top + mask
         saved += delta.head - delta.first_layer_unsaved
         if not full and model.norm == "rms":
             # The first layer's input does not require grad (frozen embeddings): its first norm
@@ -290,6 +296,9 @@ def _backward_gradient_bytes(model: ModelSpec, targets: tuple[Target, ...], lora
                    for name, shape in target.tensors(dora) if target.trainable(name))
 
     per_layer = sum(grads(t) for t in targets if t.linear.group != "head")
+    if model.card is not None:  # layers differ: the mean layer's (vision adapters get none)
+        per_layer = sum(grads(t) * t.copies for t in targets
+                        if t.linear.group not in ("head", "vision")) // model.num_layers
     head = sum(grads(t) for t in targets if t.linear.group == "head")
     mlp_out = sum(grads(t) for t in targets if t.linear.group == "mlp" and not t.linear.experts
                   and t.linear.out_features == model.hidden_size)

@@ -45,6 +45,12 @@ class Linear:
     experts: int = 0
     quantizable: bool = True
     rank_multiplier: int = 1
+    # Read from an architecture card (lorasize.arch.card); the defaults mean "one per decoder
+    # layer, under the family's block path, all-linear by lorasize's rule".
+    count: int = 0  # copies in the model; 0: one per decoder layer
+    layer_ids: tuple[int, ...] = ()  # the layers holding it, when not every layer
+    prefix: str = ""  # the module list it repeats under, when not the decoder's
+    all_linear: bool | None = None  # PEFT's all-linear adapts it (None: every block linear)
 
     @property
     def name(self) -> str:
@@ -72,7 +78,26 @@ class Param:
 
     path: str
     numel: int
-    kind: str = "norm"  # "norm", "embedding", "router"
+    kind: str = "norm"  # "norm", "embedding", "router", "other"
+    count: int = 0  # copies; 0: one per decoder layer (block params) or one (top params)
+
+
+def copies(spec: ModelSpec, linear: Linear) -> int:
+    """How many copies of a block linear the model holds."""
+    return linear.count or spec.num_layers
+
+
+def layer_index(linear: Linear, i: int) -> int:
+    """The layer index of the ``i``-th copy of a linear."""
+    return linear.layer_ids[i] if linear.layer_ids else i
+
+
+def copy_layers(linear: Linear, count: int) -> list[int | None]:
+    """Layer indices of ``count`` copies of a linear (None for one outside any layer list:
+    the head, a projector): what :func:`module_path` takes."""
+    if linear.group == "head" or (linear.group == "vision" and not linear.prefix):
+        return [None]
+    return [layer_index(linear, i) for i in range(count)]
 
 
 def _norm(spec: ModelSpec, path: str, width: int | None = None) -> Param:
@@ -81,7 +106,10 @@ def _norm(spec: ModelSpec, path: str, width: int | None = None) -> Param:
 
 
 def block_linears(spec: ModelSpec) -> tuple[Linear, ...]:
-    """The LoRA-targetable matrices of one decoder block."""
+    """The LoRA-targetable matrices of one decoder block (of every kind of block, each with its
+    count, for a model an architecture card describes)."""
+    if spec.card is not None:
+        return _card_block_linears(spec.card)
     h, q, kv, inter = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
     family = spec.family
     if family == "gpt2":
@@ -135,6 +163,8 @@ def block_linears(spec: ModelSpec) -> tuple[Linear, ...]:
 
 def block_params(spec: ModelSpec) -> tuple[Param, ...]:
     """The other parameters of one decoder block (norms)."""
+    if spec.card is not None:
+        return _card_block_params(spec.card)
     family = spec.family
     if family == "gpt2":
         return (_norm(spec, "ln_1"), _norm(spec, "ln_2"))
@@ -169,12 +199,20 @@ def block_params(spec: ModelSpec) -> tuple[Param, ...]:
 def head_linear(spec: ModelSpec) -> Linear:
     """The output head, ``lm_head`` in every family under transformers 5 (GPT-NeoX's was
     ``embed_out`` before). bitsandbytes never quantizes it."""
+    if spec.card is not None:
+        head = spec.card.head
+        return Linear(head.path, head.in_features, head.out_features, head.bias, "head",
+                      quantizable=False, count=1, all_linear=False)
     return Linear("lm_head", spec.hidden_size, spec.vocab_size, spec.lm_head_bias, "head",
                   quantizable=False)
 
 
 def top_params(spec: ModelSpec) -> tuple[Param, ...]:
-    """Parameters outside the blocks except the head: embeddings and the final norm."""
+    """Parameters outside the blocks except the head: embeddings and the final norm (and, for
+    a multimodal checkpoint, every non-linear weight of its vision tower and projector)."""
+    if spec.card is not None:
+        return tuple(Param(_joined(p.prefix, p.path), p.numel, p.kind, p.count)
+                     for p in spec.card.extra_params)
     params = [Param("embed_tokens", spec.vocab_size * spec.hidden_size, "embedding")]
     if spec.family == "gpt2":
         params.append(Param("wpe", spec.max_positions * spec.hidden_size, "embedding"))
@@ -184,10 +222,23 @@ def top_params(spec: ModelSpec) -> tuple[Param, ...]:
     return tuple(params)
 
 
+def extra_linears(spec: ModelSpec) -> tuple[Linear, ...]:
+    """Linears outside the decoder blocks and the head: a multimodal checkpoint's vision tower
+    and projector (frozen, never run by text-only training, but loaded, counted, quantized and,
+    under PEFT's all-linear, adapted)."""
+    if spec.card is None:
+        return ()
+    return tuple(Linear(m.path, m.in_features, m.out_features, m.bias, m.group,
+                        quantizable=m.quantizable, rank_multiplier=m.rank_multiplier,
+                        count=m.count, prefix=m.prefix, all_linear=m.all_linear)
+                 for m in spec.card.extra_linears)
+
+
 def total_params(spec: ModelSpec) -> int:
     """All parameters, counting tied embeddings once (as ``model.parameters()`` does)."""
-    per_block = sum(m.numel for m in block_linears(spec)) + sum(p.numel for p in block_params(spec))
-    total = spec.num_layers * per_block + sum(p.numel for p in top_params(spec))
+    total = sum(m.numel * copies(spec, m) for m in block_linears(spec) + extra_linears(spec))
+    total += sum(p.numel * (p.count or spec.num_layers) for p in block_params(spec))
+    total += sum(p.numel * (p.count or 1) for p in top_params(spec))
     head = head_linear(spec)
     if not spec.tie_embeddings:
         total += head.weight_numel
@@ -202,5 +253,39 @@ _BLOCK_PREFIX = {"gpt_neox": "gpt_neox.layers", "falcon": "transformer.h", "gpt2
 def module_path(spec: ModelSpec, linear: Linear, layer: int | None) -> str:
     """Full module path in the Hugging Face model (``model.layers.3.self_attn.q_proj``)."""
     if layer is None:
-        return linear.path
-    return f"{_BLOCK_PREFIX.get(spec.family, 'model.layers')}.{layer}.{linear.path}"
+        return _joined(linear.prefix, linear.path)
+    prefix = linear.prefix or (spec.card.block_prefix if spec.card is not None
+                               else _BLOCK_PREFIX.get(spec.family, "model.layers"))
+    return f"{prefix}.{layer}.{linear.path}"
+
+
+def _joined(prefix: str, path: str) -> str:
+    return f"{prefix}.{path}" if prefix else path
+
+
+def _card_block_linears(card) -> tuple[Linear, ...]:
+    """The card's block linears, one entry per distinct matrix, with the layers holding it."""
+    merged: dict[tuple, list] = {}
+    for kind in card.kinds:
+        for m in kind.linears:
+            key = (m.path, m.in_features, m.out_features, m.bias, m.group, m.experts,
+                   m.quantizable, m.rank_multiplier, m.all_linear)
+            merged.setdefault(key, []).extend(kind.layers)
+    linears = []
+    for (path, in_f, out_f, bias, group, experts, quantizable, mult, all_linear), layers \
+            in merged.items():
+        layers = tuple(sorted(layers))
+        everywhere = len(layers) == card.num_layers
+        linears.append(Linear(path, in_f, out_f, bias, group, experts, quantizable, mult,
+                              count=len(layers), layer_ids=() if everywhere else layers,
+                              all_linear=all_linear))
+    return tuple(linears)
+
+
+def _card_block_params(card) -> tuple[Param, ...]:
+    merged: dict[tuple, int] = {}
+    for kind in card.kinds:
+        for p in kind.params:
+            key = (p.path, p.numel, p.kind)
+            merged[key] = merged.get(key, 0) + len(kind.layers)
+    return tuple(Param(path, numel, kind, count) for (path, numel, kind), count in merged.items())

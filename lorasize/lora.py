@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import LorasizeError
-from .layout import Linear, block_linears, head_linear, module_path
+from .layout import Linear, block_linears, copies, extra_linears, head_linear, module_path
 from .model import ModelSpec
 
 TARGET_ALIASES = ("all", "attn", "mlp", "qv")
@@ -256,8 +256,8 @@ def split_targets(text: str) -> tuple[str, ...]:
 
 def target_names(spec: ModelSpec) -> list[str]:
     """Names a user may pass as targets for this architecture."""
-    names = [linear.name for linear in block_linears(spec)] + [head_linear(spec).name]
-    return list(dict.fromkeys(names))
+    names = [linear.name for linear in block_linears(spec) + extra_linears(spec)]
+    return list(dict.fromkeys(names + [head_linear(spec).name]))
 
 
 def _select(linears: Iterable[Linear], names: Iterable[str]) -> list[Linear]:
@@ -268,33 +268,50 @@ def _select(linears: Iterable[Linear], names: Iterable[str]) -> list[Linear]:
 def _layers_matching(spec: ModelSpec, linear: Linear, name: str) -> int:
     """How many layers' copies of ``linear`` a full or partial module path selects."""
     if linear.matches(name):
-        return spec.num_layers
-    return sum(1 for layer in range(spec.num_layers)
-               if _full_path_matches(module_path(spec, linear, layer), name))
+        return copies(spec, linear)
+    layers = linear.layer_ids or range(copies(spec, linear))
+    return sum(1 for layer in layers if _full_path_matches(module_path(spec, linear, layer), name))
 
 
 def _full_path_matches(path: str, name: str) -> bool:
     return path == name or path.endswith("." + name)
 
 
-def _expand(spec: ModelSpec, target: str) -> dict[str, tuple[Linear, int]]:
-    """Module path -> (linear, copies) selected by one target name or alias."""
+def _key(linear: Linear) -> tuple:
+    return (linear.prefix, linear.path, linear.in_features, linear.out_features, linear.layer_ids)
+
+
+def _expand(spec: ModelSpec, target: str) -> dict[tuple, tuple[Linear, int]]:
+    """Linear key -> (linear, copies) selected by one target name or alias.
+
+    For a model an architecture card describes, ``all`` is what PEFT's ``all-linear`` adapted
+    when the card was derived (the vision tower's linears included, and for the MoE types PEFT
+    rewrites: attention, experts and router), and names match the whole model as PEFT matches
+    them (a vision tower's ``q_proj`` too)."""
     blocks = block_linears(spec)
-    everywhere = lambda linears: {m.path: (m, spec.num_layers) for m in linears}  # noqa: E731
+    if spec.card is not None:
+        refusal = next((n for n in spec.card.notes if n.startswith("peft-all-linear-refused")), "")
+        if target == "all" and refusal:
+            raise LorasizeError(f"PEFT refuses all-linear on {spec.name} ({spec.model_type}): "
+                                f"{refusal.split(': ', 1)[1]}; name the modules to adapt",
+                                source="--targets")
+        blocks = blocks + extra_linears(spec)
+    everywhere = lambda linears: {_key(m): (m, copies(spec, m)) for m in linears}  # noqa: E731
     if target == "all":
-        return everywhere(blocks)
+        return everywhere(m for m in blocks if m.all_linear is not False
+                          and (m.all_linear or m.group != "vision"))
     if target in ("attn", "mlp"):
         return everywhere(m for m in blocks if m.group == target)
     if target == "qv":
         return everywhere(_select(blocks, _FUSED_QKV) or _select(blocks, ("q_proj", "v_proj")))
     head = head_linear(spec)
     if target in ("lm_head", "output") or _full_path_matches(head.path, target):
-        return {head.path: (head, 1)}
+        return {_key(head): (head, 1)}
     selected = {}
     for linear in blocks:
-        copies = _layers_matching(spec, linear, target)
-        if copies:
-            selected[linear.path] = (linear, copies)
+        count = _layers_matching(spec, linear, target)
+        if count:
+            selected[_key(linear)] = (linear, count)
     if not selected:
         valid = target_names(spec)
         close = difflib.get_close_matches(target, valid, n=1)
@@ -312,17 +329,17 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
         LorasizeError: a target name the architecture lacks, or ``r`` larger than a target's
             smaller dimension (the update could not be low-rank).
     """
-    chosen: dict[str, tuple[Linear, int]] = {}
+    chosen: dict[tuple, tuple[Linear, int]] = {}
     for name in lora.targets:
-        for path, (linear, copies) in _expand(spec, name.strip()).items():
+        for key, (linear, count) in _expand(spec, name.strip()).items():
             # Several full paths (one per layer) add up; an alias covers every layer.
-            previous = chosen.get(path, (linear, 0))[1]
-            chosen[path] = (linear, min(previous + copies, spec.num_layers)
-                            if linear.path != head_linear(spec).path else 1)
+            previous = chosen.get(key, (linear, 0))[1]
+            chosen[key] = (linear, min(previous + count, copies(spec, linear))
+                           if linear.group != "head" else 1)
     # PEFT's all-linear gives fused expert gate/up matrices rank 2r; named targets keep r.
     all_linear = "all" in lora.targets
     targets = []
-    for linear, copies in chosen.values():
+    for linear, count in chosen.values():
         is_router = spec.num_experts and linear.out_features == spec.num_experts
         if (linear.experts or is_router) and lora.variant not in _LORA_LIKE:
             # 3-D expert parameters and transformers 5's MoE routers are no nn.Linear: PEFT
@@ -335,15 +352,20 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
             # GPT-2's blocks use transformers' Conv1D, which PEFT's LyCORIS layers refuse.
             raise LorasizeError(f"PEFT's {lora.variant} adapts nn.Linear and convolutions, not "
                                 f"GPT-2's Conv1D ({linear.name})", source="--variant")
+        # PEFT's all-linear doubles the fused gate/up rank through its MoE rewrite; a card
+        # records the multiple PEFT applied.
         rank = lora.r * (linear.rank_multiplier if all_linear else 1)
         if lora.variant in ("lokr", "ia3"):
             pass  # LoKr's rank only chooses full or factored Kronecker factors; IA3 has none
-        elif lora.r > min(linear.in_features, linear.out_features) and not is_router:
+        elif lora.r > min(linear.in_features, linear.out_features) and not is_router \
+                and not (all_linear and spec.card is not None):
+            # (PEFT itself builds A and B at any rank: all-linear on a derived model reaches
+            # one-output gates and narrow vision linears, which it adapts as they are.)
             raise LorasizeError(
                 f"r={lora.r} is larger than the smaller dimension of {linear.name} "
                 f"({linear.in_features} x {linear.out_features}); LoRA needs r below it",
                 source="--r")
-        targets.append(Target(linear, copies, rank, lora.variant))
+        targets.append(Target(linear, count, rank, lora.variant))
     return tuple(targets)
 
 

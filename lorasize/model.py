@@ -99,11 +99,15 @@ class ModelSpec:
     dtype: str = "bf16"
     source: str = ""
     hf_config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    card: Any = field(default=None, compare=False, repr=False)  # lorasize.arch.card.ArchCard
+    derived: bool = False  # the card was derived on the fly (not shipped with the catalog)
+    kind: Any = field(default=None, compare=False, repr=False)  # one LayerKind of the card (a view)
 
     @property
     def family(self) -> str:
-        """The module-structure family (see :mod:`lorasize.layout`)."""
-        return FAMILIES[self.model_type]
+        """The module-structure family (see :mod:`lorasize.layout`); ``card`` for a model whose
+        layout an architecture card describes."""
+        return "card" if self.card is not None else FAMILIES[self.model_type]
 
     @property
     def q_dim(self) -> int:
@@ -132,6 +136,28 @@ class ModelSpec:
             LorasizeError: the model type is unsupported or a required key is missing.
         """
         return _parse(config, name or config.get("_name_or_path", "") or "model", source)
+
+    @classmethod
+    def from_card(cls, card, config: dict[str, Any], name: str, source: str = "",
+                  derived: bool = False) -> "ModelSpec":
+        """A model whose layout an architecture card (:mod:`lorasize.arch.card`) describes."""
+        dims = card.dims
+        dtype = config.get("torch_dtype") or config.get("dtype") \
+            or (config.get("text_config") or {}).get("torch_dtype") or "bfloat16"
+        try:
+            dtype = dtype_name(dtype)
+        except (ValueError, TypeError):
+            dtype = "bf16"
+        return cls(
+            name=name, model_type=card.model_type, vocab_size=int(dims["vocab_size"]),
+            hidden_size=int(dims["hidden_size"]), num_layers=card.num_layers,
+            num_heads=int(dims["num_heads"]), num_kv_heads=int(dims["num_kv_heads"]),
+            head_dim=int(dims["head_dim"]), intermediate_size=int(dims["intermediate_size"]),
+            tie_embeddings=card.tie_embeddings, max_positions=int(dims.get("max_positions") or 0),
+            num_experts=int(dims.get("num_experts") or 0),
+            experts_per_token=int(dims.get("experts_per_token") or 0),
+            lm_head_bias=card.head.bias, dtype=dtype, source=source, hf_config=dict(config),
+            card=card, derived=derived)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelSpec":
@@ -171,13 +197,10 @@ def _positive_int(config: dict[str, Any], source: str, *keys: str, default: Any 
 
 def _parse(config: dict[str, Any], name: str, source: str) -> ModelSpec:
     model_type = config.get("model_type")
+    if model_type is None:
+        raise LorasizeError("config is missing the key 'model_type'", source=source or None)
     if model_type not in FAMILIES:
-        known = ", ".join(sorted(FAMILIES))
-        if model_type is None:
-            raise LorasizeError(f"config is missing the key 'model_type' (supported: {known})",
-                                source=source or None)
-        raise LorasizeError(f"model_type '{model_type}' is not supported yet (supported: {known})",
-                            source=source or None)
+        return _derived(config, name, source)
     get = lambda *keys, default=None: _get(config, source, *keys, default=default)  # noqa: E731
     pos = lambda *keys, default=None: _positive_int(config, source, *keys, default=default)  # noqa: E731
 
@@ -249,3 +272,32 @@ def _parse(config: dict[str, Any], name: str, source: str) -> ModelSpec:
             f"num_attention_heads ({heads}) is not a multiple of num_key_value_heads "
             f"({fields['num_kv_heads']})", source=source or None)
     return ModelSpec(**fields)
+
+
+def _derived(config: dict[str, Any], name: str, source: str) -> ModelSpec:
+    """A config of a family without a hand-written parser: its card is derived from the real
+    transformers code (torch needed), once per config in this process."""
+    import importlib.util
+    import json
+
+    for module in ("torch", "transformers", "peft"):
+        if importlib.util.find_spec(module) is None:
+            raise LorasizeError(
+                f"model_type '{config.get('model_type')}' is not in lorasize's catalog; reading "
+                f"its architecture from transformers needs the '{module}' package: "
+                f"pip install \"lorasize[torch]\"", source=source or None)
+    card = _derive_cached(json.dumps(config, sort_keys=True, default=str), source)
+    return ModelSpec.from_card(card, config, name, source, derived=True)
+
+
+_DERIVED: dict[str, Any] = {}
+
+
+def _derive_cached(key: str, source: str):
+    import json
+
+    if key not in _DERIVED:
+        from .arch.derive import derive_card
+
+        _DERIVED[key] = derive_card(json.loads(key), source or "config")
+    return _DERIVED[key]

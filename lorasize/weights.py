@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .allocator import block
-from .layout import block_linears, block_params, head_linear, top_params
+from .layout import block_linears, block_params, copies, extra_linears, head_linear, top_params
 from .lora import Target, importance_state_shapes, shared_tensors
 from .model import ModelSpec
 from .optimizers import OptimizerBytes, state_bytes
@@ -46,17 +46,18 @@ def _tensors(spec: ModelSpec, only: frozenset[str] | None = None,
     """(shape, out_features, quantizable, count) for every base tensor; weight and bias apart,
     the head last. ``only``: when given, the module paths that may be quantized (torchtune's
     rule); ``rules``: the stack's head rules (quantized, untied)."""
-    for linear in block_linears(spec):
+    for linear in block_linears(spec) + extra_linears(spec):
         experts = (linear.experts,) if linear.experts else ()
         quantizable = linear.quantizable and (only is None or linear.path in only)
+        count = copies(spec, linear)
         yield (*experts, linear.out_features, linear.in_features), linear.out_features, \
-            quantizable, spec.num_layers
+            quantizable, count
         if linear.bias:
-            yield (*experts, linear.out_features), 0, False, spec.num_layers
+            yield (*experts, linear.out_features), 0, False, count
     for param in block_params(spec):
-        yield (param.numel,), 0, False, spec.num_layers
+        yield (param.numel,), 0, False, param.count or spec.num_layers
     for param in top_params(spec):
-        yield (param.numel,), 0, False, 1
+        yield (param.numel,), 0, False, param.count or 1
     head = head_linear(spec)
     if not spec.tie_embeddings or rules.untied_head:
         yield (head.out_features, head.in_features), head.out_features, rules.quantize_head, 1
@@ -93,12 +94,17 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         adapter = 0
         gradients = weights
     else:
-        resident = [(shape, target.copies, target.trainable(name)) for target in targets
-                    for name, shape in target.tensors(dora)]
+        # A vision tower's adapters (PEFT's all-linear on a multimodal checkpoint) train in
+        # name only: text-only steps never run the tower, so they get no gradient and torch's
+        # optimizers make no state for them.
+        resident = [(shape, target.copies, target.trainable(name)
+                     and target.linear.group != "vision")
+                    for target in targets for name, shape in target.tensors(dora)]
         resident += [(shape, 1, False) for _, shape in shared_tensors(targets)]
         param_bytes = int(DTYPE_BYTES[train.adapter_dtype])
         shapes = [(shape, count) for shape, count, trains in resident if trains]
-        trainable = sum(_numel(shape) * count for shape, count in shapes)
+        trainable = sum(_numel(shape) * target.copies for target in targets
+                        for name, shape in target.tensors(dora) if target.trainable(name))
         adapter = sum(block(_numel(shape) * param_bytes) * count for shape, count, _ in resident)
         gradients = sum(block(_numel(shape) * param_bytes) * count for shape, count in shapes)
     optimizer = OptimizerBytes()

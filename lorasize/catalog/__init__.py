@@ -1,7 +1,10 @@
 """The model and GPU catalogs: look-up by name, with suggestions for typos.
 
 The data lives in :mod:`lorasize.catalog._models` (dimensions from each model's public
-``config.json``, with its URL) and :mod:`lorasize.catalog._gpus`.
+``config.json``, with its URL; the families lorasize has hand-written layouts for),
+``lorasize/data/models.json`` (whole ``config.json`` files of the families whose layout comes from
+an architecture card in ``lorasize/data/cards``, derived from transformers by
+``scripts/make_cards.py``) and :mod:`lorasize.catalog._gpus`.
 """
 
 from __future__ import annotations
@@ -19,11 +22,25 @@ def _key(name: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def _model_index() -> dict[str, dict]:
+def _carded_models() -> tuple[dict, ...]:
+    """Catalog entries whose layout an architecture card holds (``lorasize/data/models.json``)."""
+    import json
+    from importlib import resources
+
+    text = resources.files("lorasize.data").joinpath("models.json").read_text(encoding="utf-8")
+    return tuple(json.loads(text)["models"])
+
+
+def _all_models() -> list[dict]:
     from ._models import MODELS
 
+    return list(MODELS) + list(_carded_models())
+
+
+@lru_cache(maxsize=1)
+def _model_index() -> dict[str, dict]:
     index: dict[str, dict] = {}
-    for entry in MODELS:
+    for entry in _all_models():
         for name in (entry["name"], *entry.get("aliases", ()), entry.get("hf_id", "")):
             if name:
                 index.setdefault(_key(name), entry)
@@ -42,10 +59,8 @@ def _gpu_index() -> dict[str, dict]:
 
 
 def model_entries() -> list[dict]:
-    """Every catalog model entry, in catalog order."""
-    from ._models import MODELS
-
-    return list(MODELS)
+    """Every catalog model entry, in catalog order (hand-written families first)."""
+    return _all_models()
 
 
 def gpu_entries() -> list[dict]:
@@ -77,6 +92,11 @@ def model_from_catalog(name: str, flag: str = "--model") -> ModelSpec:
         raise LorasizeError(
             f"unknown model '{name}'{_suggest(name, names)} (see 'lorasize models', or give a "
             f"config.json path)", source=flag)
+    if entry.get("card"):
+        from ..arch.card import load_card
+
+        return ModelSpec.from_card(load_card(entry["card"]), entry["config"], name=entry["name"],
+                                   source=entry["url"])
     return ModelSpec.from_hf_config(entry["config"], name=entry["name"], source=entry["url"])
 
 

@@ -117,7 +117,8 @@ def _real_linear4bit(linear: torch.nn.Linear, compute_dtype, quant_type: str, do
     return layer.to("cpu")
 
 
-def quantize_linears(model: torch.nn.Module, train: TrainSpec, real_bnb: bool = False) -> int:
+def quantize_linears(model: torch.nn.Module, train: TrainSpec, real_bnb: bool = False,
+                     converted_only: bool = False) -> int:
     """Replace what transformers' ``replace_with_bnb_linear`` replaces (``type(m) is nn.Linear``,
     not the head) by 4-bit layers: stand-ins, or bitsandbytes' own with ``real_bnb``. Returns
     how many were replaced."""
@@ -126,9 +127,17 @@ def quantize_linears(model: torch.nn.Module, train: TrainSpec, real_bnb: bool = 
                             source="--quant")
     standin = _real_linear4bit if real_bnb else _standin_class()
     output = model.get_output_embeddings()
+    convert = None
+    if converted_only:  # transformers' own rule (lorasize.arch.derive.bnb_converted)
+        from ..arch.derive import bnb_converted
+
+        names = bnb_converted(model)
+        convert = {id(m) for n, m in model.named_modules() if n in names}
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
+            if convert is not None and id(child) not in convert:
+                continue
             if type(child) is torch.nn.Linear and child is not output:
                 setattr(parent, name, standin(child, TORCH_DTYPES[train.dtype], train.quant_type,
                                               train.double_quant))
@@ -169,6 +178,8 @@ def _peft_config(model: ModelSpec, lora: LoraSpec):
     targets = resolve_targets(model, lora)
     if lora.targets == ("all",):
         modules, parameters = "all-linear", None
+    elif model.card is not None:
+        modules, parameters = _card_modules(model, targets)
     else:
         modules = [t.linear.path for t in targets if not t.linear.experts]
         parameters = [t.linear.path for t in targets if t.linear.experts] or None
@@ -184,6 +195,22 @@ def _peft_config(model: ModelSpec, lora: LoraSpec):
                       use_rslora=lora.variant == "rslora")
 
 
+def _card_modules(model: ModelSpec, targets) -> tuple:
+    """PEFT's target_modules (a regular expression over full module paths, so a decoder's
+    q_proj does not also pick the vision tower's) and target_parameters for a card model."""
+    import re
+
+    from ..layout import copy_layers, module_path
+
+    modules, parameters = [], []
+    for target in targets:
+        linear = target.linear
+        paths = [module_path(model, linear, layer) for layer in copy_layers(linear, target.copies)]
+        (parameters if linear.experts else modules).extend(paths)
+    pattern = "|".join(re.escape(p) for p in modules) or None
+    return (f"^(?:{pattern})$" if pattern else []), (parameters or None)
+
+
 def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, real_bnb: bool = False,
           reentrant: bool = False):
     """The PEFT-wrapped model, its tensors fake when ``fake_mode`` is given (else real CPU)."""
@@ -193,14 +220,23 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
     config = {k: v for k, v in model.hf_config.items() if not k.startswith("_")}
     model_type = config.pop("model_type")
     with quiet():
-        hf_config = AutoConfig.for_model(model_type, **config)
         device = torch.device("meta") if fake_mode is not None else contextlib.nullcontext()
-        with device:
-            hf_model = AutoModelForCausalLM.from_config(
-                hf_config, attn_implementation=ATTN_IMPLEMENTATIONS[train.attn])
+        if model.card is not None:
+            # The class the card was derived from (image-text-to-text for a multimodal
+            # checkpoint; eager attention where a model has no SDPA path).
+            from ..arch.derive import build_meta
+
+            hf_model, _ = build_meta(model.hf_config, model.source or model.name,
+                                     attn=ATTN_IMPLEMENTATIONS[train.attn],
+                                     meta=fake_mode is not None)
+        else:
+            hf_config = AutoConfig.for_model(model_type, **config)
+            with device:
+                hf_model = AutoModelForCausalLM.from_config(
+                    hf_config, attn_implementation=ATTN_IMPLEMENTATIONS[train.attn])
         hf_model = hf_model.to(TORCH_DTYPES[train.dtype])
         if train.quantized:
-            quantize_linears(hf_model, train, real_bnb)
+            quantize_linears(hf_model, train, real_bnb, converted_only=model.card is not None)
         if train.upcasts_to_fp32:
             hf_model = prepare_model_for_kbit_training(hf_model, use_gradient_checkpointing=False)
         if train.method != "full":

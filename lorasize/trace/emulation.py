@@ -50,6 +50,10 @@ def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, sca
           enable_gqa=False):
     grouped = key.size(-3) != query.size(-3)
     kernel = sdpa_kernel(query.element_size(), query.size(-1), grouped, attn_mask is not None)
+    if kernel == "flash" and value.size(-1) != query.size(-1):
+        # Flash needs one head width for q, k and v; MLA's values are narrower (DeepSeek: 192
+        # vs 128): CUDA takes the memory-efficient kernel (sdp_utils.cpp check_head_dim_size_flash).
+        kernel = "efficient" if not grouped else "math"
     if kernel == "flash":  # grouped-query k and v go in un-repeated
         return torch.ops.aten._scaled_dot_product_flash_attention(
             query, key, value, dropout_p, is_causal, False, scale=scale)[0]
