@@ -178,8 +178,11 @@ def adapter_file_bytes(model: ModelSpec, targets: tuple[Target, ...], dtype: str
 
 
 def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: LoraSpec,
-                        train: TrainSpec, static: StaticBytes) -> dict[str, dict[str, int]]:
-    """The candidate peaks, each as activations / logits / temporaries bytes."""
+                        train: TrainSpec, static: StaticBytes,
+                        measured: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
+    """The candidate peaks, each as activations / logits / temporaries bytes. ``measured``:
+    bytes one layer of a card's kind keeps, from the layer probe, for kinds without a formula."""
+    measured = measured or {}
     d = int(DTYPE_BYTES[train.dtype])
     # prepare_model_for_kbit_training makes embeddings, norms and head fp32: the residual stream
     # is fp32, and bitsandbytes returns its matmuls in the input's dtype, so every activation is.
@@ -191,7 +194,9 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     dropout = lora.dropout > 0 and not full
     # One term per kind of decoder layer (one for the hand-written families, whose layers are
     # all alike): bytes one layer saves, per token and whatever the token count.
-    kinds = [(view.layers,
+    kinds = [(_layers_needing_grad(model, view, targets, full), 0, measured[view.spec.kind.name])
+             if view.spec.kind is not None and view.spec.kind.name in measured else
+             (view.layers,
               act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
                                         attn=train.attn, full=full, dropout=dropout,
                                         stack=train.stack, quantized=train.quantized).total,
@@ -336,7 +341,8 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     shard = shard or ShardSpec()
     sharded = shard_static(model, train, static_bytes(model, targets, train, dora), shard)
     static = sharded.static
-    moments = _activation_moments(model, targets, lora, train, static)
+    measured, probe_note = _probe_layers(model, lora, train)
+    moments = _activation_moments(model, targets, lora, train, static, measured)
     for name, parts in moments.items():
         # Gathered parameters and accumulated unsharded gradients exist in forward and
         # backward, not at the optimizer step.
@@ -375,7 +381,7 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     peak = sum(breakdown.values())
     head_dtype = "fp32" if train.upcasts_to_fp32 else train.dtype
     file_size = adapter_file_bytes(model, targets, adapter_dtype, dora, head_dtype) if targets else 0
-    notes = _notes(model, lora, train, targets) + shard_notes(train, shard)
+    notes = _notes(model, lora, train, targets) + probe_note + shard_notes(train, shard)
     result = Estimate(
         model=model, lora=lora, train=train, targets=targets, base_params=static.base_params,
         trainable_params=static.trainable_params, adapter_file_bytes=file_size,
@@ -399,9 +405,67 @@ def _with_serving(result: Estimate, capacity) -> Estimate:
                    serve_base_bytes=capacity.base_bytes, serving=capacity)
 
 
+def _layers_needing_grad(model: ModelSpec, view, targets: tuple[Target, ...], full: bool) -> int:
+    """Layers of a probed kind that keep anything for backward: those that hold an adapter or
+    come after the first layer that does (before it nothing upstream needs a gradient)."""
+    if full:
+        return view.layers
+    held = [i for t in targets if t.linear.group not in ("head", "vision") and not t.linear.prefix
+            for i in (t.linear.layer_ids or range(model.num_layers))]
+    first = min(held, default=model.num_layers)
+    own = {i for t in view.targets for i in (t.linear.layer_ids or view.spec.kind.layers)}
+    return sum(1 for i in view.spec.kind.layers if i > first or i in own)
+
+
+_PROBED: dict[tuple, dict[str, int]] = {}
+NO_PROBE_ENV = "LORASIZE_NO_PROBE"  # set: never run the layer probe (kinds without a formula unmeasured)
+
+
+def _probe_layers(model: ModelSpec, lora: LoraSpec,
+                  train: TrainSpec) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Bytes per layer of the card's kinds that have no activation formula (Mamba, gated delta
+    nets, short convolutions, MLA), measured by the layer probe when torch is installed (once
+    per model and setting in a process), and the note that says so."""
+    import importlib.util
+    import os
+    from dataclasses import replace
+
+    if model.card is None:
+        return {}, ()
+    unmodelled = [k for k in model.card.kinds if not k.analytic]
+    if not unmodelled:
+        return {}, ()
+    names = ", ".join(f"{len(k.layers)} x {k.traits.get('mixer_class') or k.name}"
+                      for k in unmodelled)
+    if os.environ.get(NO_PROBE_ENV) or importlib.util.find_spec("torch") is None:
+        why = f"{NO_PROBE_ENV} is set" if os.environ.get(NO_PROBE_ENV) else \
+            'measuring them needs pip install "lorasize[torch]"'
+        return {}, (f"activations of {names} layers are not modelled: only their MLP, norms and "
+                    f"adapters are counted ({why})",)
+    key = (model.name, repr(sorted(model.hf_config.items())), lora,
+           replace(train, grad_checkpointing=False))
+    if key not in _PROBED:
+        from .trace import probe
+
+        _PROBED[key] = probe(model, lora, train)
+    return _PROBED[key], (f"activations of {names} layers measured by the layer probe (the real "
+                          f"layer code under fake tensors, torch fallbacks of optional CUDA "
+                          f"kernels: an upper bound where mamba-ssm or fla kernels run)",)
+
+
 def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
            targets: tuple[Target, ...]) -> tuple[str, ...]:
     notes = []
+    if model.derived:
+        card = model.card
+        notes.append(f"architecture derived from transformers {card.derived_with.get('transformers')}"
+                     f" ({card.model_class} on the meta device): model_type '{model.model_type}' "
+                     f"is not in lorasize's catalog")
+    if model.card is not None and model.card.multimodal:
+        notes.append(f"{model.card.model_class} is modelled (the whole checkpoint, its frozen "
+                     f"vision tower included; training is text-only, so the tower never runs)")
+    if model.card is not None and train.method != "full" and "all" in lora.targets:
+        notes += [n for n in model.card.notes if not n.startswith("peft-")]
     if train.upcasts_to_fp32:
         notes.append("prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to "
                      "fp32 (--no-kbit-prep to skip it)")

@@ -290,6 +290,15 @@ def _expand(spec: ModelSpec, target: str) -> dict[tuple, tuple[Linear, int]]:
     them (a vision tower's ``q_proj`` too)."""
     blocks = block_linears(spec)
     if spec.card is not None:
+        names = _FUSED_QKV + ("q_proj", "v_proj") if target == "qv" else (target,)
+        for note in spec.card.notes:
+            if note.startswith("peft-refuses-name: ") and note.split(": ")[1] in names:
+                leaf, cls = note.split(": ")[1:3]
+                raise LorasizeError(
+                    f"PEFT refuses a target list naming '{leaf}' on {spec.name}: it also names "
+                    f"{cls} modules, which LoRA cannot wrap; adapt the language model's layers "
+                    f"with 'attn', 'mlp' or 'all' (a regular expression over "
+                    f"{spec.card.block_prefix})", source="--targets")
         refusal = next((n for n in spec.card.notes if n.startswith("peft-all-linear-refused")), "")
         if target == "all" and refusal:
             raise LorasizeError(f"PEFT refuses all-linear on {spec.name} ({spec.model_type}): "
@@ -330,12 +339,24 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
             smaller dimension (the update could not be low-rank).
     """
     chosen: dict[tuple, tuple[Linear, int]] = {}
+    unmatched: list[LorasizeError] = []
     for name in lora.targets:
-        for key, (linear, count) in _expand(spec, name.strip()).items():
+        try:
+            expanded = _expand(spec, name.strip())
+        except LorasizeError as exc:
+            if spec.card is None or "is not a module of" not in str(exc):
+                raise
+            # PEFT's rule for a list of names: an error only when none of them matches
+            # (DeepSeek-V2-Lite has q_proj and no v_proj: q,v adapts q_proj alone).
+            unmatched.append(exc)
+            continue
+        for key, (linear, count) in expanded.items():
             # Several full paths (one per layer) add up; an alias covers every layer.
             previous = chosen.get(key, (linear, 0))[1]
             chosen[key] = (linear, min(previous + count, copies(spec, linear))
                            if linear.group != "head" else 1)
+    if unmatched and not chosen:
+        raise unmatched[0]
     # PEFT's all-linear gives fused expert gate/up matrices rank 2r; named targets keep r.
     all_linear = "all" in lora.targets
     targets = []

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from lorasize.model import FAMILIES  # noqa: E402
 MODELS = ROOT / "lorasize" / "data" / "models.json"
 CARDS = ROOT / "lorasize" / "data" / "cards"
 ENTRY_KEYS = ("name", "aliases", "hf_id", "url", "found_at", "card", "config")
@@ -45,7 +47,9 @@ def add_entries(paths: list[str]) -> list[str]:
     for path in paths:
         entry = json.loads(Path(path).read_text(encoding="utf-8"))
         entry = {k: entry[k] for k in ENTRY_KEYS if k in entry}
-        entry["card"] = entry["name"]
+        # Families with a hand-written layout (lorasize.model.FAMILIES) are read as before.
+        if entry["config"].get("model_type") not in FAMILIES:
+            entry["card"] = entry["name"]
         entry.setdefault("aliases", [entry["hf_id"]])
         known[entry["name"]] = entry
         added.append(entry["name"])
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     names = set(args.names) | set(add_entries(args.add) if args.add else ())
     CARDS.mkdir(parents=True, exist_ok=True)
     for entry in load_models()["models"]:
-        if names and entry["name"] not in names:
+        if not entry.get("card") or (names and entry["name"] not in names):
             continue
         start = time.perf_counter()
         try:

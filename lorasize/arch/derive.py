@@ -22,6 +22,7 @@ Steps, each the real library deciding (learned in the derive prototype, ``shared
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import io
 import logging
@@ -70,7 +71,10 @@ def hf_config(config: dict[str, Any], source: str = "config"):
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    values = {k: v for k, v in config.items() if k not in _DROP_KEYS and not k.startswith("_")}
+    # A deep copy: transformers' config classes rewrite nested dictionaries in place
+    # (rope_scaling gains rope_theta), and the user's config must stay as they gave it.
+    values = {k: copy.deepcopy(v) for k, v in config.items()
+              if k not in _DROP_KEYS and not k.startswith("_")}
     model_type = values.pop("model_type", None)
     if model_type is None:
         raise LorasizeError("config is missing the key 'model_type'", source=source)
@@ -140,12 +144,15 @@ def _decoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
     roots = [decoder] if decoder is not None else [model]
     for root in roots:
         prefix = names.get(id(root), "")
+        # The shallowest module list outside any vision tower and any other list (LongCat's
+        # layers hold lists of sub-layers), the longer one at equal depth.
         for name, child in root.named_modules():
-            if not isinstance(child, torch.nn.ModuleList) or "vision" in name or "visual" in name:
+            if not isinstance(child, torch.nn.ModuleList) or not len(child) \
+                    or "vision" in name or "visual" in name or _INDEX.search(f".{name}."):
                 continue
             path = f"{prefix}.{name}" if prefix else name
-            if best is None or len(child) > len(best[1]) or (
-                    len(child) == len(best[1]) and len(path) < len(best[0])):
+            rank = (path.count("."), -len(child))
+            if best is None or rank < (best[0].count("."), -len(best[1])):
                 best = (path, child)
     if best is None:
         raise LorasizeError(f"cannot find the decoder layers of {type(model).__name__}")
@@ -175,7 +182,10 @@ def _peft_all_linear(config: dict[str, Any], source: str) -> tuple[dict[str, tup
         with torch.device("meta"), quiet():
             wrapped = get_peft_model(model, LoraConfig(r=PROBE_RANK, target_modules="all-linear"))
     except Exception as exc:  # noqa: BLE001  PEFT's refusal, reported in its own words
-        return {}, f"{type(exc).__name__}: {_first_line(exc)}"
+        # (sets printed in sorted order, so the card does not change from run to run)
+        message = re.sub(r"\{([^{}]*)\}", lambda m: "{" + ", ".join(
+            sorted(x.strip() for x in m.group(1).split(","))) + "}", _first_line(exc))
+        return {}, f"{type(exc).__name__}: {message}"
     adapted: dict[str, tuple[int, int, int]] = {}
     for name, module in wrapped.named_modules():
         if not isinstance(module, BaseTunerLayer) or "default" not in getattr(module, "lora_A", {}):
@@ -465,6 +475,7 @@ def derive_card(config: dict[str, Any], source: str = "config") -> ArchCard:
     notes = []
     if refusal:
         notes.append(f"peft-all-linear-refused: {refusal}")
+    notes += [f"peft-refuses-name: {leaf}: {cls}" for leaf, cls in _unwrappable_names(model)]
     rewritten = [m for k in card_kinds for m in k.linears if m.group == "mlp" and not m.experts
                  and not m.all_linear]
     if adapted and rewritten:
@@ -487,6 +498,25 @@ def derive_card(config: dict[str, Any], source: str = "config") -> ArchCard:
         kinds=card_kinds, extra_linears=tuple(extra_linears), extra_params=tuple(extra_params),
         notes=tuple(notes),
     )
+
+
+# Module types PEFT's LoRA wraps (peft/tuners/lora/model.py _create_new_module's dispatchers).
+_PEFT_WRAPS = ("Linear", "Conv1D", "Embedding", "Conv1d", "Conv2d", "Conv3d", "MultiheadAttention")
+
+
+def _unwrappable_names(model) -> list[tuple[str, str]]:
+    """Leaf names a linear has somewhere in the model that also name a module PEFT cannot wrap
+    (Gemma 4's vision ``q_proj`` is a ``Gemma4ClippableLinear`` holding a Linear): PEFT raises
+    for a target list naming them, whatever else it matches."""
+    leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}
+    found = {}
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in leaves and type(module).__name__ not in _PEFT_WRAPS \
+                and not isinstance(module, torch.nn.Linear):
+            found.setdefault(leaf, type(module).__name__)
+    return sorted(found.items())
 
 
 def _kind_name(kind: dict) -> str:

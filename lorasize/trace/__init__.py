@@ -19,7 +19,7 @@ from ..model import ModelSpec
 from ..specs import TrainSpec
 from .result import TraceResult
 
-__all__ = ["TraceResult", "check_available", "trace", "trace_many"]
+__all__ = ["TraceResult", "check_available", "probe", "trace", "trace_many"]
 
 REQUIRED = ("torch", "transformers", "peft", "bitsandbytes")
 
@@ -68,3 +68,17 @@ def trace(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True)
     if not outcome["ok"]:
         raise LorasizeError(f"cannot trace {model.name}: {outcome['error']}")
     return TraceResult.from_dict(outcome["result"])
+
+
+def probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec, timeout: float = 600) -> dict[str, int]:
+    """Bytes one decoder layer of each kind of a card model keeps for backward, measured by the
+    layer probe (:mod:`lorasize.trace.probe`) in a subprocess.
+
+    Raises:
+        MissingExtraError: torch, transformers, peft or bitsandbytes is not installed.
+        LorasizeError: the probe failed (names the operation).
+    """
+    (outcome,) = trace_many([(model, lora, train, {"probe": True})], timeout=timeout)
+    if not outcome["ok"]:
+        raise LorasizeError(f"cannot probe the layers of {model.name}: {outcome['error']}")
+    return {str(k): int(v) for k, v in outcome["result"].items()}

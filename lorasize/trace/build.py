@@ -212,8 +212,10 @@ def _card_modules(model: ModelSpec, targets) -> tuple:
 
 
 def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, real_bnb: bool = False,
-          reentrant: bool = False):
-    """The PEFT-wrapped model, its tensors fake when ``fake_mode`` is given (else real CPU)."""
+          reentrant: bool = False, prepare=None):
+    """The PEFT-wrapped model, its tensors fake when ``fake_mode`` is given (else real CPU).
+    ``prepare`` is called with the wrapped model before any tensor is made (the layer probe
+    swaps layers for stubs there)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -264,6 +266,8 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
             if reentrant:
                 base.enable_input_require_grads()  # reentrant checkpoints need an input with grad
+        if prepare is not None:
+            prepare(hf_model)
         if fake_mode is not None:
             with fake_mode:
                 hf_model = hf_model.to_empty(device="cpu")

@@ -28,6 +28,11 @@ def main() -> int:
     for item in json.load(sys.stdin):
         try:
             model, lora, train = _specs(item)
+            if item.get("probe"):
+                from .probe import probe_kinds
+
+                results.append({"ok": True, "result": probe_kinds(model, lora, train)})
+                continue
             result = trace_step(model, lora, train, fake=item.get("fake", True),
                                 round_to=item.get("round_to", 512), emulate=item.get("emulate", True),
                                 real_bnb=item.get("real_bnb", False),
