@@ -472,6 +472,10 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
     if train.quantized and model.num_experts:
         notes.append("bitsandbytes quantizes only nn.Linear modules: transformers 5 keeps the "
                      "fused expert weights of MoE layers in the compute dtype")
+        if train.upcasts_to_fp32:
+            notes.append("prepare_model_for_kbit_training makes the fused experts fp32, which "
+                         "transformers 5's grouped-mm expert kernel refuses: the real step "
+                         "fails (the trace shows it); train with --no-kbit-prep")
     if train.method != "full" and lora.targets and "qv" in lora.targets and any(
             t.linear.name in ("qkv_proj", "query_key_value", "c_attn") for t in targets):
         notes.append("q and v are fused with k in this architecture: qv adapts the whole "

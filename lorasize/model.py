@@ -280,6 +280,10 @@ def _derived(config: dict[str, Any], name: str, source: str) -> ModelSpec:
     import importlib.util
     import json
 
+    shipped = _shipped_card(config)
+    if shipped is not None:  # a catalog model's own config.json: its card, no torch
+        card, entry = shipped
+        return ModelSpec.from_card(card, config, name, source or entry["url"])
     for module in ("torch", "transformers", "peft"):
         if importlib.util.find_spec(module) is None:
             raise LorasizeError(
@@ -301,3 +305,24 @@ def _derive_cached(key: str, source: str):
 
         _DERIVED[key] = derive_card(json.loads(key), source or "config")
     return _DERIVED[key]
+
+
+_NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")
+
+
+def _shipped_card(config: dict[str, Any]):
+    """(card, catalog entry) when ``config`` is a catalog model's config (keys that do not shape
+    the model aside), else None."""
+    from .catalog import model_entries
+
+    def core(c: dict) -> dict:
+        return {k: v for k, v in c.items() if k not in _NOT_ARCHITECTURE}
+
+    wanted = core(config)
+    for entry in model_entries():
+        if entry.get("card") and entry["config"].get("model_type") == config.get("model_type") \
+                and core(entry["config"]) == wanted:
+            from .arch.card import load_card
+
+            return load_card(entry["card"]), entry
+    return None

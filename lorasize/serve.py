@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from .allocator import block, cublas_workspace_bytes
 from .gpu import GpuSpec
-from .layout import block_linears
+from .layout import block_linears, copies
 from .lora import Target
 from .model import ModelSpec
 from .specs import ServeSpec, TrainSpec
@@ -92,8 +92,9 @@ def vllm_rank(r: int) -> int:
 
 def slot_bytes(model: ModelSpec, linears, rank: int, dtype: str) -> int:
     """One preallocated engine slot: A (rank x in) and B (out x rank) for each linear, per layer."""
-    per_layer = sum(rank * max(m.experts, 1) * (m.in_features + m.out_features) for m in linears)
-    return per_layer * model.num_layers * int(DTYPE_BYTES[dtype])
+    total = sum(rank * max(m.experts, 1) * (m.in_features + m.out_features) * copies(model, m)
+                for m in linears)  # every copy of each linear (layer kinds may differ)
+    return total * int(DTYPE_BYTES[dtype])
 
 
 def serving_capacity(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,

@@ -176,7 +176,7 @@ def unit_bytes(model: ModelSpec, train: TrainSpec, static: StaticBytes) -> tuple
     """(root, layer): bytes of the parameters outside the decoder layers (embeddings, final
     norm, untied head) and of one decoder layer, as stored (FSDP's wrapped units)."""
     other = FP32_BYTES if train.upcasts_to_fp32 else int(DTYPE_BYTES[train.dtype])
-    top = sum(p.numel for p in top_params(model))
+    top = sum(p.numel * (p.count or 1) for p in top_params(model))
     head = head_linear(model)
     if not model.tie_embeddings:
         top += head.weight_numel + (head.out_features if head.bias else 0)

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 from .gpu import GpuSpec
-from .layout import block_linears
+from .layout import block_linears, copies
 from .lora import DELTA_WEIGHT_VARIANTS, Target
 from .model import ModelSpec
 from .specs import TrainSpec
@@ -72,10 +72,9 @@ def flops_per_token(model: ModelSpec, targets: tuple[Target, ...], train: TrainS
     """Training FLOPs per token of one step (forward, backward, recomputation)."""
     full = train.method == "full"
     linear = 0.0
-    for m in block_linears(model):
+    for m in block_linears(model):  # every copy of each matrix (layer kinds may differ)
         active = model.experts_per_token if m.experts else 1
-        linear += 2 * m.in_features * m.out_features * active
-    linear *= model.num_layers
+        linear += 2 * m.in_features * m.out_features * active * copies(model, m)
     head = 2 * model.hidden_size * model.vocab_size
     causal = train.attn in ("sdpa", "flash")
     attention = (2 if causal else 4) * train.seq_len * model.q_dim * model.num_layers
@@ -105,7 +104,8 @@ def dequant_seconds(model: ModelSpec, train: TrainSpec, gpu: GpuSpec) -> float:
     or a known bandwidth."""
     if not (train.quantized and gpu.bandwidth_gbps):
         return 0.0
-    quantized = model.num_layers * sum(m.weight_numel for m in block_linears(model) if m.quantizable)
+    quantized = sum(m.weight_numel * copies(model, m) for m in block_linears(model)
+                    if m.quantizable)
     passes = 3 if train.checkpointing else 2
     return passes * quantized * DEQUANT_BYTES_PER_WEIGHT / (gpu.bandwidth_gbps * 1e9)
 

@@ -243,3 +243,23 @@ def test_card_round_trips():
     card = load_card("qwen3-next-80b-a3b-instruct")
     assert ArchCard.from_dict(json.loads(card.to_json())) == card
     assert {k.traits["mixer"] for k in card.kinds} == {"attention", "other"}
+
+
+def test_a_catalog_models_own_config_reads_its_card_without_torch(tmp_path):
+    from lorasize.catalog import find_model_entry
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(find_model_entry("qwen3-30b-a3b")["config"]))
+    code = (f"import sys; from lorasize.resolve import resolve_model; "
+            f"s = resolve_model({str(path)!r}); "
+            f"print(s.card.model_class, s.derived, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["Qwen3MoeForCausalLM", "False", "False"]
+
+
+def test_models_command_lists_cards_without_torch():
+    code = ("import sys; from lorasize.cli import main; main(['models', '--json']); "
+            "assert 'torch' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rows = {r["name"]: r for r in json.loads(done.stdout)}
+    assert rows["gpt-oss-20b"]["params"] == load_card("gpt-oss-20b").total_params

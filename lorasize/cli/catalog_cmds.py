@@ -6,9 +6,8 @@ import json
 
 import click
 
-from ..catalog import gpu_entries, model_entries
+from ..catalog import gpu_entries, model_entries, model_from_catalog
 from ..layout import total_params
-from ..model import ModelSpec
 from ..render import table
 from ..units import BYTES_PER_MIB, format_bytes
 from .options import output_options
@@ -25,7 +24,7 @@ def models(as_json: bool) -> int:
     """
     rows = []
     for entry in model_entries():
-        spec = ModelSpec.from_hf_config(entry["config"], name=entry["name"], source=entry["url"])
+        spec = model_from_catalog(entry["name"])  # a card model reads its card: no torch
         rows.append({
             "name": entry["name"], "hf_id": entry["hf_id"], "model_type": spec.model_type,
             "params": total_params(spec), "layers": spec.num_layers, "hidden": spec.hidden_size,
