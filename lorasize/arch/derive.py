@@ -24,16 +24,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import io
 import logging
 import re
-import warnings
 from collections import OrderedDict
 from typing import Any
 
 import torch
 
 from ..errors import LorasizeError
+from ..trace.build import quiet
 from .card import ArchCard, CardLinear, CardParam, LayerKind
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -47,19 +46,6 @@ _MOE_TOPK_KEYS = ("num_experts_per_tok", "num_experts_per_token", "top_k_experts
 _DROP_KEYS = ("architectures", "auto_map", "transformers_version", "quantization_config",
               "_name_or_path", "torch_dtype", "dtype")
 _INDEX = re.compile(r"\.(\d+)\.")
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence library chatter while building."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
-            contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
 
 
 def hf_config(config: dict[str, Any], source: str = "config"):

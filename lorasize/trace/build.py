@@ -31,8 +31,9 @@ ATTN_IMPLEMENTATIONS = {"sdpa": "sdpa", "eager": "eager", "flash": "sdpa"}
 
 @contextlib.contextmanager
 def quiet():
-    """Silence library chatter while building."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+    """Silence library chatter (warnings, logs, prints) while building and stepping."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-EMULATION_VERSION = "torch-2.13/sm80/bnb-0.50/2"  # see lorasize/trace/emulation.py
+EMULATION_VERSION = "torch-2.13/sm80/bnb-0.50/3"  # see lorasize/trace/emulation.py
 
 
 @dataclass(frozen=True)
