@@ -113,7 +113,7 @@ def _norm_count(spec: ModelSpec) -> int:
     return sum(1 for p in block_params(spec) if not p.path.startswith("self_attn"))
 
 
-_NOT_NORM_FED = ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h")
+_NOT_NORM_FED = ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h", "out_proj")
 
 
 def _source(spec: ModelSpec, path: str, group: str) -> str:

@@ -461,6 +461,13 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
         notes.append(f"architecture derived from transformers {card.derived_with.get('transformers')}"
                      f" ({card.model_class} on the meta device): model_type '{model.model_type}' "
                      f"is not in lorasize's catalog")
+    quant = model.hf_config.get("quantization_config") if model.card is not None else None
+    if isinstance(quant, dict):
+        method = quant.get("quant_method", "its own")
+        notes.append(f"the checkpoint ships {method}-quantized weights; sized as loaded "
+                     f"dequantized to {train.dtype} for training (as fine-tuning recipes do, e.g. "
+                     f"gpt-oss with Mxfp4Config(dequantize=True)); --method qlora quantizes "
+                     f"with bitsandbytes instead")
     if model.card is not None and model.card.multimodal:
         notes.append(f"{model.card.model_class} is modelled (the whole checkpoint, its frozen "
                      f"vision tower included; training is text-only, so the tower never runs)")

@@ -423,7 +423,7 @@ def adapter_tensors(targets: Iterable[Target], dora: bool = False) -> list[tuple
 
 # Output projections: their input is the attention output or the MLP's hidden activation, not a
 # norm's output.
-_OUTPUT_PROJECTIONS = ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h")
+_OUTPUT_PROJECTIONS = ("o_proj", "dense", "c_proj", "down_proj", "fc2", "dense_4h_to_h", "out_proj")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The estimate against the trace for architectures read from cards (not hand-written): a MoE,
 sliding-window attention, a multimodal checkpoint, a hybrid linear-attention model (its linear
-attention layers measured by the layer probe) and MLA. Each config is transformers' own config
+attention layers measured by the layer probe), short convolutions (LFM2, probed) and MLA. Each config is transformers' own config
 class shrunk to a few narrow layers; the trace runs the real step of the real classes under fake
 tensors. Within 2% of the traced peak, trainable parameters equal."""
 
@@ -35,6 +35,11 @@ def _configs() -> dict[str, dict]:
             head_dim=128, intermediate_size=1024, moe_intermediate_size=256,
             shared_expert_intermediate_size=256, num_experts=8, num_experts_per_tok=2,
             vocab_size=32000, linear_num_value_heads=8, linear_num_key_heads=4).to_dict(),
+        "lfm2": t.Lfm2Config(
+            num_hidden_layers=6, hidden_size=1024, intermediate_size=2048,
+            num_attention_heads=16, num_key_value_heads=8, vocab_size=32000,
+            layer_types=["conv", "conv", "full_attention", "conv", "full_attention", "conv"]
+        ).to_dict(),
         "deepseek-v2": t.DeepseekV2Config(
             num_hidden_layers=4, hidden_size=1024, intermediate_size=2048,
             moe_intermediate_size=256, n_routed_experts=8, num_experts_per_tok=2,
@@ -56,6 +61,7 @@ CELLS = [
     ("qwen3-next", ("qv",), "lora", 1024, False),
     ("qwen3-next", ("all",), "lora", 2048, True),
     ("deepseek-v2", ("all",), "lora", 1024, False),
+    ("lfm2", ("qv",), "lora", 1024, False),
 ]
 
 

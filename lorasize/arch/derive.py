@@ -301,7 +301,7 @@ def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam]
     head_dim = int(_cfg(text, "head_dim", default=0) or 0)
     qk = [p for p in params if p.kind == "norm" and p.path.split(".")[0] == mixer_name
           and p.path.rsplit(".", 2)[-2] in ("q_norm", "k_norm", "q_layernorm", "k_layernorm")]
-    if "q_proj" in by_leaf and "k_proj" in by_leaf and "o_proj" in by_leaf:
+    if "q_proj" in by_leaf and "k_proj" in by_leaf and ({"o_proj", "out_proj", "dense"} & set(by_leaf)):
         # (Gemma 4's global layers have no v_proj: their values are the keys.)
         q, kv = by_leaf["q_proj"].out_features, by_leaf["k_proj"].out_features
         traits["mixer"] = "attention"
@@ -347,13 +347,15 @@ def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam]
         shared = [m for m in mlp_linears if "shared" in m.path and m.path.endswith(("up_proj", "gate_proj"))]
         traits["shared_intermediate"] = shared[0].out_features if shared else 0
     elif mlp_linears:
-        leaves = {m.path.rsplit(".", 1)[-1]: m for m in mlp_linears}
-        gated = ("gate_proj" in leaves and "up_proj" in leaves) or "gate_up_proj" in leaves
+        # Gated when two projections read the hidden state at the same width (gate/up, w1/w3),
+        # or one reads it at twice the width its output projection takes (a fused gate_up).
+        ins = [m for m in mlp_linears if m.in_features == hidden]
+        outs = [m for m in mlp_linears if m.out_features == hidden and m not in ins]
+        widths = [m.out_features for m in ins]
+        inner = outs[0].in_features if outs else (widths[0] if widths else 0)
+        gated = len(ins) >= 2 and widths.count(inner) >= 2 or (len(ins) == 1 and widths[0] == 2 * inner)
         traits["mlp"] = "gated" if gated else "plain"
-        inner = leaves.get("up_proj") or leaves.get("gate_proj") or leaves.get("fc1") \
-            or next(iter(leaves.values()))
-        inner_out = inner.out_features // (2 if inner.path.endswith("gate_up_proj") else 1)
-        traits["intermediate"] = inner_out
+        traits["intermediate"] = inner
     else:
         traits["mlp"] = "none"
         traits["intermediate"] = 0

@@ -52,6 +52,19 @@ def representatives(model: ModelSpec) -> dict[str, int]:
             for kind in card.kinds}
 
 
+def first_adapted_layer(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> int:
+    """The first decoder layer holding an adapter (0 for full fine-tuning)."""
+    from ..layout import copies
+    from ..lora import resolve_targets
+
+    if train.method == "full":
+        return 0
+    layers = [i for t in resolve_targets(model, lora)
+              if t.linear.group not in ("head", "vision") and not t.linear.prefix
+              for i in (t.linear.layer_ids or range(copies(model, t.linear)))]
+    return min(layers, default=0)
+
+
 def probe_kinds(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> dict[str, int]:
     """Bytes one layer of each kind keeps for backward (kind name -> bytes), at the step's
     batch, sequence, dtype, attention, targets and quantization, checkpointing off.
@@ -62,7 +75,10 @@ def probe_kinds(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> dict[str,
 
     reps = representatives(model)
     last = model.card.num_layers - 1
-    keep = set(reps.values()) | {0, last}
+    # The first layer holding an adapter stays real too: after it every layer's input needs a
+    # gradient, as in the whole model (with q,v targets on a hybrid model, a stubbed first
+    # attention layer would leave the representatives after it saving nothing).
+    keep = set(reps.values()) | {0, last, first_adapted_layer(model, lora, train)}
     entered: dict[int, int] = {}
     holder: dict[str, LiveBytesTracker] = {}
 
