@@ -9,13 +9,13 @@ The analytic core imports no torch. Typical use::
 
 __version__ = "0.1.0"
 
-from .catalog import gpu_from_catalog, model_from_catalog  # noqa: E402
+from .arch.catalog import gpu_from_catalog, model_from_catalog  # noqa: E402
 from .errors import LorasizeError  # noqa: E402
 from .estimate import Calibration, Estimate, adapter_file_bytes, estimate  # noqa: E402
 from .gpu import GpuSpec  # noqa: E402
-from .lora import LoraSpec  # noqa: E402
-from .model import ModelSpec  # noqa: E402
-from .resolve import resolve_model  # noqa: E402
+from .arch.lora import LoraSpec  # noqa: E402
+from .arch.model import ModelSpec  # noqa: E402
+from .arch.resolve import resolve_model  # noqa: E402
 from .specs import ServeSpec, TrainSpec  # noqa: E402
 from .units import format_bytes, parse_bytes  # noqa: E402
 

@@ -25,45 +25,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import activations as act
-from .allocator import (DEFAULT_CUDA_CONTEXT_BYTES, block, DEFAULT_RESERVE_FRACTION,
-                        SMALL_SEGMENT_BYTES, cublas_workspace_bytes)
+from .memory import activations as act
+from .memory.allocator import SMALL_SEGMENT_BYTES, block, cublas_workspace_bytes
 from .gpu import GpuSpec
-from .layout import copy_layers, module_path
-from .lora import (LoraSpec, Target, delta_weight_transient_bytes, input_grad_saved_bytes,
+from .arch.layout import copy_layers, module_path
+from .arch.lora import (LoraSpec, Target, delta_weight_transient_bytes, input_grad_saved_bytes,
                    resolve_targets, shared_tensors)
-from .model import ModelSpec
-from .optimizers import step_temporary_bytes
-from .safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
-from .sharding import ShardSpec, shard_notes, shard_static
+from .arch.model import ModelSpec
+from .memory.optimizers import step_temporary_bytes
+from .arch.safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
+from .memory.calibrated import Calibration, default_calibration
+from .memory.sharding import ShardSpec, shard_notes, shard_static
 from .specs import ServeSpec, TrainSpec
 from .units import DTYPE_BYTES, round_up
-from .weights import StaticBytes, static_bytes
+from .memory.weights import StaticBytes, static_bytes
 
 BREAKDOWN_KEYS = (
     "weights", "quant_constants", "adapter", "gradients", "optimizer", "activations", "logits",
     "temporaries", "communication", "allocator", "cuda_context", "paged_optimizer",
 )
 ALLOCATED_KEYS = BREAKDOWN_KEYS[:9]
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Overhead terms that only a real GPU shows; ``lorasize calibrate`` fits them from profiles.
-
-    Attributes:
-        cuda_context_bytes: device memory outside torch's allocator (context, kernels).
-        reserve_fraction: reserved bytes above the allocated peak, per byte of memory that comes
-            and goes in a step (activations, logits, temporaries).
-        source: where the numbers come from.
-        mfu: model FLOPs utilisation of training steps (step time), fitted from GPU profiles;
-            None: :data:`lorasize.timing.DEFAULT_MFU`.
-    """
-
-    cuda_context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES
-    reserve_fraction: float = DEFAULT_RESERVE_FRACTION
-    source: str = "built-in defaults (allocator.py)"
-    mfu: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +74,7 @@ class Estimate:
     adapters_fit: int | None = None
     adapter_serve_bytes: int = 0
     serve_base_bytes: int = 0
-    serving: object | None = None  # lorasize.serve.ServingCapacity
+    serving: object | None = None  # lorasize.serving.serve.ServingCapacity
     dynamic_bytes: int = 0  # memory that comes and goes within the step (for calibration)
     calibration: Calibration | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -324,7 +305,7 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
         serve: serving settings for ``adapters_fit`` (needs ``gpu``).
         adapter_dtype: dtype the adapter is saved in.
         calibration: overhead terms; built-in defaults if None.
-        shard: GPUs, sharding and offload (:mod:`lorasize.sharding`); one GPU if None. Every
+        shard: GPUs, sharding and offload (:mod:`lorasize.memory.sharding`); one GPU if None. Every
             byte count is then one GPU's.
 
     Raises:
@@ -333,8 +314,6 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     lora = lora or LoraSpec()
     train = train or TrainSpec()
     if calibration is None:
-        from .calibration import default_calibration
-
         calibration = default_calibration()
     targets = () if train.method == "full" else resolve_targets(model, lora)
     dora = lora.dora and train.method != "full"
@@ -390,7 +369,7 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
         dynamic_bytes=dynamic, calibration=calibration, shard=shard, host_breakdown=sharded.host,
     )
     if gpu is not None and targets:
-        from .serve import serving_capacity
+        from .serving.serve import serving_capacity
 
         capacity = serving_capacity(model, targets, train, gpu, serve or ServeSpec(), dora,
                                     calibration.cuda_context_bytes)
@@ -506,7 +485,7 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
 
 
 def _variant_notes(lora: LoraSpec, train: TrainSpec, targets: tuple[Target, ...]) -> list[str]:
-    """What gradient accumulation and the LoRA-family methods change (lorasize/lora.py)."""
+    """What gradient accumulation and the LoRA-family methods change (lorasize/arch/lora.py)."""
     notes = []
     if train.grad_accum > 1:
         notes.append(f"gradient accumulation: {train.grad_accum} micro-batches of "

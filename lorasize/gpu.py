@@ -31,7 +31,7 @@ class GpuSpec:
 
     @classmethod
     def from_entry(cls, entry: dict) -> "GpuSpec":
-        """Build from a catalog entry of :mod:`lorasize.catalog._gpus`."""
+        """Build from a catalog entry of :mod:`lorasize.arch.catalog._gpus`."""
         return cls(
             name=entry["name"], memory_bytes=entry["memory_mib"] * BYTES_PER_MIB,
             arch=entry.get("arch"), bf16_tflops=entry.get("bf16_tflops"),

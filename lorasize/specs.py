@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .activations import ATTN_IMPLEMENTATIONS
+from .memory.activations import ATTN_IMPLEMENTATIONS
 from .errors import LorasizeError
-from .optimizers import OPTIMIZERS
-from .quant import QUANT_TYPES
+from .memory.optimizers import OPTIMIZERS
+from .memory.quant import QUANT_TYPES
 
 METHODS = ("lora", "qlora", "full")
 # Training stacks whose memory behaviour differs (DESIGN.md, "Frameworks differ"):
@@ -21,7 +21,7 @@ METHODS = ("lora", "qlora", "full")
 #   CEWithChunkedOutputLoss over 8 chunks of the output.
 # - litgpt: lit-gpt finetune/lora.py: bf16-true precision (adapters in bf16), the head computed
 #   in chunks of 128 tokens that Fabric hands back in fp32 (chunked_cross_entropy), every linear
-#   quantized by Lightning's BitsandbytesPrecision. Each rule: lorasize/stacks.py.
+#   quantized by Lightning's BitsandbytesPrecision. Each rule: lorasize/memory/stacks.py.
 STACKS = ("hf-peft", "torchtune", "litgpt")
 COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
@@ -44,7 +44,7 @@ class TrainSpec:
         quant: ``nf4``, ``fp4``, ``int8`` or ``none``; ``None`` picks ``nf4`` for qlora, else none.
         double_quant: bitsandbytes double quantization of the 4-bit constants.
         dtype: compute and base-weight dtype.
-        optimizer: one of :data:`lorasize.optimizers.OPTIMIZERS`.
+        optimizer: one of :data:`lorasize.memory.optimizers.OPTIMIZERS`.
         batch_size: sequences per micro-batch.
         seq_len: tokens per sequence.
         grad_checkpointing: recompute each layer in backward; ``None`` means on exactly when
@@ -154,7 +154,7 @@ class ServeSpec:
     """Serving many adapters next to one base model.
 
     Attributes:
-        engine: ``peft``, ``vllm``, ``sglang`` or ``lorax`` (see :mod:`lorasize.serve`).
+        engine: ``peft``, ``vllm``, ``sglang`` or ``lorax`` (see :mod:`lorasize.serving.serve`).
         dtype: dtype each resident adapter is held in with PEFT (``load_adapter`` keeps fp32);
             the other engines hold adapters in the model dtype.
         kv_tokens: KV-cache budget in tokens (all sequences together).

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from lorasize.model import FAMILIES  # noqa: E402
+from lorasize.arch.model import FAMILIES  # noqa: E402
 MODELS = ROOT / "lorasize" / "data" / "models.json"
 CARDS = ROOT / "lorasize" / "data" / "cards"
 ENTRY_KEYS = ("name", "aliases", "hf_id", "url", "found_at", "card", "config")
@@ -47,7 +47,7 @@ def add_entries(paths: list[str]) -> list[str]:
     for path in paths:
         entry = json.loads(Path(path).read_text(encoding="utf-8"))
         entry = {k: entry[k] for k in ENTRY_KEYS if k in entry}
-        # Families with a hand-written layout (lorasize.model.FAMILIES) are read as before.
+        # Families with a hand-written layout (lorasize.arch.model.FAMILIES) are read as before.
         if entry["config"].get("model_type") not in FAMILIES:
             entry["card"] = entry["name"]
         entry.setdefault("aliases", [entry["hf_id"]])

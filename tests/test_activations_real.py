@@ -17,10 +17,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import quiet
-from lorasize import activations as act
-from lorasize.layout import block_params
-from lorasize.lora import LoraSpec, resolve_targets
-from lorasize.model import ModelSpec
+from lorasize.memory import activations as act
+from lorasize.arch.layout import block_params
+from lorasize.arch.lora import LoraSpec, resolve_targets
+from lorasize.arch.model import ModelSpec
 
 BATCH, SEQ = 2, 32
 SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_attention_heads=4)

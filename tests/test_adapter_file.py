@@ -6,9 +6,9 @@ import pytest
 
 from conftest import quiet
 from lorasize import LoraSpec, adapter_file_bytes, resolve_model
-from lorasize.lora import resolve_targets
-from lorasize.model import ModelSpec
-from lorasize.safetensors_format import file_bytes, header_json, read_header
+from lorasize.arch.lora import resolve_targets
+from lorasize.arch.model import ModelSpec
+from lorasize.arch.safetensors_format import file_bytes, header_json, read_header
 
 TINY = {
     "llama": dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=160,

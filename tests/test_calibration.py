@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
-from lorasize.calibration import (DEFAULT_FILE, MIN_ROWS, calibrate_from_measurements, fit,
+from lorasize.calibrate.calibration import (DEFAULT_FILE, MIN_ROWS, calibrate_from_measurements, fit,
                                   load_calibration, write_calibration)
 from lorasize.errors import LorasizeError
 from lorasize.estimate import Calibration
@@ -88,7 +88,7 @@ def test_gpu_profiles_feed_the_fit(tmp_path, cli):
     from lorasize.profile.schema import SCHEMA_VERSION
 
     from lorasize import gpu_from_catalog
-    from lorasize.timing import dequant_seconds, peak_compute_seconds
+    from lorasize.perf.timing import dequant_seconds, peak_compute_seconds
 
     spec = resolve_model("llama3.2-1b")
     zero = Calibration(0, 0.0)

@@ -18,11 +18,11 @@ import pytest
 
 from conftest import quiet
 from lorasize.arch.card import ArchCard, load_card
-from lorasize.catalog import model_entries, model_from_catalog
+from lorasize.arch.catalog import model_entries, model_from_catalog
 from lorasize.errors import LorasizeError
-from lorasize.layout import total_params
-from lorasize.lora import LoraSpec, resolve_targets, trainable_params
-from lorasize.model import ModelSpec
+from lorasize.arch.layout import total_params
+from lorasize.arch.lora import LoraSpec, resolve_targets, trainable_params
+from lorasize.arch.model import ModelSpec
 
 CARDED = [e for e in model_entries() if e.get("card")]
 # One catalog model per carded model_type runs in CI; the rest with -m slow.
@@ -230,8 +230,8 @@ def test_without_torch_the_message_names_the_extra(monkeypatch):
 
 
 def test_catalog_card_estimate_imports_no_torch():
-    code = ("import sys; from lorasize.catalog import model_from_catalog; "
-            "from lorasize.estimate import estimate; from lorasize.lora import LoraSpec; "
+    code = ("import sys; from lorasize.arch.catalog import model_from_catalog; "
+            "from lorasize.estimate import estimate; from lorasize.arch.lora import LoraSpec; "
             "e = estimate(model_from_catalog('gemma4-26b-a4b'), LoraSpec(targets=('all',))); "
             "assert e.trainable_params > 0; "
             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
@@ -246,11 +246,11 @@ def test_card_round_trips():
 
 
 def test_a_catalog_models_own_config_reads_its_card_without_torch(tmp_path):
-    from lorasize.catalog import find_model_entry
+    from lorasize.arch.catalog import find_model_entry
 
     path = tmp_path / "config.json"
     path.write_text(json.dumps(find_model_entry("qwen3-30b-a3b")["config"]))
-    code = (f"import sys; from lorasize.resolve import resolve_model; "
+    code = (f"import sys; from lorasize.arch.resolve import resolve_model; "
             f"s = resolve_model({str(path)!r}); "
             f"print(s.card.model_class, s.derived, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

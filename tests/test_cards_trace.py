@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from lorasize.estimate import estimate
-from lorasize.lora import LoraSpec
-from lorasize.model import ModelSpec
+from lorasize.arch.lora import LoraSpec
+from lorasize.arch.model import ModelSpec
 from lorasize.specs import TrainSpec
 
 TOLERANCE = 0.02

@@ -323,7 +323,7 @@ def test_multi_gpu_scenarios_are_judged_per_gpu(tmp_path):
     import json
 
     from lorasize import TrainSpec, estimate, resolve_model
-    from lorasize.sharding import ShardSpec
+    from lorasize.memory.sharding import ShardSpec
 
     text = ("scenarios:\n  big:\n    model: llama2-7b\n    method: full\n    seq_len: 1024\n"
             "    grad_accum: 4\n{extra}    budget: fits a100-40gb\n")

@@ -59,7 +59,7 @@ def _needs_tracker():
 
 def test_registered_through_the_pytest11_entry_point():
     plugins = {e.name: e.value for e in entry_points(group="pytest11")}
-    assert plugins.get("lorasize") == "lorasize.pytest_plugin"
+    assert plugins.get("lorasize") == "lorasize.ci.pytest_plugin"
 
 
 def test_marker_passes_and_fails_with_the_breakdown(pytester):

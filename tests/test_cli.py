@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import quiet
-from lorasize.catalog import model_entries
+from lorasize.arch.catalog import model_entries
 
 DESIGN_KEYS = {"trainable_params", "base_params", "adapter_file_bytes", "train_allocated_bytes",
                "train_reserved_bytes", "train_peak_bytes", "train_breakdown", "gpu", "fits",

@@ -80,7 +80,7 @@ def test_fit_solves_per_gpu(cli):
     """Full fine-tuning of Llama-3-8B fits no A100-40GB alone; on 8 under ZeRO-3 the solved
     sequence length fits per GPU and one more token does not."""
     from lorasize import TrainSpec, estimate, gpu_from_catalog, resolve_model
-    from lorasize.sharding import ShardSpec
+    from lorasize.memory.sharding import ShardSpec
 
     args = ("fit", "-m", "llama3-8b", "--method", "full", "--gpu", "a100-40gb", "--solve",
             "seq-len", "--json")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import build_meta_model, peft_wrap
-from lorasize.catalog import model_entries
-from lorasize.layout import total_params
-from lorasize.lora import LoraSpec, resolve_targets, trainable_params
-from lorasize.model import ModelSpec
+from lorasize.arch.catalog import model_entries
+from lorasize.arch.layout import total_params
+from lorasize.arch.lora import LoraSpec, resolve_targets, trainable_params
+from lorasize.arch.model import ModelSpec
 
 # The hand-written families (entries with an architecture card: tests/test_cards.py).
 ENTRIES = [e for e in model_entries() if not e.get("card")]

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import quiet
 from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
-from lorasize.allocator import block
-from lorasize.optimizers import state_bytes
-from lorasize.quant import quantized_bytes
+from lorasize.memory.allocator import block
+from lorasize.memory.optimizers import state_bytes
+from lorasize.memory.quant import quantized_bytes
 
 
 def _unique_block_bytes(tensors) -> int:
@@ -117,7 +117,7 @@ def test_adapters_are_fp32_on_a_bf16_base():
     """PEFT autocasts adapter weights to fp32: r=64 on q,k,v,o of Llama-2-7B is 256 MiB."""
     import torch
     from conftest import build_meta_model, peft_wrap
-    from lorasize.catalog import find_model_entry
+    from lorasize.arch.catalog import find_model_entry
 
     wrapped = peft_wrap(build_meta_model(find_model_entry("llama2-7b")["config"], 2).to(torch.bfloat16),
                         r=64, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -188,7 +188,7 @@ def test_chunked_losses_shrink_the_logits_term():
     rest of the moment): torchtune's fp32 chunks (4V + 8V/8) and litgpt's chunks, which Fabric
     casts to fp32 and keeps alive next to the log-softmax outputs (2 x 4V), both stay under
     transformers' whole fp32 loss (3 x 4V)."""
-    from lorasize import activations as act
+    from lorasize.memory import activations as act
 
     spec = resolve_model("llama3-8b")
     loss = {stack: act.logits_peak_bytes_per_token(spec, stack, 2)

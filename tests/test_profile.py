@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lorasize import LoraSpec, ModelSpec, TrainSpec, estimate
-from lorasize.allocator import cublas_workspace_bytes
+from lorasize.memory.allocator import cublas_workspace_bytes
 from lorasize.errors import LorasizeError
 from lorasize.profile import load_profile, load_profiles, validate_profile
 
@@ -78,8 +78,8 @@ def test_every_shipped_profile_loads():
 def test_inference_profile_adapter_memory_matches_the_serving_model(cli, tiny_model, tmp_path):
     """PEFT's real load_adapter, K times: the memory each adapter adds is what `serve` predicts
     for PEFT (fp32 adapters)."""
-    from lorasize.lora import resolve_targets
-    from lorasize.serve import adapter_resident_bytes
+    from lorasize.arch.lora import resolve_targets
+    from lorasize.serving.serve import adapter_resident_bytes
 
     out = tmp_path / "profiles"
     out.mkdir()

@@ -189,8 +189,8 @@ def test_malformed_multi_rank_profiles_name_the_field(mutate, field):
 def test_calibrate_takes_each_rank_of_a_gpu_profile_as_a_reserve_row(cli, tmp_path):
     """GPU profiles cannot be made on a CPU: the rank figures are written here, with a reserve
     of a quarter of each rank's dynamic bytes, which the fit must recover."""
-    from lorasize.allocator import DEFAULT_CUDA_CONTEXT_BYTES
-    from lorasize.calibration import load_calibration
+    from lorasize.memory.allocator import DEFAULT_CUDA_CONTEXT_BYTES
+    from lorasize.calibrate.calibration import load_calibration
     from lorasize.profile import write_profile
 
     base = _shipped_multi_rank()

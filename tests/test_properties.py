@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from conftest import run_cli
 from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
-from lorasize.catalog import gpu_entries, model_entries
+from lorasize.arch.catalog import gpu_entries, model_entries
 
 MODEL_NAMES = [e["name"] for e in model_entries()]
 GPU_NAMES = [g["name"] for g in gpu_entries()]

@@ -11,7 +11,7 @@ import pytest
 
 from lorasize import LoraSpec, ServeSpec, estimate
 from lorasize.errors import LorasizeError
-from lorasize.report import build_figures, load_plan, write_report
+from lorasize.plan.report import build_figures, load_plan, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = ROOT / "examples" / "plan.yaml"

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from lorasize import LoraSpec, ServeSpec, TrainSpec, estimate, gpu_from_catalog, resolve_model
-from lorasize.hotswap import parse_traffic, simulate_lru, smallest_slots, swap_seconds
-from lorasize.serve import slot_bytes, vllm_rank
-from lorasize.layout import block_linears
-from lorasize.solve import solve, sweep
+from lorasize.serving.hotswap import parse_traffic, simulate_lru, smallest_slots, swap_seconds
+from lorasize.serving.serve import slot_bytes, vllm_rank
+from lorasize.arch.layout import block_linears
+from lorasize.plan.solve import solve, sweep
 
 QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
 

@@ -1,4 +1,4 @@
-"""Multi-GPU memory (lorasize/sharding.py) against DeepSpeed's own estimator, against published
+"""Multi-GPU memory (lorasize/memory/sharding.py) against DeepSpeed's own estimator, against published
 multi-GPU measurements, and against the properties any sharding must keep."""
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from lorasize.catalog import find_model_entry, gpu_from_catalog, model_from_catalog
+from lorasize.arch.catalog import find_model_entry, gpu_from_catalog, model_from_catalog
 from lorasize.errors import LorasizeError
 from lorasize.estimate import ALLOCATED_KEYS, estimate
-from lorasize.lora import LoraSpec
-from lorasize.sharding import (DEEPSPEED_PREFETCH_BUCKET_SIZE, SHARDINGS, ShardSpec,
+from lorasize.arch.lora import LoraSpec
+from lorasize.memory.sharding import (DEEPSPEED_PREFETCH_BUCKET_SIZE, SHARDINGS, ShardSpec,
                                grad_accum_from_row, largest_module_params, launch_commands,
                                shard_static, sharding_from_row)
-from lorasize.solve import fewest_gpus, fit_setup
+from lorasize.plan.solve import fewest_gpus, fit_setup
 from lorasize.specs import TrainSpec
-from lorasize.weights import static_bytes
+from lorasize.memory.weights import static_bytes
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "measurements" / "measured.csv"
 FULL = TrainSpec(method="full", dtype="bf16", optimizer="adamw", grad_checkpointing=True)
@@ -142,7 +142,7 @@ def _multi_gpu_rows() -> list[dict]:
 def predict_row(row: dict) -> tuple[int, ShardSpec]:
     """The per-GPU prediction of a multi-GPU row: the row's one-GPU specs (validate's reading)
     with its sharding and gradient accumulation."""
-    from lorasize.validate import row_estimate
+    from lorasize.calibrate.validate import row_estimate
 
     shard = sharding_from_row(row)
     metric = row["metric"] if row["metric"] in ("peak_allocated", "peak_reserved") else "nvidia_smi"
@@ -156,7 +156,7 @@ def predict_row(row: dict) -> tuple[int, ShardSpec]:
 
 @pytest.mark.skipif(not SHARED.is_file(), reason="the shared measurement set is not beside the checkout")
 def test_measured_multi_gpu_rows():
-    from lorasize.validate import Skip, measured_bytes
+    from lorasize.calibrate.validate import Skip, measured_bytes
 
     rows = _multi_gpu_rows()
     ids = {r["id"] for r in rows}
@@ -337,7 +337,7 @@ def test_fit_setup_and_fewest_gpus():
     shard, result = fit_setup(model, LoraSpec(), train, gpu, 8)
     assert result.fits and shard.gpus == 8
     # Nothing earlier in the walk fits on 8 GPUs.
-    from lorasize.solve import SETUP_ORDER
+    from lorasize.plan.solve import SETUP_ORDER
 
     for sharding, offload in SETUP_ORDER[:SETUP_ORDER.index((shard.sharding, shard.offload))]:
         assert not estimate(model, None, train, gpu=gpu, shard=ShardSpec(8, sharding, offload)).fits

@@ -1,6 +1,6 @@
 """litgpt QLoRA: the previous micro-batch's quantized-linear inputs outlive its backward.
 
-``StackRules.previous_inputs_alive`` (lorasize/stacks.py). bitsandbytes <= 0.43.1
+``StackRules.previous_inputs_alive`` (lorasize/memory/stacks.py). bitsandbytes <= 0.43.1
 ``MatMul4Bit.forward`` (bitsandbytes/autograd/_functions.py, 0.42.0)::
 
     if any(ctx.needs_input_grad[:2]):
@@ -34,13 +34,13 @@ import weakref
 
 import pytest
 
-from lorasize import activations as act
-from lorasize.catalog import model_from_catalog
+from lorasize.memory import activations as act
+from lorasize.arch.catalog import model_from_catalog
 from lorasize.estimate import estimate
-from lorasize.lora import LoraSpec
-from lorasize.model import ModelSpec
+from lorasize.arch.lora import LoraSpec
+from lorasize.arch.model import ModelSpec
 from lorasize.specs import TrainSpec
-from lorasize.validate import predict
+from lorasize.calibrate.validate import predict
 
 BATCH, SEQ = 2, 32
 TOY = dict(name="tiny-llama", block_size=64, vocab_size=512, padded_vocab_size=512, n_head=4,

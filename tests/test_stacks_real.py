@@ -6,7 +6,7 @@ Needs ``litgpt`` and ``lightning`` (not test dependencies of lorasize; skipped w
 As in ``test_activations_real.py``: tiny litgpt models (``litgpt.lora.GPT``, bf16, CPU) run a real
 forward under ``saved_tensors_hooks``; building 3 and 2 layers and taking the difference gives one
 decoder layer's saved bytes, which ``layer_bytes_per_token(..., stack="litgpt")`` must reproduce.
-The rules checked here (lorasize/stacks.py): fused q/k/v dropout, the fused adapter's output kept
+The rules checked here (lorasize/memory/stacks.py): fused q/k/v dropout, the fused adapter's output kept
 by ``zero_pad``'s ``index_copy``, v as a view of the fused q/k/v output (one query per group), k
 and v expanded to every query head (grouped-query), torch's GELU; and Fabric handing the logits
 back in fp32. Each case fails without its rule. What cannot run on a CPU (bitsandbytes 0.42's
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import pytest
 
-from lorasize import activations as act
-from lorasize.lora import LoraSpec, resolve_targets
-from lorasize.model import ModelSpec
+from lorasize.memory import activations as act
+from lorasize.arch.lora import LoraSpec, resolve_targets
+from lorasize.arch.model import ModelSpec
 
 litgpt = pytest.importorskip("litgpt.lora")
 pytest.importorskip("lightning")
@@ -131,6 +131,6 @@ def test_fabric_hands_back_fp32_logits():
     assert isinstance(logits, list) and len(logits) == SEQ // 16
     assert {chunk.dtype for chunk in logits} == {torch.float32}
     assert next(model.parameters()).dtype == torch.bfloat16
-    from lorasize.stacks import FP32, stack_rules
+    from lorasize.memory.stacks import FP32, stack_rules
 
     assert stack_rules("litgpt").logits_bytes == FP32

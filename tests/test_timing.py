@@ -7,9 +7,9 @@ import json
 import pytest
 
 from lorasize import LoraSpec, TrainSpec, gpu_from_catalog, resolve_model
-from lorasize.layout import block_linears
-from lorasize.lora import resolve_targets
-from lorasize.timing import flops_per_token, training_time
+from lorasize.arch.layout import block_linears
+from lorasize.arch.lora import resolve_targets
+from lorasize.perf.timing import flops_per_token, training_time
 
 
 def test_full_fine_tuning_is_six_n_plus_attention():

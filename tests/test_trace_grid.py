@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from lorasize import resolve_model
-from lorasize.activations import sdpa_backend
+from lorasize.memory.activations import sdpa_backend
 from lorasize.trace import trace_many
 
 from trace_grid import (ARCHITECTURES, KNOWN_GRADIENT_GAPS, cell, compare, covering_grid, failures,

@@ -9,11 +9,11 @@ import pytest
 
 from conftest import quiet
 from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
-from lorasize.allocator import block
+from lorasize.memory.allocator import block
 from lorasize.errors import LorasizeError
-from lorasize.lora import resolve_targets
-from lorasize.model import ModelSpec
-from lorasize.weights import static_bytes
+from lorasize.arch.lora import resolve_targets
+from lorasize.arch.model import ModelSpec
+from lorasize.memory.weights import static_bytes
 
 TINY = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=160,
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from lorasize import LoraSpec, TrainSpec, estimate, gpu_from_catalog, resolve_model
-from lorasize.sharding import ShardSpec
-from lorasize.validate import REQUIRED_COLUMNS, summary, validate
+from lorasize.memory.sharding import ShardSpec
+from lorasize.calibrate.validate import REQUIRED_COLUMNS, summary, validate
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "measurements" / "measured.csv"
 
@@ -117,7 +117,7 @@ def test_row_inputs_read_from_the_stack_and_notes(tmp_path):
     """litgpt rows that do not state the LoRA dropout get litgpt's default (0.05, which keeps a
     dropped copy of each adapter input); 'dropout 0.05' in the notes is read too; a quantized MoE
     row measured with transformers 4 is skipped with the reason."""
-    from lorasize.validate import row_estimate
+    from lorasize.calibrate.validate import row_estimate
 
     lit = dict(BASE, stack="litgpt", model="Llama-2-7B", batch_size="1", seq_len="512",
                method="lora", targets="q,v", notes="")

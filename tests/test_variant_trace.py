@@ -69,7 +69,7 @@ def test_delta_weights_are_most_of_the_saved_bytes(traced):
     gradient) dominate what the trace sees in the activations, as the estimate says."""
     (spec, lora, train), result = next(item for item in traced if item[0][1].variant == "lokr"
                                        and item[0][1].targets == ("all",))
-    from lorasize.lora import resolve_targets
+    from lorasize.arch.lora import resolve_targets
 
     deltas = sum(4 * t.linear.weight_numel for t in resolve_targets(spec, lora))
     assert result["breakdown"]["activations"] > deltas
@@ -95,9 +95,9 @@ def test_one_layer_saved_bytes_on_real_tensors(variant, targets):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from conftest import quiet
-    from lorasize import activations as act
-    from lorasize.lora import input_grad_saved_bytes, resolve_targets
-    from lorasize.model import ModelSpec
+    from lorasize.memory import activations as act
+    from lorasize.arch.lora import input_grad_saved_bytes, resolve_targets
+    from lorasize.arch.model import ModelSpec
     from test_activations_real import BATCH, FAMILIES, PER_LAYER_SLACK, SEQ, _forward_saved_bytes
     from test_variants_peft import peft_config
 

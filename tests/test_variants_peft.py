@@ -14,12 +14,12 @@ import pytest
 
 from conftest import build_meta_model, quiet
 from lorasize import LoraSpec, TrainSpec, adapter_file_bytes
-from lorasize.allocator import block
-from lorasize.catalog import model_entries
+from lorasize.memory.allocator import block
+from lorasize.arch.catalog import model_entries
 from lorasize.errors import LorasizeError
-from lorasize.lora import factorization, lokr_tensors, resolve_targets, trainable_params
-from lorasize.model import ModelSpec
-from lorasize.weights import static_bytes
+from lorasize.arch.lora import factorization, lokr_tensors, resolve_targets, trainable_params
+from lorasize.arch.model import ModelSpec
+from lorasize.memory.weights import static_bytes
 
 ENTRIES = {e["name"]: e for e in model_entries()}
 # One catalog entry per transformers model_type in the catalog.

@@ -12,7 +12,7 @@ import itertools
 import sys
 
 from lorasize import LoraSpec, ModelSpec, TrainSpec, estimate, resolve_model
-from lorasize.allocator import cublas_workspace_bytes
+from lorasize.memory.allocator import cublas_workspace_bytes
 
 ARCHITECTURES = ("llama2-7b", "llama3-8b", "mistral-7b", "mixtral-8x7b", "qwen2.5-7b",
                  "gemma-7b", "phi3-mini", "pythia-1b")

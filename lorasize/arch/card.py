@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import LorasizeError
 
 CARD_SCHEMA = 1
-# Mixers with an analytic activation formula (lorasize.activations); others are measured.
+# Mixers with an analytic activation formula (lorasize.memory.activations); others are measured.
 ANALYTIC_MIXERS = ("attention",)
 
 
@@ -82,7 +82,7 @@ class LayerKind:
 
     @property
     def analytic(self) -> bool:
-        """Whether :mod:`lorasize.activations` has a formula for this kind's layers."""
+        """Whether :mod:`lorasize.memory.activations` has a formula for this kind's layers."""
         return self.mixer in ANALYTIC_MIXERS
 
 

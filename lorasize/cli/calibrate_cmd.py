@@ -9,7 +9,7 @@ import click
 
 from pathlib import Path
 
-from ..calibration import (calibrate_from_measurements, fit, fit_mfu, mfu_points, profile_points,
+from ..calibrate.calibration import (calibrate_from_measurements, fit, fit_mfu, mfu_points, profile_points,
                            write_calibration)
 from ..errors import LorasizeError
 from ..profile.schema import load_profiles

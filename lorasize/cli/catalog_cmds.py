@@ -6,9 +6,9 @@ import json
 
 import click
 
-from ..catalog import gpu_entries, model_entries, model_from_catalog
-from ..layout import total_params
-from ..render import table
+from ..arch.catalog import gpu_entries, model_entries, model_from_catalog
+from ..arch.layout import total_params
+from ..plan.render import table
 from ..units import BYTES_PER_MIB, format_bytes
 from .options import output_options
 

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from ..check import MODES, check as run_check, render_table
+from ..ci.check import MODES, check as run_check, render_table
 from .options import output_options
 
 
@@ -42,7 +42,7 @@ def check(budgets: str, mode: str, profiles: str | None, update_baseline: bool,
     result = run_check(budgets, mode=mode.lower(), profiles=profiles,
                        update_baseline=update_baseline)
     if junit:
-        from ..junit import write_junit
+        from ..ci.junit import write_junit
 
         write_junit(junit, result, started)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render_table(result))

@@ -7,15 +7,15 @@ import json
 import click
 from click.core import ParameterSource
 
-from ..calibration import load_calibration
-from ..catalog import gpu_from_catalog
+from ..calibrate.calibration import load_calibration
+from ..arch.catalog import gpu_from_catalog
 from ..errors import LorasizeError
 from ..estimate import estimate as run_estimate
 from ..gpu import GpuSpec
-from ..lora import LoraSpec, split_targets
-from ..render import render_estimate
-from ..resolve import read_adapter_config, resolve_model
-from ..sharding import ShardSpec, launch_commands
+from ..arch.lora import LoraSpec, split_targets
+from ..plan.render import render_estimate
+from ..arch.resolve import read_adapter_config, resolve_model
+from ..memory.sharding import ShardSpec, launch_commands
 from ..specs import ServeSpec, TrainSpec
 from ..units import parse_bytes
 from .options import (gpu_options, lora_options, model_options, output_options, shard_options,
@@ -163,7 +163,7 @@ def _setups(model, lora, train, gpu, shard, calibration) -> list[dict]:
     """The smallest multi-GPU setups that fit: the first of ddp, zero1, zero2, fsdp, zero3 and
     the offloads at the given --gpus (or the fewest GPUs), and the fewest GPUs for the given
     --sharding."""
-    from ..solve import fewest_gpus, fit_setup
+    from ..plan.solve import fewest_gpus, fit_setup
 
     found = []
     given = shard.gpus if shard.gpus > 1 else None
@@ -184,7 +184,7 @@ def _setups(model, lora, train, gpu, shard, calibration) -> list[dict]:
 def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
     """Step time and hours, when the GPU's throughput is known. With several data-parallel GPUs
     each works through its share of the tokens (hours are wall-clock, the cost is all GPUs')."""
-    from ..timing import DEFAULT_MFU, training_time
+    from ..perf.timing import DEFAULT_MFU, training_time
 
     # --mfu, else the calibration's (fitted from GPU profiles), else the built-in default.
     calibrated = result.calibration.mfu if result.calibration is not None else None
@@ -209,7 +209,7 @@ def _suggestions(model, lora, train, gpu) -> list[str]:
     """The nearest settings that fit: a smaller batch or sequence, or checkpointing."""
     from dataclasses import replace
 
-    from ..solve import solve
+    from ..plan.solve import solve
 
     found = []
     for field, flag in (("batch-size", "--batch-size"), ("seq-len", "--seq-len")):

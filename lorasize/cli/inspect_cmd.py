@@ -11,10 +11,10 @@ import click
 
 from ..errors import LorasizeError
 from ..estimate import adapter_file_bytes
-from ..lora import LoraSpec, resolve_targets
-from ..render import table
-from ..resolve import ADAPTER_CONFIG, read_adapter_config, resolve_model
-from ..safetensors_format import read_header
+from ..arch.lora import LoraSpec, resolve_targets
+from ..plan.render import table
+from ..arch.resolve import ADAPTER_CONFIG, read_adapter_config, resolve_model
+from ..arch.safetensors_format import read_header
 from ..units import format_bytes, format_count
 from .options import output_options
 

@@ -6,10 +6,10 @@ import functools
 
 import click
 
-from ..activations import ATTN_IMPLEMENTATIONS
-from ..lora import VARIANTS
-from ..optimizers import OPTIMIZERS
-from ..sharding import OFFLOADS, SHARDINGS
+from ..memory.activations import ATTN_IMPLEMENTATIONS
+from ..arch.lora import VARIANTS
+from ..memory.optimizers import OPTIMIZERS
+from ..memory.sharding import OFFLOADS, SHARDINGS
 from ..specs import ADAPTER_DTYPES, COMPUTE_DTYPES, METHODS, STACKS
 
 _CHOICE = functools.partial(click.Choice, case_sensitive=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..allocator import cublas_workspace_bytes
+from ..memory.allocator import cublas_workspace_bytes
 from ..errors import LorasizeError
 from ..estimate import estimate as run_estimate
 from ..profile.schema import write_profile
@@ -177,7 +177,7 @@ def _distributed(model, lora, train, p: dict, gpus: int, sharding: str, steps: i
 
 def _sweep(path: str, out: str, as_json: bool, defaults: dict) -> int:
     from ..profile.sweep import load_sweep, run_point
-    from ..render import table
+    from ..plan.render import table
 
     points, options = load_sweep(path)
     if not Path(out).is_dir():

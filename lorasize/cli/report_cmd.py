@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..report import load_plan, steps, write_report
+from ..plan.report import load_plan, steps, write_report
 
 
 @click.command()

@@ -9,15 +9,15 @@ import click
 
 from ..errors import LorasizeError
 from ..estimate import estimate as run_estimate
-from ..fleet import DEFAULT_USD_PER_GPU_HOUR, gpus_for, models_per_gpu, option
-from ..hotswap import (DEFAULT_DISK_BYTES_PER_S, DEFAULT_H2D_BYTES_PER_S, DEFAULT_REQUESTS,
+from ..serving.fleet import DEFAULT_USD_PER_GPU_HOUR, gpus_for, models_per_gpu, option
+from ..serving.hotswap import (DEFAULT_DISK_BYTES_PER_S, DEFAULT_H2D_BYTES_PER_S, DEFAULT_REQUESTS,
                        DEFAULT_SEED, parse_traffic, simulate_lru, smallest_slots, swap_seconds)
-from ..render import render_estimate, table
-from ..resolve import resolve_model
-from ..solve import SOLVABLE, solve
+from ..plan.render import render_estimate, table
+from ..arch.resolve import resolve_model
+from ..plan.solve import SOLVABLE, solve
 from ..specs import ENGINES, ServeSpec, TrainSpec
 from ..units import format_bytes
-from ..weights import static_bytes
+from ..memory.weights import static_bytes
 from .estimate_cmd import build_gpu, build_shard, build_specs
 from .options import lora_options, model_options, output_options, shard_options, train_options
 

@@ -6,9 +6,9 @@ import json
 
 import click
 
-from ..allocator import cublas_workspace_bytes
+from ..memory.allocator import cublas_workspace_bytes
 from ..estimate import estimate as run_estimate
-from ..render import table
+from ..plan.render import table
 from ..trace import trace as run_trace
 from ..units import format_bytes
 from .estimate_cmd import build_specs

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..render import table
-from ..validate import summary, validate as run_validate
+from ..plan.render import table
+from ..calibrate.validate import summary, validate as run_validate
 from .options import output_options
 
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from ..errors import LorasizeError
 from ..files import write_atomic
-from ..lora import LoraSpec
-from ..model import ModelSpec
+from ..arch.lora import LoraSpec
+from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 
 SHARDINGS = ("fsdp", "fsdp-grad-op", "ddp")

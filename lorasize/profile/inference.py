@@ -3,7 +3,7 @@
 On the real stack (PEFT's ``load_adapter``, ``set_adapter``, ``delete_adapter``, transformers'
 ``generate``): the base loads, one adapter is saved with ``save_pretrained`` and loaded K times
 under different names; the memory after each load gives the per-adapter slope (least squares),
-which the serving model (``lorasize.serve.adapter_resident_bytes``) predicts. Generation latency
+which the serving model (``lorasize.serving.serve.adapter_resident_bytes``) predicts. Generation latency
 for N new tokens is taken on the base alone, with the adapter unmerged, and merged (the published
 measurement found unmerged LoRA 45% slower than merged).
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import tempfile
 import time
 
-from ..lora import LoraSpec
-from ..model import ModelSpec
+from ..arch.lora import LoraSpec
+from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 
 

@@ -15,8 +15,8 @@ from dataclasses import asdict
 from importlib import metadata
 
 from .. import __version__
-from ..lora import LoraSpec
-from ..model import ModelSpec
+from ..arch.lora import LoraSpec
+from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 from .backends import CudaBackend, TrackerBackend
 from .schema import SCHEMA_VERSION

@@ -14,8 +14,8 @@ import sys
 from dataclasses import asdict
 
 from ..errors import LorasizeError, MissingExtraError
-from ..lora import LoraSpec
-from ..model import ModelSpec
+from ..arch.lora import LoraSpec
+from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 from .result import TraceResult
 

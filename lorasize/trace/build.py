@@ -17,8 +17,8 @@ import warnings
 import torch
 
 from ..errors import LorasizeError
-from ..lora import LoraSpec, resolve_targets
-from ..model import ModelSpec
+from ..arch.lora import LoraSpec, resolve_targets
+from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 
 # bitsandbytes logs a warning at import on CPU-only machines (an optional kernels package);
@@ -201,7 +201,7 @@ def _card_modules(model: ModelSpec, targets) -> tuple:
     q_proj does not also pick the vision tower's) and target_parameters for a card model."""
     import re
 
-    from ..layout import copy_layers, module_path
+    from ..arch.layout import copy_layers, module_path
 
     modules, parameters = [], []
     for target in targets:
@@ -258,7 +258,7 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
                         param.requires_grad_(False)
             if lora.variant == "adalora":
                 # On a real device PEFT's move to the base layer re-wraps ranknum as a trainable
-                # Parameter (lorasize.lora.Target.trainable); on meta it is never moved.
+                # Parameter (lorasize.arch.lora.Target.trainable); on meta it is never moved.
                 for name, param in hf_model.named_parameters():
                     if ".ranknum." in name:
                         param.requires_grad_(True)

@@ -8,7 +8,7 @@ tensors and this layer makes the CPU take the decisions a GPU takes:
   head_dim <= 256 and no mask (grouped-query heads allowed), memory-efficient for fp32 or masks
   without grouped-query heads, the math kernel otherwise. Their meta kernels give the shapes
   of what each saves (log-sum-exp, not the seq x seq matrix). Same rule as
-  :func:`lorasize.activations.sdpa_backend`.
+  :func:`lorasize.memory.activations.sdpa_backend`.
 - ``dropout`` goes through ``torch.native_dropout``, CUDA's fused kernel, which saves a bool mask
   (the CPU path saves an fp32 noise tensor).
 - transformers treats fake tensors as "tracing" and then cannot tell that position ids are not
@@ -37,7 +37,7 @@ def sdpa_kernel(compute_bytes: int, head_dim: int, grouped: bool, masked: bool) 
     Flash takes 16-bit inputs with head_dim <= 256 and no explicit mask (causal masking is a flag),
     grouped-query heads included; memory-efficient takes fp32 and masks but not grouped-query
     heads (``check_batch_size_and_num_heads_dense<false>``); math takes the rest. The unmasked
-    case is :func:`lorasize.activations.sdpa_backend`'s rule (a test holds them together).
+    case is :func:`lorasize.memory.activations.sdpa_backend`'s rule (a test holds them together).
     """
     if not masked and compute_bytes == 2 and head_dim <= FLASH_MAX_HEAD_DIM:
         return "flash"

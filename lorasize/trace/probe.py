@@ -26,8 +26,8 @@ from dataclasses import replace
 
 import torch
 
-from ..lora import LoraSpec
-from ..model import ModelSpec
+from ..arch.lora import LoraSpec
+from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 from .build import build, quiet
 from .emulation import cuda_emulation, workspace
@@ -54,8 +54,8 @@ def representatives(model: ModelSpec) -> dict[str, int]:
 
 def first_adapted_layer(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> int:
     """The first decoder layer holding an adapter (0 for full fine-tuning)."""
-    from ..layout import copies
-    from ..lora import resolve_targets
+    from ..arch.layout import copies
+    from ..arch.lora import resolve_targets
 
     if train.method == "full":
         return 0

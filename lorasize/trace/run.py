@@ -6,9 +6,9 @@ import time
 
 import torch
 
-from ..allocator import MIN_BLOCK_BYTES
-from ..lora import LoraSpec
-from ..model import ModelSpec
+from ..memory.allocator import MIN_BLOCK_BYTES
+from ..arch.lora import LoraSpec
+from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 from .build import build, quiet
 from .emulation import cuda_emulation, fake_tensor_fixes, host_state, workspace

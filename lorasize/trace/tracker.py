@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ..allocator import MIN_BLOCK_BYTES
+from ..memory.allocator import MIN_BLOCK_BYTES
 
 PHASE_CATEGORY = {"forward": "activations", "backward": "temporaries", "optimizer": "temporaries",
                   "setup": "inputs"}

@@ -10,8 +10,8 @@ import traceback
 
 
 def _specs(item: dict):
-    from ..lora import LoraSpec
-    from ..model import ModelSpec
+    from ..arch.lora import LoraSpec
+    from ..arch.model import ModelSpec
     from ..specs import TrainSpec
 
     lora = dict(item["lora"])

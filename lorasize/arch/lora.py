@@ -46,7 +46,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
-from .errors import LorasizeError
+from ..errors import LorasizeError
 from .layout import Linear, block_linears, copies, extra_linears, head_linear, module_path
 from .model import ModelSpec
 

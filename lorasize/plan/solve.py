@@ -13,14 +13,14 @@ import itertools
 from dataclasses import replace
 from typing import Any
 
-from .errors import LorasizeError, MissingExtraError
-from .estimate import Estimate, estimate
-from .gpu import GpuSpec
-from .layout import block_linears
-from .lora import LoraSpec
-from .model import ModelSpec
-from .sharding import ShardSpec
-from .specs import TrainSpec
+from ..errors import LorasizeError, MissingExtraError
+from ..estimate import Estimate, estimate
+from ..gpu import GpuSpec
+from ..arch.layout import block_linears
+from ..arch.lora import LoraSpec
+from ..arch.model import ModelSpec
+from ..memory.sharding import ShardSpec
+from ..specs import TrainSpec
 
 SOLVABLE = ("batch-size", "seq-len", "r")
 MAX_BATCH = 65_536

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .estimate import Estimate
-from .units import format_bytes, format_count
+from ..estimate import Estimate
+from ..units import format_bytes, format_count
 
 _LABELS = {
     "weights": "frozen base weights",

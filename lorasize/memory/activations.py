@@ -46,9 +46,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layout import block_linears, block_params
-from .lora import Target
-from .model import ModelSpec
+from ..arch.layout import block_linears, block_params
+from ..arch.lora import Target
+from ..arch.model import ModelSpec
 from .stacks import StackRules, stack_rules
 
 FP32 = 4
@@ -214,7 +214,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
                           stack: str = "hf-peft", quantized: bool = False) -> LayerActivations:
     """Bytes per token one decoder layer keeps for backward (no checkpointing).
 
-    ``stack`` applies that stack's rules (:mod:`lorasize.stacks`); ``quantized``: the block's
+    ``stack`` applies that stack's rules (:mod:`lorasize.memory.stacks`); ``quantized``: the block's
     linears are quantized (QLoRA).
     """
     rules = stack_rules(stack)
@@ -330,7 +330,7 @@ def quantized_input_bytes(spec: ModelSpec, dt: Dtypes, already_saved: set[str] =
 
 def previous_inputs_bytes_per_token(spec: ModelSpec, dt: Dtypes, stack: str) -> int:
     """Bytes per token of the previous micro-batch still alive when the next forward ends, for a
-    stack with ``previous_inputs_alive`` (:mod:`lorasize.stacks`): every input ``MatMul4Bit``
+    stack with ``previous_inputs_alive`` (:mod:`lorasize.memory.stacks`): every input ``MatMul4Bit``
     kept on its ``ctx`` (:func:`quantized_input_bytes` of each layer, none left out for a LoRA
     branch, whose saved tensors backward did release), less the first layer's norm-fed q/k/v
     input (the frozen embedding's output needs no gradient, so nothing is kept), plus a quantized
@@ -471,7 +471,7 @@ def kind_views(spec: ModelSpec, targets: tuple[Target, ...]) -> tuple[KindView, 
         return (KindView(spec, targets),)
     from dataclasses import replace
 
-    from .layout import copies
+    from ..arch.layout import copies
 
     views = []
     for kind in spec.card.kinds:

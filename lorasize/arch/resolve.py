@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import find_model_entry, model_from_catalog
-from .errors import LorasizeError
-from .files import read_json
+from ..errors import LorasizeError
+from ..files import read_json
 from .model import ModelSpec
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -120,7 +120,7 @@ class TrackerBackend:
     name = "tracker"
 
     def __init__(self):
-        from .trace.tracker import LiveBytesTracker
+        from ..trace.tracker import LiveBytesTracker
 
         self._tracker = LiveBytesTracker()
         self._tracker.phase = "forward"  # what the body allocates counts as activations
@@ -205,7 +205,7 @@ class LorasizeMemory:
 
 
 def _parse_size(value, where: str) -> int:
-    from .units import parse_bytes
+    from ..units import parse_bytes
 
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
@@ -305,7 +305,7 @@ def _meter(item) -> LorasizeMemory:
 
 @pytest.fixture
 def lorasize_memory(request) -> LorasizeMemory:
-    """Measure the peak memory of this test's body; see :mod:`lorasize.pytest_plugin`."""
+    """Measure the peak memory of this test's body; see :mod:`lorasize.ci.pytest_plugin`."""
     return _meter(request.node)
 
 
@@ -330,7 +330,7 @@ def pytest_runtest_call(item):
 
 
 def _judge(item, meter: LorasizeMemory) -> None:
-    from .units import format_bytes
+    from ..units import format_bytes
 
     state = item.config.stash[_STATE]
     got = meter.measurement
@@ -357,7 +357,7 @@ def pytest_sessionfinish(session):
     state = session.config.stash.get(_STATE, None)
     if state is None or not state.update or state.path is None or not state.measured:
         return
-    from .files import write_atomic
+    from ..files import write_atomic
 
     peaks = {k: dict(v) for k, v in state.stored.items()}
     for nodeid, by_backend in state.measured.items():

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from xml.etree import ElementTree as ET
 
 from .check import CheckResult, render_table
-from .files import write_atomic
+from ..files import write_atomic
 
 
 def junit_xml(result: CheckResult, seconds: float = 0.0) -> str:

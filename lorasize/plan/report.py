@@ -15,18 +15,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .catalog import gpu_from_catalog
-from .errors import LorasizeError, MissingExtraError
-from .estimate import BREAKDOWN_KEYS, estimate
-from .gpu import GpuSpec
-from .hotswap import parse_traffic, simulate_lru
-from .lora import LoraSpec, split_targets
-from .model import ModelSpec
-from .resolve import resolve_model
+from ..arch.catalog import gpu_from_catalog
+from ..errors import LorasizeError, MissingExtraError
+from ..estimate import BREAKDOWN_KEYS, estimate
+from ..gpu import GpuSpec
+from ..serving.hotswap import parse_traffic, simulate_lru
+from ..arch.lora import LoraSpec, split_targets
+from ..arch.model import ModelSpec
+from ..arch.resolve import resolve_model
 from .solve import solve
-from .specs import ServeSpec, TrainSpec
-from .files import read_yaml, write_atomic
-from .units import BYTES_PER_GIB, format_bytes
+from ..specs import ServeSpec, TrainSpec
+from ..files import read_yaml, write_atomic
+from ..units import BYTES_PER_GIB, format_bytes
 
 _TRAIN_KEYS = {"method", "quant", "double_quant", "dtype", "optimizer", "batch_size", "seq_len",
                "grad_checkpointing", "attn", "kbit_prep", "stack"}

@@ -38,11 +38,11 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
-from .errors import LorasizeError
-from .layout import block_linears, head_linear, top_params
-from .model import ModelSpec
-from .specs import TrainSpec
-from .units import DTYPE_BYTES
+from ..errors import LorasizeError
+from ..arch.layout import block_linears, head_linear, top_params
+from ..arch.model import ModelSpec
+from ..specs import TrainSpec
+from ..units import DTYPE_BYTES
 from .weights import StaticBytes
 
 SHARDINGS = ("none", "ddp", "fsdp", "fsdp-grad-op", "zero1", "zero2", "zero3")
@@ -201,7 +201,7 @@ def shard_static(model: ModelSpec, train: TrainSpec, static: StaticBytes,
     Args:
         model: the architecture (for the gathered units).
         train: the training step (dtypes, method, optimizer).
-        static: the unsharded :func:`lorasize.weights.static_bytes`.
+        static: the unsharded :func:`lorasize.memory.weights.static_bytes`.
         shard: GPUs, sharding and offload.
 
     Returns:

@@ -26,14 +26,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from .allocator import block, cublas_workspace_bytes
-from .gpu import GpuSpec
-from .layout import block_linears, copies
-from .lora import Target
-from .model import ModelSpec
-from .specs import ServeSpec, TrainSpec
-from .units import DTYPE_BYTES
-from .weights import static_bytes
+from ..memory.allocator import block, cublas_workspace_bytes
+from ..gpu import GpuSpec
+from ..arch.layout import block_linears, copies
+from ..arch.lora import Target
+from ..arch.model import ModelSpec
+from ..specs import ServeSpec, TrainSpec
+from ..units import DTYPE_BYTES
+from ..memory.weights import static_bytes
 
 # vLLM accepts these max_lora_rank values (vllm/config/lora.py, MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

@@ -6,7 +6,7 @@ experts). It is built from a config dictionary by :func:`ModelSpec.from_hf_confi
 the key names of each ``model_type`` we support and the defaults of transformers' config classes
 when a key is absent. No torch and no transformers are imported here.
 
-Which modules a block holds, and their names, is the concern of :mod:`lorasize.layout`.
+Which modules a block holds, and their names, is the concern of :mod:`lorasize.arch.layout`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import LorasizeError
-from .files import read_json
-from .units import dtype_name
+from ..errors import LorasizeError
+from ..files import read_json
+from ..units import dtype_name
 
-# model_type -> family, the key :mod:`lorasize.layout` uses for module structure.
+# model_type -> family, the key :mod:`lorasize.arch.layout` uses for module structure.
 FAMILIES: dict[str, str] = {
     "llama": "llama",
     "mistral": "llama",
@@ -105,7 +105,7 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
-        """The module-structure family (see :mod:`lorasize.layout`); ``card`` for a model whose
+        """The module-structure family (see :mod:`lorasize.arch.layout`); ``card`` for a model whose
         layout an architecture card describes."""
         return "card" if self.card is not None else FAMILIES[self.model_type]
 
@@ -301,7 +301,7 @@ def _derive_cached(key: str, source: str):
     import json
 
     if key not in _DERIVED:
-        from .arch.derive import derive_card
+        from .derive import derive_card
 
         _DERIVED[key] = derive_card(json.loads(key), source or "config")
     return _DERIVED[key]
@@ -322,7 +322,7 @@ def _shipped_card(config: dict[str, Any]):
     for entry in model_entries():
         if entry.get("card") and entry["config"].get("model_type") == config.get("model_type") \
                 and core(entry["config"]) == wanted:
-            from .arch.card import load_card
+            from .card import load_card
 
             return load_card(entry["card"]), entry
     return None

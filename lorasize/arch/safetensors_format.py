@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LorasizeError
+from ..errors import LorasizeError
 
 HEADER_LENGTH_BYTES = 8
 HEADER_ALIGNMENT = 8

@@ -1,6 +1,6 @@
 """Which parameters a model holds, module by module, as transformers 5 builds it.
 
-Every family (see :data:`lorasize.model.FAMILIES`) lays out its decoder block as a list of
+Every family (see :data:`lorasize.arch.model.FAMILIES`) lays out its decoder block as a list of
 :class:`Linear` modules (what LoRA can target, what bitsandbytes can quantize) and a list of other
 :class:`Param` tensors (norms, embeddings, routers...). Module paths are relative to the block and
 spelled as in the Hugging Face modeling file (``self_attn.q_proj``, ``mlp.c_proj``), so target

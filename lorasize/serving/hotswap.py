@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LorasizeError
+from ..errors import LorasizeError
 
 # NVMe SSD sequential read, a PCIe 4.0 drive's typical 3 to 7 GB/s (vendor datasheets): 3 GB/s.
 DEFAULT_DISK_BYTES_PER_S = 3e9

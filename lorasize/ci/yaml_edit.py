@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import LorasizeError
+from ..errors import LorasizeError
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
@@ -20,7 +20,7 @@ def _yaml():
     try:
         import yaml
     except ImportError:  # pragma: no cover - pyyaml is a base dependency
-        from .errors import MissingExtraError
+        from ..errors import MissingExtraError
         raise MissingExtraError("reading YAML", "report", "pyyaml") from None
     return yaml
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .gpu import GpuSpec
-from .layout import block_linears, copies
-from .lora import DELTA_WEIGHT_VARIANTS, Target
-from .model import ModelSpec
-from .specs import TrainSpec
+from ..gpu import GpuSpec
+from ..arch.layout import block_linears, copies
+from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target
+from ..arch.model import ModelSpec
+from ..specs import TrainSpec
 
 # Fitted to IBM fms-acceleration's A100-80GB run of Mistral-7B, LoRA r=16 on q,k,v,o, batch 4 x
 # 4096 tokens, gradient checkpointing, flash-attn 2: 3,324 train tokens/s

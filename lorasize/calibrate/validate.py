@@ -20,13 +20,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import find_model_entry, gpu_from_catalog
-from .errors import LorasizeError
-from .estimate import Calibration, estimate
-from .lora import LoraSpec, resolve_targets, trainable_params
-from .model import ModelSpec
-from .sharding import grad_accum_from_row, sharding_from_row
-from .specs import TrainSpec
+from ..arch.catalog import find_model_entry, gpu_from_catalog
+from ..errors import LorasizeError
+from ..estimate import Calibration, estimate
+from ..arch.lora import LoraSpec, resolve_targets, trainable_params
+from ..arch.model import ModelSpec
+from ..memory.sharding import grad_accum_from_row, sharding_from_row
+from ..specs import TrainSpec
 
 REQUIRED_COLUMNS = ("id", "source", "model", "task", "stack", "method", "base_precision",
                     "double_quant", "r", "targets", "optimizer", "batch_size", "seq_len",
@@ -109,7 +109,7 @@ def measured_bytes(value: str, unit: str) -> int:
 
 
 def _model(name: str) -> ModelSpec:
-    from .catalog import model_from_catalog
+    from ..arch.catalog import model_from_catalog
 
     key = name.strip().lower()
     key = _MODEL_NAMES.get(key, key)
@@ -219,7 +219,7 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
                     else ("qv",), dropout=dropout)
     if metric == "trainable_params":
         if method == "none":
-            from .layout import total_params
+            from ..arch.layout import total_params
             return total_params(model)
         return trainable_params(resolve_targets(model, lora))
     if metric == "file_bytes":

@@ -1,10 +1,10 @@
 """The model and GPU catalogs: look-up by name, with suggestions for typos.
 
-The data lives in :mod:`lorasize.catalog._models` (dimensions from each model's public
+The data lives in :mod:`lorasize.arch.catalog._models` (dimensions from each model's public
 ``config.json``, with its URL; the families lorasize has hand-written layouts for),
 ``lorasize/data/models.json`` (whole ``config.json`` files of the families whose layout comes from
 an architecture card in ``lorasize/data/cards``, derived from transformers by
-``scripts/make_cards.py``) and :mod:`lorasize.catalog._gpus`.
+``scripts/make_cards.py``) and :mod:`lorasize.arch.catalog._gpus`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import difflib
 from functools import lru_cache
 
-from ..errors import LorasizeError
-from ..gpu import GpuSpec
+from ...errors import LorasizeError
+from ...gpu import GpuSpec
 from ..model import ModelSpec
 
 
@@ -93,7 +93,7 @@ def model_from_catalog(name: str, flag: str = "--model") -> ModelSpec:
             f"unknown model '{name}'{_suggest(name, names)} (see 'lorasize models', or give a "
             f"config.json path)", source=flag)
     if entry.get("card"):
-        from ..arch.card import load_card
+        from ..card import load_card
 
         return ModelSpec.from_card(load_card(entry["card"]), entry["config"], name=entry["name"],
                                    source=entry["url"])

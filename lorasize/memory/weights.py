@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .allocator import block
-from .layout import block_linears, block_params, copies, extra_linears, head_linear, top_params
-from .lora import Target, importance_state_shapes, shared_tensors
-from .model import ModelSpec
+from ..arch.layout import block_linears, block_params, copies, extra_linears, head_linear, top_params
+from ..arch.lora import Target, importance_state_shapes, shared_tensors
+from ..arch.model import ModelSpec
 from .optimizers import OptimizerBytes, state_bytes
 from .quant import quantized_bytes
-from .specs import TrainSpec
+from ..specs import TrainSpec
 from .stacks import StackRules, stack_rules
-from .units import DTYPE_BYTES
+from ..units import DTYPE_BYTES
 
 
 @dataclass(frozen=True)

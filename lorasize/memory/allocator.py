@@ -19,7 +19,7 @@ Sources:
 
 from __future__ import annotations
 
-from .units import BYTES_PER_MIB, round_up
+from ..units import BYTES_PER_MIB, round_up
 
 MIN_BLOCK_BYTES = 512  # kMinBlockSize
 SMALL_SEGMENT_BYTES = 2 * BYTES_PER_MIB  # kSmallBuffer

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .allocator import DEFAULT_CUDA_CONTEXT_BYTES
-from .gpu import GpuSpec
+from ..memory.allocator import DEFAULT_CUDA_CONTEXT_BYTES
+from ..gpu import GpuSpec
 
 HOURS_PER_MONTH = 730  # 365 * 24 / 12
 DEFAULT_USD_PER_GPU_HOUR = 4.0

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import yaml_edit as ye
-from .errors import LorasizeError
-from .units import format_bytes, parse_bytes
+from ..errors import LorasizeError
+from ..units import format_bytes, parse_bytes
 
 MODES = ("estimate", "trace")
 BASELINE_MODES = MODES + ("profiles",)  # baselines a file may hold: baseline, baseline_trace, ...
@@ -97,7 +97,7 @@ class Scenario:
     baselines: dict[str, Baseline]
     node: object = field(compare=False, repr=False)
     lines: dict[str, int] = field(default_factory=dict)  # field -> line, for messages
-    shard: object | None = None  # lorasize.sharding.ShardSpec; None: one GPU
+    shard: object | None = None  # lorasize.memory.sharding.ShardSpec; None: one GPU
 
 
 @dataclass(frozen=True)
@@ -251,12 +251,12 @@ def _typed(key: str, node, path: str, scenario: str):
 
 
 def _scenario(name: str, name_node, node, path: str, tolerance: float | None) -> Scenario:
-    from .catalog import gpu_from_catalog
-    from .gpu import GpuSpec
-    from .lora import LoraSpec, split_targets
-    from .resolve import resolve_model
-    from .sharding import ShardSpec
-    from .specs import TrainSpec
+    from ..arch.catalog import gpu_from_catalog
+    from ..gpu import GpuSpec
+    from ..arch.lora import LoraSpec, split_targets
+    from ..arch.resolve import resolve_model
+    from ..memory.sharding import ShardSpec
+    from ..specs import TrainSpec
 
     fields = {}
     for key, knode, vnode in ye.mapping_items(node, path, f"scenario '{name}'"):
@@ -331,7 +331,7 @@ def _budgets(entry, path: str, name: str, gpu) -> tuple[Budget, ...]:
 
 
 def _budget(node, path: str, name: str, gpu) -> Budget:
-    from .catalog import gpu_from_catalog
+    from ..arch.catalog import gpu_from_catalog
 
     raw = ye.value(node) if ye.is_scalar(node) else None
     if not isinstance(raw, str):
@@ -416,7 +416,7 @@ def measure(budgets: BudgetsFile, mode: str = "estimate") -> dict[str, Measured]
     Raises:
         LorasizeError: an unknown mode, the trace tier missing, or a scenario it cannot trace.
     """
-    from .estimate import ALLOCATED_KEYS, estimate
+    from ..estimate import ALLOCATED_KEYS, estimate
 
     if mode not in MODES:
         raise LorasizeError(f"unknown mode '{mode}' (expected {', '.join(MODES)})", source="--mode")
@@ -447,8 +447,8 @@ def measure(budgets: BudgetsFile, mode: str = "estimate") -> dict[str, Measured]
 def _matches(scenario: Scenario, profile: dict) -> bool:
     from dataclasses import asdict
 
-    from .sharding import ShardSpec
-    from .specs import TrainSpec
+    from ..memory.sharding import ShardSpec
+    from ..specs import TrainSpec
 
     config = profile["config"]
     lora = dict(config["lora"], targets=list(config["lora"]["targets"]))
@@ -474,8 +474,8 @@ def measure_profiles(budgets: BudgetsFile, folder: str) -> dict[str, Measured]:
         LorasizeError: the folder is not readable, or no profile matches a scenario (names it
             and the command that would make one).
     """
-    from .estimate import ALLOCATED_KEYS, estimate
-    from .profile.schema import load_profiles
+    from ..estimate import ALLOCATED_KEYS, estimate
+    from ..profile.schema import load_profiles
 
     try:
         profiles = load_profiles(folder)
@@ -506,7 +506,7 @@ def measure_profiles(budgets: BudgetsFile, folder: str) -> dict[str, Measured]:
 
 def _trace(budgets: BudgetsFile) -> list[dict]:
     try:
-        from . import trace as trace_tier
+        from .. import trace as trace_tier
     except ImportError:
         raise LorasizeError("the trace tier is not part of this installation of lorasize; use "
                             "--mode estimate", source="--mode trace") from None
@@ -615,7 +615,7 @@ def check(path: str | Path, mode: str = "estimate", profiles: str | None = None,
         measured = measure(budgets, mode)
     updated: tuple[str, ...] = ()
     if update_baseline:
-        from .files import write_atomic
+        from ..files import write_atomic
 
         text = updated_text(budgets, measured, mode)
         updated = tuple(s.name for s in budgets.scenarios)
@@ -674,7 +674,7 @@ def _verify(budgets: BudgetsFile, text: str, measured: dict[str, Measured], mode
 
 def render_table(result: CheckResult) -> str:
     """The result table: failing rows first; then a one-line summary."""
-    from .render import table
+    from ..plan.render import table
 
     def size(n: int | None) -> str:
         return "-" if n is None else format_bytes(n)

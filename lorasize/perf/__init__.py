@@ -1,0 +1,1 @@
+"""The step-time model (torch-free): FLOPs, dequantization and the fitted utilisation."""
