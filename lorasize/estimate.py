@@ -160,10 +160,10 @@ def adapter_file_bytes(model: ModelSpec, targets: tuple[Target, ...], dtype: str
 
 def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: LoraSpec,
                         train: TrainSpec, static: StaticBytes,
-                        measured: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
+                        measured: dict | None = None) -> dict[str, dict[str, int]]:
     """The candidate peaks, each as activations / logits / temporaries bytes. ``measured``:
     bytes one layer of a card's kind keeps, from the layer probe, for kinds without a formula."""
-    measured = measured or {}
+    measured = measured or {"kinds": {}, "tokens": 0}
     d = int(DTYPE_BYTES[train.dtype])
     # prepare_model_for_kbit_training makes embeddings, norms and head fp32: the residual stream
     # is fp32, and bitsandbytes returns its matmuls in the input's dtype, so every activation is.
@@ -175,8 +175,9 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     dropout = lora.dropout > 0 and not full
     # One term per kind of decoder layer (one for the hand-written families, whose layers are
     # all alike): bytes one layer saves, per token and whatever the token count.
-    kinds = [(_layers_needing_grad(model, view, targets, full), 0, measured[view.spec.kind.name])
-             if view.spec.kind is not None and view.spec.kind.name in measured else
+    kinds = [(_layers_needing_grad(model, view, targets, full),
+              *_probed_bytes(measured, view, dt, tokens))
+             if view.spec.kind is not None and view.spec.kind.name in measured["kinds"] else
              (view.layers,
               act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
                                         attn=train.attn, full=full, dropout=dropout,
@@ -396,6 +397,20 @@ def _layers_needing_grad(model: ModelSpec, view, targets: tuple[Target, ...], fu
     return sum(1 for i in view.spec.kind.layers if i > first or i in own)
 
 
+def _probed_bytes(measured: dict, view, dt, tokens: int) -> tuple[int, int]:
+    """(bytes per token, bytes whatever the tokens) of one probed layer. The probe ran at
+    ``measured["tokens"]``; what the layer keeps whatever the token count (PEFT's ``W + BA`` of
+    adapted experts) is the formula's, the rest scales with the tokens (the torch paths of
+    Mamba, gated delta nets, short convolutions and MLA's memory-efficient attention are linear
+    in them), so a solve over batch or sequence needs one probe, not one per step."""
+    constant = act.layer_constant_bytes(view.spec, view.targets, dt)
+    per_layer = measured["kinds"][view.spec.kind.name]
+    probe_tokens = measured["tokens"]
+    if tokens == probe_tokens:
+        return 0, per_layer
+    return max(per_layer - constant, 0) // probe_tokens, constant
+
+
 _PROBED: dict[tuple, dict[str, int]] = {}
 NO_PROBE_ENV = "LORASIZE_NO_PROBE"  # set: never run the layer probe (kinds without a formula unmeasured)
 
@@ -422,14 +437,18 @@ def _probe_layers(model: ModelSpec, lora: LoraSpec,
         return {}, (f"activations of {names} layers are not modelled: only their MLP, norms and "
                     f"adapters are counted ({why})",)
     key = (model.name, repr(sorted(model.hf_config.items())), lora,
-           replace(train, grad_checkpointing=False))
+           replace(train, grad_checkpointing=False, batch_size=1, seq_len=1))
     if key not in _PROBED:
         from .trace import probe
 
-        _PROBED[key] = probe(model, lora, train)
-    return _PROBED[key], (f"activations of {names} layers measured by the layer probe (the real "
-                          f"layer code under fake tensors, torch fallbacks of optional CUDA "
-                          f"kernels: an upper bound where mamba-ssm or fla kernels run)",)
+        _PROBED[key] = {"kinds": probe(model, lora, train), "tokens": train.tokens,
+                        "batch": train.batch_size, "seq": train.seq_len}
+    measured = _PROBED[key]
+    where = "" if measured["tokens"] == train.tokens else \
+        f", at {measured['batch']} x {measured['seq']} tokens and scaled with the tokens"
+    return measured, (f"activations of {names} layers measured by the layer probe (the real "
+                      f"layer code under fake tensors{where}; torch fallbacks of optional CUDA "
+                      f"kernels: an upper bound where mamba-ssm or fla kernels run)",)
 
 
 def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
@@ -452,6 +471,11 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
                      f"vision tower included; training is text-only, so the tower never runs)")
     if model.card is not None and train.method != "full" and "all" in lora.targets:
         notes += [n for n in model.card.notes if not n.startswith("peft-")]
+    if model.max_positions and train.seq_len > model.max_positions:
+        scaled = " (its config's rope_scaling may stretch that)" if model.hf_config.get(
+            "rope_scaling") else ""
+        notes.append(f"{train.seq_len:,} tokens is beyond the {model.max_positions:,} positions "
+                     f"{model.name} was trained for (max_position_embeddings){scaled}")
     if train.upcasts_to_fp32:
         notes.append("prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to "
                      "fp32 (--no-kbit-prep to skip it)")

@@ -60,6 +60,8 @@ CELLS = [
     ("qwen3-next", ("all",), "lora", 1024, False),
     ("qwen3-next", ("qv",), "lora", 1024, False),
     ("qwen3-next", ("all",), "lora", 2048, True),
+    # probed at 1,024 tokens above: here scaled with the tokens, not probed again
+    ("qwen3-next", ("all",), "lora", 2048, False),
     ("deepseek-v2", ("all",), "lora", 1024, False),
     ("lfm2", ("qv",), "lora", 1024, False),
 ]

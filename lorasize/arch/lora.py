@@ -250,8 +250,9 @@ def lokr_tensors(in_features: int, out_features: int, r: int,
 
 
 def split_targets(text: str) -> tuple[str, ...]:
-    """Split ``--targets q_proj,v_proj`` into names."""
-    return tuple(t.strip() for t in str(text).split(",") if t.strip())
+    """Split ``--targets q_proj,v_proj`` into names (PEFT's spelling ``all-linear`` is ``all``)."""
+    names = (t.strip() for t in str(text).split(",") if t.strip())
+    return tuple("all" if name == "all-linear" else name for name in names)
 
 
 def target_names(spec: ModelSpec) -> list[str]:

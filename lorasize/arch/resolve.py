@@ -31,7 +31,12 @@ def resolve_model(text: str, flag: str = "--model") -> ModelSpec:
     if find_model_entry(text) is not None:
         return model_from_catalog(text, flag)
     path = Path(text).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name longer than the file system allows, and the like
+        raise LorasizeError(f"not a catalog name, and not a readable path ({exc.strerror})",
+                            source=flag) from None
+    if exists:
         return ModelSpec.from_file(path)
     if text.startswith((".", "/", "~")) or text.endswith(".json") or text.count("/") > 1:
         raise LorasizeError(f"no such file or folder: {text}", source=flag)
@@ -82,6 +87,11 @@ class AdapterConfig:
     variant: str = "lora"
 
 
+# adapter_config.json fields that change the trainable parameters and are not modelled yet:
+# refused by name rather than silently sized as the plain config (issue: hardening).
+_UNSIZED_FIELDS = ("layers_to_transform", "rank_pattern", "modules_to_save", "exclude_modules",
+                   "target_parameters")
+
 # PEFT's peft_type -> lorasize's --variant (LoRA with use_rslora is rslora).
 PEFT_TYPE_VARIANTS = {"LORA": "lora", "ADALORA": "adalora", "LOHA": "loha", "LOKR": "lokr",
                       "IA3": "ia3", "VERA": "vera"}
@@ -110,6 +120,12 @@ def read_adapter_config(path: str | Path, flag: str = "--adapter") -> AdapterCon
     if peft_type == "LOKR" and (data.get("decompose_factor", -1) != -1 or data.get("decompose_both")):
         raise LorasizeError("LoKr with decompose_factor or decompose_both other than PEFT's "
                             "defaults is not sized yet", source=str(file))
+    for key in _UNSIZED_FIELDS:
+        if data.get(key) not in (None, [], {}, ""):
+            raise LorasizeError(
+                f"{key} is set ({data[key]!r}); it changes what trains (which layers, ranks or "
+                f"extra trainable modules), and lorasize does not size it yet: remove it to size "
+                f"the plain adapter", source=str(file))
     targets = data.get("target_modules")
     if isinstance(targets, str):
         if targets == "all-linear":

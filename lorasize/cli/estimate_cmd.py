@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 from click.core import ParameterSource
 
-from ..calibrate.calibration import load_calibration
+from ..memory.calibrated import load_calibration
 from ..arch.catalog import gpu_from_catalog
 from ..errors import LorasizeError
 from ..estimate import estimate as run_estimate
@@ -51,6 +52,13 @@ def build_specs(ctx: click.Context, p: dict):
     variant = (p.get("variant") or "lora").lower()
     if adapter and not _given(ctx, "variant"):
         variant = adapter.variant
+    if p["method"].lower() == "full":
+        ignored = [f"--{n.replace('_', '-')}" for n in ("r", "targets", "dora", "variant",
+                                                         "lora_dropout", "alpha", "adapter")
+                   if n in p and _given(ctx, n)]
+        if ignored:
+            click.echo(f"note: {', '.join(ignored)} do not apply to --method full (every weight "
+                       f"trains) and are ignored", err=True)
     lora = LoraSpec(r=r, alpha=float(alpha if alpha is not None else 2 * r),
                     targets=targets, dropout=float(dropout or 0.0), dora=dora, variant=variant)
     train = TrainSpec(
@@ -69,6 +77,10 @@ def build_gpu(p: dict) -> GpuSpec | None:
     """The GPU from --gpu (catalog) and/or --gpu-mem (overrides the memory)."""
     gpu = gpu_from_catalog(p["gpu"]) if p.get("gpu") else None
     if p.get("gpu_mem"):
+        if re.fullmatch(r"\s*[0-9.]+\s*", str(p["gpu_mem"])):
+            raise LorasizeError(f"give a unit: {p['gpu_mem'].strip()}GiB, {p['gpu_mem'].strip()}GB "
+                                f"or a size in MiB (a bare number would be bytes)",
+                                source="--gpu-mem")
         try:
             memory = parse_bytes(p["gpu_mem"])
         except ValueError as exc:

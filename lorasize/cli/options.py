@@ -42,8 +42,8 @@ def lora_options(func):
         click.option("--alpha", type=float, default=None,
                      help="lora_alpha (scaling only; memory does not depend on it). [default: 2r]"),
         click.option("--targets", "-t", default="qv", show_default=True,
-                     help="all, attn, mlp, qv, or comma-separated module names (q_proj,v_proj); "
-                          "add lm_head by name."),
+                     help="all (PEFT's all-linear; all-linear also works), attn, mlp, qv, or "
+                          "comma-separated module names (q_proj,v_proj); add lm_head by name."),
         click.option("--lora-dropout", type=float, default=0.0, show_default=True,
                      help="lora_dropout; above 0 it saves a mask and a copy of each input."),
         click.option("--dora/--no-dora", default=False, show_default=True,

@@ -46,7 +46,10 @@ def _with(field: str, value: int, lora: LoraSpec, train: TrainSpec) -> tuple[Lor
 def _upper(field: str, model: ModelSpec) -> int:
     if field == "r":
         return min(min(m.in_features, m.out_features) for m in block_linears(model))
-    return MAX_BATCH if field == "batch-size" else MAX_SEQ_LEN
+    if field == "batch-size":
+        return MAX_BATCH
+    # No longer than the model was trained for (max_position_embeddings), when the config says.
+    return min(MAX_SEQ_LEN, model.max_positions) if model.max_positions else MAX_SEQ_LEN
 
 
 def solve(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec, field: str,

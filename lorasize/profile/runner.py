@@ -9,6 +9,7 @@ phase (forward, backward, optimizer) of each step is measured by a :mod:`backend
 
 from __future__ import annotations
 
+import gc
 import platform
 import time
 from dataclasses import asdict
@@ -150,6 +151,11 @@ def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, 
                     sync()
                 if step >= warmup:
                     step_times.append(time.perf_counter() - begin)
+                    if backend.kind == "cpu":
+                        # Tensors held only by reference cycles (FSDP's and autograd's hooks)
+                        # die when Python's collector runs, at no fixed time: collect first, so
+                        # the bytes between steps do not depend on when it last ran.
+                        gc.collect()
                     measurements["steady_bytes"] = max(measurements.get("steady_bytes", 0),
                                                        int(backend.live_bytes()))
     except torch.cuda.OutOfMemoryError:
