@@ -18,33 +18,11 @@ from typing import Any
 from ..errors import LorasizeError
 from ..files import read_json
 from ..units import dtype_name
+from .families import FAMILY_TABLE
 
-# model_type -> family, the key :mod:`lorasize.arch.layout` uses for module structure.
-FAMILIES: dict[str, str] = {
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "qwen3": "qwen3",
-    "gemma": "llama",
-    "gemma2": "gemma2",
-    "mixtral": "mixtral",
-    "phi": "phi",
-    "phi3": "phi3",
-    "stablelm": "stablelm",
-    "gpt_neox": "gpt_neox",
-    "falcon": "falcon",
-    "gpt2": "gpt2",
-}
-
-# Defaults of transformers' config classes (transformers 5.23.0, configuration_<type>.py) for keys
-# that change parameter counts, used when a config.json leaves them out.
-_TIE_DEFAULT = {
-    "llama": False, "mistral": False, "qwen2": False, "qwen3": False, "gemma": True,
-    "gemma2": True, "mixtral": False, "phi": False, "phi3": False, "stablelm": False,
-    "gpt_neox": False, "falcon": True, "gpt2": True,
-}
-_QKV_BIAS_DEFAULT = {"qwen2": True, "phi": True, "gpt_neox": True, "gpt2": True}
-_LAYER_NORM_TYPES = {"phi", "stablelm", "gpt_neox", "falcon", "gpt2"}
+# model_type -> family, the key :mod:`lorasize.arch.layout` uses for module structure; the rest
+# of what a hand-written family means is data in :mod:`lorasize.arch.families`.
+FAMILIES: dict[str, str] = {model_type: f.layout for model_type, f in FAMILY_TABLE.items()}
 
 
 @dataclass(frozen=True)
@@ -218,12 +196,13 @@ def _parse(config: dict[str, Any], name: str, source: str) -> ModelSpec:
     fields: dict[str, Any] = dict(
         name=name, model_type=model_type, vocab_size=vocab, hidden_size=hidden,
         num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        tie_embeddings=bool(get("tie_word_embeddings", default=_TIE_DEFAULT[model_type])),
+        tie_embeddings=bool(get("tie_word_embeddings",
+                                default=FAMILY_TABLE[model_type].tie_default)),
         max_positions=int(get("max_position_embeddings", "n_positions", "n_ctx", default=0)),
-        norm="layer" if model_type in _LAYER_NORM_TYPES else "rms",
+        norm=FAMILY_TABLE[model_type].norm,
         dtype=dtype, source=source, hf_config=dict(config),
     )
-    bias = bool(get("attention_bias", default=_QKV_BIAS_DEFAULT.get(model_type, False)))
+    bias = bool(get("attention_bias", default=FAMILY_TABLE[model_type].qkv_bias_default))
     fields.update(qkv_bias=bias, out_bias=bias, mlp_bias=bool(get("mlp_bias", default=False)))
 
     if model_type == "gpt2":

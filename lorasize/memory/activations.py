@@ -46,24 +46,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..arch.families import FAMILY_TABLE
 from ..arch.layout import block_linears, block_params
 from ..arch.lora import Target
 from ..arch.model import ModelSpec
-from .stacks import StackRules, stack_rules
+from .stacks import stack_rules
 
 FP32 = 4
 BOOL = 1
 INDEX = 8  # int64 indices
-# Families whose RoPE concatenates rotated and pass-through halves (partial rotary): q leaves RoPE
-# contiguous in (batch, heads, seq, dim) order, so the attention output needs a copy for o_proj.
-_CAT_ROPE = ("phi3", "gpt_neox", "stablelm")
 LOSS_FP32_COPIES_AT_PEAK = 3  # log_softmax output, grad_output, grad_input (log_softmax_backward)
 TORCHTUNE_OUTPUT_CHUNKS = 8  # torchtune.modules.loss.CEWithChunkedOutputLoss num_output_chunks
 # Per-token bytes saved by each activation function, in units of d * I (see module docstring):
 # silu / gelu / gelu_pytorch_tanh save their input; GPT-2 and Phi-2 "gelu_new" is written in
 # Python (transformers activations.NewGELUActivation) and saves x, tanh(.), 0.5x and 1 + tanh(.).
-_ACT_SAVES = {"gpt2": 4, "phi": 4}
-_ACT_FUNCTION_SAVES = {"gelu_new": 4}  # by a card's hidden_act (NewGELUActivation)
+_ACT_FUNCTION_SAVES = {"gelu_new": 4}  # by the activation's name (NewGELUActivation)
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash", "eager")
 
 
@@ -102,8 +99,11 @@ def _norm_bytes(spec: ModelSpec, dt: Dtypes, width: int, full: bool) -> int:
 
 
 def _traits(spec: ModelSpec) -> dict:
-    """The activation traits of a card's layer kind (empty for the hand-written families)."""
-    return spec.kind.traits if spec.kind is not None else {}
+    """The activation traits of one kind of layer: a card's kind, or a hand-written family's
+    row (:data:`lorasize.arch.families.FAMILY_TABLE`); the same keys either way."""
+    if spec.kind is not None:
+        return spec.kind.traits
+    return FAMILY_TABLE[spec.model_type].traits if spec.model_type in FAMILY_TABLE else {}
 
 
 def _norm_count(spec: ModelSpec) -> int:
@@ -206,7 +206,8 @@ def sdpa_backend(spec: ModelSpec, compute_bytes: int) -> str:
 
 def _parallel_shared_input(spec: ModelSpec) -> bool:
     """GPT-NeoX's parallel residual normalises the same input twice: it is saved once."""
-    return spec.family == "gpt_neox" and spec.hf_config.get("use_parallel_residual", True)
+    return bool(_traits(spec).get("parallel_shared_input")) \
+        and spec.hf_config.get("use_parallel_residual", True)
 
 
 def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, *,
@@ -226,8 +227,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         v_extra = d * (q + kv)  # the saved v keeps the whole fused q/k/v output alive
     heads = spec.num_heads
     traits = _traits(spec)
-    gemma_norm = spec.family in ("gemma2",) or spec.model_type == "gemma" \
-        or bool(traits.get("norm_plus_one"))
+    gemma_norm = bool(traits.get("norm_plus_one"))
     norms = _norm_count(spec) * _norm_bytes(spec, dt, h, full and not gemma_norm)
     if full and gemma_norm:
         norms += _norm_count(spec) * FP32 * h  # (x * (1 + w)) saves the fp32 normalised x
@@ -243,13 +243,13 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
     if attn == "eager":
         repeat = spec.num_heads != spec.num_kv_heads
         key = value = d * q if repeat else d * kv
-        if spec.family == "falcon":
+        if traits.get("softmax_in_compute_dtype"):
             probs = d * heads * seq_len  # FalconAttention's softmax runs in the compute dtype
         else:
             # softmax(..., dtype=float32).to(query.dtype): the cast is a second copy only when
             # the compute dtype is 16-bit (it is a no-op on fp32, e.g. after kbit preparation).
             probs = (FP32 + (d if d != FP32 else 0)) * heads * seq_len
-        if spec.family == "gemma2" or traits.get("softcap"):
+        if traits.get("softcap"):
             probs += d * heads * seq_len  # tanh soft-capping saves its output
         attention = d * q + key + value + probs
         if full:
@@ -266,16 +266,13 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         attention = 3 * d * q + d * heads * seq_len
     else:
         attention = d * q + d * kv + d * kv + d * q + FP32 * heads
-        if full and spec.family in _CAT_ROPE:
+        if full and traits.get("cat_rope"):
             attention += d * q  # o_proj's input is a contiguous copy of the kernel's output
     attention += v_extra
     if full:
         attention += d * h  # the norm output, saved once for the q/k/v weight gradients
-    act = 1 if rules.fused_gelu else _ACT_SAVES.get(spec.family, 1)
-    gated = spec.family not in ("gpt2", "gpt_neox", "falcon", "phi")
-    if spec.kind is not None:
-        act = _ACT_FUNCTION_SAVES.get(str(traits.get("act")), 1)
-        gated = traits.get("mlp") in ("gated", "moe")
+    act = 1 if rules.fused_gelu else _ACT_FUNCTION_SAVES.get(str(traits.get("act")), 1)
+    gated = traits.get("mlp") in ("gated", "moe")
     if gated:
         mlp = (2 + act) * d * inter  # gate (saved by the activation), up, act(gate)
     else:
