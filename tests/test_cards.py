@@ -263,3 +263,34 @@ def test_models_command_lists_cards_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     rows = {r["name"]: r for r in json.loads(done.stdout)}
     assert rows["gpt-oss-20b"]["params"] == load_card("gpt-oss-20b").total_params
+
+
+@pytest.mark.parametrize("model_type", ["camembert", "bert"])
+def test_tied_head_weight_and_bias_counted_once(model_type):
+    """transformers 5 lists a tied head first (``lm_head.decoder.weight``) and BERT-style heads
+    keep their bias twice (``cls.predictions.bias`` is ``decoder.bias``): each counted once."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, num_hidden_layers=2).to_dict()
+    spec = ModelSpec.from_hf_config(config, name=model_type)
+    assert total_params(spec) == sum(p.numel() for p in real_model(config).parameters())
+
+
+@pytest.mark.parametrize("model_type", ["mpt", "bamba"])
+def test_probe_runs_where_layers_return_tuples_or_need_no_cache(model_type):
+    """The probe's stubs return what the model's loop unpacks (MPT's layers return tuples), and
+    a hybrid whose training forward cannot build its cache without attention in front (Bamba)
+    is probed with use_cache=False."""
+    from transformers import AutoConfig
+
+    from lorasize.estimate import estimate
+    from lorasize.specs import TrainSpec
+
+    config = AutoConfig.for_model(model_type, num_hidden_layers=4).to_dict()
+    spec = ModelSpec.from_hf_config(config, name=model_type)
+    if all(k.analytic for k in spec.card.kinds):
+        pytest.skip("no probed kind in this config")
+    result = estimate(spec, LoraSpec(r=8, targets=("mlp",) if model_type == "bamba"
+                                     else ("all",)), TrainSpec(seq_len=256))
+    assert result.allocated_bytes > 0
+    assert any("measured by the layer probe" in n for n in result.notes)

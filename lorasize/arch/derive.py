@@ -184,7 +184,8 @@ def _peft_all_linear(config: dict[str, Any], source: str) -> tuple[dict[str, tup
         b = module.lora_B["default"].weight
         experts = getattr(module, "num_experts", 1) or 1
         rank = a.shape[0] // experts if parameter and parameter != "weight" else a.shape[0]
-        adapted[path] = (max(1, rank // PROBE_RANK), a.shape[1], b.shape[0])
+        # (in = A's elements per rank: a convolution's A is (r, in, *kernel))
+        adapted[path] = (max(1, rank // PROBE_RANK), a[0].numel(), b.shape[0])
     return adapted, ""
 
 
@@ -291,7 +292,7 @@ def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam]
       ``experts``, ``top_k``, ``shared_intermediate``; ``act`` (the activation function).
     """
     text = _text_config(model)
-    hidden = int(_cfg(text, "hidden_size", "n_embd", "d_model"))
+    hidden = _hidden(model)
     by_leaf = {m.path.rsplit(".", 1)[-1]: m for m in linears if not m.experts}
     traits: dict[str, Any] = {}
     children = dict(layer.named_children())
@@ -307,7 +308,7 @@ def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam]
         traits["mixer"] = "attention"
     elif "qkv_proj" in by_leaf or "query_key_value" in by_leaf:
         fused = by_leaf.get("qkv_proj") or by_leaf["query_key_value"]
-        heads_cfg = int(_cfg(text, "num_attention_heads"))
+        heads_cfg = int(_cfg(text, "num_attention_heads", "n_head", default=1))
         kv_heads_cfg = int(_cfg(text, "num_key_value_heads", default=heads_cfg))
         head_dim = head_dim or fused.out_features // (heads_cfg + 2 * kv_heads_cfg)
         q, kv = heads_cfg * head_dim, kv_heads_cfg * head_dim
@@ -322,7 +323,7 @@ def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam]
         k_norm = next((p for p in qk if p.path.rsplit(".", 2)[-2] in ("k_norm", "k_layernorm")), None)
         if k_norm is not None and k_norm.numel < kv:
             head_dim = k_norm.numel  # a per-head norm has the head's width (Gemma 4's global heads)
-        head_dim = head_dim or hidden // int(_cfg(text, "num_attention_heads"))
+        head_dim = head_dim or hidden // int(_cfg(text, "num_attention_heads", "n_head", default=1))
         traits.update(q_dim=q, kv_dim=kv, head_dim=head_dim, heads=q // head_dim,
                       kv_heads=max(1, kv // head_dim), qk_norm=bool(qk))
         if layer_type and "sliding" in layer_type:
@@ -394,6 +395,17 @@ def _fold(model, names_shapes, converted: set[str], adapted) -> tuple[list[CardL
             prefix, rel = name[:last.start()], name[last.end():]
         rel_module = rel.rpartition(".")[0]
         is_linear = isinstance(owner, torch.nn.Linear) or type(owner).__name__ == "Conv1D"
+        if not is_linear and leaf == "weight" and module_name in adapted:
+            # A convolution PEFT adapts (a vision tower's patch embedding under all-linear on
+            # GLM-4.5V): A and B as a matrix of the kernel's elements.
+            mult, in_f, out_f = adapted[module_name]
+            linears[(prefix, rel_module, in_f, out_f)] = CardLinear(
+                path=rel_module, in_features=int(in_f), out_features=int(out_f),
+                bias=getattr(owner, "bias", None) is not None, group="vision", quantizable=False,
+                all_linear=True, rank_multiplier=mult, prefix=prefix, count=1)
+            continue
+        if not is_linear and leaf == "bias" and module_name in adapted:
+            continue
         if is_linear and leaf == "weight":
             in_f, out_f = (param.shape[1], param.shape[0])
             if type(owner).__name__ == "Conv1D":
@@ -428,6 +440,7 @@ def derive_card(config: dict[str, Any], source: str = "config") -> ArchCard:
     import transformers
 
     model, auto = build_meta(config, source)
+    head, embed = _embeddings(model, source)  # refuse a model without them before anything else
     converted = bnb_converted(model)
     adapted, refusal = _peft_all_linear(config, source)
     prefix, layers = _decoder_layers(model)
@@ -443,13 +456,14 @@ def derive_card(config: dict[str, Any], source: str = "config") -> ArchCard:
                               traits=kind_traits(model, layer, linears, params, layer_type))
         kinds[key]["layers"].append(index)
     inside = f"{prefix}."
-    head = model.get_output_embeddings()
-    embed = model.get_input_embeddings()
     names = {id(m): n for n, m in model.named_modules()}
-    head_path = names[id(head)]
+    head_path = names.get(id(head)) or next(
+        (n for n, m in model.named_modules() if getattr(m, "weight", None) is head.weight), None)
+    if head_path is None:
+        raise LorasizeError(f"cannot find the output head of {type(model).__name__} among its "
+                            f"modules", source=source)
     tied = head.weight is embed.weight
-    outside = [(n, p) for n, p in model.named_parameters()
-               if not n.startswith(inside) and not n.startswith(f"{head_path}.")]
+    outside = _outside_params(model, inside, head, head_path, embed)
     extra_linears, extra_params = _fold(model, outside, converted, adapted)
     for p in list(extra_params):
         owner_name = (p.prefix + "." if p.prefix else "") + p.path.rpartition(".")[0]
@@ -471,7 +485,7 @@ def derive_card(config: dict[str, Any], source: str = "config") -> ArchCard:
                      "and the router, and leaves the dense and shared-expert MLP linears alone "
                      "(peft convert_peft_config_for_transformers)")
     text_class = transformers.AutoModelForCausalLM._model_mapping.get(type(text), None)
-    dims = _dims(text, card_kinds)
+    dims = _dims(model, text, card_kinds)
     return ArchCard(
         model_type=str(config.get("model_type")), model_class=type(model).__name__,
         text_class=text_class.__name__ if text_class is not None else type(model).__name__,
@@ -507,6 +521,38 @@ def _unwrappable_names(model) -> list[tuple[str, str]]:
     return sorted(found.items())
 
 
+def _embeddings(model, source: str):
+    """(output head, input embedding) modules, or a one-line refusal where the class has none
+    (PEFT cannot wrap such a model either)."""
+    try:
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    except NotImplementedError:
+        head = embed = None
+    if head is None or embed is None or not hasattr(head, "weight"):
+        raise LorasizeError(f"{type(model).__name__} exposes no input embedding and output head "
+                            f"(get_input_embeddings / get_output_embeddings): not a language model "
+                            f"lorasize can size", source=source)
+    return head, embed
+
+
+def _outside_params(model, inside: str, head, head_path: str, embed) -> list:
+    """(name, parameter) of every weight outside the decoder layers but the head's own, each
+    once. A tied weight is the embedding's (under the embedding's name, whichever name
+    transformers lists first); a head bias kept elsewhere as well (BERT-style
+    ``cls.predictions.bias``) is the head's."""
+    head_params = {id(p) for p in head.parameters()}
+    seen: set[int] = set()
+    outside = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name.startswith(inside) or id(param) in seen or name.startswith(f"{head_path}."):
+            continue
+        if id(param) in head_params and param is not embed.weight:
+            continue
+        seen.add(id(param))
+        outside.append((name, param))
+    return outside
+
+
 def _kind_name(kind: dict) -> str:
     traits = kind["traits"]
     mixer = kind["layer_type"] or (traits["mixer"] if traits["mixer"] != "other"
@@ -514,9 +560,15 @@ def _kind_name(kind: dict) -> str:
     return f"{mixer}+{traits['mlp']}" if traits["mlp"] in ("moe", "none") else str(mixer)
 
 
-def _dims(text, kinds: tuple[LayerKind, ...]) -> dict[str, Any]:
+def _hidden(model) -> int:
+    """The residual width: the input embedding's (configs name it hidden_size, n_embd, d_model
+    or something else)."""
+    return int(model.get_input_embeddings().weight.shape[-1])
+
+
+def _dims(model, text, kinds: tuple[LayerKind, ...]) -> dict[str, Any]:
     """The scalar dimensions the rest of lorasize reads (widths of the most common kind)."""
-    hidden = int(_cfg(text, "hidden_size", "n_embd", "d_model"))
+    hidden = _hidden(model)
     heads = int(_cfg(text, "num_attention_heads", "n_head", default=1))
     attention = [k for k in kinds if k.traits.get("mixer") == "attention"]
     main = max(attention or kinds, key=lambda k: len(k.layers))
@@ -525,7 +577,7 @@ def _dims(text, kinds: tuple[LayerKind, ...]) -> dict[str, Any]:
     dense = next((k.traits for k in kinds if k.traits.get("mlp") in ("gated", "plain")), {})
     return {
         "hidden_size": hidden,
-        "vocab_size": int(_cfg(text, "vocab_size")),
+        "vocab_size": int(model.get_output_embeddings().weight.shape[0]),
         "num_heads": int(t.get("heads") or heads),
         "num_kv_heads": int(t.get("kv_heads") or _cfg(text, "num_key_value_heads", default=heads)),
         "head_dim": int(t.get("head_dim") or hidden // heads),

@@ -35,9 +35,18 @@ from .tracker import LiveBytesTracker
 
 
 class Stub(torch.nn.Module):
-    """Stands in for a decoder layer: returns the hidden states it is given, holds no tensor."""
+    """Stands in for a decoder layer: returns the hidden states it is given, holds no tensor.
+    Where the model's loop unpacks a layer's output (a tuple in older modeling files), it
+    returns the first real layer's output with the hidden states in front (``template``)."""
+
+    def __init__(self, template: dict):
+        super().__init__()
+        self.template = template
 
     def forward(self, hidden_states, *args, **kwargs):
+        shape = self.template.get("output")
+        if isinstance(shape, tuple):
+            return (hidden_states, *shape[1:])
         return hidden_states
 
 
@@ -66,6 +75,20 @@ def first_adapted_layer(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> i
 
 
 def probe_kinds(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> dict[str, int]:
+    """See :func:`_probe`; a hybrid model whose cache the training forward cannot build
+    without an attention layer in front ("get_seq_length can only be called on Attention
+    layers": Bamba, Jamba, Zamba 2, all-Mamba Granite 4) is probed with ``use_cache=False``, as
+    such a model must be trained."""
+    try:
+        return _probe(model, lora, train, {})
+    except (ValueError, RuntimeError, AttributeError) as exc:
+        if "get_seq_length" not in str(exc) and "cache" not in str(exc).lower():
+            raise
+        return _probe(model, lora, train, {"use_cache": False})
+
+
+def _probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
+           forward_options: dict) -> dict[str, int]:
     """Bytes one layer of each kind keeps for backward (kind name -> bytes), at the step's
     batch, sequence, dtype, attention, targets and quantization, checkpointing off.
 
@@ -82,12 +105,16 @@ def probe_kinds(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> dict[str,
     entered: dict[int, int] = {}
     holder: dict[str, LiveBytesTracker] = {}
 
+    template: dict = {}
+
     def prepare(network) -> None:
         base = network.get_base_model() if hasattr(network, "get_base_model") else network
         layers = base.get_submodule(model.card.block_prefix)
+        layers[0].register_forward_hook(
+            lambda module, args, output: template.setdefault("output", output))
         for index in range(len(layers)):
             if index not in keep:
-                layers[index] = Stub()
+                layers[index] = Stub(template)
         for index, layer in enumerate(layers):
             def hook(module, args, index=index):
                 tracker = holder.get("tracker")
@@ -107,6 +134,6 @@ def probe_kinds(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> dict[str,
             holder["tracker"] = tracker
             with tracker:
                 tracker.phase = "forward"
-                network(input_ids=ids, labels=ids)
+                network(input_ids=ids, labels=ids, **forward_options)
     return {name: entered[i + 1] - entered[i] for name, i in reps.items()
             if i in entered and i + 1 in entered}
