@@ -44,10 +44,8 @@ class Stub(torch.nn.Module):
         self.template = template
 
     def forward(self, hidden_states, *args, **kwargs):
-        shape = self.template.get("output")
-        if isinstance(shape, tuple):
-            return (hidden_states, *shape[1:])
-        return hidden_states
+        rest = self.template.get("rest")
+        return hidden_states if rest is None else (hidden_states, *rest)
 
 
 def representatives(model: ModelSpec) -> dict[str, int]:
@@ -110,8 +108,10 @@ def _probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
     def prepare(network) -> None:
         base = network.get_base_model() if hasattr(network, "get_base_model") else network
         layers = base.get_submodule(model.card.block_prefix)
-        layers[0].register_forward_hook(
-            lambda module, args, output: template.setdefault("output", output))
+        # Only what follows the hidden states is kept: holding the first layer's output would
+        # keep it alive past the point the model's loop frees it.
+        layers[0].register_forward_hook(lambda module, args, output: template.setdefault(
+            "rest", tuple(output[1:]) if isinstance(output, tuple) else None))
         for index in range(len(layers)):
             if index not in keep:
                 layers[index] = Stub(template)
