@@ -110,8 +110,11 @@ def _probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
         layers = base.get_submodule(model.card.block_prefix)
         # Only what follows the hidden states is kept: holding the first layer's output would
         # keep it alive past the point the model's loop frees it.
-        layers[0].register_forward_hook(lambda module, args, output: template.setdefault(
-            "rest", tuple(output[1:]) if isinstance(output, tuple) else None))
+        def keep_rest(module, args, output) -> None:  # (a hook returning a value replaces
+            template.setdefault(                      # the output: this one returns None)
+                "rest", tuple(output[1:]) if isinstance(output, tuple) else None)
+
+        layers[0].register_forward_hook(keep_rest)
         for index in range(len(layers)):
             if index not in keep:
                 layers[index] = Stub(template)
