@@ -29,8 +29,8 @@ from .memory import activations as act
 from .memory.allocator import SMALL_SEGMENT_BYTES, block, cublas_workspace_bytes
 from .gpu import GpuSpec
 from .arch.layout import copy_layers, module_path
-from .arch.lora import (LoraSpec, Target, delta_weight_transient_bytes, input_grad_saved_bytes,
-                   resolve_targets, shared_tensors)
+from .arch.lora import (LoraSpec, Target, delta_weight_transient_bytes, first_adapted_layer,
+                        input_grad_saved_bytes, resolve_targets, shared_tensors)
 from .arch.model import ModelSpec
 from .memory.optimizers import step_temporary_bytes
 from .arch.safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
@@ -175,6 +175,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     dropout = lora.dropout > 0 and not full
     # One term per kind of decoder layer (one for the hand-written families, whose layers are
     # all alike): bytes one layer saves, per token and whatever the token count.
+    views = act.kind_views(model, targets)
     kinds = [(_layers_needing_grad(model, view, targets, full),
               *_probed_bytes(measured, view, dt, tokens))
              if view.spec.kind is not None and view.spec.kind.name in measured["kinds"] else
@@ -183,7 +184,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                                         attn=train.attn, full=full, dropout=dropout,
                                         stack=train.stack, quantized=train.quantized).total,
               act.layer_constant_bytes(view.spec, view.targets, dt))
-             for view in act.kind_views(model, targets)]
+             for view in views]
     mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
     # LoHa/LoKr delta weights (AdaLoRA's A * E) kept for the input's gradient (lora.py).
     delta = input_grad_saved_bytes(model, targets, dt.adapter)
@@ -195,8 +196,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                                   quantized=train.quantized, dropout=dropout) * tokens
     logits = act.logits_peak_bytes_per_token(model, train.stack, dt.compute) * tokens \
         + act.loss_chunk_bytes(model, train.stack, dt.compute, train.batch_size, train.seq_len)
-    transient = max(act.layer_backward_transient_per_token(view.spec, dt)
-                    for view in act.kind_views(model, ())) * tokens
+    transient = max(act.layer_backward_transient_per_token(view.spec, dt) for view in views) * tokens
     # bitsandbytes' MatMul4Bit dequantizes one weight to the compute dtype inside each matmul
     # (the input is cast to it first, the output back afterwards). A quantized head is
     # dequantized in its backward, right after the loss's, with every activation alive.
@@ -390,9 +390,8 @@ def _layers_needing_grad(model: ModelSpec, view, targets: tuple[Target, ...], fu
     come after the first layer that does (before it nothing upstream needs a gradient)."""
     if full:
         return view.layers
-    held = [i for t in targets if t.linear.group not in ("head", "vision") and not t.linear.prefix
-            for i in (t.linear.layer_ids or range(model.num_layers))]
-    first = min(held, default=model.num_layers)
+    first = first_adapted_layer(model, targets)
+    first = model.num_layers if first is None else first
     own = {i for t in view.targets for i in (t.linear.layer_ids or view.spec.kind.layers)}
     return sum(1 for i in view.spec.kind.layers if i > first or i in own)
 
@@ -411,7 +410,7 @@ def _probed_bytes(measured: dict, view, dt, tokens: int) -> tuple[int, int]:
     return max(per_layer - constant, 0) // probe_tokens, constant
 
 
-_PROBED: dict[tuple, dict[str, int]] = {}
+_PROBED: dict[tuple, dict] = {}  # per model, adapter and step but its token count
 NO_PROBE_ENV = "LORASIZE_NO_PROBE"  # set: never run the layer probe (kinds without a formula unmeasured)
 
 

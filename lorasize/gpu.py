@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
-from .units import BYTES_PER_MIB
+from .errors import LorasizeError
+from .units import BYTES_PER_MIB, parse_bytes
 
 
 @dataclass(frozen=True)
@@ -38,3 +40,26 @@ class GpuSpec:
             bandwidth_gbps=entry.get("bandwidth_gbps"), vendor=entry.get("vendor", "nvidia"),
             source=entry.get("source", ""),
         )
+
+
+def with_memory(gpu: GpuSpec | None, text: str, source: str = "--gpu-mem") -> GpuSpec:
+    """``gpu`` (a catalog card, or None for a custom one) with the memory ``text`` gives
+    (``24GiB``, ``40GB``, ``81559MiB``): what ``--gpu-mem`` and a check scenario's ``gpu_mem``
+    mean.
+
+    Raises:
+        LorasizeError: not a size, a bare number (it would be bytes), or not above 0.
+    """
+    text = str(text).strip()
+    if re.fullmatch(r"[0-9.]+", text):
+        raise LorasizeError(f"give a unit: {text}GiB, {text}GB or a size in MiB (a bare number "
+                            f"would be bytes)", source=source)
+    try:
+        memory = parse_bytes(text)
+    except ValueError as exc:
+        raise LorasizeError(str(exc), source=source) from None
+    if memory <= 0:
+        raise LorasizeError("must be more than 0", source=source)
+    if gpu is None:
+        return GpuSpec(name="custom", memory_bytes=memory)
+    return replace(gpu, memory_bytes=memory)

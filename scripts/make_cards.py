@@ -44,8 +44,10 @@ def add_entries(paths: list[str]) -> list[str]:
     data = load_models()
     known = {e["name"]: e for e in data["models"]}
     added = []
+    from lorasize.files import read_json
+
     for path in paths:
-        entry = json.loads(Path(path).read_text(encoding="utf-8"))
+        entry = read_json(path)  # a missing or malformed file: one line naming it
         entry = {k: entry[k] for k in ENTRY_KEYS if k in entry}
         # Families with a hand-written layout (lorasize.arch.model.FAMILIES) are read as before.
         if entry["config"].get("model_type") not in FAMILIES:
@@ -71,7 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from lorasize.files import write_atomic
 
-    names = set(args.names) | set(add_entries(args.add) if args.add else ())
+    from lorasize.errors import LorasizeError
+
+    try:
+        names = set(args.names) | set(add_entries(args.add) if args.add else ())
+    except (LorasizeError, KeyError) as exc:
+        print(f"make_cards: {exc if isinstance(exc, LorasizeError) else f'entry lacks {exc}'}",
+              file=sys.stderr)
+        return 2
     CARDS.mkdir(parents=True, exist_ok=True)
     for entry in load_models()["models"]:
         if not entry.get("card") or (names and entry["name"] not in names):

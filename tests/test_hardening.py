@@ -61,3 +61,19 @@ def test_adapter_fields_that_change_training_are_refused_by_name(cli, tmp_path, 
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     code, _, err = cli("estimate", "--adapter", str(tmp_path))
     assert code == 2 and field in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_scenario_gpu_mem_follows_the_same_rule(cli, tmp_path):
+    """A budgets file's gpu_mem goes through the same parser as --gpu-mem (lorasize.gpu)."""
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text('scenarios:\n  s1:\n    model: llama2-7b\n    gpu_mem: "24"\n    budget: fits\n')
+    code, _, err = cli("check", str(budgets))
+    assert code == 2 and "gpu_mem" in err and "24GiB" in err and len(err.strip().splitlines()) == 1
+
+
+def test_targets_matching_nothing_are_refused():
+    from lorasize import LoraSpec, LorasizeError, resolve_model
+    from lorasize.arch.lora import resolve_targets
+
+    with pytest.raises(LorasizeError, match="adapts no module"):
+        resolve_targets(resolve_model("deepseek-v3"), LoraSpec(targets=("qv",)))

@@ -105,10 +105,6 @@ class ArchCard:
     derived_with: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     text_class: str = ""
 
-    def dim(self, key: str, default: int = 0) -> int:
-        value = self.dims.get(key)
-        return default if value is None else int(value)
-
     @property
     def multimodal(self) -> bool:
         return self.text_class != "" and self.text_class != self.model_class
@@ -189,11 +185,6 @@ def _unranges(runs: list) -> tuple[int, ...]:
     return tuple(i for first, last in runs for i in range(first, last + 1))
 
 
-def card_resource(name: str) -> str:
-    """The file name of a shipped card."""
-    return f"{name}.json"
-
-
 @lru_cache(maxsize=None)
 def load_card(name: str) -> ArchCard:
     """A card shipped in ``lorasize/data/cards`` (catalog models).
@@ -202,7 +193,7 @@ def load_card(name: str) -> ArchCard:
         LorasizeError: no such card.
     """
     try:
-        text = resources.files("lorasize.data").joinpath("cards").joinpath(card_resource(name)).read_text(
+        text = resources.files("lorasize.data").joinpath("cards").joinpath(f"{name}.json").read_text(
             encoding="utf-8")
     except (FileNotFoundError, OSError):
         raise LorasizeError(f"no architecture card '{name}' ships with lorasize") from None

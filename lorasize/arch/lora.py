@@ -308,8 +308,7 @@ def _expand(spec: ModelSpec, target: str) -> dict[tuple, tuple[Linear, int]]:
         blocks = blocks + extra_linears(spec)
     everywhere = lambda linears: {_key(m): (m, copies(spec, m)) for m in linears}  # noqa: E731
     if target == "all":
-        return everywhere(m for m in blocks if m.all_linear is not False
-                          and (m.all_linear or m.group != "vision"))
+        return everywhere(m for m in blocks if m.all_linear is not False)
     if target in ("attn", "mlp"):
         return everywhere(m for m in blocks if m.group == target)
     if target == "qv":
@@ -358,6 +357,10 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
                            if linear.group != "head" else 1)
     if unmatched and not chosen:
         raise unmatched[0]
+    if not chosen:
+        raise LorasizeError(f"{','.join(lora.targets)} adapts no module of {spec.name} "
+                            f"({spec.model_type}); valid names: {', '.join(target_names(spec))}",
+                            source="--targets")
     # PEFT's all-linear gives fused expert gate/up matrices rank 2r; named targets keep r.
     all_linear = "all" in lora.targets
     targets = []
@@ -389,6 +392,16 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
                 source="--r")
         targets.append(Target(linear, count, rank, lora.variant))
     return tuple(targets)
+
+
+def first_adapted_layer(spec: ModelSpec, targets: Iterable[Target]) -> int | None:
+    """The first decoder layer holding an adapter (None when no decoder layer holds one: only
+    the head, or a vision tower, is adapted). Before it, nothing needs a gradient."""
+    from .layout import copies
+
+    return min((i for t in targets
+                if t.linear.group not in ("head", "vision") and not t.linear.prefix
+                for i in (t.linear.layer_ids or range(copies(spec, t.linear)))), default=None)
 
 
 def trainable_params(targets: Iterable[Target], dora: bool = False) -> int:

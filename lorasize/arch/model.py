@@ -12,6 +12,7 @@ Which modules a block holds, and their names, is the concern of :mod:`lorasize.a
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -273,17 +274,14 @@ def _derived(config: dict[str, Any], name: str, source: str) -> ModelSpec:
     return ModelSpec.from_card(card, config, name, source, derived=True)
 
 
-_DERIVED: dict[str, Any] = {}
-
-
+@lru_cache(maxsize=None)
 def _derive_cached(key: str, source: str):
+    """The card of a config (its JSON text is the key), derived once per process."""
     import json
 
-    if key not in _DERIVED:
-        from .derive import derive_card
+    from .derive import derive_card
 
-        _DERIVED[key] = derive_card(json.loads(key), source or "config")
-    return _DERIVED[key]
+    return derive_card(json.loads(key), source or "config")
 
 
 _NOT_ARCHITECTURE = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")

@@ -252,7 +252,7 @@ def _typed(key: str, node, path: str, scenario: str):
 
 def _scenario(name: str, name_node, node, path: str, tolerance: float | None) -> Scenario:
     from ..arch.catalog import gpu_from_catalog
-    from ..gpu import GpuSpec
+    from ..gpu import with_memory
     from ..arch.lora import LoraSpec, split_targets
     from ..arch.resolve import resolve_model
     from ..memory.sharding import ShardSpec
@@ -288,12 +288,7 @@ def _scenario(name: str, name_node, node, path: str, tolerance: float | None) ->
         shard = ShardSpec(p["gpus"], p["sharding"].lower(), p["offload"].lower())
         gpu = gpu_from_catalog(p["gpu"]) if p["gpu"] else None
         if p["gpu_mem"]:
-            try:
-                memory = parse_bytes(p["gpu_mem"])
-            except ValueError as exc:
-                raise LorasizeError(str(exc), source="--gpu-mem") from None
-            gpu = GpuSpec(name=gpu.name if gpu else "custom", memory_bytes=memory,
-                          arch=gpu.arch if gpu else None)
+            gpu = with_memory(gpu, p["gpu_mem"])
     except LorasizeError as exc:
         raise _located(exc, path, name, ye.line(name_node), lines) from None
     budgets = _budgets(fields.get("budget"), path, name, gpu)

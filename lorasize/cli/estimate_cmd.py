@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import click
 from click.core import ParameterSource
@@ -12,13 +11,12 @@ from ..memory.calibrated import load_calibration
 from ..arch.catalog import gpu_from_catalog
 from ..errors import LorasizeError
 from ..estimate import estimate as run_estimate
-from ..gpu import GpuSpec
+from ..gpu import GpuSpec, with_memory
 from ..arch.lora import LoraSpec, split_targets
 from ..plan.render import render_estimate
 from ..arch.resolve import read_adapter_config, resolve_model
 from ..memory.sharding import ShardSpec, launch_commands
 from ..specs import ServeSpec, TrainSpec
-from ..units import parse_bytes
 from .options import (gpu_options, lora_options, model_options, output_options, shard_options,
                       train_options)
 
@@ -77,20 +75,7 @@ def build_gpu(p: dict) -> GpuSpec | None:
     """The GPU from --gpu (catalog) and/or --gpu-mem (overrides the memory)."""
     gpu = gpu_from_catalog(p["gpu"]) if p.get("gpu") else None
     if p.get("gpu_mem"):
-        if re.fullmatch(r"\s*[0-9.]+\s*", str(p["gpu_mem"])):
-            raise LorasizeError(f"give a unit: {p['gpu_mem'].strip()}GiB, {p['gpu_mem'].strip()}GB "
-                                f"or a size in MiB (a bare number would be bytes)",
-                                source="--gpu-mem")
-        try:
-            memory = parse_bytes(p["gpu_mem"])
-        except ValueError as exc:
-            raise LorasizeError(str(exc), source="--gpu-mem") from None
-        if memory <= 0:
-            raise LorasizeError("must be more than 0", source="--gpu-mem")
-        gpu = GpuSpec(name=gpu.name if gpu else "custom", memory_bytes=memory,
-                      arch=gpu.arch if gpu else None,
-                      bf16_tflops=gpu.bf16_tflops if gpu else None,
-                      bandwidth_gbps=gpu.bandwidth_gbps if gpu else None)
+        gpu = with_memory(gpu, p["gpu_mem"])
     return gpu
 
 

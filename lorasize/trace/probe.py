@@ -26,7 +26,7 @@ from dataclasses import replace
 
 import torch
 
-from ..arch.lora import LoraSpec
+from ..arch.lora import LoraSpec, first_adapted_layer, resolve_targets
 from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 from .build import build, quiet
@@ -59,19 +59,6 @@ def representatives(model: ModelSpec) -> dict[str, int]:
             for kind in card.kinds}
 
 
-def first_adapted_layer(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> int:
-    """The first decoder layer holding an adapter (0 for full fine-tuning)."""
-    from ..arch.layout import copies
-    from ..arch.lora import resolve_targets
-
-    if train.method == "full":
-        return 0
-    layers = [i for t in resolve_targets(model, lora)
-              if t.linear.group not in ("head", "vision") and not t.linear.prefix
-              for i in (t.linear.layer_ids or range(copies(model, t.linear)))]
-    return min(layers, default=0)
-
-
 def probe_kinds(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> dict[str, int]:
     """See :func:`_probe`; a hybrid model whose cache the training forward cannot build
     without an attention layer in front ("get_seq_length can only be called on Attention
@@ -99,7 +86,8 @@ def _probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
     # The first layer holding an adapter stays real too: after it every layer's input needs a
     # gradient, as in the whole model (with q,v targets on a hybrid model, a stubbed first
     # attention layer would leave the representatives after it saving nothing).
-    keep = set(reps.values()) | {0, last, first_adapted_layer(model, lora, train)}
+    first = 0 if train.method == "full" else first_adapted_layer(model, resolve_targets(model, lora))
+    keep = set(reps.values()) | {0, last, first or 0}
     entered: dict[int, int] = {}
     holder: dict[str, LiveBytesTracker] = {}
 
