@@ -13,7 +13,7 @@ from lorasize.calibrate.calibration import (DEFAULT_FILE, MIN_ROWS, calibrate_fr
 from lorasize.errors import LorasizeError
 from lorasize.estimate import Calibration
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "measurements" / "measured.csv"
+from lorasize.measurements import MEMORY as SHARED
 
 
 def test_least_squares_recovers_the_constants():
@@ -68,13 +68,12 @@ def test_shipped_calibration_loads():
     assert 0 <= calibration.reserve_fraction <= 1
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason="the shared measurement set is not beside the checkout")
 def test_shipped_calibration_is_the_fit_of_the_measurements():
     fitted, report = calibrate_from_measurements(SHARED)
     shipped = load_calibration(DEFAULT_FILE)
     assert (shipped.cuda_context_bytes, shipped.reserve_fraction) == (
         fitted.cuda_context_bytes, fitted.reserve_fraction), (
-        "regenerate: lorasize calibrate -m ../shared/measurements/measured.csv "
+        "regenerate: lorasize calibrate "
         "-o lorasize/data/calibration.json")
     assert report["reserved_rows"] >= MIN_ROWS
 

@@ -21,7 +21,7 @@ from lorasize.plan.solve import fewest_gpus, fit_setup
 from lorasize.specs import TrainSpec
 from lorasize.memory.weights import static_bytes
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "measurements" / "measured.csv"
+from lorasize.measurements import MEMORY as SHARED
 FULL = TrainSpec(method="full", dtype="bf16", optimizer="adamw", grad_checkpointing=True)
 DEEPSPEED_MODELS = ("llama2-7b", "mistral-7b", "llama3-8b", "gemma-7b", "llama2-13b")
 DEEPSPEED_GPUS = (1, 2, 4, 8, 16)
@@ -154,7 +154,6 @@ def predict_row(row: dict) -> tuple[int, ShardSpec]:
     return value, shard
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason="the shared measurement set is not beside the checkout")
 def test_measured_multi_gpu_rows():
     from lorasize.calibrate.validate import Skip, measured_bytes
 

@@ -12,7 +12,7 @@ from lorasize import LoraSpec, TrainSpec, estimate, gpu_from_catalog, resolve_mo
 from lorasize.memory.sharding import ShardSpec
 from lorasize.calibrate.validate import REQUIRED_COLUMNS, summary, validate
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "measurements" / "measured.csv"
+from lorasize.measurements import MEMORY as SHARED
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -66,7 +66,6 @@ def test_missing_column_is_one_line_exit_2(tmp_path, cli):
     assert code == 2 and "missing column" in err and str(bad) in err
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason="the shared measurement set is not beside the checkout")
 def test_published_measurements_json(cli):
     code, out, _ = cli("validate", "--measurements", str(SHARED), "--json")
     data = json.loads(out)
@@ -133,7 +132,6 @@ def test_row_inputs_read_from_the_stack_and_notes(tmp_path):
     assert "transformers 4" in rows[0].skipped
 
 
-@pytest.mark.skipif(not SHARED.is_file(), reason="the shared measurement set is not beside the checkout")
 def test_published_bar_figure(cli):
     """The figure README quotes (section "Against published measurements")."""
     code, out, _ = cli("validate", "--measurements", str(SHARED), "--json")

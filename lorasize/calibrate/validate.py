@@ -1,6 +1,6 @@
 """``validate``: the estimator against published measurements, row by row.
 
-Reads any CSV in the format of ``shared/measurements/measured.csv`` (columns documented in its
+Reads any CSV in the format of ``lorasize/data/measurements/measured.csv`` (columns documented in its
 README), expresses each row it can as lorasize specs, predicts the row's metric
 (``peak_allocated`` -> ``max_memory_allocated``, ``peak_reserved`` -> ``max_memory_reserved``,
 ``nvidia_smi`` -> the device total, ``trainable_params``, ``file_bytes``) and reports the signed

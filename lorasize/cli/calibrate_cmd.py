@@ -18,7 +18,8 @@ from ..units import format_bytes
 
 @click.command()
 @click.option("--measurements", "-m", metavar="CSV",
-              help="A measurement CSV in the format of measurements/measured.csv.")
+              help="A measurement CSV in the format of measurements/measured.csv (default, without "
+                   "--profiles: the published measurements shipped with lorasize).")
 @click.option("--profiles", "-p", metavar="DIR", help="A folder of profile files (lorasize profile).")
 @click.option("--out", "-o", required=True, metavar="FILE", help="Calibration file to write.")
 def calibrate(measurements: str | None, profiles: str | None, out: str) -> int:
@@ -28,10 +29,13 @@ def calibrate(measurements: str | None, profiles: str | None, out: str) -> int:
 
     \b
     Example:
-      lorasize calibrate -m ../shared/measurements/measured.csv -o lorasize/data/calibration.json
+      lorasize calibrate -o my-calibration.json
+      lorasize calibrate --profiles profiles/ -o my-calibration.json
     """
     if not measurements and not profiles:
-        raise LorasizeError("give --measurements CSV and/or --profiles DIR", source="--measurements")
+        from ..measurements import MEMORY
+
+        measurements = str(MEMORY)
     reserved, device, rows, times = [], [], [], []
     if measurements:
         _, report = calibrate_from_measurements(measurements)

@@ -12,20 +12,24 @@ from .options import output_options
 
 
 @click.command()
-@click.option("--measurements", "-m", required=True, metavar="CSV",
-              help="A measurement CSV in the format of measurements/measured.csv.")
+@click.option("--measurements", "-m", metavar="CSV",
+              help="A measurement CSV in the format of measurements/measured.csv (default: the "
+                   "published measurements shipped with lorasize).")
 @output_options
-def validate(measurements: str, as_json: bool) -> int:
+def validate(measurements: str | None, as_json: bool) -> int:
     """Compare lorasize's predictions with published measurements, row by row.
 
     Prints predicted vs measured with the signed error, the median and 90th-percentile absolute
     error per source, method and metric, and every row skipped with the reason.
 
     \b
-    Example:
-      lorasize validate --measurements ../shared/measurements/measured.csv
+    Examples:
+      lorasize validate
+      lorasize validate --measurements my-runs.csv --json
     """
-    rows = run_validate(measurements)
+    from ..measurements import MEMORY
+
+    rows = run_validate(measurements or MEMORY)
     stats = summary(rows)
     if as_json:
         click.echo(json.dumps({"rows": [r.to_dict() for r in rows], "summary": stats}, indent=2))

@@ -1,0 +1,17 @@
+"""The published measurements shipped with lorasize (``lorasize/data/measurements``).
+
+Copied from the project's shared measurement set: ``measured.csv`` (memory, parameter counts,
+adapter sizes), ``timing.csv`` (training throughput) and ``serving.csv`` (multi-adapter serving),
+each with an evidence file quoting the source of every row; their columns are documented in the
+folder's README.md. ``validate`` and ``calibrate`` read them by default, so the accuracy figures
+in the README can be reproduced from any install.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FOLDER = Path(__file__).resolve().parent / "data" / "measurements"
+MEMORY = FOLDER / "measured.csv"
+TIMING = FOLDER / "timing.csv"
+SERVING = FOLDER / "serving.csv"
