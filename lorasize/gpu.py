@@ -21,6 +21,11 @@ class GpuSpec:
         bandwidth_gbps: memory bandwidth in GB/s, or None.
         vendor: ``nvidia`` or ``amd``.
         source: where the figures come from.
+        fp32_tflops: fp32 throughput without tensor cores, or None.
+        sms: streaming multiprocessors (AMD: compute units), or None.
+        link: ``nvlink``, ``xgmi`` or ``pcie``: how GPUs of one server talk.
+        link_gbps: NVLink / Infinity Fabric bandwidth per GPU, one direction, GB/s.
+        pcie_gbps: the host link, one direction, GB/s.
     """
 
     name: str
@@ -30,6 +35,11 @@ class GpuSpec:
     bandwidth_gbps: float | None = None
     vendor: str = "nvidia"
     source: str = ""
+    fp32_tflops: float | None = None
+    sms: int | None = None
+    link: str = "pcie"
+    link_gbps: float | None = None
+    pcie_gbps: float | None = None
 
     @classmethod
     def from_entry(cls, entry: dict) -> "GpuSpec":
@@ -38,7 +48,10 @@ class GpuSpec:
             name=entry["name"], memory_bytes=entry["memory_mib"] * BYTES_PER_MIB,
             arch=entry.get("arch"), bf16_tflops=entry.get("bf16_tflops"),
             bandwidth_gbps=entry.get("bandwidth_gbps"), vendor=entry.get("vendor", "nvidia"),
-            source=entry.get("source", ""),
+            source=entry.get("source", ""), sms=entry.get("sms"),
+            fp32_tflops=entry.get("fp32_tflops"),
+            link=entry.get("link", "pcie"), link_gbps=entry.get("link_gbps"),
+            pcie_gbps=entry.get("pcie_gbps"),
         )
 
 

@@ -24,6 +24,7 @@ METHODS = ("lora", "qlora", "full")
 #   quantized by Lightning's BitsandbytesPrecision. Each rule: lorasize/memory/stacks.py.
 STACKS = ("hf-peft", "torchtune", "litgpt")
 COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+KERNELS = ("eager", "fused")
 ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 # PEFT's get_peft_model(autocast_adapter_dtype=True), the default, keeps bf16/fp16 adapter
 # weights in fp32 (peft/tuners/tuners_utils.py, _cast_adapter_dtype).
@@ -66,6 +67,12 @@ class TrainSpec:
         first_micro_batch: the peak micro-batch is the run's first, so nothing of an earlier one
             is alive (lit-gpt 2023 put its longest sample first); only stacks whose rules keep
             the previous micro-batch's tensors (``StackRules.previous_inputs_alive``) read it.
+        kernels: ``eager`` (the model code's own PyTorch ops) or ``fused`` (fused norm, rope,
+            activation and cross-entropy kernels: Liger, fms-acceleration, Transformer Engine,
+            torch.compile). Step time only; memory is counted for the model code's ops.
+        autocast: mixed-precision autocast runs the matmuls (transformers' Trainer with
+            ``bf16=True``); False: a plain loop on a 16-bit model, where fp32 adapter weights
+            (PEFT's default) compute in fp32. Step time only.
     """
 
     method: str = "lora"
@@ -82,9 +89,12 @@ class TrainSpec:
     adapter_train_dtype: str | None = None
     grad_accum: int = 1
     first_micro_batch: bool = False
+    kernels: str = "eager"
+    autocast: bool = True
 
     def __post_init__(self) -> None:
         _choice(self.stack, STACKS, "--stack")
+        _choice(self.kernels, KERNELS, "--kernels")
         _choice(self.method, METHODS, "--method")
         _choice(self.dtype, COMPUTE_DTYPES, "--dtype")
         _choice(self.optimizer, OPTIMIZERS, "--optimizer")

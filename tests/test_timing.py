@@ -35,9 +35,11 @@ def test_frozen_base_and_checkpointing():
 
 # IBM fms-acceleration, A100-80GB, batch 4 x 4096 tokens, gradient checkpointing, flash-attn 2,
 # train_tokens_per_second (scripts/benchmarks/refs/a100_80gb.csv, quoted in
-# measurements/evidence.md). The first row fitted DEFAULT_MFU; the others are held out.
+# measurements/evidence.md). The step-time model's figures are fitted to timing.csv, which holds
+# the QLoRA row (fms-a100-057) but not the other three; each must be within the 30% the
+# performance issue (#14) sets for the 90th percentile.
 RUNS = [
-    ("mistral-7b", ("attn",), "lora", 3324, 0.02),
+    ("mistral-7b", ("attn",), "lora", 3324, 0.30),
     ("mistral-7b", None, "full", 3062, 0.30),
     ("mistral-7b", ("attn",), "qlora", 2903, 0.30),
     ("llama2-70b", ("attn",), "qlora", 464, 0.30),

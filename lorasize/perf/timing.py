@@ -13,19 +13,22 @@ FLOPs per token (Kaplan et al. 2020, "Scaling Laws", section 2.1; Narayanan et a
 - gradient checkpointing runs each block's forward again in backward;
 - MoE layers run ``experts_per_token`` experts per token.
 
-Step time = FLOPs / (peak bf16 throughput x MFU) + the QLoRA dequantization of every 4-bit
-weight in each pass (memory-bound: read 0.5 byte, write and read back 2 bytes per weight).
-The model FLOPs utilisation default is fitted from one published run (below); ``lorasize
-calibrate`` will fit it from profiles.
+Step time comes from the step-time model (:mod:`lorasize.perf.work` counts the work,
+:mod:`lorasize.perf.steptime` times it on the GPU: GEMMs by shape, attention, memory-bound work,
+dequantization, the optimizer step, communication and launch overhead, each a term of the
+breakdown). Given a model FLOPs utilisation (``--mfu``, or a calibration fitted from GPU
+profiles), the step is instead FLOPs / (peak x MFU) plus the QLoRA dequantization, the single
+constant lorasize used before the model existed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from ..gpu import GpuSpec
 from ..arch.layout import block_linears, copies
+from ..memory.sharding import ShardSpec
 from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target
 from ..arch.model import ModelSpec
 from ..specs import TrainSpec
@@ -42,7 +45,11 @@ SECONDS_PER_HOUR = 3600
 
 @dataclass(frozen=True)
 class TrainingTime:
-    """Throughput and duration of training on one GPU."""
+    """Throughput and duration of training on one GPU.
+
+    ``breakdown`` holds the seconds of one micro-batch by component (they sum to
+    ``step_seconds``); ``bound`` names what limits it; ``mfu`` is the model FLOPs utilisation
+    the step reaches (the one given, in the constant-MFU mode)."""
 
     flops_per_token: float
     tokens_per_s: float
@@ -52,6 +59,10 @@ class TrainingTime:
     usd: float | None = None
     grad_accum: int = 1
     optimizer_steps: int | None = None
+    breakdown: dict = field(default_factory=dict)
+    bound: str = "compute"
+    notes: tuple[str, ...] = ()
+    model: str = "step"  # "step" (the step-time model) or "mfu" (a constant MFU)
 
     @property
     def optimizer_step_seconds(self) -> float:
@@ -65,7 +76,9 @@ class TrainingTime:
                 "optimizer_step_seconds": round(self.optimizer_step_seconds, 4),
                 "optimizer_steps": self.optimizer_steps,
                 "hours": None if self.hours is None else round(self.hours, 3),
-                "usd": None if self.usd is None else round(self.usd, 2)}
+                "usd": None if self.usd is None else round(self.usd, 2),
+                "breakdown": {k: round(v, 6) for k, v in self.breakdown.items()},
+                "bound": self.bound, "model": self.model, "notes": list(self.notes)}
 
 
 def flops_per_token(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec) -> float:
@@ -111,13 +124,35 @@ def dequant_seconds(model: ModelSpec, train: TrainSpec, gpu: GpuSpec) -> float:
 
 
 def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, gpu: GpuSpec,
-                  mfu: float = DEFAULT_MFU, dataset_tokens: int | None = None, epochs: float = 1.0,
-                  usd_per_gpu_hour: float | None = None) -> TrainingTime | None:
-    """Tokens per second and hours on ``gpu``; None when the GPU's throughput is unknown."""
-    if not gpu.bf16_tflops:
+                  mfu: float | None = None, dataset_tokens: int | None = None, epochs: float = 1.0,
+                  usd_per_gpu_hour: float | None = None, shard: ShardSpec | None = None,
+                  dropout: float = 0.0, dora: bool = False, params=None) -> TrainingTime | None:
+    """Tokens per second and hours on ``gpu``; None when the GPU's throughput is unknown.
+
+    Args:
+        mfu: a model FLOPs utilisation to use instead of the step-time model.
+        shard: GPUs and sharding (communication); one GPU if None.
+        dropout, dora: the adapter's dropout and DoRA (their elementwise work).
+        params: the step-time model's figures; the shipped fit if None.
+    """
+    if not gpu.bf16_tflops or (mfu is None and not gpu.bandwidth_gbps):
         return None
     per_token = flops_per_token(model, targets, train)
-    step = peak_compute_seconds(model, targets, train, gpu) / mfu + dequant_seconds(model, train, gpu)
+    notes: tuple[str, ...] = ()
+    if mfu is not None:
+        compute = peak_compute_seconds(model, targets, train, gpu) / mfu
+        dequant = dequant_seconds(model, train, gpu)
+        step, breakdown, bound, kind = compute + dequant, {"compute": compute,
+                                                          "dequantization": dequant}, "compute", "mfu"
+    else:
+        from .steptime import step_time
+        from .work import step_work
+
+        timed = step_time(step_work(model, targets, train, shard, dropout, dora), gpu, params)
+        step, breakdown, bound, kind = timed.seconds, timed.breakdown, timed.bound, "step"
+        if bound == "launch":
+            notes = (_launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed),)
+        mfu = train.tokens * per_token / (gpu.bf16_tflops * 1e12) / step
     tokens_per_s = train.tokens / step
     hours = usd = steps = None
     if dataset_tokens:
@@ -126,4 +161,18 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         steps = math.ceil(dataset_tokens * epochs / (train.tokens * train.grad_accum))
         if usd_per_gpu_hour is not None:
             usd = hours * usd_per_gpu_hour
-    return TrainingTime(per_token, tokens_per_s, step, mfu, hours, usd, train.grad_accum, steps)
+    return TrainingTime(per_token, tokens_per_s, step, mfu, hours, usd, train.grad_accum, steps,
+                        breakdown, bound, notes, kind)
+
+
+def _launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed) -> str:
+    """What a launch-bound step means for the user: a larger batch costs little more time."""
+    from .steptime import step_time
+    from .work import step_work
+
+    larger = replace(train, batch_size=train.batch_size * 4)
+    seconds = step_time(step_work(model, targets, larger, shard, dropout, dora), gpu, params).seconds
+    return (f"at batch {train.batch_size} this step is bound by kernel launches (the CPU issues "
+            f"kernels for {timed.cpu_seconds * 1e3:,.0f} ms, the GPU works {timed.gpu_seconds * 1e3:,.0f} "
+            f"ms): batch {larger.batch_size} takes {seconds / timed.seconds:.2f}x the time for 4x "
+            f"the tokens")

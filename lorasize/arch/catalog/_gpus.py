@@ -31,6 +31,21 @@ bf16_tflops
     so.  Figures are at the vendor's rated boost clock.
 bandwidth_gbps
     Peak memory bandwidth in GB/s (1e9 bytes/s) from the datasheet.
+fp32_tflops
+    Peak fp32 throughput without tensor cores (datasheet): what a matmul of fp32 tensors runs
+    at under torch's default ``allow_tf32=False`` (PEFT's fp32 adapters outside autocast).
+sms
+    Streaming multiprocessors (compute units on AMD) from the whitepaper: how many GEMM tiles
+    run at once (NVIDIA, "Matrix Multiplication Background User's Guide", wave quantization).
+link
+    How GPUs of one server talk: ``nvlink`` (SXM boards: every GPU on NVSwitch), ``xgmi``
+    (AMD Infinity Fabric), or ``pcie`` (PCIe cards; GeForce cards have no peer-to-peer, so NCCL
+    goes through host memory).
+link_gbps
+    NVLink / Infinity Fabric bandwidth per GPU, one direction, GB/s (datasheet: A100 600 GB/s
+    and H100 900 GB/s bidirectional); absent for PCIe cards.
+pcie_gbps
+    Host link, one direction, GB/s: 16 (PCIe 3 x16), 32 (PCIe 4 x16), 64 (PCIe 5 x16).
 source
     Where the figures come from: "specs:" is the datasheet / whitepaper for
     bf16_tflops and bandwidth_gbps, "memory_mib:" is a public nvidia-smi /
@@ -58,6 +73,11 @@ GPUS = [
         memory_mib=40960,
         bf16_tflops=312.0,
         bandwidth_gbps=1555.0,
+        fp32_tflops=19.5,
+        sms=108,
+        link="nvlink",
+        link_gbps=300.0,
+        pcie_gbps=32.0,
         source=(
             "specs: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
             "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf ; "
@@ -85,6 +105,11 @@ GPUS = [
         memory_mib=81920,
         bf16_tflops=312.0,
         bandwidth_gbps=2039.0,
+        fp32_tflops=19.5,
+        sms=108,
+        link="nvlink",
+        link_gbps=300.0,
+        pcie_gbps=32.0,
         source=(
             "specs: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
             "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf ; "
@@ -105,6 +130,10 @@ GPUS = [
         memory_mib=23028,
         bf16_tflops=125.0,
         bandwidth_gbps=600.0,
+        fp32_tflops=31.2,
+        sms=72,
+        link="pcie",
+        pcie_gbps=32.0,
         source=(
             "specs: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a10/pdf/"
             "a10-datasheet.pdf ; "
@@ -122,6 +151,10 @@ GPUS = [
         memory_mib=23028,
         bf16_tflops=70.0,
         bandwidth_gbps=600.0,
+        fp32_tflops=31.2,
+        sms=80,
+        link="pcie",
+        pcie_gbps=32.0,
         source=(
             "specs: https://www.baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference/ "
             "(no NVIDIA datasheet exists; AWS-only part) ; "
@@ -150,6 +183,11 @@ GPUS = [
         memory_mib=81559,
         bf16_tflops=989.0,
         bandwidth_gbps=3350.0,
+        fp32_tflops=66.9,
+        sms=132,
+        link="nvlink",
+        link_gbps=450.0,
+        pcie_gbps=64.0,
         source=(
             "specs: https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet ; "
             "memory_mib: https://github.com/NVIDIA/nccl/issues/1264 and "
@@ -168,6 +206,10 @@ GPUS = [
         memory_mib=81559,
         bf16_tflops=756.0,
         bandwidth_gbps=2000.0,
+        fp32_tflops=51.2,
+        sms=114,
+        link="pcie",
+        pcie_gbps=64.0,
         source=(
             "specs: https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet "
             "(1513 TFLOPS bf16 sparse; dense 756 per "
@@ -185,6 +227,11 @@ GPUS = [
         memory_mib=143771,
         bf16_tflops=989.0,
         bandwidth_gbps=4800.0,
+        fp32_tflops=66.9,
+        sms=132,
+        link="nvlink",
+        link_gbps=450.0,
+        pcie_gbps=64.0,
         source=(
             "specs: https://www.nvidia.com/en-us/data-center/h200/ ; "
             "memory_mib: 'NVIDIA H200 ... / 143771MiB' seen in many nvidia-smi printouts "
@@ -205,6 +252,10 @@ GPUS = [
         memory_mib=23034,
         bf16_tflops=121.0,
         bandwidth_gbps=300.0,
+        fp32_tflops=30.3,
+        sms=58,
+        link="pcie",
+        pcie_gbps=32.0,
         source=(
             "specs: https://www.nvidia.com/en-us/data-center/l4/ ; "
             "memory_mib: https://github.com/speaches-ai/speaches/pull/438 (0MiB / 23034MiB) and "
@@ -220,6 +271,10 @@ GPUS = [
         memory_mib=46068,
         bf16_tflops=362.05,
         bandwidth_gbps=864.0,
+        fp32_tflops=91.6,
+        sms=142,
+        link="pcie",
+        pcie_gbps=32.0,
         source=(
             "specs: https://www.nvidia.com/en-us/data-center/l40s/ ; "
             "memory_mib: https://github.com/akash-network/provider-configs/pull/99 "
@@ -236,6 +291,10 @@ GPUS = [
         memory_mib=15360,
         bf16_tflops=65.0,
         bandwidth_gbps=320.0,
+        fp32_tflops=8.1,
+        sms=40,
+        link="pcie",
+        pcie_gbps=16.0,
         source=(
             "specs: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/tesla-t4/"
             "t4-tensor-core-datasheet-951643.pdf ; "
@@ -258,6 +317,11 @@ GPUS = [
         memory_mib=16384,
         bf16_tflops=125.0,
         bandwidth_gbps=900.0,
+        fp32_tflops=15.7,
+        sms=80,
+        link="nvlink",
+        link_gbps=150.0,
+        pcie_gbps=16.0,
         source=(
             "specs: https://images.nvidia.com/content/technologies/volta/pdf/"
             "volta-v100-datasheet-update-us-1165301-r5.pdf ; "
@@ -283,6 +347,11 @@ GPUS = [
         memory_mib=32768,
         bf16_tflops=125.0,
         bandwidth_gbps=900.0,
+        fp32_tflops=15.7,
+        sms=80,
+        link="nvlink",
+        link_gbps=150.0,
+        pcie_gbps=16.0,
         source=(
             "specs: https://images.nvidia.com/content/technologies/volta/pdf/"
             "volta-v100-datasheet-update-us-1165301-r5.pdf ; "
@@ -304,6 +373,10 @@ GPUS = [
         memory_mib=49140,
         bf16_tflops=154.8,
         bandwidth_gbps=768.0,
+        fp32_tflops=38.7,
+        sms=84,
+        link="pcie",
+        pcie_gbps=32.0,
         source=(
             "specs: https://www.nvidia.com/content/PDF/nvidia-ampere-ga-102-gpu-architecture-whitepaper-v2.pdf "
             "(RTX A6000: bf16 FP32-accumulate 154.8 / 309.7 sparse) and "
@@ -325,6 +398,10 @@ GPUS = [
         memory_mib=12288,
         bf16_tflops=25.5,
         bandwidth_gbps=360.0,
+        fp32_tflops=12.7,
+        sms=28,
+        link="pcie",
+        pcie_gbps=32.0,
         source=(
             "specs: https://www.nvidia.com/en-us/geforce/graphics-cards/30-series/rtx-3060-3060ti/ "
             "and https://www.nvidia.com/content/PDF/nvidia-ampere-ga-102-gpu-architecture-whitepaper-v2.pdf "
@@ -346,6 +423,10 @@ GPUS = [
         memory_mib=24576,
         bf16_tflops=71.0,
         bandwidth_gbps=936.2,
+        fp32_tflops=35.6,
+        sms=82,
+        link="pcie",
+        pcie_gbps=32.0,
         source=(
             "specs: https://www.nvidia.com/content/PDF/nvidia-ampere-ga-102-gpu-architecture-whitepaper-v2.pdf "
             "(RTX 3090: bf16 FP32-accumulate 71 / 142 sparse) ; "
@@ -362,6 +443,10 @@ GPUS = [
         memory_mib=16376,
         bf16_tflops=97.5,
         bandwidth_gbps=716.8,
+        fp32_tflops=48.7,
+        sms=76,
+        link="pcie",
+        pcie_gbps=32.0,
         source=(
             "specs: https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf "
             "(RTX 4080: bf16 FP32-accumulate 97.5 / 194.9 sparse) ; "
@@ -382,6 +467,10 @@ GPUS = [
         memory_mib=24564,
         bf16_tflops=165.2,
         bandwidth_gbps=1008.0,
+        fp32_tflops=82.6,
+        sms=128,
+        link="pcie",
+        pcie_gbps=32.0,
         source=(
             "specs: https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf "
             "(RTX 4090: bf16 FP32-accumulate 165.2 / 330.4 sparse) ; "
@@ -399,6 +488,10 @@ GPUS = [
         memory_mib=32607,
         bf16_tflops=209.5,
         bandwidth_gbps=1792.0,
+        fp32_tflops=104.8,
+        sms=170,
+        link="pcie",
+        pcie_gbps=64.0,
         source=(
             "specs: https://images.nvidia.com/aem-dam/Solutions/geforce/blackwell/"
             "nvidia-rtx-blackwell-gpu-architecture.pdf ; "
@@ -419,6 +512,11 @@ GPUS = [
         memory_mib=183359,
         bf16_tflops=2250.0,
         bandwidth_gbps=8000.0,
+        fp32_tflops=80.0,
+        sms=148,
+        link="nvlink",
+        link_gbps=900.0,
+        pcie_gbps=64.0,
         source=(
             "specs: https://www.nvidia.com/en-us/data-center/hgx/ (HGX B200: 4.5 PFLOPS bf16 "
             "sparse per GPU) ; "
@@ -438,6 +536,11 @@ GPUS = [
         memory_mib=196592,
         bf16_tflops=1307.4,
         bandwidth_gbps=5300.0,
+        fp32_tflops=163.4,
+        sms=304,
+        link="xgmi",
+        link_gbps=448.0,
+        pcie_gbps=64.0,
         source=(
             "specs: https://www.amd.com/en/products/accelerators/instinct/mi300/mi300x.html ; "
             "memory_mib: https://github.com/ROCm/legacy-rocm-build/issues/4750 "

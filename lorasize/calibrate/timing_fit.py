@@ -1,0 +1,270 @@
+"""Fit the step-time model's figures (:class:`lorasize.perf.steptime.TimeParams`) to published
+throughput, and measure it honestly: leave-one-source-out.
+
+The objective is the mean absolute log error of tokens/s per GPU over every row lorasize can
+express (low confidence included: they inform the fit, never a reported error), plus a weak pull towards the unfitted defaults (so a figure no row informs stays
+where physics put it). Efficiencies are fitted through a logistic (0 to 1), the rest through
+a logarithm; the minimiser is Nelder-Mead (pure Python, deterministic).
+
+Run ``python -m lorasize.calibrate.timing_fit`` to refit ``lorasize/data/timing_params.json``
+from the shipped ``timing.csv``; ``--report`` prints the leave-one-source-out table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import dataclass, replace
+
+from ..perf.steptime import PARAMS_FILE, TimeParams, combine, terms
+from ..perf.work import step_work
+from .timing_rows import ALL_CONFIDENCES, CONFIDENCES, TimingRow, load_rows
+
+# Sources never used by the shipped fit: their rows are the "not seen" check.
+HELD_OUT_SOURCES = (
+    "NVIDIA NeMo AutoModel performance summary",
+    "LLaMA-Factory wiki Performance-Comparison (quoted in unsloth README)",
+    "Raschka, 'Practical Tips for Finetuning LLMs Using LoRA' (Ahead of AI, Nov 2023)",
+)
+PRIOR_WEIGHT = 0.002
+_EFFICIENCIES = ("gemm_efficiency", "attention_efficiency", "bandwidth_efficiency", "overlap",
+                 "comm_overlap")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A row ready to predict: its terms on its GPU and what was measured."""
+
+    id: str
+    source: str
+    tokens: int
+    measured: float
+    terms: object
+
+
+def samples(rows: list[TimingRow]) -> list[Sample]:
+    out = []
+    for r in rows:
+        work = step_work(r.model, r.targets, r.train, r.shard, r.dropout, r.dora)
+        out.append(Sample(r.id, r.source, r.train.tokens, r.measured_tps, terms(work, r.gpu)))
+    return out
+
+
+def predict(s: Sample, p: TimeParams) -> float:
+    """Tokens per second per GPU."""
+    return s.tokens / combine(s.terms, p).seconds
+
+
+def _keys(p: TimeParams) -> list[tuple[str, str | None]]:
+    keys = [(k, None) for k in ("gemm_efficiency", "attention_efficiency", "bandwidth_efficiency",
+                                "dequant_bytes", "gather_us", "comm_overlap", "overlap")]
+    keys += [("comm_efficiency", k) for k in sorted(p.comm_efficiency)]
+    keys += [("launch_us", k) for k in sorted(p.launch_us)]
+    return keys
+
+
+def _encode(p: TimeParams, keys) -> list[float]:
+    out = []
+    for name, sub in keys:
+        v = getattr(p, name)[sub] if sub else getattr(p, name)
+        bounded = name in _EFFICIENCIES or name == "comm_efficiency"
+        v = min(max(v, 1e-6), 1 - 1e-6) if bounded else max(v, 1e-9)
+        out.append(math.log(v / (1 - v)) if bounded else math.log(v))
+    return out
+
+
+def _decode(x: list[float], base: TimeParams, keys) -> TimeParams:
+    values, dicts = {}, {"comm_efficiency": dict(base.comm_efficiency),
+                         "launch_us": dict(base.launch_us)}
+    for (name, sub), xi in zip(keys, x):
+        bounded = name in _EFFICIENCIES or name == "comm_efficiency"
+        v = 1 / (1 + math.exp(-xi)) if bounded else math.exp(xi)
+        if sub:
+            dicts[name][sub] = v
+        else:
+            values[name] = v
+    return replace(base, **values, **dicts)
+
+
+def loss(batch: list[Sample], p: TimeParams) -> float:
+    return statistics.fmean(abs(math.log(predict(s, p) / s.measured)) for s in batch)
+
+
+def nelder_mead(f, x0: list[float], step: float = 0.5, iterations: int = 3000,
+                tolerance: float = 1e-7) -> list[float]:
+    """Minimise ``f`` from ``x0`` (Nelder and Mead 1965, standard coefficients)."""
+    n = len(x0)
+    simplex = [list(x0)] + [[x + (step if i == j else 0.0) for j, x in enumerate(x0)]
+                            for i in range(n)]
+    values = [f(x) for x in simplex]
+    for _ in range(iterations):
+        order = sorted(range(n + 1), key=values.__getitem__)
+        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
+        if values[-1] - values[0] < tolerance:
+            break
+        centroid = [sum(x[j] for x in simplex[:-1]) / n for j in range(n)]
+        worst = simplex[-1]
+        reflected = [c + (c - w) for c, w in zip(centroid, worst)]
+        fr = f(reflected)
+        if fr < values[0]:
+            expanded = [c + 2 * (c - w) for c, w in zip(centroid, worst)]
+            fe = f(expanded)
+            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = reflected, fr
+        else:
+            contracted = [c + 0.5 * (w - c) for c, w in zip(centroid, worst)]
+            fc = f(contracted)
+            if fc < values[-1]:
+                simplex[-1], values[-1] = contracted, fc
+            else:
+                best = simplex[0]
+                simplex = [best] + [[b + 0.5 * (x - b) for b, x in zip(best, xs)]
+                                    for xs in simplex[1:]]
+                values = [values[0]] + [f(x) for x in simplex[1:]]
+    return simplex[min(range(n + 1), key=values.__getitem__)]
+
+
+def fit(batch: list[Sample], start: TimeParams | None = None, restarts: int = 3) -> TimeParams:
+    """The figures that minimise the mean absolute log error over ``batch``."""
+    start = start or TimeParams()
+    keys = _keys(start)
+    x0 = _encode(start, keys)
+
+    def objective(x):
+        prior = PRIOR_WEIGHT * sum((a - b) ** 2 for a, b in zip(x, x0))
+        return loss(batch, _decode(x, start, keys)) + prior
+
+    x = x0
+    for _ in range(restarts):
+        x = nelder_mead(objective, x)
+    return _decode(x, start, keys)
+
+
+def errors(batch: list[Sample], p: TimeParams) -> dict[str, float]:
+    """Signed relative error of tokens/s per row id."""
+    return {s.id: predict(s, p) / s.measured - 1 for s in batch}
+
+
+def leave_one_source_out(batch: list[Sample], start: TimeParams | None = None
+                         ) -> dict[str, float]:
+    """Each source's rows predicted by figures fitted without that source."""
+    out = {}
+    for source in sorted({s.source for s in batch}):
+        rest = [s for s in batch if s.source != source]
+        fitted = fit(rest, start)
+        out.update(errors([s for s in batch if s.source == source], fitted))
+    return out
+
+
+def summary(errs: list[float]) -> dict:
+    a = sorted(abs(e) for e in errs)
+    if not a:
+        return {"rows": 0}
+    p90 = a[min(len(a) - 1, math.ceil(0.9 * len(a)) - 1)]
+    return {"rows": len(a), "median_abs_error": statistics.median(a), "p90_abs_error": p90}
+
+
+def fit_shipped(path) -> tuple[TimeParams, list[Sample]]:
+    """The shipped fit: every row of ``path`` outside :data:`HELD_OUT_SOURCES`."""
+    rows, _ = load_rows(path, ALL_CONFIDENCES)
+    batch = [s for s in samples(rows) if s.source not in HELD_OUT_SOURCES]
+    fitted = fit(batch)
+    return replace(fitted, source=(
+        f"fitted to {len(batch)} rows of {len({s.source for s in batch})} sources of timing.csv; "
+        f"held out: {'; '.join(HELD_OUT_SOURCES)}")), batch
+
+
+# A published figure implying more than this share of the GPU's dense bf16 peak is implausible.
+IMPLAUSIBLE_MFU = 0.85
+
+
+def implied_mfu(row: TimingRow) -> float:
+    """The model FLOPs utilisation a row's throughput implies on its GPU."""
+    from ..perf.timing import flops_per_token
+
+    return row.measured_tps * flops_per_token(row.model, row.targets, row.train) / (
+        row.gpu.bf16_tflops * 1e12)
+
+
+def report(path) -> dict:
+    """Leave-one-source-out errors on the rows of confidence high and medium (figures fitted to
+    every other source, low-confidence rows included), and the held-out sources' errors with the
+    shipped figures."""
+    from ..perf.steptime import default_params
+
+    rows, skipped = load_rows(path, ALL_CONFIDENCES)
+    by_id = {r.id: r for r in rows}
+    batch = samples(rows)
+    seen = [s for s in batch if s.source not in HELD_OUT_SOURCES]
+    loso = leave_one_source_out(seen)
+    reported = [s for s in seen if by_id[s.id].confidence in CONFIDENCES]
+    held = [s for s in batch if s.source in HELD_OUT_SOURCES
+            and by_id[s.id].confidence in CONFIDENCES]
+    held_errors = errors(held, default_params())
+    sources = {}
+    for s in reported:
+        sources.setdefault(s.source, []).append(loso[s.id])
+    return {
+        "rows": [{"id": s.id, "source": s.source, "measured": s.measured,
+                  "error": loso[s.id], "implied_mfu": implied_mfu(by_id[s.id])}
+                 for s in reported],
+        "loso": summary([loso[s.id] for s in reported]),
+        "sources": {k: summary(v) for k, v in sorted(sources.items())},
+        "held_out": {**summary(list(held_errors.values())),
+                     "errors": [{"id": s.id, "source": s.source, "error": held_errors[s.id]}
+                                for s in held]},
+        "skipped": skipped,
+        "implausible": sorted(r.id for r in rows if implied_mfu(r) > IMPLAUSIBLE_MFU),
+    }
+
+
+def print_report(data: dict) -> None:
+    def pct(x):
+        return f"{100 * x:.1f}%"
+
+    print("Step-time model against published throughput (tokens/s per GPU, timing.csv)")
+    print("leave-one-source-out: each source predicted by figures fitted without it\n")
+    print(f"{'source':70s} {'rows':>4s} {'median':>7s} {'p90':>7s}")
+    for name, stats in data["sources"].items():
+        print(f"{name[:70]:70s} {stats['rows']:4d} {pct(stats['median_abs_error']):>7s} "
+              f"{pct(stats['p90_abs_error']):>7s}")
+    o = data["loso"]
+    print(f"{'all (confidence high and medium)':70s} {o['rows']:4d} "
+          f"{pct(o['median_abs_error']):>7s} {pct(o['p90_abs_error']):>7s}")
+    h = data["held_out"]
+    if h["rows"]:
+        print(f"{'never fitted (held-out sources, shipped figures)':70s} {h['rows']:4d} "
+              f"{pct(h['median_abs_error']):>7s} {pct(h['p90_abs_error']):>7s}")
+    print(f"\nimplausible for the hardware (implied MFU > {IMPLAUSIBLE_MFU:g}): "
+          f"{', '.join(data['implausible']) or 'none'}")
+    print(f"skipped: {', '.join(i for i, _ in data['skipped'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..measurements import TIMING
+
+    parser = argparse.ArgumentParser(prog="python -m lorasize.calibrate.timing_fit")
+    parser.add_argument("--measurements", default=str(TIMING))
+    parser.add_argument("--out", default=str(PARAMS_FILE))
+    parser.add_argument("--report", action="store_true",
+                        help="print the leave-one-source-out error table; write nothing")
+    args = parser.parse_args(argv)
+    if args.report:
+        print_report(report(args.measurements))
+        return 0
+    fitted, _ = fit_shipped(args.measurements)
+    data = {k: (round(v, 6) if isinstance(v, float) else
+                {a: round(b, 6) for a, b in v.items()} if isinstance(v, dict) else v)
+            for k, v in fitted.to_dict().items()}
+    from ..files import write_atomic
+
+    write_atomic(args.out, json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Published training-throughput rows (``timing.csv``) as lorasize setups.
+
+Each row's ``lorasize_args`` column names the ``estimate`` flags it maps to; they are parsed by
+the ``estimate`` command itself, so a row means what a user typing those flags would get. The
+framework column adds what no flag says: fused kernels (Liger, fms-acceleration's fused ops,
+Transformer Engine, torch.compile) set ``kernels="fused"``. Rows without flags (methods lorasize
+does not model: OFT, BOFT, prefix and prompt tuning) are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..errors import LorasizeError
+from ..gpu import GpuSpec
+
+# Words in the framework column (or the notes' list of techniques) that mean fused kernels.
+FUSED_MARKERS = ("fused ops", "liger", "te,", "torch.compile", "+ torch.compile")
+# Frameworks that load the quantized base themselves, without PEFT's
+# prepare_model_for_kbit_training upcast: fms-acceleration's accelerated-peft plugins ("fix
+# upcasting (resulting in slowdown)", plugins/accelerated-peft/README.md) and Answer.AI's
+# fsdp_qlora (train.py @05ed9f2 calls get_peft_model on its own quantized model, no kbit prep).
+NO_KBIT_PREP_MARKERS = ("accelerated-peft", "fsdp_qlora train.py")
+# lit-gpt's finetune scripts run FSDP with FSDPStrategy(activation_checkpointing_policy={Block})
+# (finetune/lora.py, 2023-24): checkpointing is on whenever FSDP is.
+CHECKPOINTED_FSDP_MARKERS = ("lit-gpt finetune/lora.py, FSDP",)
+# torchtune's optimisation-flags table applies its techniques cumulatively, in this order
+# (README.md @bd2a0fc7c3): every row from "+ Compile" on is compiled.
+CUMULATIVE_ROWS = ("tt-32-full-packed", "tt-32-full-compile", "tt-32-full-chunkedce",
+                   "tt-32-full-ac", "tt-32-full-adamw8bit")
+CONFIDENCES = ("high", "medium")
+ALL_CONFIDENCES = ("high", "medium", "low")
+
+
+@dataclass(frozen=True)
+class TimingRow:
+    """One published throughput figure and the setup it measures."""
+
+    id: str
+    source: str
+    confidence: str
+    measured_tps: float  # tokens/s per GPU
+    model: object
+    targets: tuple
+    train: object
+    gpu: GpuSpec
+    shard: object
+    dropout: float
+    dora: bool
+
+
+def _fused(row: dict) -> bool:
+    if row["id"] in CUMULATIVE_ROWS:
+        return CUMULATIVE_ROWS.index(row["id"]) >= CUMULATIVE_ROWS.index("tt-32-full-compile")
+    text = (row.get("framework", "") + " " + row.get("notes", "").split(";")[0]).lower()
+    return any(m in text for m in FUSED_MARKERS)
+
+
+def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
+              ) -> tuple[list[TimingRow], list[tuple[str, str]]]:
+    """The rows of ``path`` lorasize can express, and (id, reason) for those it skips."""
+    from ..cli.estimate_cmd import build_gpu, build_shard, build_specs, estimate
+    from ..arch.lora import resolve_targets
+
+    rows, skipped = [], []
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        for raw in csv.DictReader(handle):
+            if raw["confidence"] not in confidences:
+                continue
+            args = (raw.get("lorasize_args") or "").strip()
+            if not args or args == "nan":
+                skipped.append((raw["id"], f"no lorasize flags ({raw['method']})"))
+                continue
+            try:
+                tps = float(raw["tps_per_gpu"])
+                ctx = estimate.make_context("estimate", shlex.split(args))
+                model, lora, train = build_specs(ctx, ctx.params)
+                train = replace(train, kernels="fused" if _fused(raw) else "eager")
+                if any(m in raw.get("framework", "") for m in CHECKPOINTED_FSDP_MARKERS):
+                    train = replace(train, grad_checkpointing=True)
+                if "no AMP" in raw.get("notes", ""):
+                    train = replace(train, autocast=False)
+                if any(m in raw.get("framework", "") for m in NO_KBIT_PREP_MARKERS):
+                    train = replace(train, kbit_prep=False, grad_checkpointing=train.checkpointing)
+                gpu = build_gpu(ctx.params)
+                targets = resolve_targets(model, lora) if train.method != "full" else ()
+            except (LorasizeError, ValueError) as exc:
+                skipped.append((raw["id"], str(exc)))
+                continue
+            rows.append(TimingRow(raw["id"], raw["source"], raw["confidence"], tps, model,
+                                  targets, train, gpu, build_shard(ctx.params), lora.dropout,
+                                  lora.dora))
+    return rows, skipped

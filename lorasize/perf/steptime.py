@@ -1,0 +1,216 @@
+"""Seconds for one micro-batch on a GPU: a :class:`StepWork` through a roofline.
+
+- **GEMMs** run at the larger of their compute time (FLOPs over the bf16 peak times the GEMM
+  efficiency, lowered by wave quantization: 128 x 128 output tiles over the GPU's SMs, NVIDIA's
+  "Matrix Multiplication Background User's Guide") and their memory time (both operands and the
+  result over the bandwidth). Rank-r adapter GEMMs and micro-batches of a few hundred tokens are
+  bandwidth-bound this way; large base GEMMs compute-bound.
+- **Attention** (flash / memory-efficient kernels) at its own efficiency of the peak.
+- **Memory-bound work** (norms, residuals, activations, rope, the loss, LoRA's elementwise ops,
+  eager attention's scores) and the **optimizer step** (once per ``grad_accum`` micro-batches)
+  at the bandwidth times its efficiency.
+- **Dequantization**: bitsandbytes dequantizes every 4-bit weight in each forward and backward;
+  its cost per weight is fitted (the kernel is far from the bandwidth's bound).
+- **Communication**: ring collectives over NVLink / Infinity Fabric, PCIe, or (beyond one server
+  of 8) the network; each hidden behind the compute of the pass it overlaps, the rest exposed.
+- **Launch overhead**: the CPU issues every kernel (Python, the framework, the CUDA launch);
+  when that takes longer than the GPU's work the step is launch-bound and the difference is
+  the ``overhead`` term.
+
+The breakdown sums to the step. The efficiencies and per-kernel CPU times are
+:class:`TimeParams`, fitted from published throughput (``lorasize/data/timing_params.json``,
+written by ``python -m lorasize.calibrate.timing_fit``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ..gpu import GpuSpec
+from .work import StepWork
+
+PARAMS_FILE = Path(__file__).resolve().parent.parent / "data" / "timing_params.json"
+TILE = 128  # cuBLAS / CUTLASS output tile of large bf16 GEMMs
+DEFAULT_SMS = 108  # an A100's, for a custom GPU
+# One server holds 8 GPUs; beyond it collectives cross the network: 8 x 200 Gb/s HDR InfiniBand
+# per DGX A100 (25 GB/s a GPU), 8 x 400 Gb/s NDR per DGX H100 (50 GB/s a GPU) (NVIDIA DGX
+# datasheets).
+GPUS_PER_NODE = 8
+NETWORK_GBPS = {"ampere": 25.0, "hopper": 50.0, "blackwell": 50.0}
+DEFAULT_NETWORK_GBPS = 25.0
+# Tensor cores need GEMM dimensions in multiples of 8 (2-byte types); otherwise cuBLAS picks
+# slower kernels (NVIDIA, "Matrix Multiplication Background User's Guide", "Tensor Core
+# Requirements"; nanoGPT's vocabulary padded from 50,257 to 50,304 for the same reason).
+TENSOR_CORE_MULTIPLE = 8
+MISALIGNED_EFFICIENCY = 0.25
+# A GPU without an fp32 figure: fp32 at a sixteenth of the bf16 tensor peak (A100, H100).
+FP32_FALLBACK_RATIO = 16.0
+# LLM.int8 dequantizes and runs outlier decomposition: about twice NF4's work per weight.
+INT8_DEQUANT_FACTOR = 2.0
+BREAKDOWN_KEYS = ("matmuls", "adapter_matmuls", "attention", "memory_bound", "dequantization",
+                  "optimizer", "communication", "overhead")
+
+
+@dataclass(frozen=True)
+class TimeParams:
+    """The fitted figures of the step-time model.
+
+    Attributes:
+        gemm_efficiency: fraction of the datasheet bf16 peak large GEMMs reach.
+        attention_efficiency: fraction of the peak flash / memory-efficient attention reaches.
+        bandwidth_efficiency: fraction of the datasheet bandwidth memory-bound kernels reach.
+        dequant_bytes: seconds per dequantized 4-bit weight, as bytes at the full bandwidth.
+        comm_efficiency: fraction of the link's bandwidth a ring collective reaches, per link
+            (``nvlink``, ``pcie``, ``network``).
+        launch_us: CPU microseconds per kernel launch, per training stack.
+        gather_us: CPU microseconds each FSDP / ZeRO-3 unit's gather costs beyond its bytes
+            (the unit's hooks in Python, stream waits).
+        comm_overlap: the share of a pass's compute a collective can hide behind (NCCL kernels
+            compete for SMs and memory; through host memory, for the CPU as well).
+        overlap: how much of the CPU's launch time hides behind the GPU's work (1: all of it,
+            the step takes the longer of the two; 0: none, they add).
+        source: how the figures were fitted.
+    """
+
+    gemm_efficiency: float = 0.75
+    attention_efficiency: float = 0.5
+    bandwidth_efficiency: float = 0.8
+    dequant_bytes: float = 4.5
+    comm_efficiency: dict = field(default_factory=lambda: {"nvlink": 0.7, "pcie": 0.5,
+                                                           "network": 0.7})
+    launch_us: dict = field(default_factory=lambda: {"hf-peft": 30.0, "torchtune": 30.0,
+                                                     "litgpt": 30.0})
+    gather_us: float = 100.0
+    comm_overlap: float = 0.9
+    overlap: float = 1.0
+    source: str = "unfitted defaults"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@lru_cache(maxsize=1)
+def default_params() -> TimeParams:
+    """The shipped fit (``lorasize/data/timing_params.json``)."""
+    data = json.loads(PARAMS_FILE.read_text())
+    return TimeParams(**{k: data[k] for k in TimeParams.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """One micro-batch's seconds by component (they sum to ``seconds``) and what bounds it."""
+
+    seconds: float
+    breakdown: dict
+    bound: str  # "compute", "memory", "launch", "communication", "dequantization"
+    gpu_seconds: float
+    cpu_seconds: float
+
+
+@dataclass(frozen=True)
+class Terms:
+    """A step's work in seconds on one GPU at efficiency 1: what the fitted figures scale.
+
+    ``gemms`` holds (breakdown key, compute seconds, memory seconds) per GEMM shape;
+    ``comms`` (link, seconds, hidden by) per collective."""
+
+    gemms: tuple
+    attention: float
+    memory: float
+    dequant: float  # seconds per dequantized byte-equivalent of every weight
+    optimizer: float
+    comms: tuple
+    gathers: float
+    kernels: float
+    stack: str
+    forward_share: float
+
+
+def _gemm_terms(g, gpu: GpuSpec) -> tuple[str, float, float]:
+    sms = gpu.sms or DEFAULT_SMS
+    tiles = math.ceil(g.m / TILE) * math.ceil(g.n / TILE) * (g.count if g.what == "attention" else 1)
+    util = tiles / (math.ceil(tiles / sms) * sms)
+    if any(int(d) % TENSOR_CORE_MULTIPLE for d in (g.n, g.k)):
+        util *= MISALIGNED_EFFICIENCY
+    peak = (gpu.fp32_tflops or gpu.bf16_tflops / FP32_FALLBACK_RATIO) if g.fp32 else gpu.bf16_tflops
+    compute = g.flops / (peak * 1e12 * util)
+    element = 4.0 if g.fp32 else 2.0
+    memory = element * (g.m * g.k + g.k * g.n + g.m * g.n) * g.count / (gpu.bandwidth_gbps * 1e9)
+    key = {"adapter": "adapter_matmuls", "attention": "attention"}.get(g.what, "matmuls")
+    return key, compute, memory
+
+
+def _link(gpu: GpuSpec, gpus: int, link: str) -> tuple[str, float]:
+    """The link class and its bandwidth in GB/s, one direction."""
+    if link == "host":
+        return "pcie", gpu.pcie_gbps or 16.0
+    if gpus > GPUS_PER_NODE:
+        return "network", NETWORK_GBPS.get(gpu.arch or "", DEFAULT_NETWORK_GBPS)
+    if gpu.link in ("nvlink", "xgmi") and gpu.link_gbps:
+        return "nvlink", gpu.link_gbps
+    return "pcie", gpu.pcie_gbps or 16.0
+
+
+def terms(work: StepWork, gpu: GpuSpec) -> Terms:
+    """The hardware side of ``work`` on ``gpu`` (needs its bf16 peak and bandwidth)."""
+    bw = gpu.bandwidth_gbps * 1e9
+    factor = INT8_DEQUANT_FACTOR if work.quant == "int8" else 1.0
+    comms = []
+    for c in work.comms:
+        kind, gbps = _link(gpu, work.gpus, c.link)
+        comms.append((kind, c.bytes / (gbps * 1e9), c.hidden_by))
+    return Terms(gemms=tuple(_gemm_terms(g, gpu) for g in work.gemms),
+                 attention=work.attention_flops / (gpu.bf16_tflops * 1e12),
+                 memory=work.elementwise_bytes / bw, dequant=work.dequant_weights * factor / bw,
+                 optimizer=work.optimizer_bytes / bw / work.grad_accum, comms=tuple(comms),
+                 gathers=work.gathers, kernels=work.kernels, stack=work.stack,
+                 forward_share=work.forward_share)
+
+
+def combine(t: Terms, p: TimeParams) -> StepTime:
+    """Seconds of a step from its :class:`Terms` and the fitted figures."""
+    parts = dict.fromkeys(BREAKDOWN_KEYS, 0.0)
+    for key, compute, memory in t.gemms:
+        parts[key] += max(compute / p.gemm_efficiency, memory / p.bandwidth_efficiency)
+    parts["attention"] += t.attention / p.attention_efficiency
+    parts["memory_bound"] = t.memory / p.bandwidth_efficiency
+    parts["dequantization"] = t.dequant * p.dequant_bytes
+    parts["optimizer"] = t.optimizer / p.bandwidth_efficiency
+    compute = sum(parts.values())
+    forward = compute * t.forward_share
+    hideable = {"forward": forward, "backward": compute - forward, "none": 0.0}
+    hideable = {k: v * p.comm_overlap for k, v in hideable.items()}
+    exposed = 0.0
+    for kind, seconds, hidden_by in t.comms:
+        seconds /= p.comm_efficiency[kind]
+        hidden = min(seconds, hideable[hidden_by])
+        hideable[hidden_by] -= hidden
+        exposed += seconds - hidden
+    parts["communication"] = exposed
+    gpu_seconds = compute + exposed
+    cpu_seconds = (t.kernels * p.launch_us.get(t.stack, max(p.launch_us.values()))
+                   + t.gathers * p.gather_us) * 1e-6
+    parts["overhead"] = cpu_seconds - p.overlap * min(cpu_seconds, gpu_seconds)
+    seconds = sum(parts.values())
+    return StepTime(seconds, parts, _bound(parts, compute), gpu_seconds, cpu_seconds)
+
+
+def step_time(work: StepWork, gpu: GpuSpec, params: TimeParams | None = None) -> StepTime:
+    """Seconds of one micro-batch of ``work`` on ``gpu`` (needs its bf16 peak and bandwidth)."""
+    return combine(terms(work, gpu), params or default_params())
+
+
+def _bound(parts: dict, compute: float) -> str:
+    if parts["overhead"] > 0.5 * compute:
+        return "launch"
+    if parts["communication"] > 0.5 * compute:
+        return "communication"
+    if parts["dequantization"] > 0.5 * compute:
+        return "dequantization"
+    if parts["memory_bound"] + parts["optimizer"] > parts["matmuls"] + parts["attention"]:
+        return "memory"
+    return "compute"

@@ -1,0 +1,321 @@
+"""What one training micro-batch asks of a GPU: GEMMs by shape, attention, memory-bound bytes,
+dequantization, the optimizer step, kernel launches and communication.
+
+Hardware-free counting (no efficiencies here): :mod:`lorasize.perf.steptime` turns a
+:class:`StepWork` into seconds on a GPU. Every count below follows the code that runs the step.
+
+GEMMs (Kaplan et al. 2020, section 2.1): a token through a weight (in, out) is a forward GEMM
+(tokens, out, in); backward computes the input's gradient (tokens, in, out) always and the
+weight's gradient (in, out, tokens) only when the weight trains. A LoRA branch of rank r is six
+skinny GEMMs (A and B forward, their input and weight gradients); LoHa/LoKr multiply each token
+by their whole delta weight. MoE layers send each token to ``experts_per_token`` experts
+(tokens x k / E rows per expert GEMM). Gradient checkpointing runs the forward again in backward.
+
+Attention (Dao 2023, "FlashAttention-2", section 3): causal kernels (flash, memory-efficient)
+compute half of the s x s products, 4 s d FLOPs a token a layer forward (QK^T and PV) and 2.5
+times that backward (five GEMMs, the scores recomputed); eager attention computes the full s x s
+with batched GEMMs and writes the scores and probabilities to memory (read below).
+
+Memory-bound bytes per token are counted from the ops the model code launches
+(:data:`EAGER_TOUCHES`, :data:`FUSED_TOUCHES`); backward reads and writes about twice a forward
+op's bytes (:data:`BACKWARD_BYTES_RATIO`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..arch.layout import block_linears, copies
+from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target
+from ..arch.model import ModelSpec
+from ..memory.sharding import ShardSpec
+from ..memory.weights import static_bytes
+from ..specs import TrainSpec
+from ..units import DTYPE_BYTES
+
+# Bytes touched per element of each tensor, forward, with the model code's own ops (transformers
+# 5 Llama-style modules; the 2-byte compute dtype assumed, fp32 upcasts counted where the code
+# makes them):
+# - rms norm: LlamaRMSNorm.forward: to(fp32) r2 w4, pow+mean r4, x*rsqrt r4 w4, to(dtype) r4 w2,
+#   weight* r2 w2 (28 bytes an element of the hidden size); LayerNorm is one fused torch kernel
+#   (r2 w2).
+# - residual add: r2 r2 w2 (two a layer).
+# - rope: apply_rotary_pos_emb: q*cos r2 w2, rotate_half (slice, neg, cat) r2 w2 r2 w2, *sin r2
+#   w2, add r2 r2 w2 (18 bytes an element of q and k).
+# - gated MLP: act(gate) r2 w2, *up r2 r2 w2 (10 an element of the intermediate size); GELU MLP:
+#   act r2 w2.
+# - attention layout: transposes made contiguous for SDPA and back (q, k, v in; the output out).
+# - the loss: logits written in bf16, upcast to fp32 (r2 w4), log_softmax r4 w4, its backward
+#   r4 w4 and the cast back r4 w2: 36 bytes an element of the vocabulary (once a token, not a
+#   layer; backward included).
+# - a LoRA branch: dropout when p > 0 (r2 w2 and a 1-byte mask) on the input; scaling r2 w2 and
+#   the add r2 r2 w2 on the output (peft/tuners/lora/layer.py, Linear.forward).
+# Fused kernels (Liger, fms-acceleration's foak, Transformer Engine, torch.compile): one read and
+# one write per norm, rope, activation; the fused linear cross-entropy never writes the logits.
+EAGER_TOUCHES = {"rms_norm": 28, "layer_norm": 4, "residual": 6, "rope": 18, "gated_act": 10,
+                 "act": 4, "layout": 4, "loss": 36, "lora_dropout": 5, "lora_out": 10}
+FUSED_TOUCHES = {"rms_norm": 4, "layer_norm": 4, "residual": 6, "rope": 4, "gated_act": 6,
+                 "act": 4, "layout": 0, "loss": 8, "lora_dropout": 5, "lora_out": 10}
+BACKWARD_BYTES_RATIO = 2.0
+# Eager attention per score element (b x heads x s x s), forward: the scores written (2), the
+# mask added (r2 r2 w2), softmax in fp32 (r2 w4, r4 w2: transformers' eager_attention_forward),
+# read by PV (2); backward about twice that.
+EAGER_SCORE_BYTES = 22
+# Kernels a decoder layer launches forward (counted from the same modules: 7 per rms norm, 4
+# projections, 10 for rope, 3 for SDPA's layout and kernel, 2 residual adds, 5 for the MLP) and
+# per adapted matrix (dropout, A, B, scale, add), per quantized matrix (dequantize; bitsandbytes
+# 4-bit and 8-bit), per layer norm (1).
+LAYER_KERNELS = {"rms_norm": 7, "layer_norm": 1, "projections": 4, "rope": 10, "attention": 3,
+                 "residual": 2, "mlp": 5}
+LORA_KERNELS = 5
+QUANT_KERNELS = 1
+FUSED_LAYER_KERNELS = 16  # norms, rope and the MLP activation one kernel each
+# Backward launches about twice the forward's kernels (each op's input gradient and, for
+# weights that train, its weight gradient) from autograd's C++ engine.
+BACKWARD_KERNELS_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """``count`` GEMMs of one shape: (m x k) @ (k x n), ``what`` they compute."""
+
+    m: float
+    n: int
+    k: int
+    count: float
+    what: str  # "base", "adapter", "head", "attention"
+    fp32: bool = False  # runs on fp32 tensors (no tensor cores under torch's defaults)
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k * self.count
+
+
+@dataclass(frozen=True)
+class Comm:
+    """Bytes one GPU sends per micro-batch in one collective, and what compute can hide it."""
+
+    what: str  # "all-gather", "reduce-scatter", "all-reduce", "offload"
+    bytes: float
+    hidden_by: str  # "forward", "backward", "none"
+    link: str = "gpu"  # "gpu" (between GPUs), "host" (PCIe to the CPU)
+
+
+@dataclass(frozen=True)
+class StepWork:
+    """One micro-batch's work on one GPU, before any hardware figure."""
+
+    tokens: int
+    gemms: tuple[Gemm, ...]
+    attention_flops: float  # flash / memory-efficient kernels, forward + backward (+ recompute)
+    elementwise_bytes: float
+    dequant_weights: float  # quantized weights dequantized per micro-batch (every pass)
+    optimizer_bytes: float  # one optimizer step's memory traffic
+    grad_accum: int
+    kernels: float  # launches per micro-batch
+    comms: tuple[Comm, ...]
+    gpus: int
+    layers: int
+    forward_share: float  # share of the GEMM and attention work that runs forward
+    stack: str
+    quant: str
+    gathers: float = 0.0  # FSDP / ZeRO-3 unit gathers per micro-batch
+    notes: tuple[str, ...] = ()
+
+    @property
+    def flops(self) -> float:
+        return sum(g.flops for g in self.gemms) + self.attention_flops
+
+
+def _decoder_linears(model: ModelSpec):
+    """Block linears the text step runs (a multimodal card's vision tower is not run)."""
+    return [m for m in block_linears(model) if not m.prefix]
+
+
+def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int) -> list[Gemm]:
+    out = []
+    for m in _decoder_linears(model):
+        n = copies(model, m)
+        if m.experts:
+            rows = tokens * max(model.experts_per_token, 1) / m.experts
+            count = n * m.experts
+        else:
+            rows, count = tokens, n
+        out.append(Gemm(rows, m.out_features, m.in_features, count * passes, "base"))
+        out.append(Gemm(rows, m.in_features, m.out_features, count, "base"))  # input gradient
+        if full:
+            out.append(Gemm(m.in_features, m.out_features, rows, count, "base"))  # weight gradient
+    return out
+
+
+def _adapter_gemms(targets: tuple[Target, ...], tokens: int, passes: int, fp32: bool
+                   ) -> list[Gemm]:
+    """The adapters' GEMMs; ``fp32``: they run on fp32 weights and inputs (PEFT casts the input
+    to the adapter's dtype, ``_cast_input_dtype``, and no autocast brings it back)."""
+    out = []
+    for t in targets:
+        if t.variant == "ia3" or t.linear.prefix:
+            continue
+        lin, n = t.linear, t.copies * max(t.linear.experts, 1)
+        rows = tokens if not lin.experts else tokens / lin.experts
+        if t.variant in DELTA_WEIGHT_VARIANTS:
+            # the whole delta weight per token: forward, input and weight gradients
+            out.append(Gemm(rows, lin.out_features, lin.in_features, n * (passes + 2), "adapter",
+                            fp32))
+            continue
+        r = t.rank
+        for _ in range(passes):
+            out += [Gemm(rows, r, lin.in_features, n, "adapter", fp32),
+                    Gemm(rows, lin.out_features, r, n, "adapter", fp32)]
+        out += [Gemm(rows, r, lin.out_features, n, "adapter", fp32),  # B's input gradient
+                Gemm(r, lin.out_features, rows, n, "adapter", fp32),  # B's weight gradient
+                Gemm(rows, lin.in_features, r, n, "adapter", fp32),  # A's input gradient
+                Gemm(lin.in_features, r, rows, n, "adapter", fp32)]  # A's weight gradient
+    return out
+
+
+def _touches(train: TrainSpec) -> dict:
+    return FUSED_TOUCHES if train.kernels == "fused" else EAGER_TOUCHES
+
+
+def _gated(model: ModelSpec) -> bool:
+    return model.family not in ("gpt2", "gpt_neox", "falcon", "phi", "stablelm")
+
+
+def _elementwise_bytes(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
+                       dropout: float, dora: bool, passes: int) -> float:
+    """Memory-bound bytes of one micro-batch: norms, residuals, rope, activations, layout
+    copies, the adapters' elementwise ops and the loss."""
+    t = _touches(train)
+    h, q, kv, inter = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
+    norm = t["rms_norm"] if model.norm == "rms" else t["layer_norm"]
+    per_layer = (2 * norm * h + 2 * t["residual"] * h + t["rope"] * (q + kv)
+                 + (t["gated_act"] if _gated(model) else t["act"]) * inter
+                 + t["layout"] * (2 * q + 2 * kv))
+    lora = sum(target.copies * (t["lora_dropout"] * target.linear.in_features * (dropout > 0)
+                                + t["lora_out"] * target.linear.out_features)
+               for target in targets if not target.linear.prefix)
+    if dora:
+        lora *= 2  # DoRA scales the base output by the magnitude over the weight norm
+    forward = per_layer * model.num_layers + lora
+    if train.upcasts_to_fp32:
+        # prepare_model_for_kbit_training makes the embeddings fp32, so the residual stream is
+        # fp32 (twice the bytes), and autocast casts every linear's input back to the compute
+        # dtype (r4 w2); the slowdown Unsloth found and fms-acceleration's bnb plugin removes.
+        casts = 6 * sum(m.in_features * copies(model, m) for m in _decoder_linears(model))
+        forward = 2 * forward + casts
+    return train.tokens * (forward * passes + BACKWARD_BYTES_RATIO * forward
+                           + t["loss"] * model.vocab_size)
+
+
+def _eager_score_bytes(model: ModelSpec, train: TrainSpec, passes: int) -> float:
+    """Eager attention's score and probability traffic (b x heads x s x s per layer)."""
+    if train.attn != "eager":
+        return 0.0
+    scores = train.batch_size * model.num_heads * train.seq_len ** 2 * model.num_layers
+    return EAGER_SCORE_BYTES * scores * (passes + BACKWARD_BYTES_RATIO)
+
+
+def _attention(model: ModelSpec, train: TrainSpec, passes: int) -> tuple[float, list[Gemm]]:
+    """Flash / memory-efficient kernel FLOPs, or eager attention's batched GEMMs."""
+    b, s, d = train.batch_size, train.seq_len, model.head_dim
+    heads, layers = model.num_heads, model.num_layers
+    if train.attn == "eager":
+        # QK^T and PV over the full s x s forward; backward two GEMMs for each
+        per = b * heads * layers
+        return 0.0, [Gemm(s, s, d, per * 2 * passes, "attention"),
+                     Gemm(s, d, s, per * 4, "attention")]
+    forward = 4.0 * b * s * s * d * heads * layers / 2  # causal: half of the products
+    return forward * (passes + FLASH_BACKWARD_RATIO), []
+
+
+# FlashAttention-2's backward: five GEMMs against the forward's two (the scores recomputed).
+FLASH_BACKWARD_RATIO = 2.5
+
+
+def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, passes: int) -> float:
+    """Kernel launches of one micro-batch."""
+    if train.kernels == "fused":
+        layer = FUSED_LAYER_KERNELS
+    else:
+        k = LAYER_KERNELS
+        norm = k["rms_norm"] if model.norm == "rms" else k["layer_norm"]
+        layer = 2 * norm + k["projections"] + k["rope"] + k["attention"] + k["residual"] + k["mlp"]
+    forward = layer * model.num_layers
+    forward += LORA_KERNELS * sum(t.copies for t in targets if not t.linear.prefix)
+    if train.quantized:
+        forward += QUANT_KERNELS * sum(copies(model, m) for m in _decoder_linears(model)
+                                       if m.quantizable)
+    return forward * (passes + BACKWARD_KERNELS_RATIO)
+
+
+def _optimizer_bytes(static, train: TrainSpec) -> float:
+    """One optimizer step's traffic: read parameters, gradients and state, write parameters and
+    state (torch's foreach AdamW; 8-bit state is smaller), and the gradient-norm clipping's read
+    of every gradient (transformers' Trainer, max_grad_norm=1.0)."""
+    params = static.weights if train.method == "full" else static.adapter
+    state = static.optimizer + static.optimizer_paged
+    return 2 * params + 2 * static.gradients + 2 * state
+
+
+def _comms(model: ModelSpec, static, train: TrainSpec, shard: ShardSpec) -> list[Comm]:
+    """What each GPU sends per micro-batch (ring collectives: (N - 1) / N of the buffer)."""
+    n = shard.gpus
+    if n <= 1:
+        return []
+    ring = (n - 1) / n
+    grads = static.gradients / train.grad_accum  # reduced once per optimizer step
+    out = []
+    if shard.sharding in ("ddp", "zero1", "zero2"):
+        out.append(Comm("all-reduce", 2 * ring * grads, "backward"))
+    elif shard.sharding in ("fsdp", "fsdp-grad-op", "zero3"):
+        gathered = static.weights + static.quant_constants + static.adapter
+        # FULL_SHARD gathers every unit in forward and again in backward (and for the recompute,
+        # which happens inside the backward's gather); SHARD_GRAD_OP keeps them from forward on.
+        out.append(Comm("all-gather", ring * gathered, "forward"))
+        if shard.sharding != "fsdp-grad-op":
+            out.append(Comm("all-gather", ring * gathered, "backward"))
+        out.append(Comm("reduce-scatter", ring * static.gradients, "backward"))
+    if shard.offload == "params":
+        weights = (static.weights + static.adapter) / n
+        out.append(Comm("offload", 2 * weights, "none", "host"))
+    if shard.offload in ("params", "optimizer"):
+        out.append(Comm("offload", 2 * static.gradients / n / train.grad_accum, "none", "host"))
+    return out
+
+
+def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
+              shard: ShardSpec | None = None, dropout: float = 0.0, dora: bool = False) -> StepWork:
+    """The work of one micro-batch of ``train`` on one GPU of ``shard``."""
+    shard = shard or ShardSpec()
+    full = train.method == "full"
+    passes = 2 if train.checkpointing else 1  # forward runs, the recomputed one included
+    tokens = train.tokens
+    gemms = _linear_gemms(model, full, tokens, passes)
+    gemms.append(Gemm(tokens, model.vocab_size, model.hidden_size, 2 + full, "head"))
+    if not full:
+        fp32 = not train.autocast and train.adapter_dtype == "fp32" and train.dtype != "fp32"
+        gemms += _adapter_gemms(targets, tokens, passes, fp32)
+    flash, eager = _attention(model, train, passes)
+    gemms += eager
+    static = static_bytes(model, targets if not full else (), train, dora)
+    elementwise = _elementwise_bytes(model, targets if not full else (), train, dropout,
+                                     dora and not full, passes)
+    elementwise += _eager_score_bytes(model, train, passes)
+    if dora and not full:
+        # the weight norm of W + BA each forward: read the weight, write and read the sum in fp32
+        elementwise += passes * sum(t.copies * t.linear.in_features * t.linear.out_features
+                                    * (DTYPE_BYTES[train.dtype] + 8) for t in targets)
+    quantized = sum(m.weight_numel * copies(model, m) for m in _decoder_linears(model)
+                    if m.quantizable) if train.quantized else 0
+    gathers = 0.0
+    if shard.gpus > 1 and shard.sharding in ("fsdp", "fsdp-grad-op", "zero3"):
+        gathers = model.num_layers * (1 if shard.sharding == "fsdp-grad-op" else 2)
+    return StepWork(
+        tokens=tokens, gathers=gathers, gemms=tuple(gemms), attention_flops=flash,
+        elementwise_bytes=elementwise, dequant_weights=quantized * (passes + 1),
+        optimizer_bytes=_optimizer_bytes(static, train), grad_accum=train.grad_accum,
+        kernels=_kernels(model, targets if not full else (), train, passes),
+        comms=tuple(_comms(model, static, train, shard)), gpus=shard.gpus,
+        layers=model.num_layers, forward_share=1 / (passes + 2), stack=train.stack,
+        quant=train.quant_type)
