@@ -67,6 +67,7 @@ def build_specs(ctx: click.Context, p: dict):
         kbit_prep=p["kbit_prep"], stack=p["stack"].lower(),
         adapter_train_dtype=(p.get("adapter_train_dtype") or "").lower() or None,
         grad_accum=1 if p.get("grad_accum") is None else p["grad_accum"],
+        kernels=(p.get("kernels") or "eager").lower(), autocast=p.get("autocast", True),
     )
     return model, lora, train
 
@@ -138,18 +139,20 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
         if result.fits is False and not setups:
             click.echo(f"No setup of up to {_MAX_SHOWN_GPUS} GPUs fits {gpu.name}.")
         if timing:
+            from ..plan.render import render_time
+
             each = " per GPU" if shard.gpus > 1 else ""
             line = (f"Throughput on {gpu.name}: {timing.tokens_per_s:,.0f} tokens/s{each}, "
-                    f"{timing.step_seconds:.2f} s a step (MFU {timing.mfu:g})")
+                    f"{timing.step_seconds:.2f} s a step")
             if timing.hours is not None:
-                on = f" on {shard.gpus} GPUs (communication time not counted)" \
-                    if shard.gpus > 1 else ""
+                on = f" on {shard.gpus} GPUs" if shard.gpus > 1 else ""
                 line += (f"; {p['epochs']:g} epoch(s) of {p['dataset_tokens']:,} tokens{on}: "
                          f"{timing.hours:,.1f} h, {timing.optimizer_steps:,} optimizer steps of "
                          f"{train.effective_batch_size * shard.gpus} sequences")
                 if timing.usd is not None:
                     line += f", ${timing.usd:,.0f}"
             click.echo(line)
+            click.echo(render_time(timing))
     return 1 if result.fits is False else 0
 
 
@@ -181,12 +184,12 @@ def _setups(model, lora, train, gpu, shard, calibration) -> list[dict]:
 def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
     """Step time and hours, when the GPU's throughput is known. With several data-parallel GPUs
     each works through its share of the tokens (hours are wall-clock, the cost is all GPUs')."""
-    from ..perf.timing import DEFAULT_MFU, training_time
+    from ..perf.timing import training_time
 
-    # --mfu, else the calibration's (fitted from GPU profiles), else the built-in default.
+    # --mfu, else the calibration's (fitted from GPU profiles), else the step-time model.
     calibrated = result.calibration.mfu if result.calibration is not None else None
-    mfu = next(m for m in (p.get("mfu"), calibrated, DEFAULT_MFU) if m is not None)
-    if not 0 < mfu <= 1:
+    mfu = next((m for m in (p.get("mfu"), calibrated) if m is not None), None)
+    if mfu is not None and not 0 < mfu <= 1:
         raise LorasizeError(f"must be in (0, 1], got {mfu}", source="--mfu")
     for flag in ("dataset_tokens", "epochs", "usd_per_gpu_hour"):
         value = p.get(flag)
@@ -199,7 +202,8 @@ def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
     tokens, price = p.get("dataset_tokens"), p.get("usd_per_gpu_hour")
     return training_time(model, result.targets, train, gpu, mfu,
                          -(-tokens // gpus) if tokens else tokens, p.get("epochs") or 1.0,
-                         price * gpus if price is not None else None)
+                         price * gpus if price is not None else None, shard=result.shard,
+                         dropout=result.lora.dropout, dora=result.lora.dora)
 
 
 def _suggestions(model, lora, train, gpu) -> list[str]:

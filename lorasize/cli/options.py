@@ -10,7 +10,7 @@ from ..memory.activations import ATTN_IMPLEMENTATIONS
 from ..arch.lora import VARIANTS
 from ..memory.optimizers import OPTIMIZERS
 from ..memory.sharding import OFFLOADS, SHARDINGS
-from ..specs import ADAPTER_DTYPES, COMPUTE_DTYPES, METHODS, STACKS
+from ..specs import ADAPTER_DTYPES, COMPUTE_DTYPES, KERNELS, METHODS, STACKS
 
 _CHOICE = functools.partial(click.Choice, case_sensitive=False)
 
@@ -92,6 +92,13 @@ def train_options(func):
         click.option("--grad-accum", type=int, default=1, show_default=True,
                      help="Micro-batches per optimizer step: the effective batch is batch x N; "
                           "the peak is one micro-batch's (gradients held between them)."),
+        click.option("--kernels", type=_CHOICE(KERNELS), default="eager", show_default=True,
+                     help="eager: the model code's own PyTorch ops; fused: fused norm, rope, "
+                          "activation and loss kernels (Liger, torch.compile, Transformer "
+                          "Engine). Step time only."),
+        click.option("--autocast/--no-autocast", default=True, show_default=True,
+                     help="Mixed-precision autocast (the Trainer's bf16=True); without it PEFT's "
+                          "fp32 adapters compute in fp32. Step time only."),
     ])(func)
 
 
@@ -114,8 +121,9 @@ def gpu_options(func):
         click.option("--usd-per-gpu-hour", type=float, default=None,
                      help="Price of one GPU-hour, for the cost of the run."),
         click.option("--mfu", type=float, default=None,
-                     help="Model FLOPs utilisation for step time. [default: the calibration's, "
-                     "fitted from GPU profiles, else 0.5]"),
+                     help="Time the step as FLOPs / (peak x MFU) instead of the step-time model. "
+                     "[default: the calibration's MFU when it has one (fitted from GPU "
+                     "profiles), else the step-time model]"),
         click.option("--calibration", metavar="FILE",
                      help="Calibration file from 'lorasize calibrate'. [default: the shipped one]"),
     ])(func)

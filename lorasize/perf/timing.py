@@ -71,7 +71,7 @@ class TrainingTime:
 
     def to_dict(self) -> dict:
         return {"flops_per_token": round(self.flops_per_token), "tokens_per_s": round(self.tokens_per_s, 1),
-                "step_seconds": round(self.step_seconds, 4), "mfu": self.mfu,
+                "step_seconds": round(self.step_seconds, 4), "mfu": round(self.mfu, 4),
                 "grad_accum": self.grad_accum,
                 "optimizer_step_seconds": round(self.optimizer_step_seconds, 4),
                 "optimizer_steps": self.optimizer_steps,

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..arch.layout import block_linears, copies
-from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target
+from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target, first_adapted_layer
 from ..arch.model import ModelSpec
 from ..memory.sharding import ShardSpec
 from ..memory.weights import static_bytes
@@ -132,27 +132,80 @@ def _decoder_linears(model: ModelSpec):
     return [m for m in block_linears(model) if not m.prefix]
 
 
-def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int) -> list[Gemm]:
+# Linears that read the same input run side by side (a block's attention input projections; its
+# MLP's input projections): one never feeds another.
+ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn",
+                    "W_pack", "Wqkv", "q_a_proj", "kv_a_proj_with_mqa", "in_proj")
+MLP_INPUTS = ("gate_proj", "up_proj", "gate_up_proj", "c_fc", "fc1", "fc_1", "fc_2", "w1", "w3",
+              "dense_h_to_4h")
+
+
+def _siblings(a, b) -> bool:
+    return a.name == b.name or any(a.name in group and b.name in group
+                                   for group in (ATTENTION_INPUTS, MLP_INPUTS))
+
+
+def _first_layer_skips(model: ModelSpec, adapted: set[str]) -> set[str]:
+    """Linears of the first adapted layer whose input needs no gradient: every one before the
+    layer's first adapted linear (in block order) and its side-by-side siblings, since nothing
+    upstream of them trains (autograd skips an input gradient nothing asks for)."""
+    linears = _decoder_linears(model)
+    skipped = set()
+    for i, m in enumerate(linears):
+        if any(p.path in adapted and not _siblings(p, m) for p in linears[:i]):
+            break
+        skipped.add(m.path)
+    return skipped
+
+
+def _input_gradient_copies(m, n: int, first: int | None, skips: set[str]) -> int:
+    """Copies of ``m`` whose input needs a gradient: none before the first adapted layer and,
+    in it, none of those upstream of every adapter; all when ``first`` is None."""
+    if first is None:
+        return n
+    layers = list(m.layer_ids) if m.layer_ids else list(range(n))
+    skipped = sum(1 for i in layers if i < first)
+    if first in layers and m.path in skips:
+        skipped += 1
+    return n - skipped
+
+
+def _block_output(model: ModelSpec):
+    """The linear that writes a block's output (the MLP's last): checkpointing's recompute
+    never runs it, since nothing saved for backward depends on its output (torch's
+    non-reentrant checkpoint stops early, torch/utils/checkpoint.py ``_StopRecomputationError``)."""
+    mlp = [m for m in _decoder_linears(model) if m.group == "mlp"]
+    return mlp[-1] if mlp else None
+
+
+def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int,
+                  first: int | None, adapted: set[str]) -> list[Gemm]:
     out = []
+    last = _block_output(model)
+    skips = _first_layer_skips(model, adapted) if first is not None else set()
     for m in _decoder_linears(model):
         n = copies(model, m)
-        if m.experts:
-            rows = tokens * max(model.experts_per_token, 1) / m.experts
-            count = n * m.experts
-        else:
-            rows, count = tokens, n
-        out.append(Gemm(rows, m.out_features, m.in_features, count * passes, "base"))
-        out.append(Gemm(rows, m.in_features, m.out_features, count, "base"))  # input gradient
+        per_copy = m.experts or 1
+        rows = tokens * max(model.experts_per_token, 1) / m.experts if m.experts else tokens
+        # the block's output linear is not recomputed unless an adapter reads what it computes
+        # first (PEFT runs the base layer before the adapter)
+        runs = 1 if last is not None and m.path == last.path and m.path not in adapted else passes
+        out.append(Gemm(rows, m.out_features, m.in_features, n * per_copy * runs, "base"))
+        graded = n if full else _input_gradient_copies(m, n, first, skips)
+        out.append(Gemm(rows, m.in_features, m.out_features, graded * per_copy, "base"))
         if full:
-            out.append(Gemm(m.in_features, m.out_features, rows, count, "base"))  # weight gradient
+            out.append(Gemm(m.in_features, m.out_features, rows, n * per_copy, "base"))
     return out
 
 
-def _adapter_gemms(targets: tuple[Target, ...], tokens: int, passes: int, fp32: bool
-                   ) -> list[Gemm]:
+def _adapter_gemms(model: ModelSpec, targets: tuple[Target, ...], tokens: int, passes: int,
+                   fp32: bool, first: int | None) -> list[Gemm]:
     """The adapters' GEMMs; ``fp32``: they run on fp32 weights and inputs (PEFT casts the input
     to the adapter's dtype, ``_cast_input_dtype``, and no autocast brings it back)."""
     out = []
+    last = _block_output(model)
+    skips = _first_layer_skips(model, {t.linear.path for t in targets}) \
+        if first is not None else set()
     for t in targets:
         if t.variant == "ia3" or t.linear.prefix:
             continue
@@ -164,12 +217,17 @@ def _adapter_gemms(targets: tuple[Target, ...], tokens: int, passes: int, fp32: 
                             fp32))
             continue
         r = t.rank
-        for _ in range(passes):
-            out += [Gemm(rows, r, lin.in_features, n, "adapter", fp32),
-                    Gemm(rows, lin.out_features, r, n, "adapter", fp32)]
+        # on the block's output linear the recompute stops before B (nothing saved needs its
+        # output); A runs again, its output being B's saved input
+        b_runs = 1 if last is not None and lin.path == last.path else passes
+        first_copies = 1 if first in (lin.layer_ids or range(t.copies)) \
+            and lin.path in skips else 0
+        out += [Gemm(rows, r, lin.in_features, n * passes, "adapter", fp32),
+                Gemm(rows, lin.out_features, r, n * b_runs, "adapter", fp32)]
         out += [Gemm(rows, r, lin.out_features, n, "adapter", fp32),  # B's input gradient
                 Gemm(r, lin.out_features, rows, n, "adapter", fp32),  # B's weight gradient
-                Gemm(rows, lin.in_features, r, n, "adapter", fp32),  # A's input gradient
+                Gemm(rows, lin.in_features, r, n - first_copies * max(lin.experts, 1), "adapter",
+                     fp32),  # A's input gradient
                 Gemm(lin.in_features, r, rows, n, "adapter", fp32)]  # A's weight gradient
     return out
 
@@ -216,17 +274,20 @@ def _eager_score_bytes(model: ModelSpec, train: TrainSpec, passes: int) -> float
     return EAGER_SCORE_BYTES * scores * (passes + BACKWARD_BYTES_RATIO)
 
 
-def _attention(model: ModelSpec, train: TrainSpec, passes: int) -> tuple[float, list[Gemm]]:
-    """Flash / memory-efficient kernel FLOPs, or eager attention's batched GEMMs."""
+def _attention(model: ModelSpec, train: TrainSpec, passes: int,
+               backward_layers: int) -> tuple[float, list[Gemm]]:
+    """Flash / memory-efficient kernel FLOPs, or eager attention's batched GEMMs; the backward
+    runs in ``backward_layers`` layers (those whose attention has something trainable
+    upstream)."""
     b, s, d = train.batch_size, train.seq_len, model.head_dim
     heads, layers = model.num_heads, model.num_layers
     if train.attn == "eager":
         # QK^T and PV over the full s x s forward; backward two GEMMs for each
-        per = b * heads * layers
-        return 0.0, [Gemm(s, s, d, per * 2 * passes, "attention"),
-                     Gemm(s, d, s, per * 4, "attention")]
-    forward = 4.0 * b * s * s * d * heads * layers / 2  # causal: half of the products
-    return forward * (passes + FLASH_BACKWARD_RATIO), []
+        per = b * heads
+        return 0.0, [Gemm(s, s, d, per * layers * 2 * passes, "attention"),
+                     Gemm(s, d, s, per * backward_layers * 4, "attention")]
+    forward = 4.0 * b * s * s * d * heads / 2  # causal: half of the products
+    return forward * (layers * passes + backward_layers * FLASH_BACKWARD_RATIO), []
 
 
 # FlashAttention-2's backward: five GEMMs against the forward's two (the scores recomputed).
@@ -291,12 +352,29 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     full = train.method == "full"
     passes = 2 if train.checkpointing else 1  # forward runs, the recomputed one included
     tokens = train.tokens
-    gemms = _linear_gemms(model, full, tokens, passes)
+    first = None if full else first_adapted_layer(model, targets)
+    if not full and first is None:
+        first = model.num_layers  # only the head trains: no decoder layer needs a gradient
+    if train.checkpointing:
+        # with checkpointing on a PEFT model the embeddings' output requires a gradient
+        # (PEFT's enable_input_require_grads, so checkpointed blocks see an input that does):
+        # every layer computes its input gradients (counted with torch's FlopCounterMode on
+        # transformers 5.23 + PEFT 0.21, tests/test_step_time.py)
+        first = None
+    gemms = _linear_gemms(model, full, tokens, passes, first,
+                          set() if full else {t.linear.path for t in targets})
     gemms.append(Gemm(tokens, model.vocab_size, model.hidden_size, 2 + full, "head"))
     if not full:
         fp32 = not train.autocast and train.adapter_dtype == "fp32" and train.dtype != "fp32"
-        gemms += _adapter_gemms(targets, tokens, passes, fp32)
-    flash, eager = _attention(model, train, passes)
+        gemms += _adapter_gemms(model, targets, tokens, passes, fp32, first)
+    backward_layers = model.num_layers
+    if first is not None:
+        skips = _first_layer_skips(model, {t.linear.path for t in targets})
+        inputs = [m for m in _decoder_linears(model) if m.name in ATTENTION_INPUTS]
+        backward_layers -= first + (1 if inputs and all(m.path in skips for m in inputs)
+                                    and not any(m.path in {t.linear.path for t in targets}
+                                                for m in inputs) else 0)
+    flash, eager = _attention(model, train, passes, max(backward_layers, 0))
     gemms += eager
     static = static_bytes(model, targets if not full else (), train, dora)
     elementwise = _elementwise_bytes(model, targets if not full else (), train, dropout,

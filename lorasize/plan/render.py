@@ -99,3 +99,32 @@ def render_estimate(e: Estimate) -> str:
     if e.notes:
         out += [""] + [f"note: {n}" for n in e.notes]
     return "\n".join(out)
+
+
+_TIME_LABELS = {
+    "matmuls": "matmuls (base weights, head)",
+    "adapter_matmuls": "adapter matmuls",
+    "attention": "attention",
+    "memory_bound": "memory-bound ops (norms, activations, loss)",
+    "dequantization": "dequantization",
+    "optimizer": "optimizer step",
+    "communication": "communication (exposed)",
+    "overhead": "launch overhead (CPU-bound)",
+    "compute": "compute at the given MFU",
+}
+_BOUND = {"compute": "compute-bound", "memory": "memory-bound", "launch": "launch-bound",
+          "communication": "communication-bound", "dequantization": "dequantization-bound"}
+
+
+def render_time(timing) -> str:
+    """The step's time breakdown (:class:`lorasize.perf.timing.TrainingTime`) as a table, what
+    bounds it, and its notes."""
+    step = timing.step_seconds
+    rows = [(_TIME_LABELS.get(k, k), f"{1e3 * v:,.1f} ms", f"{100 * v / step:.0f}%")
+            for k, v in timing.breakdown.items() if v > 0.0005 * step]
+    how = ("step-time model" if timing.model == "step" else f"MFU {timing.mfu:g} given")
+    out = [table(rows, ("one micro-batch", "time", "share"), "lrr",
+                 [("step", f"{1e3 * step:,.1f} ms", "100%")]),
+           f"{_BOUND.get(timing.bound, timing.bound)}, MFU {timing.mfu:.2f} ({how})"]
+    out += [f"note: {n}" for n in timing.notes]
+    return "\n".join(out)
