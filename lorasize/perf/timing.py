@@ -152,6 +152,14 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         step, breakdown, bound, kind = timed.seconds, timed.breakdown, timed.bound, "step"
         if bound == "launch":
             notes = (_launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed),)
+        elif bound == "communication" and shard is not None and train.method != "full" \
+                and shard.sharding in ("fsdp", "fsdp-grad-op", "zero3"):
+            ddp = replace(shard, sharding="ddp", offload="none")
+            seconds = step_time(step_work(model, targets, train, ddp, dropout, dora), gpu,
+                                params).seconds
+            notes = (f"{shard.sharding} gathers the frozen base weights every micro-batch; "
+                     f"where the base fits on one GPU, --sharding ddp sends only the adapter's "
+                     f"gradients: {train.tokens / seconds:,.0f} tokens/s per GPU",)
         mfu = train.tokens * per_token / (gpu.bf16_tflops * 1e12) / step
     tokens_per_s = train.tokens / step
     hours = usd = steps = None
