@@ -74,6 +74,12 @@ def _serve_options(func):
                      help="The smaller base model of the fleet comparison."),
         click.option("--usd-per-gpu-hour", type=float, default=DEFAULT_USD_PER_GPU_HOUR,
                      show_default=True),
+        click.option("--batch", type=int, default=1, show_default=True,
+                     help="Requests decoded together, for the latency at a batch."),
+        click.option("--prompt-tokens", type=int, default=512, show_default=True,
+                     help="Prompt length, for prefill and the KV cache each decode step reads."),
+        click.option("--output-tokens", type=int, default=256, show_default=True,
+                     help="Tokens generated per request."),
     ]
     for opt in reversed(options):
         func = opt(func)
@@ -176,6 +182,10 @@ def serve(ctx: click.Context, as_json: bool, **p) -> int:
     p.setdefault("adapter_dtype", "fp32")
     if p["quant"] and p["quant"].lower() != "none" and p["method"].lower() == "lora":
         p["method"] = "qlora"
+    if p["method"].lower() == "full":
+        raise LorasizeError("serve counts adapters beside a base model; a fully fine-tuned model "
+                            "is a base of its own: use --method lora or qlora with the adapter "
+                            "you will serve", source="--method")
     model, lora, train = build_specs(ctx, p)
     gpu = _require_gpu(p)
     for flag in ("max_seq_len", "concurrency"):
@@ -196,11 +206,47 @@ def serve(ctx: click.Context, as_json: bool, **p) -> int:
     fleet = _fleet(p, model, lora, train, gpu, spec)
     if fleet:
         data["fleet"] = fleet
+    performance = _performance(p, model, result, train, gpu, capacity)
+    data["performance"] = performance.to_dict() if performance else None
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return 0
     click.echo(_render_serve(data))
     return 0
+
+
+def _performance(p: dict, model, result, train, gpu, capacity):
+    """Decode latency, prefill, throughput and load time (lorasize.perf.inference)."""
+    from ..perf.inference import serving_performance
+
+    for flag in ("batch", "prompt_tokens", "output_tokens"):
+        if p[flag] < 1:
+            raise LorasizeError(f"must be 1 or more, got {p[flag]}",
+                                source="--" + flag.replace("_", "-"))
+    if not result.targets:
+        return None
+    resident = p["adapters"] or max(capacity.adapters, 1)
+    return serving_performance(
+        model, result.targets, gpu, engine=p["engine"].lower(), batch=p["batch"],
+        concurrency=max(p["concurrency"], 1), adapters=resident, prompt_tokens=p["prompt_tokens"],
+        context=p["prompt_tokens"] + p["output_tokens"] // 2, quantized=train.quantized,
+        dtype=train.dtype, adapter_bytes=result.adapter_file_bytes)
+
+
+def _render_performance(perf: dict, engine: str) -> list[str]:
+    rows = []
+    for batch, v in perf["decode_ms_per_token"].items():
+        b = batch.split("_")[1]
+        rows.append((f"decode, batch {b}", f"{v['base']:.1f} ms", f"{v['merged']:.1f} ms",
+                     f"{v['unmerged']:.1f} ms ({v['unmerged'] / v['base']:.2f}x)"))
+    t = perf["throughput_tokens_per_s"]
+    out = ["", f"Speed ({engine}; {perf['bound']}-bound decoding):",
+           table(rows, ("per token", "base", "merged", "unmerged"), "lrrr"),
+           f"prefill {perf['prefill_ms']:,.0f} ms; throughput {t['base']:,.0f} tokens/s base, "
+           f"{t['adapters']:,.0f} with the adapters batched; loading an adapter "
+           f"{perf['adapter_load_s'] * 1e3:,.0f} ms"]
+    out += [f"note: {n}" for n in perf["notes"]]
+    return out
 
 
 def _render_serve(d: dict) -> str:
@@ -221,6 +267,8 @@ def _render_serve(d: dict) -> str:
                 f"For a {d['target_hit_rate']:.0%} hit rate: {d['recommended_slots']:,} slots, "
                 + (f"{d['gpus_needed']} GPU(s)" if d["gpus_needed"] else
                    f"but not one adapter fits beside the base on {d['gpu']}")]
+    if d.get("performance"):
+        out += _render_performance(d["performance"], d["engine"])
     if "fleet" in d:
         out += ["", table([(f["approach"], str(f["gpus"]), f"${f['usd_per_month']:,.0f}", f["detail"])
                            for f in d["fleet"]], ("approach", "GPUs", "per month", "detail"), "lrrl")]

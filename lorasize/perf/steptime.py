@@ -174,8 +174,12 @@ def terms(work: StepWork, gpu: GpuSpec) -> Terms:
 def combine(t: Terms, p: TimeParams) -> StepTime:
     """Seconds of a step from its :class:`Terms` and the fitted figures."""
     parts = dict.fromkeys(BREAKDOWN_KEYS, 0.0)
+    streaming = 0.0  # GEMM time bound by reading the operands rather than by the FLOPs
     for key, compute, memory in t.gemms:
-        parts[key] += max(compute / p.gemm_efficiency, memory / p.bandwidth_efficiency)
+        seconds = max(compute / p.gemm_efficiency, memory / p.bandwidth_efficiency)
+        parts[key] += seconds
+        if memory / p.bandwidth_efficiency > compute / p.gemm_efficiency:
+            streaming += seconds
     parts["attention"] += t.attention / p.attention_efficiency
     parts["memory_bound"] = t.memory / p.bandwidth_efficiency
     parts["dequantization"] = t.dequant * p.dequant_bytes
@@ -196,7 +200,7 @@ def combine(t: Terms, p: TimeParams) -> StepTime:
                    + t.gathers * p.gather_us) * 1e-6
     parts["overhead"] = cpu_seconds - p.overlap * min(cpu_seconds, gpu_seconds)
     seconds = sum(parts.values())
-    return StepTime(seconds, parts, _bound(parts, compute), gpu_seconds, cpu_seconds)
+    return StepTime(seconds, parts, _bound(parts, compute, streaming), gpu_seconds, cpu_seconds)
 
 
 def step_time(work: StepWork, gpu: GpuSpec, params: TimeParams | None = None) -> StepTime:
@@ -204,13 +208,14 @@ def step_time(work: StepWork, gpu: GpuSpec, params: TimeParams | None = None) ->
     return combine(terms(work, gpu), params or default_params())
 
 
-def _bound(parts: dict, compute: float) -> str:
+def _bound(parts: dict, compute: float, streaming: float) -> str:
     if parts["overhead"] > 0.5 * compute:
         return "launch"
     if parts["communication"] > 0.5 * compute:
         return "communication"
     if parts["dequantization"] > 0.5 * compute:
         return "dequantization"
-    if parts["memory_bound"] + parts["optimizer"] > parts["matmuls"] + parts["attention"]:
+    memory = parts["memory_bound"] + parts["optimizer"] + streaming
+    if memory > compute - memory:
         return "memory"
     return "compute"
