@@ -191,3 +191,33 @@ def test_estimate_json_and_text_carry_the_breakdown(cli):
     assert "launch-bound" in out and "batch 4 takes" in out
     code, _, err = cli("estimate", "-m", "llama2-7b", "--kernels", "triton")
     assert code == 2 and "--kernels" in err
+
+
+def test_fit_names_the_fastest_setting_that_fits(cli):
+    code, out, _ = cli("fit", "-m", "llama3-8b", "-r", "16", "-t", "all", "-s", "2048", "--gpu",
+                       "a100-40gb", "--solve", "fastest", "--json")
+    data = json.loads(out)
+    assert code == 0
+    speeds = [c["tokens_per_s"] for c in data["candidates"]]
+    assert speeds == sorted(speeds, reverse=True) and data["solved"] == data["candidates"][0]
+    gib40 = gpu_from_catalog("a100-40gb").memory_bytes
+    assert all(c["train_peak_bytes"] <= gib40 for c in data["candidates"])
+    # checkpointing fits a larger batch; each candidate is the largest batch that fits
+    by = {c["grad_checkpointing"]: c for c in data["candidates"]}
+    assert by[True]["batch_size"] > by[False]["batch_size"]
+    code, out, _ = cli("fit", "-m", "llama3-8b", "-r", "16", "-t", "all", "-s", "2048", "--gpu",
+                       "a100-40gb", "--solve", "batch-size", "--json")
+    assert json.loads(out)["time"]["tokens_per_s"] > 0
+    code, out, _ = cli("fit", "-m", "llama2-70b", "--method", "full", "--gpu", "rtx-3060",
+                       "--solve", "fastest")
+    assert code == 1 and "nothing fits" in out
+
+
+def test_sweep_carries_throughput():
+    pytest.importorskip("pandas")
+    from lorasize.plan.solve import sweep
+
+    frame = sweep(resolve_model("llama2-7b"), gpu_from_catalog("a100-80gb"), batch_size=[1, 8],
+                  seq_len=512)
+    fast = frame.set_index("batch_size")["tokens_per_s"]
+    assert fast[8] > 2 * fast[1]  # batch 1 is launch-bound

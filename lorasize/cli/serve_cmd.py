@@ -281,7 +281,7 @@ def _render_serve(d: dict) -> str:
 @train_options
 @_gpu_options
 @shard_options
-@click.option("--solve", "field", type=click.Choice(SOLVABLE), required=True,
+@click.option("--solve", "field", type=click.Choice(SOLVABLE + ("fastest",)), required=True,
               help="The value to maximise.")
 @click.option("--headroom", type=float, default=0.0, show_default=True,
               help="Share of GPU memory to keep free, e.g. 0.05.")
@@ -289,7 +289,8 @@ def _render_serve(d: dict) -> str:
 @click.pass_context
 def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> int:
     """Find the largest batch size, sequence length or rank that fits the GPU (each of
-    --gpus GPUs under --sharding).
+    --gpus GPUs under --sharding), and its throughput; or, with --solve fastest, the batch and
+    checkpointing that fit and train fastest.
 
     Exits 1 when even 1 does not fit.
 
@@ -297,18 +298,51 @@ def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> 
     Example:
       lorasize fit --model llama3-8b --method qlora --r 16 --targets all --gpu rtx-4090 --solve seq-len
       lorasize fit --model llama3-8b --method full --gpu a100-40gb --gpus 8 --sharding zero3 --solve seq-len
+      lorasize fit --model llama3-8b --r 16 --targets all --seq-len 2048 --gpu a100-40gb --solve fastest
     """
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
     gpu = _require_gpu(p)
     shard = build_shard(p)
+    if field == "fastest":
+        return _fastest(model, lora, train, gpu, headroom, shard, as_json)
     value, result = solve(model, lora, train, gpu, field, headroom, shard)
+    from ..plan.solve import _time_of
+
+    timed = _time_of(model, result, gpu) if value else None
     if as_json:
         click.echo(json.dumps({"field": field, "solved": value, "headroom": headroom,
-                               "estimate": result.to_dict()}, indent=2))
+                               "estimate": result.to_dict(),
+                               "time": timed.to_dict() if timed else None}, indent=2))
     else:
         head = (f"largest {field} that fits {gpu.name} with {headroom:.0%} headroom: {value}"
                 if value else f"nothing fits {gpu.name}: even {field} = 1 needs "
                               f"{format_bytes(result.peak_bytes, 'GiB')}")
         click.echo(head + "\n\n" + render_estimate(result))
+        if timed:
+            click.echo(f"Throughput there: {timed.tokens_per_s:,.0f} tokens/s, "
+                       f"{timed.step_seconds:.2f} s a step ({timed.bound}-bound)")
     return 0 if value else 1
+
+
+def _fastest(model, lora, train, gpu, headroom, shard, as_json) -> int:
+    from ..plan.solve import fastest
+
+    found = fastest(model, lora, train, gpu, headroom, shard)
+    if as_json:
+        click.echo(json.dumps({"field": "fastest", "headroom": headroom,
+                               "solved": found[0] if found else None, "candidates": found},
+                              indent=2))
+        return 0 if found else 1
+    if not found:
+        click.echo(f"nothing fits {gpu.name}, with or without gradient checkpointing, at batch 1")
+        return 1
+    best = found[0]
+    click.echo(f"fastest that fits {gpu.name}: batch {best['batch_size']}"
+               f"{' with' if best['grad_checkpointing'] else ' without'} gradient checkpointing, "
+               f"{best['tokens_per_s']:,.0f} tokens/s ({best['bound']}-bound, "
+               f"{format_bytes(best['train_peak_bytes'], 'GiB')} at the peak)")
+    for other in found[1:]:
+        click.echo(f"  {'with' if other['grad_checkpointing'] else 'without'} checkpointing: "
+                   f"batch {other['batch_size']}, {other['tokens_per_s']:,.0f} tokens/s")
+    return 0

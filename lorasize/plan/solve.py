@@ -87,6 +87,35 @@ def solve(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec, fiel
     return low, at(low)
 
 
+def fastest(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec,
+            headroom: float = 0.0, shard: ShardSpec | None = None) -> list[dict]:
+    """The settings that fit, fastest first: for checkpointing off and on, the largest batch
+    that fits ``gpu`` and the tokens per second it runs at (the step-time model). A larger
+    batch is never slower per token, so the largest that fits is each one's best.
+
+    Returns:
+        One dict per setting that fits (``batch_size``, ``grad_checkpointing``,
+        ``tokens_per_s``, ``step_seconds``, ``train_peak_bytes``), fastest first; empty when
+        nothing fits.
+    """
+    from ..perf.timing import training_time
+
+    found = []
+    for checkpointing in (False, True):
+        candidate = replace(train, grad_checkpointing=checkpointing)
+        value, result = solve(model, lora, candidate, gpu, "batch-size", headroom, shard)
+        if not value:
+            continue
+        timed = training_time(model, result.targets, result.train, gpu, shard=shard,
+                              dropout=lora.dropout, dora=lora.dora)
+        if timed is None:
+            continue
+        found.append({"batch_size": value, "grad_checkpointing": checkpointing,
+                      "tokens_per_s": timed.tokens_per_s, "step_seconds": timed.step_seconds,
+                      "bound": timed.bound, "train_peak_bytes": result.peak_bytes})
+    return sorted(found, key=lambda c: -c["tokens_per_s"])
+
+
 def fit_setup(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec,
               gpus: int | None = None, calibration=None) -> tuple[ShardSpec, Estimate] | None:
     """The first setup in :data:`SETUP_ORDER` whose per-GPU estimate fits ``gpu``.
@@ -170,5 +199,18 @@ def sweep(model: ModelSpec, gpu: GpuSpec | None = None, **grid: Any):
         row.update({k: v for k, v in result.to_dict().items()
                     if k not in ("train_breakdown", "phase_peaks", "notes", "targets")})
         row.update({f"breakdown_{k}": v for k, v in result.breakdown.items()})
+        timed = _time_of(model, result, gpu)
+        row.update(tokens_per_s=timed.tokens_per_s if timed else None,
+                   step_seconds=timed.step_seconds if timed else None)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _time_of(model: ModelSpec, result: Estimate, gpu: GpuSpec | None):
+    """The step-time model's answer for an estimate (None without a GPU's throughput)."""
+    if gpu is None:
+        return None
+    from ..perf.timing import training_time
+
+    return training_time(model, result.targets, result.train, gpu, shard=result.shard,
+                         dropout=result.lora.dropout, dora=result.lora.dora)
