@@ -30,21 +30,47 @@ def report_file(tmp_path_factory):
 
 def test_example_plan_exercises_every_chart(report_file):
     out, charts = report_file
-    assert charts == 6
+    assert charts == 8
     page = out.read_text()
     assert not re.search(r"<script[^>]+src=", page)  # plotly.js is embedded: opens offline
     assert "Plotly.newPlot" in page
     for title in ("Training memory by component", "Memory against sequence length",
-                  "Largest batch and sequence per GPU", "Adapters resident per GPU",
+                  "Largest batch at 2048 tokens per GPU", "Largest sequence at batch 1 per GPU",
+                  "Training throughput per GPU", "Adapters resident per GPU",
                   "Hit rate against resident slots", "Estimate against measurement"):
         assert title in page
     assert "(GiB)" in page
 
 
+def test_the_page_has_numbers_a_verdict_and_its_assumptions(report_file):
+    """A table per GPU (fits, headroom, largest batch and sequence, adapters, throughput, hours
+    and cost) computed with the same calls as the commands, and the assumptions with the
+    version."""
+    from lorasize import LoraSpec, __version__
+    from lorasize.perf.timing import training_time
+    from lorasize.plan.solve import solve
+
+    out, _ = report_file
+    page = out.read_text()
+    table = page[page.index("<table id='summary'"):page.index("</table>")]
+    plan = load_plan(PLAN)
+    lora = LoraSpec(r=plan.ranks[0], targets=plan.target_sets[0])
+    for gpu in plan.gpus:
+        e = estimate(plan.model, lora, plan.train, gpu)
+        row = table[table.index(f"<td>{gpu.name}</td>"):].split("</tr>")[0]
+        assert ("<td>yes</td>" if e.fits else "<td>no</td>") in row
+        assert f"<td>{solve(plan.model, lora, plan.train, gpu, 'batch-size')[0]:,}</td>" in row
+        timed = training_time(plan.model, e.targets, plan.train, gpu,
+                              dataset_tokens=plan.dataset_tokens,
+                              usd_per_gpu_hour=plan.usd_per_gpu_hour[gpu.name])
+        assert f"{timed.tokens_per_s:,.0f}" in row and f"${timed.usd:,.0f}" in row
+    assert f"lorasize {__version__}" in page and "id='assumptions'" in page
+
+
 def test_charts_use_the_same_numbers_as_estimate():
     plan = load_plan(PLAN)
     figures = build_figures(plan)
-    adapters = figures[3].data[0]
+    adapters = next(f for f in figures if "Adapters resident" in f.layout.title.text).data[0]
     for gpu, shown in zip(plan.gpus, adapters.y):
         direct = estimate(plan.model, plan.serve_lora, plan.train, gpu, plan.serve)
         assert shown == direct.adapters_fit
@@ -74,7 +100,7 @@ def test_cli_writes_atomically(tmp_path, cli):
     out = tmp_path / "report.html"
     out.write_text("previous report")
     code, stdout, _ = cli("report", str(PLAN), "--out", str(out))
-    assert code == 0 and "6 charts" in stdout
+    assert code == 0 and "8 charts" in stdout
     assert out.read_text().startswith("<!DOCTYPE html>")
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary left behind
 
@@ -99,3 +125,15 @@ def test_renders_in_headless_chromium(report_file, tmp_path):
                     "--hide-scrollbars", "--window-size=1200,2600", f"--screenshot={shot}",
                     out.as_uri()], capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("model: llama2-7b\ngpus: [a100-40gb]\ndataset_tokens: -5\n", "dataset_tokens"),
+    ("model: llama2-7b\ngpus: [a100-40gb]\nusd_per_gpu_hour: {a100-40gb: 0}\n", "usd_per_gpu_hour"),
+    ("model: llama2-7b\ngpus: [a100-40gb]\nusd_per_gpu_hour: {warp-9: 1}\n", "warp-9"),
+])
+def test_bad_time_fields(tmp_path, text, fragment):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text)
+    with pytest.raises(LorasizeError, match=re.escape(fragment)):
+        load_plan(plan)

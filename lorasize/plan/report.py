@@ -49,6 +49,8 @@ class Plan:
     traffic: str
     slots: tuple[int, ...]
     validation: tuple[dict, ...] = field(default_factory=tuple)
+    dataset_tokens: int | None = None
+    usd_per_gpu_hour: dict = field(default_factory=dict)
 
 
 def _require(mapping: dict, key: str, where: str) -> Any:
@@ -106,7 +108,18 @@ def _parse_plan(data: dict) -> Plan:
     for row in validation:
         if not isinstance(row, dict) or not {"name", "estimate_bytes", "measured_bytes"} <= set(row):
             raise LorasizeError("each 'validation' row needs name, estimate_bytes, measured_bytes")
+    dataset_tokens = data.get("dataset_tokens")
+    if dataset_tokens is not None and (not isinstance(dataset_tokens, int)
+                                       or isinstance(dataset_tokens, bool) or dataset_tokens <= 0):
+        raise LorasizeError("'dataset_tokens' must be a positive integer")
+    prices = data.get("usd_per_gpu_hour") or {}
+    if not isinstance(prices, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            for v in prices.values()):
+        raise LorasizeError("'usd_per_gpu_hour' must map GPU names to prices above 0")
+    prices = {gpu_from_catalog(str(k), "usd_per_gpu_hour").name: float(v) for k, v in prices.items()}
     return Plan(
+        dataset_tokens=dataset_tokens, usd_per_gpu_hour=prices,
         title=str(data.get("title", f"{model.name} capacity plan")), model=model, gpus=gpus,
         train=train, ranks=ranks, target_sets=target_sets, seq_lens=seq_lens,
         serve_lora=serve_lora, serve=serve, adapters=adapters,
@@ -124,8 +137,10 @@ def _hover(e) -> str:
     return "<br>".join(f"{k}: {format_bytes(v)}" for k, v in e.breakdown.items() if v)
 
 
-def build_figures(plan: Plan, progress: Callable[[int], None] = lambda n: None) -> list:
-    """The report's plotly figures, computed from the plan."""
+def build_figures(plan: Plan, progress: Callable[[int], None] = lambda n: None,
+                  rows: list[dict] | None = None) -> list:
+    """The report's plotly figures, computed from the plan (``rows``: its :func:`summary`,
+    computed here when not given)."""
     import plotly.graph_objects as go
 
     figures = []
@@ -159,18 +174,25 @@ def build_figures(plan: Plan, progress: Callable[[int], None] = lambda n: None) 
                           yaxis_title="device memory (GiB)", xaxis_type="log")
     figures.append(seq_fig)
 
-    largest = go.Figure()
-    batch, seq = [], []
-    for gpu in plan.gpus:
-        batch.append(solve(plan.model, lora, plan.train, gpu, "batch-size")[0] or 0)
-        seq.append(solve(plan.model, lora, plan.train, gpu, "seq-len")[0] or 0)
-        progress(1)
     names = [g.name for g in plan.gpus]
-    largest.add_bar(name=f"largest batch at {plan.train.seq_len} tokens", x=names, y=batch)
-    largest.add_bar(name=f"largest sequence at batch {plan.train.batch_size} (tokens)", x=names, y=seq)
-    largest.update_layout(title="Largest batch and sequence per GPU", barmode="group",
-                          xaxis_title="GPU", yaxis_title="batch size / tokens", yaxis_type="log")
-    figures.append(largest)
+    rows = rows if rows is not None else summary(plan, lora)
+    progress(2 * len(plan.gpus))
+    for key, title, axis in (("largest_batch", f"Largest batch at {plan.train.seq_len} tokens",
+                              "sequences per micro-batch"),
+                             ("largest_seq_len", f"Largest sequence at batch {plan.train.batch_size}",
+                              "tokens")):
+        chart = go.Figure(go.Bar(x=names, y=[r[key] or 0 for r in rows],
+                                 text=[f"{r[key] or 0:,}" for r in rows], textposition="outside"))
+        chart.update_layout(title=title + " per GPU", xaxis_title="GPU", yaxis_title=axis)
+        figures.append(chart)
+    if any(r["tokens_per_s"] for r in rows):
+        speed = go.Figure(go.Bar(x=names, y=[r["tokens_per_s"] or 0 for r in rows],
+                                 text=[f"{r['tokens_per_s'] or 0:,.0f}" for r in rows],
+                                 textposition="outside"))
+        speed.update_layout(title=f"Training throughput per GPU (batch {plan.train.batch_size} x "
+                                  f"{plan.train.seq_len} tokens)", xaxis_title="GPU",
+                            yaxis_title="tokens per second")
+        figures.append(speed)
 
     fits = [estimate(plan.model, plan.serve_lora, plan.train, gpu, plan.serve) for gpu in plan.gpus]
     progress(len(plan.gpus))
@@ -223,10 +245,77 @@ window.addEventListener('load', function () {
 </script>"""
 
 
-def render_html(plan: Plan, figures: list) -> str:
-    """One self-contained page: plotly.js embedded once, then every chart."""
+def summary(plan: Plan, lora: LoraSpec) -> list[dict]:
+    """One row per GPU: the verdict at the plan's training setup (its first rank and targets),
+    headroom, the largest batch and sequence, adapters resident, throughput, hours and cost."""
+    from ..perf.timing import training_time
+
+    rows = []
+    for gpu in plan.gpus:
+        e = estimate(plan.model, lora, plan.train, gpu, plan.serve)
+        served = estimate(plan.model, plan.serve_lora, plan.train, gpu, plan.serve)
+        timed = training_time(plan.model, e.targets, plan.train, gpu, dataset_tokens=plan.dataset_tokens,
+                              usd_per_gpu_hour=plan.usd_per_gpu_hour.get(gpu.name),
+                              dropout=lora.dropout, dora=lora.dora)
+        rows.append({
+            "gpu": gpu.name, "memory_bytes": gpu.memory_bytes, "fits": e.fits,
+            "peak_bytes": e.peak_bytes, "headroom_bytes": e.headroom_bytes,
+            "largest_batch": solve(plan.model, lora, plan.train, gpu, "batch-size")[0],
+            "largest_seq_len": solve(plan.model, lora, plan.train, gpu, "seq-len")[0],
+            "adapters_fit": served.adapters_fit,
+            "tokens_per_s": timed.tokens_per_s if timed else None,
+            "bound": timed.bound if timed else None,
+            "hours": timed.hours if timed else None, "usd": timed.usd if timed else None})
+    return rows
+
+
+def _summary_table(plan: Plan, rows: list[dict]) -> str:
+    def cell(v):
+        return f"<td>{html.escape(str(v))}</td>"
+
+    head = ("GPU", "fits", "peak", "headroom", "largest batch", "largest sequence",
+            "adapters resident", "tokens/s", "hours", "cost")
+    body = []
+    for r in rows:
+        body.append("<tr>" + "".join(cell(v) for v in (
+            r["gpu"], "yes" if r["fits"] else "no", format_bytes(r["peak_bytes"], "GiB"),
+            format_bytes(r["headroom_bytes"], "GiB"), f"{r['largest_batch'] or 0:,}",
+            f"{r['largest_seq_len'] or 0:,}", f"{r['adapters_fit'] or 0:,}",
+            "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:,.0f} ({r['bound']}-bound)",
+            "-" if r["hours"] is None else f"{r['hours']:,.1f}",
+            "-" if r["usd"] is None else f"${r['usd']:,.0f}")) + "</tr>")
+    return ("<table id='summary' border='1' cellpadding='4' style='border-collapse:collapse'>"
+            "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body)
+            + "</table>")
+
+
+def _assumptions(plan: Plan) -> str:
+    from .. import __version__
+
+    t, first = plan.train, plan.target_sets[0]
+    items = [
+        f"model {plan.model.name} ({plan.model.source or 'catalog'})",
+        f"training: {t.method}, {t.quant_type} base, {t.dtype}, {t.optimizer}, batch {t.batch_size} "
+        f"x {t.seq_len} tokens, {t.attn} attention, checkpointing {'on' if t.checkpointing else 'off'}, "
+        f"stack {t.stack}; verdicts at r={plan.ranks[0]} on {'+'.join(first)}",
+        f"serving: {plan.serve.engine}, r={plan.serve_lora.r} on {'+'.join(plan.serve_lora.targets)}, "
+        f"{plan.serve.kv_tokens:,} KV-cache tokens",
+        "hours: " + (f"{plan.dataset_tokens:,} tokens, one epoch, one GPU" if plan.dataset_tokens
+                     else "give dataset_tokens in the plan"),
+        "cost: " + (", ".join(f"{k} ${v:g}/h" for k, v in plan.usd_per_gpu_hour.items())
+                    or "give usd_per_gpu_hour in the plan"),
+        f"lorasize {__version__}; memory from the analytic model (docs/memory-model.md), time "
+        f"from the step-time model (docs/performance.md)"]
+    return "<ul id='assumptions'>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def render_html(plan: Plan, figures: list, rows: list[dict] | None = None) -> str:
+    """One self-contained page: the per-GPU table and assumptions, plotly.js embedded once,
+    then every chart."""
     import plotly.io as pio
 
+    rows = rows if rows is not None else summary(
+        plan, LoraSpec(r=plan.ranks[0], targets=plan.target_sets[0]))
     parts = [pio.to_html(fig, full_html=False, include_plotlyjs=(i == 0), default_width="100%")
              for i, fig in enumerate(figures)]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
@@ -234,6 +323,7 @@ def render_html(plan: Plan, figures: list) -> str:
             f"<h1>{html.escape(plan.title)}</h1>"
             f"<p>lorasize capacity plan for {html.escape(plan.model.name)} "
             f"on {', '.join(html.escape(g.name) for g in plan.gpus)}.</p>"
+            + _summary_table(plan, rows) + "<h2>Assumptions</h2>" + _assumptions(plan)
             + "".join(f"<section>{p}</section>" for p in parts) + _WATCH + "</body></html>")
 
 
@@ -249,9 +339,10 @@ def write_report(plan: Plan, out: str | Path, progress: Callable[[int], None] = 
         import plotly  # noqa: F401
     except ImportError:
         raise MissingExtraError("lorasize report", "report", "plotly") from None
-    figures = build_figures(plan, progress)
+    rows = summary(plan, LoraSpec(r=plan.ranks[0], targets=plan.target_sets[0]))
+    figures = build_figures(plan, progress, rows)
     out = Path(out)
     if out.parent and not out.parent.exists():
         raise LorasizeError("the folder does not exist", source=str(out.parent))
-    write_atomic(out, render_html(plan, figures))
+    write_atomic(out, render_html(plan, figures, rows))
     return len(figures)
