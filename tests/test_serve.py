@@ -175,3 +175,50 @@ def test_serve_popularity_csv_with_negative_counts(cli, tmp_path):
     code, out, err = cli("serve", "-m", "llama2-7b", "--gpu", "a100-40gb", "--traffic", str(counts))
     assert code == 2 and out == "" and "line 3" in err and str(counts) in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("n,law,k", [(2000, "zipf:1.1", 20), (2000, "zipf:1.1", 400),
+                                     (2000, "zipf:0.8", 100), (10000, "zipf:1.0", 100),
+                                     (5000, "uniform", 250)])
+def test_che_closed_form_agrees_with_the_simulation(n, law, k):
+    """Che's characteristic-time approximation against the seeded LRU simulation: within one
+    point of hit rate (uniform: exactly K / N)."""
+    from lorasize.serving.hotswap import che_hit_rate
+
+    popularity = parse_traffic(law, n)
+    simulated = simulate_lru(popularity, k, requests=400_000).hit_rate
+    assert simulated == pytest.approx(che_hit_rate(popularity, k), abs=0.01)
+    if law == "uniform":
+        assert che_hit_rate(popularity, k) == pytest.approx(k / n, abs=1e-9)
+
+
+def test_a_million_adapters_use_the_closed_form_and_stay_bounded(cli):
+    """Static top-K covering 95% of zipf:1.1 requests over 1,000,000 adapters is about 225,000;
+    LRU needs more. The simulation (200,000 requests) could never leave its cold start."""
+    import resource
+    import time
+
+    from lorasize.serving.hotswap import parse_traffic as parse
+
+    popularity = parse("zipf:1.1", 1_000_000)
+    mass, members, static = 0.0, 0.0, None
+    for p, c in popularity.buckets():
+        if mass + p * c >= 0.95:
+            static = members + (0.95 - mass) / p
+            break
+        mass, members = mass + p * c, members + c
+    assert static == pytest.approx(225_000, rel=0.01)
+    start = time.perf_counter()
+    code, out, _ = cli("serve", "-m", "llama2-7b", "-r", "16", "-t", "attn", "-g", "a100-80gb",
+                       "--adapters", "1000000", "--traffic", "zipf:1.1", "--hit-rate", "0.95",
+                       "--json")
+    data = json.loads(out)
+    assert code == 0 and data["recommended_method"] == "che"
+    assert static < data["recommended_slots"] < 1_000_000
+    assert time.perf_counter() - start < 20
+    # a billion uniform adapters: K / N, without a weight per adapter
+    code, out, _ = cli("serve", "-m", "llama2-7b", "-r", "16", "-t", "attn", "-g", "a100-80gb",
+                       "--adapters", "1000000000", "--traffic", "uniform", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["hit_rate"] == pytest.approx(data["slots"] / 1e9, abs=1e-5)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 4 * 2**20  # KiB: under 4 GiB

@@ -119,6 +119,8 @@ def _hot_swap(p: dict, capacity) -> dict | None:
         "swap_seconds": round(swap_s, 4), "swap_busy_fraction": round(swaps_per_s * swap_s, 4),
         "target_hit_rate": p["hit_rate"], "recommended_slots": needed_slots,
         "gpus_needed": gpus, "requests_simulated": p["requests"], "seed": p["seed"],
+        "hit_rate_method": result.method,
+        "recommended_method": recommended.method if recommended else result.method,
     }
 
 
@@ -144,7 +146,7 @@ def _fleet(p: dict, model, lora, train, gpu, serve) -> list[dict] | None:
                price, f"{format_bytes(small_bytes, 'GiB')} per model"),
         option("LoRA, every adapter resident", math.ceil(models / max(lora_capacity.adapters_fit, 1))
                if lora_capacity.adapters_fit else models, price,
-               f"{lora_capacity.adapters_fit} adapters per GPU"),
+               f"{lora_capacity.adapters_fit:,} adapters per GPU"),
     ]
     traffic = p["traffic"] or "zipf:1.1"
     popularity = parse_traffic(traffic, models) if traffic.startswith(("zipf:", "uniform")) else \
@@ -154,7 +156,7 @@ def _fleet(p: dict, model, lora, train, gpu, serve) -> list[dict] | None:
     needed = recommended.slots if recommended else popularity.adapters
     options.append(option(f"QLoRA, hot swapping ({traffic}, hit rate {p['hit_rate']:g})",
                           math.ceil(needed / slots_per_gpu), price,
-                          f"{needed} resident slots, {slots_per_gpu} per GPU"))
+                          f"{needed:,} resident slots, {slots_per_gpu:,} per GPU"))
     return [o.to_dict() for o in options]
 
 
@@ -264,7 +266,9 @@ def _render_serve(d: dict) -> str:
                     f"{d['slots']:,} slots: hit rate {d['hit_rate']:.1%}, "
                     f"{d['swap_ins_per_s']:.2f} swap-ins/s of {d['swap_seconds'] * 1000:.0f} ms "
                     f"({d['swap_busy_fraction']:.0%} busy)",
-                f"For a {d['target_hit_rate']:.0%} hit rate: {d['recommended_slots']:,} slots, "
+                f"For a {d['target_hit_rate']:.0%} hit rate: {d['recommended_slots']:,} slots"
+                + (" (Che's closed form: too many adapters to simulate)"
+                   if d["recommended_method"] == "che" else "") + ", "
                 + (f"{d['gpus_needed']} GPU(s)" if d["gpus_needed"] else
                    f"but not one adapter fits beside the base on {d['gpu']}")]
     if d.get("performance"):

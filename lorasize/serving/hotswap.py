@@ -4,8 +4,13 @@ N adapters receive requests with a popularity law; K of them stay resident on th
 request for any other one swaps it in, evicting the least recently used. The simulation is
 seeded, so the same inputs give the same answer. For uniform traffic the steady-state hit rate
 of LRU (of any policy, in fact) is exactly K / N, which the tests hold the simulation to; for
-skewed (Zipf) traffic no closed form is exact (Che et al. 2002 give an approximation), hence the
-simulation.
+skewed (Zipf) traffic no closed form is exact. Beyond :data:`SIMULATE_MAX_ADAPTERS` adapters (or
+when the simulation's warm-up cannot fill the slots) the hit rate comes from Che's
+characteristic-time approximation of LRU (Che, Tung and Wang 2002; Fricker, Robert and Roberts
+2012 show it accurate for Zipf popularity): the cache's characteristic time T solves
+sum_i (1 - exp(-p_i T)) = K, and the hit rate is sum_i p_i (1 - exp(-p_i T)). Zipf popularity is
+held as geometric rank buckets, never as one weight per adapter, so memory and time stay bounded
+whatever N is.
 
 Swap-in time = adapter bytes / disk read bandwidth + adapter bytes / host-to-device bandwidth
 + a fixed per-load overhead. The defaults are named below and configurable.
@@ -33,18 +38,113 @@ DEFAULT_H2D_BYTES_PER_S = 12e9
 DEFAULT_LOAD_OVERHEAD_S = 0.15
 DEFAULT_REQUESTS = 200_000
 DEFAULT_SEED = 0
+# Above this many adapters the closed form answers (the simulation needs a weight per adapter
+# and a warm-up longer than the slots).
+SIMULATE_MAX_ADAPTERS = 20_000
+# Zipf ranks are grouped into buckets whose first and last weights differ by at most this
+# ratio (each bucket's requests are summed exactly; its members share the bucket's mean).
+BUCKET_RATIO = 1.001
+MAX_ADAPTERS = 10**12
 
 
 @dataclass(frozen=True)
 class Popularity:
-    """Request probabilities of N adapters, most popular first."""
+    """Request probabilities of N adapters, most popular first: explicit ``weights`` (a CSV),
+    or a law (``zipf`` with ``exponent``, or ``uniform``) over ``n`` adapters."""
 
     name: str
-    weights: tuple[float, ...]
+    weights: tuple[float, ...] = ()
+    n: int = 0
+    exponent: float = 0.0
 
     @property
     def adapters(self) -> int:
-        return len(self.weights)
+        return len(self.weights) or self.n
+
+    def explicit(self) -> tuple[float, ...]:
+        """One weight per adapter (for the simulation; only for up to
+        :data:`SIMULATE_MAX_ADAPTERS`)."""
+        if self.weights:
+            return self.weights
+        if self.exponent:
+            return tuple(1.0 / rank ** self.exponent for rank in range(1, self.n + 1))
+        return (1.0,) * self.n
+
+    def buckets(self) -> list[tuple[float, float]]:
+        """(probability of one member, members) groups summing to probability 1."""
+        if self.weights:
+            total = sum(self.weights)
+            return [(w / total, 1.0) for w in self.weights]
+        if not self.exponent:
+            return [(1.0 / self.n, float(self.n))]
+        groups, rank = [], 1
+        while rank <= self.n:
+            last = min(self.n, max(rank, int(rank * BUCKET_RATIO ** (1 / self.exponent))))
+            mass = _zipf_mass(rank, last, self.exponent)
+            groups.append((mass / (last - rank + 1), float(last - rank + 1)))
+            rank = last + 1
+        total = sum(p * c for p, c in groups)
+        return [(p / total, c) for p, c in groups]
+
+
+def _zipf_mass(first: int, last: int, s: float) -> float:
+    """sum_{k=first}^{last} k^-s: exact for short runs, the Euler-Maclaurin integral beyond."""
+    if last - first < 64:
+        return sum(k ** -s for k in range(first, last + 1))
+    if s == 1:
+        integral = math.log(last / first)
+    else:
+        integral = (last ** (1 - s) - first ** (1 - s)) / (1 - s)
+    return integral + (first ** -s + last ** -s) / 2
+
+
+def che_hit_rate(popularity: Popularity, slots: int) -> float:
+    """LRU's steady-state hit rate with ``slots`` resident, by Che's approximation."""
+    if slots >= popularity.adapters:
+        return 1.0
+    if slots <= 0:
+        return 0.0
+    groups = popularity.buckets()
+    return _hit(groups, _characteristic_time(groups, slots))
+
+
+def che_slots(popularity: Popularity, target_hit_rate: float) -> tuple[int, float]:
+    """The fewest slots whose Che hit rate reaches ``target_hit_rate``, and that hit rate."""
+    groups = popularity.buckets()
+    if target_hit_rate >= 1:
+        return popularity.adapters, 1.0
+    low, high = 0.0, 1.0
+    while _hit(groups, high) < target_hit_rate:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        if _hit(groups, middle) < target_hit_rate:
+            low = middle
+        else:
+            high = middle
+    slots = min(popularity.adapters, math.ceil(_occupancy(groups, high) - 1e-9))
+    return slots, che_hit_rate(popularity, slots)
+
+
+def _occupancy(groups, t: float) -> float:
+    return sum(c * -math.expm1(-p * t) for p, c in groups)
+
+
+def _hit(groups, t: float) -> float:
+    return sum(p * c * -math.expm1(-p * t) for p, c in groups)
+
+
+def _characteristic_time(groups, slots: int) -> float:
+    low, high = 0.0, 1.0
+    while _occupancy(groups, high) < slots:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        if _occupancy(groups, middle) < slots:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def parse_traffic(text: str, adapters: int | None) -> Popularity:
@@ -58,8 +158,10 @@ def parse_traffic(text: str, adapters: int | None) -> Popularity:
         if adapters is None or adapters <= 0:
             raise LorasizeError(f"must be a positive number of adapters with --traffic {text}",
                                 source="--adapters")
+        if adapters > MAX_ADAPTERS:
+            raise LorasizeError(f"at most {MAX_ADAPTERS:,} adapters", source="--adapters")
         if text == "uniform":
-            return Popularity("uniform", (1.0,) * adapters)
+            return Popularity("uniform", n=adapters)
         try:
             exponent = float(text.split(":", 1)[1])
         except ValueError:
@@ -67,7 +169,7 @@ def parse_traffic(text: str, adapters: int | None) -> Popularity:
                                 source="--traffic") from None
         if not exponent > 0 or math.isinf(exponent):
             raise LorasizeError("the zipf exponent must be above 0", source="--traffic")
-        return Popularity(text, tuple(1.0 / (rank ** exponent) for rank in range(1, adapters + 1)))
+        return Popularity(text, n=adapters, exponent=exponent)
     path = Path(text)
     if not path.is_file():
         raise LorasizeError("expected zipf:S, uniform or a CSV file of request counts",
@@ -109,11 +211,19 @@ class SwapResult:
     slots: int
     hit_rate: float
     requests: int
+    method: str = "simulation"  # or "che" (the closed form)
+
+
+def simulates(popularity: Popularity, slots: int, requests: int) -> bool:
+    """Whether the simulation can answer: few enough adapters, and a warm-up (a tenth of the
+    requests) long enough to fill the slots several times over."""
+    return popularity.adapters <= SIMULATE_MAX_ADAPTERS and requests // 10 >= 5 * slots
 
 
 def simulate_lru(popularity: Popularity, slots: int, requests: int = DEFAULT_REQUESTS,
                  seed: int = DEFAULT_SEED) -> SwapResult:
-    """Hit rate of an LRU cache of ``slots`` adapters, measured after a warm-up.
+    """Hit rate of an LRU cache of ``slots`` adapters, measured after a warm-up; by Che's
+    closed form when the simulation cannot reach its steady state (:func:`simulates`).
 
     The first ``requests // 10`` requests fill the cache and are not counted.
     """
@@ -122,9 +232,11 @@ def simulate_lru(popularity: Popularity, slots: int, requests: int = DEFAULT_REQ
         return SwapResult(slots, 1.0, requests)
     if slots <= 0:
         return SwapResult(slots, 0.0, requests)
+    if not simulates(popularity, slots, requests):
+        return SwapResult(slots, che_hit_rate(popularity, slots), requests, "che")
     rng = random.Random(seed)
     cumulative, total = [], 0.0
-    for weight in popularity.weights:
+    for weight in popularity.explicit():
         total += weight
         cumulative.append(total)
     cache: OrderedDict[int, None] = OrderedDict()
@@ -151,6 +263,9 @@ def smallest_slots(popularity: Popularity, target_hit_rate: float, limit: int,
     """
     if not 0 < target_hit_rate <= 1:
         raise LorasizeError(f"must be in (0, 1], got {target_hit_rate}", source="--hit-rate")
+    if not simulates(popularity, min(limit, popularity.adapters), requests):
+        slots, rate = che_slots(popularity, target_hit_rate)
+        return SwapResult(slots, rate, requests, "che") if slots <= limit else None
     low, high = 1, min(limit, popularity.adapters)
     if high < 1 or simulate_lru(popularity, high, requests, seed).hit_rate < target_hit_rate:
         return None
