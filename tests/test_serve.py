@@ -222,3 +222,24 @@ def test_a_million_adapters_use_the_closed_form_and_stay_bounded(cli):
     data = json.loads(out)
     assert code == 0 and data["hit_rate"] == pytest.approx(data["slots"] / 1e9, abs=1e-5)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 4 * 2**20  # KiB: under 4 GiB
+
+
+def test_serve_exits_1_when_nothing_fits(cli):
+    code, out, err = cli("serve", "-m", "llama2-70b", "-r", "16", "-t", "attn", "-g", "l4")
+    assert code == 1 and "does not fit l4" in err and "alone need" in err
+    code, out, err = cli("serve", "-m", "llama2-70b", "-r", "16", "-t", "attn", "-g", "l4",
+                         "--json")
+    data = json.loads(out)
+    assert code == 1 and data["fits"] is False and data["adapters_fit"] == 0
+    assert data["performance"] is None
+    code, out, err = cli("serve", "-m", "llama2-7b", "-r", "16", "-t", "attn", "-g", "a100-80gb")
+    assert code == 0
+
+
+@pytest.mark.parametrize("engine,rank,fragment", [("vllm", 7, "vLLM accepts 1, 8, 16"),
+                                                  ("vllm", 8, "rank 16 in slots of rank 8"),
+                                                  ("sglang", 8, "rank 16 in slots of rank 8")])
+def test_serve_says_what_the_engine_refuses(cli, engine, rank, fragment):
+    code, _, err = cli("serve", "-m", "llama2-7b", "-r", "16", "-t", "attn", "-g", "a100-80gb",
+                       "--engine", engine, "--max-lora-rank", str(rank))
+    assert code == 2 and fragment in err and "--max-lora-rank" in err

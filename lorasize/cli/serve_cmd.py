@@ -197,6 +197,7 @@ def serve(ctx: click.Context, as_json: bool, **p) -> int:
                      engine=p["engine"].lower(), max_lora_rank=p["max_lora_rank"],
                      gpu_memory_utilization=p["gpu_memory_utilization"],
                      adapter_memory_fraction=p["adapter_memory_fraction"])
+    _check_engine_rank(spec, lora, train)
     result = run_estimate(model, lora, train, gpu=gpu, serve=spec)
     capacity = result.serving
     data = dict(capacity.to_dict(), model=model.name, gpu=gpu.name,
@@ -208,13 +209,41 @@ def serve(ctx: click.Context, as_json: bool, **p) -> int:
     fleet = _fleet(p, model, lora, train, gpu, spec)
     if fleet:
         data["fleet"] = fleet
-    performance = _performance(p, model, result, train, gpu, capacity)
+    performance = _performance(p, model, result, train, gpu, capacity) \
+        if capacity.adapters > 0 else None
     data["performance"] = performance.to_dict() if performance else None
+    data["fits"] = capacity.adapters > 0
     if as_json:
         click.echo(json.dumps(data, indent=2))
-        return 0
-    click.echo(_render_serve(data))
+    else:
+        click.echo(_render_serve(data))
+    if not data["fits"]:
+        needed = capacity.base_bytes + capacity.kv_cache_bytes
+        if needed >= gpu.memory_bytes:
+            message = (f"does not fit {gpu.name}: the base and KV cache alone need "
+                       f"{format_bytes(needed, 'GiB')} of its {format_bytes(gpu.memory_bytes, 'GiB')}")
+        else:
+            message = (f"no adapter fits {gpu.name}: the base ({format_bytes(capacity.base_bytes, 'GiB')}) "
+                       f"and KV cache ({format_bytes(capacity.kv_cache_bytes, 'GiB')}) leave no room "
+                       f"for one adapter ({format_bytes(capacity.adapter_bytes)})")
+        click.echo(message, err=True)
+        return 1
     return 0
+
+
+def _check_engine_rank(spec: ServeSpec, lora, train) -> None:
+    """What vLLM and SGLang would refuse at start-up or when loading the adapter."""
+    from ..serving.serve import VLLM_LORA_RANKS
+
+    rank = spec.max_lora_rank
+    if rank is None or train.method == "full":
+        return
+    if spec.engine == "vllm" and rank not in VLLM_LORA_RANKS:
+        raise LorasizeError(f"vLLM accepts {', '.join(map(str, VLLM_LORA_RANKS))} "
+                            f"(vllm/config/lora.py), got {rank}", source="--max-lora-rank")
+    if spec.engine in ("vllm", "sglang") and rank < lora.r:
+        raise LorasizeError(f"{spec.engine} refuses an adapter of rank {lora.r} in slots of rank "
+                            f"{rank}: give --max-lora-rank {lora.r} or more", source="--max-lora-rank")
 
 
 def _performance(p: dict, model, result, train, gpu, capacity):
