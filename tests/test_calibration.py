@@ -132,3 +132,11 @@ def test_gpu_profiles_feed_the_fit(tmp_path, cli):
     _, out, _ = cli(*args)
     # the shipped calibration has no profiles: the step-time model times the step
     assert json.loads(out)["time"]["model"] == "step"
+
+
+def test_calibrate_refuses_to_fit_nothing(tmp_path, cli):
+    empty = tmp_path / "profiles"
+    empty.mkdir()
+    out = tmp_path / "c.json"
+    code, _, err = cli("calibrate", "--profiles", str(empty), "--out", str(out))
+    assert code == 2 and "no usable row" in err and not out.exists()

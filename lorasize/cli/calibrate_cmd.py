@@ -51,6 +51,10 @@ def calibrate(measurements: str | None, profiles: str | None, out: str) -> int:
         device += more_device
         rows += [f"profile:{n}" for n in names]
     sources = " and ".join(x for x in (measurements and Path(measurements).name, profiles) if x)
+    if not (reserved or device or times):
+        raise LorasizeError("no usable row: nothing to fit (GPU profiles of training steps, or "
+                            "measurement rows of peak_reserved / nvidia_smi on one GPU, are "
+                            "needed); no file written", source=profiles or measurements)
     calibration, report = fit(reserved, device, f"fitted from {sources}")
     calibration = replace(calibration, mfu=fit_mfu(times))
     report["rows"] = rows
