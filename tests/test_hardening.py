@@ -77,3 +77,15 @@ def test_targets_matching_nothing_are_refused():
 
     with pytest.raises(LorasizeError, match="adapts no module"):
         resolve_targets(resolve_model("deepseek-v3"), LoraSpec(targets=("qv",)))
+
+
+def test_the_gpu_extra_brings_pynvml_and_the_error_names_it():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml")
+                            .read_text())["project"]
+    gpu = project["optional-dependencies"]["gpu"]
+    assert any(d.startswith("nvidia-ml-py") for d in gpu) and "lorasize[torch]" in gpu
+    source = (Path(__file__).resolve().parent.parent / "lorasize" / "profile" / "backends.py")
+    assert 'pip install \\"lorasize[gpu]\\"' in source.read_text()

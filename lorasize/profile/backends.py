@@ -100,7 +100,7 @@ def nvml_handle(index: int = 0):
     try:
         import pynvml
     except ImportError:
-        raise LorasizeError("reading GPU memory needs nvidia-ml-py: pip install \"lorasize[torch]\"",
+        raise LorasizeError("reading GPU memory needs nvidia-ml-py: pip install \"lorasize[gpu]\"",
                             source="--device") from None
     try:
         pynvml.nvmlInit()
