@@ -75,14 +75,20 @@ def test_every_shipped_profile_loads():
     assert profiles, "profiles/ holds at least the example CPU profile"
 
 
-def test_inference_profile_adapter_memory_matches_the_serving_model(cli, tiny_model, tmp_path):
+def test_inference_profile_adapter_memory_matches_the_serving_model(cli, tiny_model, tmp_path,
+                                                                    monkeypatch):
     """PEFT's real load_adapter, K times: the memory each adapter adds is what `serve` predicts
-    for PEFT (fp32 adapters)."""
+    for PEFT (fp32 adapters). The output folder is created; the adapter saved for the run is
+    removed afterwards."""
+    import tempfile
+
     from lorasize.arch.lora import resolve_targets
     from lorasize.serving.serve import adapter_resident_bytes
 
-    out = tmp_path / "profiles"
-    out.mkdir()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "new" / "profiles"  # does not exist yet
     code, stdout, err = cli("profile", "-m", str(tiny_model), "-r", "8", "-t", "all", "-s", "16",
                             "--device", "cpu", "--steps", "1", "--inference", "4",
                             "--new-tokens", "4", "--out", str(out), "--json")
@@ -93,6 +99,15 @@ def test_inference_profile_adapter_memory_matches_the_serving_model(cli, tiny_mo
     assert inference["bytes_per_adapter"] == expected
     assert len(inference["adapter_load_seconds"]) == 3
     assert set(inference["generate_seconds"]) == {"base", "unmerged", "merged"}
+    assert len(list(out.glob("*.json"))) == 1
+    assert not list(scratch.glob("lorasize-adapter-*"))
+
+
+def test_profile_out_that_is_a_file_is_one_line(cli, tiny_model, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = cli("profile", "-m", str(tiny_model), "--device", "cpu", "--out", str(blocker))
+    assert code == 2 and "--out" in err and "not a folder" in err
 
 
 def test_sweep_runs_each_point_in_its_own_process(cli, tiny_model, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -80,9 +81,7 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
         raise LorasizeError("must be above 0 (and --warmup 0 or more)", source="--steps")
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
-    folder = Path(out)
-    if not folder.is_dir():
-        raise LorasizeError("the folder does not exist", source=str(folder))
+    folder = _out_folder(out)
     from ..profile.runner import profile_training
 
     if adapters < 0 or new_tokens <= 0:
@@ -175,13 +174,26 @@ def _distributed(model, lora, train, p: dict, gpus: int, sharding: str, steps: i
     return 0
 
 
+def _out_folder(out: str) -> Path:
+    """The output folder, created when missing (with its parents); one line when it cannot be."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise LorasizeError("exists and is not a folder", source="--out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LorasizeError(f"cannot create the folder ({exc.strerror})", source="--out") from None
+    if not os.access(folder, os.W_OK):
+        raise LorasizeError("the folder is not writable", source="--out")
+    return folder
+
+
 def _sweep(path: str, out: str, as_json: bool, defaults: dict) -> int:
     from ..profile.sweep import load_sweep, run_point
     from ..plan.render import table
 
     points, options = load_sweep(path)
-    if not Path(out).is_dir():
-        raise LorasizeError("the folder does not exist", source=out)
+    _out_folder(out)
     options = dict(defaults, **options)
     rows = []
     with click.progressbar(points, label="profiling", file=click.get_text_stream("stderr"),

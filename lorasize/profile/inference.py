@@ -47,34 +47,34 @@ def profile_inference(model: ModelSpec, lora: LoraSpec, train: TrainSpec, adapte
         base.eval()
         for param in base.parameters():
             param.requires_grad_(False)
-        folder = tempfile.mkdtemp(prefix="lorasize-adapter-")
-        donor = build(model, lora, TrainSpec(method="full", dtype=train.dtype))
-        get_peft_model(donor, _peft_config(model, lora)).save_pretrained(folder)
-        del donor
-        live = backend.live_bytes
-        with backend.context():
-            before = live()
-            first_seconds, peft_model = _timed(PeftModel.from_pretrained, base, folder,
-                                               adapter_name="a0")
-            points = [(1, live() - before)]
-            load_seconds = []
-            for index in range(1, adapters):
-                seconds, _ = _timed(peft_model.load_adapter, folder, adapter_name=f"a{index}")
-                load_seconds.append(seconds)
-                points.append((index + 1, live() - before))
-            set_seconds, _ = _timed(peft_model.set_adapter, "a1" if adapters > 1 else "a0")
-            ids = torch.randint(0, model.vocab_size, (1, prompt_tokens))
-            generate = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            peft_model.generate(input_ids=ids, **generate)  # warm-up
-            unmerged, _ = _timed(peft_model.generate, input_ids=ids, **generate)
-            with peft_model.disable_adapter():
-                base_only, _ = _timed(peft_model.generate, input_ids=ids, **generate)
-            if adapters > 1:
-                delete_seconds, _ = _timed(peft_model.delete_adapter, f"a{adapters - 1}")
-            else:
-                delete_seconds = None
-            merged_model = peft_model.merge_and_unload()
-            merged, _ = _timed(merged_model.generate, input_ids=ids, **generate)
+        with tempfile.TemporaryDirectory(prefix="lorasize-adapter-") as folder:
+            donor = build(model, lora, TrainSpec(method="full", dtype=train.dtype))
+            get_peft_model(donor, _peft_config(model, lora)).save_pretrained(folder)
+            del donor
+            live = backend.live_bytes
+            with backend.context():
+                before = live()
+                first_seconds, peft_model = _timed(PeftModel.from_pretrained, base, folder,
+                                                   adapter_name="a0")
+                points = [(1, live() - before)]
+                load_seconds = []
+                for index in range(1, adapters):
+                    seconds, _ = _timed(peft_model.load_adapter, folder, adapter_name=f"a{index}")
+                    load_seconds.append(seconds)
+                    points.append((index + 1, live() - before))
+                set_seconds, _ = _timed(peft_model.set_adapter, "a1" if adapters > 1 else "a0")
+                ids = torch.randint(0, model.vocab_size, (1, prompt_tokens))
+                generate = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+                peft_model.generate(input_ids=ids, **generate)  # warm-up
+                unmerged, _ = _timed(peft_model.generate, input_ids=ids, **generate)
+                with peft_model.disable_adapter():
+                    base_only, _ = _timed(peft_model.generate, input_ids=ids, **generate)
+                if adapters > 1:
+                    delete_seconds, _ = _timed(peft_model.delete_adapter, f"a{adapters - 1}")
+                else:
+                    delete_seconds = None
+                merged_model = peft_model.merge_and_unload()
+                merged, _ = _timed(merged_model.generate, input_ids=ids, **generate)
     return {
         "adapters_loaded": adapters, "base_load_seconds": round(base_seconds, 4),
         "first_adapter_load_seconds": round(first_seconds, 4),
