@@ -89,3 +89,55 @@ def test_the_gpu_extra_brings_pynvml_and_the_error_names_it():
     assert any(d.startswith("nvidia-ml-py") for d in gpu) and "lorasize[torch]" in gpu
     source = (Path(__file__).resolve().parent.parent / "lorasize" / "profile" / "backends.py")
     assert 'pip install \\"lorasize[gpu]\\"' in source.read_text()
+
+
+def test_files_keep_their_mode_links_and_read_only_protection(tmp_path):
+    import stat
+
+    from lorasize.errors import LorasizeError
+    from lorasize.files import write_atomic
+
+    private = tmp_path / "private.yaml"
+    private.write_text("old")
+    private.chmod(0o600)
+    write_atomic(private, "new")
+    assert private.read_text() == "new" and stat.S_IMODE(private.stat().st_mode) == 0o600
+
+    target = tmp_path / "real.yaml"
+    target.write_text("old")
+    link = tmp_path / "link.yaml"
+    link.symlink_to(target)
+    write_atomic(link, "through")
+    assert link.is_symlink() and target.read_text() == "through"
+
+    frozen = tmp_path / "frozen.yaml"
+    frozen.write_text("keep")
+    frozen.chmod(0o444)
+    with pytest.raises(LorasizeError, match="read-only"):
+        write_atomic(frozen, "lost")
+    assert frozen.read_text() == "keep"
+
+
+@pytest.mark.parametrize("args,flag", [
+    (("report", "examples/plan.yaml", "--out", "{dir}"), "--out"),
+    (("report", "examples/plan.yaml", "--out", "{missing}/r.html"), "--out"),
+    (("calibrate", "--out", "{readonly}"), "--out"),
+    (("check", "memory-budgets.yaml", "--junit", "{missing}/j.xml"), "--junit"),
+    (("check", "{readonly}", "--update-baseline"), "--update-baseline"),
+    (("profile", "-m", "gpt2", "--device", "cpu", "--out", "{dir}", "--timeline",
+      "{missing}/t.html"), "--timeline"),
+])
+def test_output_paths_are_checked_before_the_work(cli, tmp_path, args, flag):
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readonly = tmp_path / "budgets.yaml"
+    shutil.copy(root / "memory-budgets.yaml", readonly)
+    readonly.chmod(0o444)
+    values = {"dir": str(tmp_path), "missing": str(tmp_path / "nope"), "readonly": str(readonly)}
+    filled = [a.format(**values) if "{" in a else (str(root / a) if a.endswith((".yaml",)) else a)
+              for a in args]
+    code, out, err = cli(*filled)
+    assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, err
+    assert readonly.read_text() == (root / "memory-budgets.yaml").read_text()

@@ -32,6 +32,9 @@ def calibrate(measurements: str | None, profiles: str | None, out: str) -> int:
       lorasize calibrate -o my-calibration.json
       lorasize calibrate --profiles profiles/ -o my-calibration.json
     """
+    from ..files import check_writable
+
+    check_writable(out, "--out")
     if not measurements and not profiles:
         from ..measurements import MEMORY
 

@@ -38,6 +38,12 @@ def check(budgets: str, mode: str, profiles: str | None, update_baseline: bool,
       lorasize check memory-budgets.yaml --junit report.xml
       lorasize check memory-budgets.yaml --update-baseline
     """
+    from ..files import check_writable
+
+    if junit:
+        check_writable(junit, "--junit")
+    if update_baseline:
+        check_writable(budgets, "--update-baseline")
     started = time.perf_counter()
     result = run_check(budgets, mode=mode.lower(), profiles=profiles,
                        update_baseline=update_baseline)

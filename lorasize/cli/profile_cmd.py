@@ -81,6 +81,11 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
         raise LorasizeError("must be above 0 (and --warmup 0 or more)", source="--steps")
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
+    from ..files import check_writable
+
+    for flag, value in (("--timeline", timeline), ("--memory-snapshot", memory_snapshot)):
+        if value:
+            check_writable(value, flag)
     folder = _out_folder(out)
     from ..profile.runner import profile_training
 

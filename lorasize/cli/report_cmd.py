@@ -23,7 +23,10 @@ def report(plan: str, out: str) -> int:
     Example:
       lorasize report examples/plan.yaml --out report.html
     """
+    from ..files import check_writable
+
     parsed = load_plan(plan)
+    check_writable(out, "--out")
     with click.progressbar(length=steps(parsed), label="computing", file=click.get_text_stream("stderr")) as bar:
         charts = write_report(parsed, out, progress=bar.update)
     click.echo(f"wrote {out} ({charts} charts)")
