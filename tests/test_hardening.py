@@ -141,3 +141,21 @@ def test_output_paths_are_checked_before_the_work(cli, tmp_path, args, flag):
     code, out, err = cli(*filled)
     assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, err
     assert readonly.read_text() == (root / "memory-budgets.yaml").read_text()
+
+
+def test_estimate_loads_only_its_own_command():
+    """Subcommands are imported lazily: a cold estimate loads none of the others' modules."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from lorasize.cli import main; "
+              "main(['estimate', '--model', 'llama2-7b', '--gpu', 'a100-40gb', '--json']); "
+              "print('\\n'.join(sorted(sys.modules)), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    loaded = set(done.stderr.split())
+    assert "lorasize.cli.estimate_cmd" in loaded
+    for other in ("report_cmd", "profile_cmd", "check_cmd", "calibrate_cmd", "trace_cmd",
+                  "serve_cmd", "validate_cmd", "inspect_cmd"):
+        assert f"lorasize.cli.{other}" not in loaded
+    assert not {"torch", "pandas", "plotly", "transformers", "numpy"} & loaded

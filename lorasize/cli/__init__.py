@@ -18,8 +18,36 @@ EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
-                              "terminal_width": 100})
+# Each command's module, imported only when that command runs (or help lists them): a cold
+# `lorasize estimate` loads none of report, profile, check, calibrate, trace or serve.
+COMMANDS = {
+    "estimate": ("estimate_cmd", "estimate"), "trace": ("trace_cmd", "trace"),
+    "profile": ("profile_cmd", "profile"), "models": ("catalog_cmds", "models"),
+    "gpus": ("catalog_cmds", "gpus"), "inspect": ("inspect_cmd", "inspect"),
+    "serve": ("serve_cmd", "serve"), "fit": ("serve_cmd", "fit"),
+    "report": ("report_cmd", "report"), "validate": ("validate_cmd", "validate"),
+    "calibrate": ("calibrate_cmd", "calibrate"), "check": ("check_cmd", "check"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module when the command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        import importlib
+
+        module, attr = COMMANDS[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
+
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                               "terminal_width": 100})
 @click.version_option(__version__, prog_name="lorasize")
 def cli() -> None:
     """Know what LoRA and QLoRA fine-tuning and adapter serving cost before you rent the GPU.
@@ -31,26 +59,6 @@ def cli() -> None:
       lorasize models
       lorasize inspect ./my-adapter
     """
-
-
-def _register() -> None:
-    from .catalog_cmds import gpus, models
-    from .estimate_cmd import estimate
-    from .inspect_cmd import inspect
-    from .report_cmd import report
-    from .serve_cmd import fit, serve
-    from .calibrate_cmd import calibrate
-    from .check_cmd import check
-    from .profile_cmd import profile
-    from .trace_cmd import trace
-    from .validate_cmd import validate
-
-    for command in (estimate, trace, profile, models, gpus, inspect, serve, fit, report, validate,
-                    calibrate, check):
-        cli.add_command(command)
-
-
-_register()
 
 
 def _one_line(message: str) -> str:
