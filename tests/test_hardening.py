@@ -159,3 +159,13 @@ def test_estimate_loads_only_its_own_command():
                   "serve_cmd", "validate_cmd", "inspect_cmd"):
         assert f"lorasize.cli.{other}" not in loaded
     assert not {"torch", "pandas", "plotly", "transformers", "numpy"} & loaded
+
+
+def test_serve_offers_only_the_options_serving_uses(cli):
+    code, out, _ = cli("serve", "--help")
+    assert code == 0
+    for training in ("--optimizer", "--batch-size", "--grad-accum", "--grad-checkpointing",
+                     "--kbit-prep", "--seq-len", "--adapter-train-dtype"):
+        assert training not in out
+    for serving in ("--engine", "--concurrency", "--quant", "--max-lora-rank", "--batch"):
+        assert serving in out

@@ -59,12 +59,14 @@ def build_specs(ctx: click.Context, p: dict):
                        f"trains) and are ignored", err=True)
     lora = LoraSpec(r=r, alpha=float(alpha if alpha is not None else 2 * r),
                     targets=targets, dropout=float(dropout or 0.0), dora=dora, variant=variant)
+    # commands without the training flags (serve) get TrainSpec's defaults for them
     train = TrainSpec(
         method=p["method"].lower(), quant=p["quant"].lower() if p["quant"] else None,
         double_quant=p["double_quant"], dtype=p["dtype"].lower(),
-        optimizer=p["optimizer"].lower(), batch_size=p["batch_size"], seq_len=p["seq_len"],
-        grad_checkpointing=p["grad_checkpointing"], attn=p["attn"].lower(),
-        kbit_prep=p["kbit_prep"], stack=p["stack"].lower(),
+        optimizer=p.get("optimizer", "adamw").lower(), batch_size=p.get("batch_size", 1),
+        seq_len=p.get("seq_len", 512), grad_checkpointing=p.get("grad_checkpointing"),
+        attn=p.get("attn", "sdpa").lower(), kbit_prep=p.get("kbit_prep"),
+        stack=p.get("stack", "hf-peft").lower(),
         adapter_train_dtype=(p.get("adapter_train_dtype") or "").lower() or None,
         grad_accum=1 if p.get("grad_accum") is None else p["grad_accum"],
         kernels=(p.get("kernels") or "eager").lower(), autocast=p.get("autocast", True),

@@ -57,6 +57,20 @@ def lora_options(func):
     ])(func)
 
 
+def base_options(func):
+    """--method, --quant, --double-quant, --dtype: the base model as served (no training flags)."""
+    return _apply([
+        click.option("--method", type=_CHOICE(("lora", "qlora")), default="lora",
+                     show_default=True, help="lora (16-bit base) or qlora (quantized base)."),
+        click.option("--quant", type=_CHOICE(("nf4", "fp4", "int8", "none")), default=None,
+                     help="Base quantization. [default: nf4 for qlora, none otherwise]"),
+        click.option("--double-quant/--no-double-quant", default=False, show_default=True,
+                     help="bitsandbytes double quantization of the 4-bit constants."),
+        click.option("--dtype", type=_CHOICE(COMPUTE_DTYPES), default="bf16", show_default=True,
+                     help="Compute and base-weight dtype."),
+    ])(func)
+
+
 def train_options(func):
     """--method, --quant, --dtype, --optimizer, batch, sequence, checkpointing, attention."""
     return _apply([

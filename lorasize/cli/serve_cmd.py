@@ -19,7 +19,8 @@ from ..specs import ENGINES, ServeSpec, TrainSpec
 from ..units import format_bytes
 from ..memory.weights import static_bytes
 from .estimate_cmd import build_gpu, build_shard, build_specs
-from .options import lora_options, model_options, output_options, shard_options, train_options
+from .options import (base_options, lora_options, model_options, output_options, shard_options,
+                      train_options)
 
 
 def _require_gpu(p: dict):
@@ -163,7 +164,7 @@ def _fleet(p: dict, model, lora, train, gpu, serve) -> list[dict] | None:
 @click.command()
 @model_options
 @lora_options
-@train_options
+@base_options
 @_gpu_options
 @_serve_options
 @output_options
@@ -184,10 +185,6 @@ def serve(ctx: click.Context, as_json: bool, **p) -> int:
     p.setdefault("adapter_dtype", "fp32")
     if p["quant"] and p["quant"].lower() != "none" and p["method"].lower() == "lora":
         p["method"] = "qlora"
-    if p["method"].lower() == "full":
-        raise LorasizeError("serve counts adapters beside a base model; a fully fine-tuned model "
-                            "is a base of its own: use --method lora or qlora with the adapter "
-                            "you will serve", source="--method")
     model, lora, train = build_specs(ctx, p)
     gpu = _require_gpu(p)
     for flag in ("max_seq_len", "concurrency"):
