@@ -169,3 +169,30 @@ def test_serve_offers_only_the_options_serving_uses(cli):
         assert training not in out
     for serving in ("--engine", "--concurrency", "--quant", "--max-lora-rank", "--batch"):
         assert serving in out
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9", "http://10.255.255.1:81"])
+def test_an_unreachable_hub_fails_fast_in_one_line(cli, monkeypatch, tmp_path, endpoint):
+    """A Hub id with no cached config: one TCP connection with a 2 s bound, not half a minute
+    of huggingface_hub's retries (a refused port, and an address that never answers)."""
+    import time
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    start = time.perf_counter()
+    code, _, err = cli("estimate", "-m", "someorg/not-cached")
+    assert time.perf_counter() - start < 5
+    assert code == 2 and "cannot reach the Hugging Face Hub" in err and "config.json" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_offline_mode_and_the_cache(monkeypatch, tmp_path, cli):
+    from lorasize.arch.resolve import _in_hub_cache
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert not _in_hub_cache("org/model")
+    (tmp_path / "models--org--model" / "snapshots").mkdir(parents=True)
+    assert _in_hub_cache("org/model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = cli("estimate", "-m", "someorg/not-cached")
+    assert code == 2 and "HF_HUB_OFFLINE" in err

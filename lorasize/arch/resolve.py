@@ -46,12 +46,14 @@ def resolve_model(text: str, flag: str = "--model") -> ModelSpec:
 
 
 def _from_hub(repo_id: str, flag: str) -> ModelSpec:
-    try:
-        import transformers  # noqa: F401  (heavy: only for Hub ids)
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
         raise LorasizeError(
             f"'{repo_id}' is not in the catalog and reading Hub configs needs transformers: "
-            f"pip install \"lorasize[torch]\", or pass a config.json path", source=flag) from None
+            f"pip install \"lorasize[torch]\", or pass a config.json path", source=flag)
+    if not _in_hub_cache(repo_id):
+        _hub_reachable(repo_id, flag)  # before importing transformers (seconds): fail fast
     from transformers import AutoConfig
 
     import contextlib
@@ -71,6 +73,56 @@ def _from_hub(repo_id: str, flag: str) -> ModelSpec:
     finally:
         logging.disable(logging.NOTSET)
     return ModelSpec.from_hf_config(config, name=repo_id, source=f"hub:{repo_id}")
+
+
+# How long to wait for the Hub's host before saying it cannot be reached (huggingface_hub
+# would otherwise retry for about half a minute).
+HUB_CONNECT_SECONDS = 2.0
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether huggingface_hub's cache holds a snapshot of ``repo_id`` (its folder layout:
+    ``<HF_HUB_CACHE>/models--<org>--<name>/snapshots``)."""
+    import os
+    from pathlib import Path
+
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                     "huggingface")
+    cache = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+                 or os.path.join(home, "hub"))
+    return (cache / ("models--" + repo_id.replace("/", "--")) / "snapshots").is_dir()
+
+
+def _hub_reachable(repo_id: str, flag: str) -> None:
+    """One TCP connection to the Hub's host within :data:`HUB_CONNECT_SECONDS`, or a one-line
+    error (offline mode, HF_HUB_OFFLINE=1, says so too)."""
+    import os
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    advice = "download its config.json and pass the path"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise LorasizeError(f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                            f"is set; {advice}", source=flag)
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    failure: list[str] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=HUB_CONNECT_SECONDS).close()
+        except OSError as exc:
+            failure.append(exc.strerror or type(exc).__name__)
+
+    # a thread bounds the name lookup too, which create_connection's timeout does not
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(HUB_CONNECT_SECONDS)
+    if worker.is_alive() or failure:
+        reason = failure[0] if failure else f"no answer in {HUB_CONNECT_SECONDS:g} s"
+        raise LorasizeError(f"cannot reach the Hugging Face Hub at {host} ({reason}) to read "
+                            f"'{repo_id}'; {advice}", source=flag)
 
 
 @dataclass(frozen=True)
