@@ -179,6 +179,7 @@ def test_an_unreachable_hub_fails_fast_in_one_line(cli, monkeypatch, tmp_path, e
 
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     start = time.perf_counter()
     code, _, err = cli("estimate", "-m", "someorg/not-cached")
     assert time.perf_counter() - start < 5
