@@ -183,8 +183,10 @@ def test_an_unreachable_hub_fails_fast_in_one_line(cli, monkeypatch, tmp_path, e
     start = time.perf_counter()
     code, _, err = cli("estimate", "-m", "someorg/not-cached")
     assert time.perf_counter() - start < 5
-    assert code == 2 and "cannot reach the Hugging Face Hub" in err and "config.json" in err
+    assert code == 2 and "Hugging Face Hub" in err and "config.json" in err
     assert len(err.strip().splitlines()) == 1
+    if endpoint.startswith("http://127.0.0.1"):  # refused: caught before transformers loads
+        assert "cannot reach" in err
 
 
 def test_offline_mode_and_the_cache(monkeypatch, tmp_path, cli):
