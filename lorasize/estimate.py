@@ -361,7 +361,8 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     peak = sum(breakdown.values())
     head_dtype = "fp32" if train.upcasts_to_fp32 else train.dtype
     file_size = adapter_file_bytes(model, targets, adapter_dtype, dora, head_dtype) if targets else 0
-    notes = _notes(model, lora, train, targets) + probe_note + shard_notes(train, shard)
+    notes = (_notes(model, lora, train, targets) + probe_note + shard_notes(train, shard)
+             + hardware_notes(train, gpu))
     result = Estimate(
         model=model, lora=lora, train=train, targets=targets, base_params=static.base_params,
         trainable_params=static.trainable_params, adapter_file_bytes=file_size,
@@ -448,6 +449,25 @@ def _probe_layers(model: ModelSpec, lora: LoraSpec,
     return measured, (f"activations of {names} layers measured by the layer probe (the real "
                       f"layer code under fake tensors{where}; torch fallbacks of optional CUDA "
                       f"kernels: an upper bound where mamba-ssm or fla kernels run)",)
+
+
+# Architectures before Ampere have no bf16 tensor cores, and flash-attn 2 needs Ampere or newer
+# (flash-attn's README: "Ampere, Ada, or Hopper GPUs"; NVIDIA's Turing and Volta whitepapers).
+PRE_AMPERE = ("volta", "turing")
+
+
+def hardware_notes(train: TrainSpec, gpu: GpuSpec | None) -> tuple[str, ...]:
+    """Settings the GPU cannot run as asked."""
+    if gpu is None or gpu.arch not in PRE_AMPERE:
+        return ()
+    notes = []
+    if train.dtype == "bf16":
+        notes.append(f"{gpu.name} ({gpu.arch}) has no bf16 tensor cores: bf16 runs emulated "
+                     f"and slowly; train with --dtype fp16 on this GPU")
+    if train.attn == "flash":
+        notes.append(f"flash-attn 2 needs an Ampere or newer GPU; {gpu.name} ({gpu.arch}) "
+                     f"cannot run it: use --attn sdpa (PyTorch's memory-efficient kernel)")
+    return tuple(notes)
 
 
 def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,

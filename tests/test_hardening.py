@@ -199,3 +199,19 @@ def test_offline_mode_and_the_cache(monkeypatch, tmp_path, cli):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = cli("estimate", "-m", "someorg/not-cached")
     assert code == 2 and "HF_HUB_OFFLINE" in err
+
+
+@pytest.mark.parametrize("method,hint", [("dora", "--dora"), ("vera", "--variant vera")])
+def test_a_variant_given_as_a_method_points_to_its_flag(cli, method, hint):
+    code, _, err = cli("estimate", "-m", "llama2-7b", "--method", method)
+    assert code == 2 and hint in err and len(err.strip().splitlines()) == 1
+
+
+def test_settings_the_gpu_cannot_run_are_noted(cli):
+    code, out, _ = cli("estimate", "-m", "llama2-7b", "--gpu", "t4", "--attn", "flash", "--json")
+    notes = " ".join(json.loads(out)["notes"])
+    assert "no bf16 tensor cores" in notes and "flash-attn 2 needs an Ampere" in notes
+    code, out, _ = cli("estimate", "-m", "llama2-7b", "--gpu", "a100-40gb", "--attn", "flash",
+                       "--json")
+    notes = " ".join(json.loads(out)["notes"])
+    assert "tensor cores" not in notes and "flash-attn 2 needs" not in notes

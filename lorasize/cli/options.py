@@ -15,6 +15,28 @@ from ..specs import ADAPTER_DTYPES, COMPUTE_DTYPES, KERNELS, METHODS, STACKS
 _CHOICE = functools.partial(click.Choice, case_sensitive=False)
 
 
+class HintedChoice(click.Choice):
+    """A choice that points a near miss to the flag that means it (``--method dora``: DoRA is
+    ``--dora``, a variant of LoRA)."""
+
+    def __init__(self, choices, hints: dict[str, str]):
+        super().__init__(choices, case_sensitive=False)
+        self.hints = hints
+
+    def convert(self, value, param, ctx):
+        hint = self.hints.get(str(value).lower())
+        if hint:
+            self.fail(f"'{value}' is not a method: {hint}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+# Adapters that people name as methods but lorasize (like PEFT) takes as a variant of LoRA.
+METHOD_HINTS = {"dora": "give --dora (with --method lora or qlora)",
+                **{v: f"give --variant {v} (with --method lora or qlora)"
+                   for v in ("rslora", "lora-fa", "vera", "loraplus", "adalora", "loha", "lokr",
+                             "ia3")}}
+
+
 def _apply(options):
     def decorator(func):
         for option in reversed(options):
@@ -60,8 +82,9 @@ def lora_options(func):
 def base_options(func):
     """--method, --quant, --double-quant, --dtype: the base model as served (no training flags)."""
     return _apply([
-        click.option("--method", type=_CHOICE(("lora", "qlora")), default="lora",
-                     show_default=True, help="lora (16-bit base) or qlora (quantized base)."),
+        click.option("--method", type=HintedChoice(("lora", "qlora"), METHOD_HINTS),
+                     default="lora", show_default=True,
+                     help="lora (16-bit base) or qlora (quantized base)."),
         click.option("--quant", type=_CHOICE(("nf4", "fp4", "int8", "none")), default=None,
                      help="Base quantization. [default: nf4 for qlora, none otherwise]"),
         click.option("--double-quant/--no-double-quant", default=False, show_default=True,
@@ -74,7 +97,8 @@ def base_options(func):
 def train_options(func):
     """--method, --quant, --dtype, --optimizer, batch, sequence, checkpointing, attention."""
     return _apply([
-        click.option("--method", type=_CHOICE(METHODS), default="lora", show_default=True,
+        click.option("--method", type=HintedChoice(METHODS, METHOD_HINTS), default="lora",
+                     show_default=True,
                      help="lora (16-bit base), qlora (quantized base) or full fine-tuning."),
         click.option("--quant", type=_CHOICE(("nf4", "fp4", "int8", "none")), default=None,
                      help="Base quantization. [default: nf4 for qlora, none otherwise]"),
