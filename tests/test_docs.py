@@ -22,3 +22,21 @@ def test_readme_quickstart_commands_exist():
     test_command = next(line for line in ci.splitlines() if "pytest" in line)
     assert test_command.strip() in readme
     assert "lorasize estimate --model llama2-7b" in readme
+
+
+def test_readme_marks_commands_and_output_apart():
+    """Every fenced block says what it holds: bash (commands to run), console (a transcript
+    with $ prompts), text (output), or a file's language."""
+    import re
+
+    for name in ("README.md", "docs/performance.md"):
+        text = (ROOT / name).read_text()
+        blocks = re.findall(r"^```(\w*)\n(.*?)^```$", text, re.M | re.S)
+        assert blocks
+        for language, body in blocks:
+            assert language in ("bash", "console", "text", "python", "yaml", "json"), (name, body[:60])
+            if language == "bash":
+                assert not any(line.startswith(("$ ", "Throughput", "lorasize:"))
+                               for line in body.splitlines())
+            if language == "console":
+                assert body.startswith("$ ")
