@@ -139,3 +139,19 @@ def test_timeline_and_snapshot_options(cli, tiny_model, tmp_path):
     code, _, err = cli("profile", "-m", str(tiny_model), "--device", "cpu", "--out", str(out),
                        "--memory-snapshot", str(tmp_path / "s.pickle"))
     assert code == 2 and "--memory-snapshot" in err and "GPU" in err
+
+
+def test_running_out_of_host_memory_is_a_result(cli, tmp_path):
+    """A model larger than the machine's memory: torch's CPU allocator refuses, and the profile
+    records the OOM (exit 1, like a GPU OOM), not an internal error."""
+    config = tmp_path / "huge.json"
+    config.write_text(json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 65536,
+        "intermediate_size": 131072, "num_hidden_layers": 4, "num_attention_heads": 64,
+        "num_key_value_heads": 64, "vocab_size": 1_000_000, "max_position_embeddings": 128}))
+    code, out, err = cli("profile", "-m", str(config), "--device", "cpu", "-s", "8", "--out",
+                         str(tmp_path / "p"), "--json")
+    assert code == 1, err
+    profile = json.loads(out)
+    assert profile["measurements"]["oom"] is True and profile["measurements"]["oom_at"] == "load"
+    assert len(list((tmp_path / "p").glob("*.json"))) == 1

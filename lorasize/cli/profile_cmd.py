@@ -113,7 +113,7 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
     m = data["measurements"]
     if as_json:
         click.echo(json.dumps(dict(data, path=str(path)), indent=2))
-        return 0
+        return 1 if m["oom"] else 0  # out of memory: the step does not fit, as with estimate
     if m["oom"]:
         click.echo(f"out of memory: recorded in {path}")
         return 1

@@ -35,13 +35,13 @@ def _version(package: str) -> str | None:
 def _versions(backend) -> dict:
     versions = {name: _version(name) for name in ("torch", "transformers", "peft", "bitsandbytes")}
     versions.update(lorasize=__version__, python=platform.python_version())
-    if backend.kind == "cuda":
+    if backend is not None and backend.kind == "cuda":
         versions["driver"] = backend.pynvml.nvmlSystemGetDriverVersion()
     return versions
 
 
 def _device(backend, index: int = 0) -> dict:
-    if backend.kind == "cuda":
+    if backend is not None and backend.kind == "cuda":
         import torch
         props = torch.cuda.get_device_properties(index)
         return {"kind": "cuda", "name": props.name, "memory_bytes": int(props.total_memory)}
@@ -63,16 +63,25 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
 
     torch.manual_seed(0)
     backend = CudaBackend() if device == "cuda" else None  # fail before the slow build
-    load_start = time.perf_counter()
-    network = build(model, lora, train, fake_mode=None, real_bnb=train.quantized)
-    if device == "cuda":
-        network = network.to("cuda")
-    else:
-        backend = TrackerBackend(network)
-    load_seconds = time.perf_counter() - load_start
     config = {"model": {"name": model.name, "hf_config": model.hf_config}, "lora": asdict(lora),
               "train": asdict(train), "steps": steps, "warmup": warmup, "gpus": 1,
               "sharding": "none"}
+    load_start = time.perf_counter()
+    try:
+        network = build(model, lora, train, fake_mode=None, real_bnb=train.quantized)
+        if device == "cuda":
+            network = network.to("cuda")
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        # the model itself does not fit: a result (oom), with no step measured
+        network = None
+        return {"schema_version": SCHEMA_VERSION, "versions": _versions(backend),
+                "device": _device(backend), "config": config,
+                "measurements": {"oom": True, "oom_at": "load", "phases": {}}}
+    if device != "cuda":
+        backend = TrackerBackend(network)
+    load_seconds = time.perf_counter() - load_start
     measurements: dict = {"oom": False, "load_seconds": round(load_seconds, 4), "phases": {}}
     ids = torch.randint(0, model.vocab_size, (train.batch_size, train.seq_len), device=device)
     optimizer = _optimizer(train, [p for p in network.parameters() if p.requires_grad])
@@ -158,11 +167,23 @@ def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, 
                         gc.collect()
                     measurements["steady_bytes"] = max(measurements.get("steady_bytes", 0),
                                                        int(backend.live_bytes()))
-    except torch.cuda.OutOfMemoryError:
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
         measurements["oom"] = True
     finally:
         measurements.update(backend.stop())
     return step_times
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device ran out of memory: CUDA's OutOfMemoryError, Python's
+    MemoryError, or torch's CPU allocator refusing (``DefaultCPUAllocator: can't allocate
+    memory``)."""
+    import torch
+
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def finish(measurements: dict, step_times: list[float], tokens: int) -> None:
