@@ -137,3 +137,27 @@ def test_bad_time_fields(tmp_path, text, fragment):
     plan.write_text(text)
     with pytest.raises(LorasizeError, match=re.escape(fragment)):
         load_plan(plan)
+
+
+def test_validation_points_are_computed_not_pasted(tmp_path):
+    """The plan names measurement ids; the estimates are computed now (a pasted number would go
+    stale when the model improves)."""
+    from lorasize.calibrate.validate import validate
+    from lorasize.measurements import MEMORY
+
+    plan = load_plan(PLAN)
+    computed = {r.id: r for r in validate(MEMORY)}
+    assert [p["estimate_bytes"] for p in plan.validation] == [
+        computed["mc-01"].predicted, computed["mc-03"].predicted]
+    assert [p["measured_bytes"] for p in plan.validation] == [
+        computed["mc-01"].measured, computed["mc-03"].measured]
+    bar = tmp_path / "bar.yaml"
+    bar.write_text("model: llama2-7b\ngpus: [a100-40gb]\nvalidation: bar\n")
+    assert len(load_plan(bar).validation) >= 30
+    for text, fragment in (("validation: [nope-1]\n", "nope-1"),
+                           ("validation: [{name: x, estimate_bytes: 1, measured_bytes: 2}]\n",
+                            "measurement ids")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("model: llama2-7b\ngpus: [a100-40gb]\n" + text)
+        with pytest.raises(LorasizeError, match=re.escape(fragment)):
+            load_plan(bad)

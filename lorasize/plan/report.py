@@ -84,6 +84,34 @@ def load_plan(path: str | Path) -> Plan:
         raise LorasizeError(str(exc), source=str(path)) from None
 
 
+def _validation_rows(value) -> tuple[dict, ...]:
+    """The estimate-against-measurement points: measurement ids of the shipped measured.csv (or
+    ``bar``: the rows of the accuracy bar), each predicted now by ``validate``'s own code."""
+    if not value:
+        return ()
+    from ..calibrate.validate import validate
+    from ..measurements import MEMORY
+
+    ids = [value] if isinstance(value, str) else value
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise LorasizeError("'validation' must list measurement ids of measured.csv (e.g. "
+                            "[mc-01, mc-03]) or be 'bar'; lorasize computes the estimates")
+    rows = {r.id: r for r in validate(MEMORY)}
+    if ids == ["bar"]:
+        chosen = [r for r in rows.values() if r.in_bar and r.rel_error is not None]
+    else:
+        unknown = [i for i in ids if i not in rows]
+        if unknown:
+            raise LorasizeError(f"'validation': no measurement '{unknown[0]}' in measured.csv")
+        chosen = [rows[i] for i in ids]
+        skipped = [r for r in chosen if r.rel_error is None]
+        if skipped:
+            raise LorasizeError(f"'validation': lorasize cannot predict '{skipped[0].id}' "
+                                f"({skipped[0].skipped})")
+    return tuple({"name": f"{r.id} ({r.metric})", "estimate_bytes": r.predicted,
+                  "measured_bytes": r.measured} for r in chosen)
+
+
 def _parse_plan(data: dict) -> Plan:
     model = resolve_model(str(_require(data, "model", "")), "model")
     gpus = tuple(gpu_from_catalog(str(g), "gpus") for g in (_require(data, "gpus", "") or []))
@@ -104,10 +132,7 @@ def _parse_plan(data: dict) -> Plan:
     adapters = int(serving.get("adapters", 1000))
     if adapters <= 0:
         raise LorasizeError("'serving.adapters' must be above 0")
-    validation = tuple(data.get("validation") or ())
-    for row in validation:
-        if not isinstance(row, dict) or not {"name", "estimate_bytes", "measured_bytes"} <= set(row):
-            raise LorasizeError("each 'validation' row needs name, estimate_bytes, measured_bytes")
+    validation = _validation_rows(data.get("validation"))
     dataset_tokens = data.get("dataset_tokens")
     if dataset_tokens is not None and (not isinstance(dataset_tokens, int)
                                        or isinstance(dataset_tokens, bool) or dataset_tokens <= 0):
