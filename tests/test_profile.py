@@ -155,3 +155,22 @@ def test_running_out_of_host_memory_is_a_result(cli, tmp_path):
     profile = json.loads(out)
     assert profile["measurements"]["oom"] is True and profile["measurements"]["oom_at"] == "load"
     assert len(list((tmp_path / "p").glob("*.json"))) == 1
+
+
+def test_gpu_acceptance_script_rehearses_on_the_cpu(tmp_path):
+    """scripts/gpu-acceptance.sh, every step but the installs, on the CPU with a tiny model:
+    the profiles it writes, the plugin's tracker backend, the 2-rank run and the summary."""
+    import os
+    import subprocess
+
+    out = tmp_path / "acceptance"
+    env = dict(os.environ, LORASIZE_ACCEPTANCE_DEVICE="cpu", LORASIZE_ACCEPTANCE_SKIP_INSTALL="1",
+               LORASIZE_ACCEPTANCE_OUT=str(out))
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-acceptance.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "step failed" not in done.stdout
+    rows = json.loads((out / "summary.json").read_text())
+    assert len(rows) == 3 and all("allocated_error" in r for r in rows)
+    assert all(abs(r["allocated_error"]) < 0.05 for r in rows)
+    assert (out / "SUMMARY.md").is_file() and (out / "timeline-lora.html").is_file()
