@@ -79,18 +79,25 @@ def lora_options(func):
     ])(func)
 
 
-def base_options(func):
-    """--method, --quant, --double-quant, --dtype: the base model as served (no training flags)."""
-    return _apply([
-        click.option("--method", type=HintedChoice(("lora", "qlora"), METHOD_HINTS),
-                     default="lora", show_default=True,
-                     help="lora (16-bit base) or qlora (quantized base)."),
+def _base_model_options() -> list:
+    """--quant, --double-quant, --dtype: how the base model's weights are held."""
+    return [
         click.option("--quant", type=_CHOICE(("nf4", "fp4", "int8", "none")), default=None,
                      help="Base quantization. [default: nf4 for qlora, none otherwise]"),
         click.option("--double-quant/--no-double-quant", default=False, show_default=True,
                      help="bitsandbytes double quantization of the 4-bit constants."),
         click.option("--dtype", type=_CHOICE(COMPUTE_DTYPES), default="bf16", show_default=True,
                      help="Compute and base-weight dtype."),
+    ]
+
+
+def base_options(func):
+    """--method, --quant, --double-quant, --dtype: the base model as served (no training flags)."""
+    return _apply([
+        click.option("--method", type=HintedChoice(("lora", "qlora"), METHOD_HINTS),
+                     default="lora", show_default=True,
+                     help="lora (16-bit base) or qlora (quantized base)."),
+        *_base_model_options(),
     ])(func)
 
 
@@ -100,12 +107,7 @@ def train_options(func):
         click.option("--method", type=HintedChoice(METHODS, METHOD_HINTS), default="lora",
                      show_default=True,
                      help="lora (16-bit base), qlora (quantized base) or full fine-tuning."),
-        click.option("--quant", type=_CHOICE(("nf4", "fp4", "int8", "none")), default=None,
-                     help="Base quantization. [default: nf4 for qlora, none otherwise]"),
-        click.option("--double-quant/--no-double-quant", default=False, show_default=True,
-                     help="bitsandbytes double quantization of the 4-bit constants."),
-        click.option("--dtype", type=_CHOICE(COMPUTE_DTYPES), default="bf16", show_default=True,
-                     help="Compute and base-weight dtype."),
+        *_base_model_options(),
         click.option("--optimizer", type=_CHOICE(OPTIMIZERS), default="adamw", show_default=True),
         click.option("--batch-size", "-b", type=int, default=1, show_default=True,
                      help="Sequences per micro-batch."),

@@ -113,16 +113,8 @@ def che_slots(popularity: Popularity, target_hit_rate: float) -> tuple[int, floa
     groups = popularity.buckets()
     if target_hit_rate >= 1:
         return popularity.adapters, 1.0
-    low, high = 0.0, 1.0
-    while _hit(groups, high) < target_hit_rate:
-        high *= 2
-    for _ in range(200):
-        middle = (low + high) / 2
-        if _hit(groups, middle) < target_hit_rate:
-            low = middle
-        else:
-            high = middle
-    slots = min(popularity.adapters, math.ceil(_occupancy(groups, high) - 1e-9))
+    t = _solve_time(lambda time: _hit(groups, time), target_hit_rate)
+    slots = min(popularity.adapters, math.ceil(_occupancy(groups, t) - 1e-9))
     return slots, che_hit_rate(popularity, slots)
 
 
@@ -135,12 +127,18 @@ def _hit(groups, t: float) -> float:
 
 
 def _characteristic_time(groups, slots: int) -> float:
+    return _solve_time(lambda time: _occupancy(groups, time), slots)
+
+
+def _solve_time(rising, target: float) -> float:
+    """The smallest time where ``rising`` (increasing in time) reaches ``target``: doubling,
+    then bisection to float precision."""
     low, high = 0.0, 1.0
-    while _occupancy(groups, high) < slots:
+    while rising(high) < target:
         high *= 2
     for _ in range(200):
         middle = (low + high) / 2
-        if _occupancy(groups, middle) < slots:
+        if rising(middle) < target:
             low = middle
         else:
             high = middle
