@@ -28,8 +28,8 @@ from ..arch.model import ModelSpec
 from ..gpu import GpuSpec
 from ..units import DTYPE_BYTES
 from .steptime import TimeParams, combine, default_params, terms
-from .work import (EAGER_TOUCHES, LAYER_KERNELS, LORA_KERNELS, QUANT_KERNELS, Gemm, StepWork,
-                   _decoder_linears, _gated)
+from .work import (EAGER_TOUCHES, LORA_KERNELS, QUANT_KERNELS, Gemm, StepWork, decoder_linears,
+                   layer_bytes, layer_kernels, quantized_weights)
 
 BATCHING_ENGINES = ("vllm", "sglang", "lorax")
 # A CUDA-graph replay launches the captured kernels without Python: about one launch's CPU cost
@@ -71,7 +71,7 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
     adapters in the batch (none when ``merged`` or ``targets`` is empty)."""
     size = int(DTYPE_BYTES[dtype])
     gemms = []
-    for m in _decoder_linears(model):
+    for m in decoder_linears(model):
         n = copies(model, m)
         if m.experts:
             touched = min(m.experts, rows * max(model.experts_per_token, 1))
@@ -86,12 +86,9 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
         lin, n = t.linear, t.copies * max(t.linear.experts, 1)
         gemms += [Gemm(per_adapter, t.rank, lin.in_features, n * adapters, "adapter"),
                   Gemm(per_adapter, lin.out_features, t.rank, n * adapters, "adapter")]
-    t = EAGER_TOUCHES
-    h, q, kv, inter = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
-    norm = t["rms_norm"] if model.norm == "rms" else t["layer_norm"]
-    per_layer = (2 * norm * h + 2 * t["residual"] * h + t["rope"] * (q + kv)
-                 + (t["gated_act"] if _gated(model) else t["act"]) * inter)
-    lora = sum(u.copies * t["lora_out"] * u.linear.out_features for u in unmerged)
+    per_layer = layer_bytes(model, dict(EAGER_TOUCHES, layout=0))  # decode: no layout copies
+    lora = sum(u.copies * EAGER_TOUCHES["lora_out"] * u.linear.out_features for u in unmerged)
+    q, kv = model.q_dim, model.kv_dim
     kv_read = (rows / prompt) * context * 2 * kv * size * model.num_layers
     elementwise = rows * (per_layer * model.num_layers + lora) + kv_read
     attention = 4.0 * rows * (context + prompt / 2) * q * model.num_layers  # QK^T and PV
@@ -99,18 +96,13 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
         kernels = GRAPH_KERNELS_PER_LAYER * model.num_layers
         stack = "hf-peft"
     else:
-        k = LAYER_KERNELS
-        layer = (2 * (k["rms_norm"] if model.norm == "rms" else k["layer_norm"])
-                 + k["projections"] + k["rope"] + k["attention"] + k["residual"] + k["mlp"]
-                 + GENERATE_KERNELS_PER_LAYER)
+        layer = layer_kernels(model) + GENERATE_KERNELS_PER_LAYER
         kernels = layer * model.num_layers + GENERATE_KERNELS_PER_TOKEN
         kernels += LORA_KERNELS * sum(u.copies for u in unmerged)
         if quantized:
-            kernels += QUANT_KERNELS * sum(copies(model, m) for m in _decoder_linears(model)
-                                           if m.quantizable)
+            kernels += QUANT_KERNELS * quantized_weights(model)[1]
         stack = "hf-peft"
-    dequant = sum(m.weight_numel * copies(model, m) for m in _decoder_linears(model)
-                  if m.quantizable) if quantized else 0
+    dequant = quantized_weights(model)[0] if quantized else 0
     return StepWork(tokens=rows, gemms=tuple(gemms), attention_flops=attention,
                     elementwise_bytes=elementwise, dequant_weights=dequant, optimizer_bytes=0.0,
                     grad_accum=1, kernels=kernels, comms=(), gpus=1, layers=model.num_layers,

@@ -127,9 +127,36 @@ class StepWork:
         return sum(g.flops for g in self.gemms) + self.attention_flops
 
 
-def _decoder_linears(model: ModelSpec):
+def decoder_linears(model: ModelSpec):
     """Block linears the text step runs (a multimodal card's vision tower is not run)."""
     return [m for m in block_linears(model) if not m.prefix]
+
+
+def quantized_weights(model: ModelSpec) -> tuple[int, int]:
+    """(weights, matrices) of the decoder that bitsandbytes quantizes."""
+    quantizable = [m for m in decoder_linears(model) if m.quantizable]
+    return (sum(m.weight_numel * copies(model, m) for m in quantizable),
+            sum(copies(model, m) for m in quantizable))
+
+
+def layer_bytes(model: ModelSpec, touches: dict) -> float:
+    """Memory-bound bytes one token moves through one decoder layer's forward (norms, residual
+    adds, rope, the MLP's activation, attention's layout copies)."""
+    t = touches
+    h, q, kv, inter = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
+    norm = t["rms_norm"] if model.norm == "rms" else t["layer_norm"]
+    gated = model.family not in ("gpt2", "gpt_neox", "falcon", "phi", "stablelm")
+    return (2 * norm * h + 2 * t["residual"] * h + t["rope"] * (q + kv)
+            + (t["gated_act"] if gated else t["act"]) * inter + t["layout"] * (2 * q + 2 * kv))
+
+
+def layer_kernels(model: ModelSpec, fused: bool = False) -> int:
+    """Kernels one decoder layer's forward launches."""
+    if fused:
+        return FUSED_LAYER_KERNELS
+    k = LAYER_KERNELS
+    norm = k["rms_norm"] if model.norm == "rms" else k["layer_norm"]
+    return 2 * norm + k["projections"] + k["rope"] + k["attention"] + k["residual"] + k["mlp"]
 
 
 # Linears that read the same input run side by side (a block's attention input projections; its
@@ -149,7 +176,7 @@ def _first_layer_skips(model: ModelSpec, adapted: set[str]) -> set[str]:
     """Linears of the first adapted layer whose input needs no gradient: every one before the
     layer's first adapted linear (in block order) and its side-by-side siblings, since nothing
     upstream of them trains (autograd skips an input gradient nothing asks for)."""
-    linears = _decoder_linears(model)
+    linears = decoder_linears(model)
     skipped = set()
     for i, m in enumerate(linears):
         if any(p.path in adapted and not _siblings(p, m) for p in linears[:i]):
@@ -174,7 +201,7 @@ def _block_output(model: ModelSpec):
     """The linear that writes a block's output (the MLP's last): checkpointing's recompute
     never runs it, since nothing saved for backward depends on its output (torch's
     non-reentrant checkpoint stops early, torch/utils/checkpoint.py ``_StopRecomputationError``)."""
-    mlp = [m for m in _decoder_linears(model) if m.group == "mlp"]
+    mlp = [m for m in decoder_linears(model) if m.group == "mlp"]
     return mlp[-1] if mlp else None
 
 
@@ -183,7 +210,7 @@ def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int,
     out = []
     last = _block_output(model)
     skips = _first_layer_skips(model, adapted) if first is not None else set()
-    for m in _decoder_linears(model):
+    for m in decoder_linears(model):
         n = copies(model, m)
         per_copy = m.experts or 1
         rows = tokens * max(model.experts_per_token, 1) / m.experts if m.experts else tokens
@@ -232,24 +259,12 @@ def _adapter_gemms(model: ModelSpec, targets: tuple[Target, ...], tokens: int, p
     return out
 
 
-def _touches(train: TrainSpec) -> dict:
-    return FUSED_TOUCHES if train.kernels == "fused" else EAGER_TOUCHES
-
-
-def _gated(model: ModelSpec) -> bool:
-    return model.family not in ("gpt2", "gpt_neox", "falcon", "phi", "stablelm")
-
-
 def _elementwise_bytes(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
                        dropout: float, dora: bool, passes: int) -> float:
     """Memory-bound bytes of one micro-batch: norms, residuals, rope, activations, layout
     copies, the adapters' elementwise ops and the loss."""
-    t = _touches(train)
-    h, q, kv, inter = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
-    norm = t["rms_norm"] if model.norm == "rms" else t["layer_norm"]
-    per_layer = (2 * norm * h + 2 * t["residual"] * h + t["rope"] * (q + kv)
-                 + (t["gated_act"] if _gated(model) else t["act"]) * inter
-                 + t["layout"] * (2 * q + 2 * kv))
+    t = FUSED_TOUCHES if train.kernels == "fused" else EAGER_TOUCHES
+    per_layer = layer_bytes(model, t)
     lora = sum(target.copies * (t["lora_dropout"] * target.linear.in_features * (dropout > 0)
                                 + t["lora_out"] * target.linear.out_features)
                for target in targets if not target.linear.prefix)
@@ -260,7 +275,7 @@ def _elementwise_bytes(model: ModelSpec, targets: tuple[Target, ...], train: Tra
         # prepare_model_for_kbit_training makes the embeddings fp32, so the residual stream is
         # fp32 (twice the bytes), and autocast casts every linear's input back to the compute
         # dtype (r4 w2); the slowdown Unsloth found and fms-acceleration's bnb plugin removes.
-        casts = 6 * sum(m.in_features * copies(model, m) for m in _decoder_linears(model))
+        casts = 6 * sum(m.in_features * copies(model, m) for m in decoder_linears(model))
         forward = 2 * forward + casts
     return train.tokens * (forward * passes + BACKWARD_BYTES_RATIO * forward
                            + t["loss"] * model.vocab_size)
@@ -296,17 +311,10 @@ FLASH_BACKWARD_RATIO = 2.5
 
 def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, passes: int) -> float:
     """Kernel launches of one micro-batch."""
-    if train.kernels == "fused":
-        layer = FUSED_LAYER_KERNELS
-    else:
-        k = LAYER_KERNELS
-        norm = k["rms_norm"] if model.norm == "rms" else k["layer_norm"]
-        layer = 2 * norm + k["projections"] + k["rope"] + k["attention"] + k["residual"] + k["mlp"]
-    forward = layer * model.num_layers
+    forward = layer_kernels(model, train.kernels == "fused") * model.num_layers
     forward += LORA_KERNELS * sum(t.copies for t in targets if not t.linear.prefix)
     if train.quantized:
-        forward += QUANT_KERNELS * sum(copies(model, m) for m in _decoder_linears(model)
-                                       if m.quantizable)
+        forward += QUANT_KERNELS * quantized_weights(model)[1]
     return forward * (passes + BACKWARD_KERNELS_RATIO)
 
 
@@ -370,7 +378,7 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     backward_layers = model.num_layers
     if first is not None:
         skips = _first_layer_skips(model, {t.linear.path for t in targets})
-        inputs = [m for m in _decoder_linears(model) if m.name in ATTENTION_INPUTS]
+        inputs = [m for m in decoder_linears(model) if m.name in ATTENTION_INPUTS]
         backward_layers -= first + (1 if inputs and all(m.path in skips for m in inputs)
                                     and not any(m.path in {t.linear.path for t in targets}
                                                 for m in inputs) else 0)
@@ -384,8 +392,7 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         # the weight norm of W + BA each forward: read the weight, write and read the sum in fp32
         elementwise += passes * sum(t.copies * t.linear.in_features * t.linear.out_features
                                     * (DTYPE_BYTES[train.dtype] + 8) for t in targets)
-    quantized = sum(m.weight_numel * copies(model, m) for m in _decoder_linears(model)
-                    if m.quantizable) if train.quantized else 0
+    quantized = quantized_weights(model)[0] if train.quantized else 0
     gathers = 0.0
     if shard.gpus > 1 and shard.sharding in ("fsdp", "fsdp-grad-op", "zero3"):
         gathers = model.num_layers * (1 if shard.sharding == "fsdp-grad-op" else 2)
