@@ -40,3 +40,13 @@ def test_readme_marks_commands_and_output_apart():
                                for line in body.splitlines())
             if language == "console":
                 assert body.startswith("$ ")
+
+
+def test_performance_transcripts_are_what_the_commands_print():
+    spec = importlib.util.spec_from_file_location("gen_doc_transcripts",
+                                                  ROOT / "scripts" / "gen_doc_transcripts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in module.FILES:
+        assert module.render(ROOT / name) == (ROOT / name).read_text(), (
+            f"{name} is stale: run python scripts/gen_doc_transcripts.py")

@@ -27,10 +27,19 @@ NO_KBIT_PREP_MARKERS = ("accelerated-peft", "fsdp_qlora train.py")
 # lit-gpt's finetune scripts run FSDP with FSDPStrategy(activation_checkpointing_policy={Block})
 # (finetune/lora.py, 2023-24): checkpointing is on whenever FSDP is.
 CHECKPOINTED_FSDP_MARKERS = ("lit-gpt finetune/lora.py, FSDP",)
-# torchtune's optimisation-flags table applies its techniques cumulatively, in this order
-# (README.md @bd2a0fc7c3): every row from "+ Compile" on is compiled.
-CUMULATIVE_ROWS = ("tt-32-full-packed", "tt-32-full-compile", "tt-32-full-chunkedce",
-                   "tt-32-full-ac", "tt-32-full-adamw8bit")
+# Sources whose rows apply techniques cumulatively, so a row inherits what the rows before it
+# added, which no flag of its own says:
+# - torchtune's optimisation-flags table (README.md @bd2a0fc7c3): packed, + compile, + chunked
+#   cross-entropy, + activation checkpointing, + 8-bit AdamW: compiled from "+ Compile" on;
+# - Raschka's LLMs-from-scratch ch05/10_llm-training-speed (README.md @28c65cdfbc): section 5
+#   bf16, 7 FlashAttention, 8 torch.compile, 9 vocabulary padded to 50,304, 10 batch 32:
+#   compiled and padded from section 9 on.
+ROW_FACTS = {
+    "tt-32-full-compile": {"kernels": "fused"}, "tt-32-full-chunkedce": {"kernels": "fused"},
+    "tt-32-full-ac": {"kernels": "fused"}, "tt-32-full-adamw8bit": {"kernels": "fused"},
+    "lfs-gpt2-vocabpad": {"kernels": "fused", "vocab_size": 50304},
+    "lfs-gpt2-bs32": {"kernels": "fused", "vocab_size": 50304},
+}
 CONFIDENCES = ("high", "medium")
 ALL_CONFIDENCES = ("high", "medium", "low")
 
@@ -53,8 +62,8 @@ class TimingRow:
 
 
 def _fused(row: dict) -> bool:
-    if row["id"] in CUMULATIVE_ROWS:
-        return CUMULATIVE_ROWS.index(row["id"]) >= CUMULATIVE_ROWS.index("tt-32-full-compile")
+    if "kernels" in ROW_FACTS.get(row["id"], {}):
+        return ROW_FACTS[row["id"]]["kernels"] == "fused"
     text = (row.get("framework", "") + " " + row.get("notes", "").split(";")[0]).lower()
     return any(m in text for m in FUSED_MARKERS)
 
@@ -79,6 +88,9 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                 ctx = estimate.make_context("estimate", shlex.split(args))
                 model, lora, train = build_specs(ctx, ctx.params)
                 train = replace(train, kernels="fused" if _fused(raw) else "eager")
+                vocab = ROW_FACTS.get(raw["id"], {}).get("vocab_size")
+                if vocab:
+                    model = replace(model, vocab_size=vocab)
                 if any(m in raw.get("framework", "") for m in CHECKPOINTED_FSDP_MARKERS):
                     train = replace(train, grad_checkpointing=True)
                 if "no AMP" in raw.get("notes", ""):
