@@ -99,6 +99,9 @@ def test_inference_profile_adapter_memory_matches_the_serving_model(cli, tiny_mo
     assert inference["bytes_per_adapter"] == expected
     assert len(inference["adapter_load_seconds"]) == 3
     assert set(inference["generate_seconds"]) == {"base", "unmerged", "merged"}
+    assert set(inference["prefill_seconds"]) == set(inference["decode_ms_per_token"]) == {
+        "base", "unmerged", "merged"}
+    assert all(v > 0 for v in inference["prefill_seconds"].values())
     assert len(list(out.glob("*.json"))) == 1
     assert not list(scratch.glob("lorasize-adapter-*"))
 

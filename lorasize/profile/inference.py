@@ -5,7 +5,9 @@ On the real stack (PEFT's ``load_adapter``, ``set_adapter``, ``delete_adapter``,
 under different names; the memory after each load gives the per-adapter slope (least squares),
 which the serving model (``lorasize.serving.serve.adapter_resident_bytes``) predicts. Generation latency
 for N new tokens is taken on the base alone, with the adapter unmerged, and merged (the published
-measurement found unmerged LoRA 45% slower than merged).
+measurement found unmerged LoRA 45% slower than merged), with the prompt's forward (prefill)
+timed apart, so the decode time per token is (generate - prefill) / (N - 1): the quantities
+``serve`` predicts (``lorasize.perf.inference``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,20 @@ def _timed(function, *args, **kwargs) -> tuple[float, object]:
     start = time.perf_counter()
     result = function(*args, **kwargs)
     return time.perf_counter() - start, result
+
+
+def _prefill_seconds(model, ids) -> float:
+    """One forward of the prompt, without gradients, the device synchronised around it."""
+    import torch
+
+    sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
+    with torch.no_grad():
+        model(input_ids=ids)  # warm-up
+        sync()
+        start = time.perf_counter()
+        model(input_ids=ids)
+        sync()
+    return time.perf_counter() - start
 
 
 def profile_inference(model: ModelSpec, lora: LoraSpec, train: TrainSpec, adapters: int = 4,
@@ -67,14 +83,17 @@ def profile_inference(model: ModelSpec, lora: LoraSpec, train: TrainSpec, adapte
                 generate = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
                 peft_model.generate(input_ids=ids, **generate)  # warm-up
                 unmerged, _ = _timed(peft_model.generate, input_ids=ids, **generate)
+                prefill = {"unmerged": _prefill_seconds(peft_model, ids)}
                 with peft_model.disable_adapter():
                     base_only, _ = _timed(peft_model.generate, input_ids=ids, **generate)
+                    prefill["base"] = _prefill_seconds(peft_model, ids)
                 if adapters > 1:
                     delete_seconds, _ = _timed(peft_model.delete_adapter, f"a{adapters - 1}")
                 else:
                     delete_seconds = None
                 merged_model = peft_model.merge_and_unload()
                 merged, _ = _timed(merged_model.generate, input_ids=ids, **generate)
+                prefill["merged"] = _prefill_seconds(merged_model, ids)
     return {
         "adapters_loaded": adapters, "base_load_seconds": round(base_seconds, 4),
         "first_adapter_load_seconds": round(first_seconds, 4),
@@ -86,4 +105,9 @@ def profile_inference(model: ModelSpec, lora: LoraSpec, train: TrainSpec, adapte
         "generate_new_tokens": new_tokens,
         "generate_seconds": {"base": round(base_only, 4), "unmerged": round(unmerged, 4),
                              "merged": round(merged, 4)},
+        "prompt_tokens": prompt_tokens,
+        "prefill_seconds": {k: round(v, 5) for k, v in prefill.items()},
+        "decode_ms_per_token": {
+            k: round(1e3 * max(total - prefill[k], 0.0) / max(new_tokens - 1, 1), 4)
+            for k, total in (("base", base_only), ("unmerged", unmerged), ("merged", merged))},
     }
