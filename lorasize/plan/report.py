@@ -182,6 +182,7 @@ def build_figures(plan: Plan, progress: Callable[[int], None] = lambda n: None,
             bars.add_bar(name=key, x=labels, y=values, hovertext=[_hover(e) for e in estimates])
     bars.update_layout(barmode="stack", title=f"Training memory by component ({plan.model.name})",
                        xaxis_title="rank and targets", yaxis_title="device memory (GiB)")
+    bars.update_xaxes(tickangle=-35, automargin=True)  # many rank x target labels: no overlap
     figures.append(bars)
 
     lora = LoraSpec(r=plan.ranks[0], targets=plan.target_sets[0])
