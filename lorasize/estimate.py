@@ -29,7 +29,7 @@ from .memory import activations as act
 from .memory.allocator import SMALL_SEGMENT_BYTES, block, cublas_workspace_bytes
 from .gpu import GpuSpec
 from .arch.layout import copy_layers, module_path
-from .arch.lora import (LoraSpec, Target, delta_weight_transient_bytes, first_adapted_layer,
+from .arch.lora import (LoraSpec, Target, delta_weight_transient_bytes, dora_forward_transient, first_adapted_layer,
                         input_grad_saved_bytes, resolve_targets, shared_tensors)
 from .arch.model import ModelSpec
 from .memory.optimizers import step_temporary_bytes
@@ -173,6 +173,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     full = train.method == "full"
     tokens = train.tokens
     dropout = lora.dropout > 0 and not full
+    dora = lora.dora and not full
     # One term per kind of decoder layer (one for the hand-written families, whose layers are
     # all alike): bytes one layer saves, per token and whatever the token count.
     views = act.kind_views(model, targets)
@@ -182,12 +183,13 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
              (view.layers,
               act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
                                         attn=train.attn, full=full, dropout=dropout,
-                                        stack=train.stack, quantized=train.quantized).total,
+                                        stack=train.stack, quantized=train.quantized,
+                                        dora=dora).total,
               act.layer_constant_bytes(view.spec, view.targets, dt))
              for view in views]
     mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
     # LoHa/LoKr delta weights (AdaLoRA's A * E) kept for the input's gradient (lora.py).
-    delta = input_grad_saved_bytes(model, targets, dt.adapter)
+    delta = input_grad_saved_bytes(model, targets, dt.adapter, dora_dropout=dora and dropout)
     all_layers = sum(n * (layer * tokens + constant) for n, layer, constant in kinds) \
         + delta.per_layer * model.num_layers
     one_layer = max(layer * tokens + constant for _, layer, constant in kinds) + delta.per_layer
@@ -208,6 +210,10 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     expert_gradient = d * last_expert.linear.weight_numel if last_expert else 0
     temporaries = max(transient, dequant, expert_gradient,
                       delta_weight_transient_bytes(targets, dt.adapter))
+    # DoRA's weight norm runs in every forward, the recompute's included.
+    dora_norm, dora_at = dora_forward_transient(
+        targets, dt.adapter, 0 if train.quantized else int(DTYPE_BYTES[train.dtype])) \
+        if dora else (0, None)
     layer_grads, head_grads, mlp_out_grads = _backward_gradient_bytes(model, targets, lora, train)
     # The MLP's gradient transients exist once its output projection has run backward, and so
     # does that projection's adapter gradient.
@@ -227,6 +233,13 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                 "activations": checkpoint + recompute, "logits": 0, "temporaries": temporaries,
                 "gradients": head_grads + layer_grads * (model.num_layers - 1) + partial},
         }
+        if dora_norm:
+            # the last layer's recompute at its largest DoRA matrix: what the layer saves
+            # before that matrix is made again
+            before = _dora_recompute_before(views, dora_at, dt, train, dropout) * tokens
+            moments["recompute (DoRA weight norm)"] = {
+                "activations": kept + mask + before, "logits": 0, "temporaries": dora_norm,
+                "gradients": head_grads}
     else:
         saved = all_layers + top + mask
         saved += delta.head - delta.first_layer_unsaved
@@ -239,6 +252,11 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
             "layer backward": {"activations": saved, "logits": 0, "temporaries": temporaries,
                                "gradients": head_grads + partial},
         }
+        if dora_norm:
+            # the last layer's weight norm, every earlier layer's activations saved (and the
+            # last layer's, an upper bound)
+            moments["forward (DoRA weight norm)"] = {"activations": saved, "logits": 0,
+                                                     "temporaries": dora_norm}
         if train.quantized and not full and not train.first_micro_batch:
             # litgpt + bitsandbytes <= 0.43.1: the previous micro-batch's quantized-linear inputs
             # (kept on MatMul4Bit's ctx) and logits live until the next forward returns
@@ -266,6 +284,24 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
             logits=act.head_backward_logits_bytes_per_token(model, train.stack, dt.compute) * tokens)
     moments["optimizer step"] = {"activations": 0, "logits": 0, "temporaries": grads_and_step}
     return moments
+
+
+def _dora_recompute_before(views, at: Target, dt, train: TrainSpec, dropout: bool) -> int:
+    """Bytes per token one layer has saved when the recompute reaches DoRA matrix ``at``: for an
+    attention matrix, the input norm, attention and the attention adapters; for an MLP matrix,
+    all but the MLP's own."""
+    view = next((v for v in views if at in v.targets), views[0])
+
+    def saved(targets):
+        return act.layer_bytes_per_token(view.spec, targets, dt, seq_len=train.seq_len,
+                                         attn=train.attn, full=False, dropout=dropout,
+                                         stack=train.stack, quantized=train.quantized, dora=True)
+
+    layer = saved(view.targets)
+    if at.linear.group == "attn":
+        attn = tuple(t for t in view.targets if t.linear.group == "attn")
+        return layer.norms // 2 + layer.attention + saved(attn).lora
+    return layer.total - layer.mlp
 
 
 def _backward_gradient_bytes(model: ModelSpec, targets: tuple[Target, ...], lora: LoraSpec,

@@ -460,16 +460,22 @@ class InputGradSaved:
 
 
 def input_grad_saved_bytes(spec: ModelSpec, targets: Iterable[Target],
-                           adapter_bytes: int) -> InputGradSaved:
+                           adapter_bytes: int, dora_dropout: bool = False) -> InputGradSaved:
     """LoHa/LoKr delta weights (and AdaLoRA's ``A * E``) that ``F.linear``/``matmul`` keep for
     backward, per layer, in the adapter dtype (``adapter_bytes`` per element); ``per_layer`` also
-    holds LoKr's factored Kronecker factors, which every layer keeps."""
+    holds LoKr's factored Kronecker factors, which every layer keeps. ``dora_dropout``: DoRA with
+    a dropout recomputes the base output as ``F.linear(dropout(x), weight.to(x.dtype))``, which
+    keeps that adapter-dtype copy of the weight for the input's gradient
+    (peft/tuners/lora/dora.py ``DoraLinearLayer.forward``, PEFT 0.21)."""
     targets = list(targets)
     blocks = [t for t in targets if t.linear.group != "head"]
     per_layer = first_unsaved = head = 0
 
     def size(target: Target) -> int:
-        return target.input_grad_saved_elements() * adapter_bytes
+        elements = target.input_grad_saved_elements()
+        if dora_dropout and target.variant in ("lora", "rslora", "loraplus"):
+            elements += target.linear.weight_numel
+        return elements * adapter_bytes
 
     everywhere = [t for t in blocks if t.copies == spec.num_layers]
     attn_in = [t for t in everywhere if t.linear.group == "attn"
@@ -512,6 +518,33 @@ def delta_weight_transient_bytes(targets: Iterable[Target], adapter_bytes: int) 
     ``(copies - 1) x`` its weight, the saved delta it replaces taken off."""
     return max(((DELTA_BACKWARD_COPIES[t.variant] - 1) * t.linear.weight_numel * adapter_bytes
                 for t in targets if t.variant in DELTA_BACKWARD_COPIES), default=0)
+
+
+# DoRA's weight norm, each forward (peft/tuners/lora/dora.py, PEFT 0.21): ``get_lora_weight``
+# runs B(A(eye(in))) -- the identity and A's output stay alive with the graph of ``lora_weight``
+# -- then ``weight.to(x.dtype)``, ``scaling * lora_weight`` and their sum, all weight-sized.
+DORA_WEIGHT_COPIES = 3  # lora_weight, scaling * lora_weight, weight + ...
+DORA_VARIANTS = ("lora", "rslora", "loraplus")
+
+
+def dora_forward_transient(targets: Iterable[Target], adapter_bytes: int,
+                           base_bytes: int) -> tuple[int, Target | None]:
+    """The largest transient of DoRA's weight norm over the adapted matrices, and the matrix (the
+    last of equal ones in the block: the most of the layer is made by then): the identity
+    (in x in), A's output on it, the weight-sized tensors, and the weight cast to the adapter's
+    dtype when the base holds another (a quantized base is dequantized first)."""
+    def one(t: Target) -> int:
+        lin = t.linear
+        copies = DORA_WEIGHT_COPIES + (1 if base_bytes != adapter_bytes else 0)
+        return adapter_bytes * (lin.in_features ** 2 + lin.in_features * t.rank
+                                + copies * lin.weight_numel)
+
+    best, where = 0, None
+    for t in targets:
+        if t.variant in DORA_VARIANTS and not t.linear.experts and t.linear.group != "head":
+            if one(t) >= best:
+                best, where = one(t), t
+    return best, where
 
 
 # AdaLoRA's RankAllocator.update_ipt (peft/tuners/adalora/layer.py), run by

@@ -127,8 +127,17 @@ def _source(spec: ModelSpec, path: str, group: str) -> str:
 
 def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropout: bool,
                 attn_output_saved: bool, fused_qkv_dropout: bool = False,
-                saved_inputs: set[str] | None = None, fused_qkv_output: bool = False) -> int:
+                saved_inputs: set[str] | None = None, fused_qkv_output: bool = False,
+                dora: bool = False) -> int:
     """Bytes per token the LoRA branches of one layer save.
+
+    DoRA (peft/tuners/lora/dora.py ``DoraLinearLayer.forward``, PEFT 0.21) multiplies the
+    trainable magnitude into ``(m / ||W + BA|| - 1) * base_result + m / ||.|| * lora_result``:
+    both products keep their other operand for the magnitude's gradient, so each adapted matrix
+    also saves ``lora_result`` (B's output, adapter dtype) and ``base_result`` (the base layer's
+    output when the dropout is identity; with a dropout, ``F.linear(dropout(x), W)`` computed
+    again in the adapter's dtype, whose weight copy :func:`lorasize.arch.lora.input_grad_saved_bytes`
+    counts).
 
     A branch casts its input to the adapter's dtype (a new tensor per branch) unless the input
     already has it; then every branch reading that input shares it, and nothing is added when
@@ -169,6 +178,8 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
             continue
         if fused_qkv_output and norm_fed and linear.group == "attn" and not qkv_all:
             saved += dt.adapter * linear.out_features
+        if dora and target.variant in ("lora", "rslora", "loraplus"):
+            saved += (dt.adapter + (dt.adapter if dropout else dt.compute)) * linear.out_features
         if dropout:
             if fused_qkv_dropout and norm_fed and linear.group == "attn":
                 if source not in dropped:
@@ -212,7 +223,8 @@ def _parallel_shared_input(spec: ModelSpec) -> bool:
 
 def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, *,
                           seq_len: int, attn: str, full: bool, dropout: bool,
-                          stack: str = "hf-peft", quantized: bool = False) -> LayerActivations:
+                          stack: str = "hf-peft", quantized: bool = False,
+                          dora: bool = False) -> LayerActivations:
     """Bytes per token one decoder layer keeps for backward (no checkpointing).
 
     ``stack`` applies that stack's rules (:mod:`lorasize.memory.stacks`); ``quantized``: the block's
@@ -297,6 +309,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         attention = 0  # measured by the layer probe (lorasize.trace.probe), not modelled here
     saved_inputs: set[str] = set()
     lora = 0 if full else _lora_bytes(spec, targets, dt, dropout, attn_output_saved=attn != "eager",
+                                      dora=dora,
                                       fused_qkv_dropout=rules.fused_qkv_dropout,
                                       saved_inputs=saved_inputs,
                                       fused_qkv_output=rules.fused_qkv_saves_lora_output)
