@@ -138,3 +138,18 @@ def test_published_bar_figure(cli):
     bar = json.loads(out)["summary"]["bar"]
     assert bar["rows"] >= 34
     assert bar["median_abs_error"] <= 0.05 and bar["p90_abs_error"] <= 0.12 and bar["met"]
+
+
+def test_a_rows_recipe_file_gives_its_gradient_accumulation():
+    """ch-33 (litgpt TinyLlama full fine-tuning, micro-batch 4) names config_hub's full.yaml,
+    whose global batch is 32: eight micro-batches hold the full model's gradients. Read, the
+    row is within 3%; ignored, it was 18.6% low."""
+    from lorasize.memory.sharding import grad_accum_from_row
+
+    rows = {r.id: r for r in validate(SHARED)}
+    assert abs(rows["ch-33"].rel_error) < 0.03
+    assert grad_accum_from_row({"notes": "", "batch_size": "4", "num_gpus": "1",
+                                "source_locator": "config config_hub/finetune/tiny-llama/full.yaml"
+                                                  " @5895df10"}) == 8
+    assert grad_accum_from_row({"notes": "global batch 16", "batch_size": "1", "num_gpus": "4",
+                                "source_locator": ""}) == 4

@@ -336,9 +336,16 @@ def shard_notes(train: TrainSpec, shard: ShardSpec) -> tuple[str, ...]:
     return tuple(notes)
 
 
+# Recipe files a measurement row names (its ``source_locator``) whose global batch the row does
+# not state, as the file sets it: litgpt config_hub/finetune/tiny-llama/full.yaml @089fc5c
+# (``global_batch_size: 32``, ``micro_batch_size: 4``).
+RECIPE_GLOBAL_BATCH = {"config_hub/finetune/tiny-llama/full.yaml": 32}
+
+
 def grad_accum_from_row(row: dict) -> int:
     """Micro-batches per optimizer step of a measurement CSV row, from its ``notes``: a stated
-    "grad accum K", else a "global batch B" over ``batch_size`` x ``num_gpus``, else 1."""
+    "grad accum K", else a "global batch B" over ``batch_size`` x ``num_gpus``, else the global
+    batch of the recipe file it names (:data:`RECIPE_GLOBAL_BATCH`), else 1."""
     text = (row.get("notes") or "").lower()
     stated = re.search(r"grad(?:ient)?[ _]accum(?:ulation)?(?:[ _]steps)?\s*[=:]?\s*(\d+)", text)
     if stated:
@@ -346,8 +353,14 @@ def grad_accum_from_row(row: dict) -> int:
     total = re.search(r"global batch(?: size)?\s*[=:]?\s*(\d+)", text)
     batch = (row.get("batch_size") or "").strip()
     gpus = (row.get("num_gpus") or "1").strip() or "1"
-    if total and batch.isdigit() and gpus.isdigit():
+    if not (batch.isdigit() and gpus.isdigit()):
+        return 1
+    if total:
         return max(int(total.group(1)) // (int(batch) * int(gpus)), 1)
+    recipe = next((g for path, g in RECIPE_GLOBAL_BATCH.items()
+                   if path in (row.get("source_locator") or "")), None)
+    if recipe:
+        return max(recipe // (int(batch) * int(gpus)), 1)
     return 1
 
 
