@@ -23,7 +23,7 @@ adds the CUDA context and paged optimizer state (what nvidia-smi shows).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .memory import activations as act
 from .memory.allocator import SMALL_SEGMENT_BYTES, block, cublas_workspace_bytes
@@ -350,6 +350,12 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     """
     lora = lora or LoraSpec()
     train = train or TrainSpec()
+    attention_note: tuple[str, ...] = ()
+    if act.runs_attention(model, train.attn) != train.attn:
+        train = replace(train, attn=act.runs_attention(model, train.attn))
+        attention_note = (f"{model.name}: transformers has no SDPA path for this family "
+                          f"(attention soft-capping), so it runs eager attention: estimated with "
+                          f"--attn eager (flash-attn 2 supports it: --attn flash)",)
     if calibration is None:
         calibration = default_calibration()
     targets = () if train.method == "full" else resolve_targets(model, lora)
@@ -397,8 +403,8 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     peak = sum(breakdown.values())
     head_dtype = "fp32" if train.upcasts_to_fp32 else train.dtype
     file_size = adapter_file_bytes(model, targets, adapter_dtype, dora, head_dtype) if targets else 0
-    notes = (_notes(model, lora, train, targets) + probe_note + shard_notes(train, shard)
-             + hardware_notes(train, gpu))
+    notes = (attention_note + _notes(model, lora, train, targets) + probe_note
+             + shard_notes(train, shard) + hardware_notes(train, gpu))
     result = Estimate(
         model=model, lora=lora, train=train, targets=targets, base_params=static.base_params,
         trainable_params=static.trainable_params, adapter_file_bytes=file_size,

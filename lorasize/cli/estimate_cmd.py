@@ -116,7 +116,7 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
     result = run_estimate(model, lora, train, gpu=gpu, serve=serve,
                           adapter_dtype=p["adapter_dtype"].lower(), calibration=calibration,
                           shard=shard)
-    timing = _timing(p, model, result, train, gpu, shard.gpus)
+    timing = _timing(p, model, result, result.train, gpu, shard.gpus)
     suggestions = _suggestions(model, lora, train, gpu) \
         if result.fits is False and shard.sharding == "none" else []
     setups = _setups(model, lora, train, gpu, shard, calibration) if result.fits is False else []

@@ -98,6 +98,12 @@ def _norm_bytes(spec: ModelSpec, dt: Dtypes, width: int, full: bool) -> int:
     return FP32 * width + FP32 + (dt.norm_out * width if full else 0)
 
 
+def runs_attention(spec: ModelSpec, attn: str) -> str:
+    """The attention implementation transformers actually runs for ``attn``: a model without an
+    SDPA path (the ``no_sdpa`` trait) falls back to eager, as ``from_pretrained`` does."""
+    return "eager" if attn == "sdpa" and _traits(spec).get("no_sdpa") else attn
+
+
 def _traits(spec: ModelSpec) -> dict:
     """The activation traits of one kind of layer: a card's kind, or a hand-written family's
     row (:data:`lorasize.arch.families.FAMILY_TABLE`); the same keys either way."""
@@ -418,7 +424,15 @@ def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute
       saved (4V) and one chunk's two gradients are live at a time (2 x 4V / 8).
     - litgpt (``chunked_cross_entropy``, 128-token chunks, no upcast): the log-softmax outputs in
       the compute dtype (dV); one chunk's gradients are negligible per token.
+
+    Final-logit soft-capping (Gemma 2: ``final_logit_softcapping``) runs ``tanh(logits / c) * c``
+    on the head's output; ``tanh`` keeps its output for backward (dV more): transformers'
+    ``Gemma2ForCausalLM.forward`` and litgpt's ``softcapping`` alike.
     """
+    # absent from a config, transformers' Gemma2Config default (30.0) applies: the family trait
+    capped = spec.hf_config.get("final_logit_softcapping",
+                                30.0 if _traits(spec).get("softcap") else None)
+    softcap = compute * spec.vocab_size if capped else 0
     if stack == "torchtune":
         return FP32 * spec.vocab_size + 2 * FP32 * spec.vocab_size // TORCHTUNE_OUTPUT_CHUNKS
     if stack == "litgpt":
@@ -426,8 +440,8 @@ def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute
         # with logits_alive, the chunked logits themselves, in the dtype Fabric hands them back in.
         rules = stack_rules(stack)
         copies = 2 if rules.logits_alive else 1
-        return copies * (rules.logits_bytes or compute) * spec.vocab_size
-    return LOSS_FP32_COPIES_AT_PEAK * FP32 * spec.vocab_size
+        return copies * (rules.logits_bytes or compute) * spec.vocab_size + softcap
+    return LOSS_FP32_COPIES_AT_PEAK * FP32 * spec.vocab_size + softcap
 
 
 def head_backward_logits_bytes_per_token(spec: ModelSpec, stack: str, compute: int) -> int:

@@ -233,10 +233,14 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
                                      attn=ATTN_IMPLEMENTATIONS[train.attn],
                                      meta=fake_mode is not None)
         else:
+            from ..memory.activations import runs_attention
+
+            # what transformers runs: a family without an SDPA path falls back to eager
+            attn = runs_attention(model, train.attn)
             hf_config = AutoConfig.for_model(model_type, **config)
             with device:
                 hf_model = AutoModelForCausalLM.from_config(
-                    hf_config, attn_implementation=ATTN_IMPLEMENTATIONS[train.attn])
+                    hf_config, attn_implementation=ATTN_IMPLEMENTATIONS[attn])
         hf_model = hf_model.to(TORCH_DTYPES[train.dtype])
         if train.quantized:
             quantize_linears(hf_model, train, real_bnb, converted_only=model.card is not None)
