@@ -210,6 +210,12 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     expert_gradient = d * last_expert.linear.weight_numel if last_expert else 0
     temporaries = max(transient, dequant, expert_gradient,
                       delta_weight_transient_bytes(targets, dt.adapter))
+    attention_transient = act.attention_backward_transient(model, dt, train.batch_size,
+                                                           train.seq_len, train.attn) \
+        if model.card is None else 0
+    if attention_transient:
+        up_to_attention = _layer_up_to(views, None, dt, train, dropout, dora) * tokens
+        one_layer_total = sum(layer * tokens for _, layer, _ in kinds[:1])
     # DoRA's weight norm runs in every forward, the recompute's included.
     dora_norm, dora_at = dora_forward_transient(
         targets, dt.adapter, 0 if train.quantized else int(DTYPE_BYTES[train.dtype])) \
@@ -233,10 +239,16 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                 "activations": checkpoint + recompute, "logits": 0, "temporaries": temporaries,
                 "gradients": head_grads + layer_grads * (model.num_layers - 1) + partial},
         }
+        if attention_transient:
+            # a layer's attention backward (the last layer's, first in backward): the MLP's
+            # saved tensors and gradients already freed, the s x s gradients made
+            moments["attention backward (recompute)"] = {
+                "activations": kept + mask + up_to_attention, "logits": 0,
+                "temporaries": attention_transient, "gradients": head_grads}
         if dora_norm:
             # the last layer's recompute at its largest DoRA matrix: what the layer saves
             # before that matrix is made again
-            before = _dora_recompute_before(views, dora_at, dt, train, dropout) * tokens
+            before = _layer_up_to(views, dora_at, dt, train, dropout, True) * tokens
             moments["recompute (DoRA weight norm)"] = {
                 "activations": kept + mask + before, "logits": 0, "temporaries": dora_norm,
                 "gradients": head_grads}
@@ -252,6 +264,11 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
             "layer backward": {"activations": saved, "logits": 0, "temporaries": temporaries,
                                "gradients": head_grads + partial},
         }
+        if attention_transient:
+            # the last layer's attention backward: its MLP part already freed
+            moments["attention backward"] = {
+                "activations": saved - (one_layer_total - up_to_attention), "logits": 0,
+                "temporaries": attention_transient, "gradients": head_grads}
         if dora_norm:
             # the last layer's weight norm, every earlier layer's activations saved (and the
             # last layer's, an upper bound)
@@ -286,19 +303,22 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     return moments
 
 
-def _dora_recompute_before(views, at: Target, dt, train: TrainSpec, dropout: bool) -> int:
-    """Bytes per token one layer has saved when the recompute reaches DoRA matrix ``at``: for an
-    attention matrix, the input norm, attention and the attention adapters; for an MLP matrix,
-    all but the MLP's own."""
-    view = next((v for v in views if at in v.targets), views[0])
+def _layer_up_to(views, at: Target | None, dt, train: TrainSpec, dropout: bool,
+                 dora: bool) -> int:
+    """Bytes per token one layer has saved up to its attention (``at`` None, or an attention
+    matrix): the input norm, attention and the attention adapters; up to an MLP matrix: all
+    but the MLP's own. The recompute makes them again in that order, and backward frees the
+    MLP's before it reaches attention."""
+    view = next((v for v in views if at is not None and at in v.targets), views[0])
 
     def saved(targets):
         return act.layer_bytes_per_token(view.spec, targets, dt, seq_len=train.seq_len,
-                                         attn=train.attn, full=False, dropout=dropout,
-                                         stack=train.stack, quantized=train.quantized, dora=True)
+                                         attn=train.attn, full=train.method == "full",
+                                         dropout=dropout, stack=train.stack,
+                                         quantized=train.quantized, dora=dora)
 
     layer = saved(view.targets)
-    if at.linear.group == "attn":
+    if at is None or at.linear.group == "attn":
         attn = tuple(t for t in view.targets if t.linear.group == "attn")
         return layer.norms // 2 + layer.attention + saved(attn).lora
     return layer.total - layer.mlp

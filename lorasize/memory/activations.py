@@ -467,6 +467,18 @@ def eager_mask_bytes(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int, attn
     return dt.compute * batch * seq_len * seq_len if attn == "eager" else 0
 
 
+def attention_backward_transient(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int,
+                                 attn: str) -> int:
+    """Bytes of the s x s matrices an attention backward makes when the kernel materialises the
+    probabilities (eager attention, and SDPA's math kernel, taken when fp32 activations meet
+    grouped-query heads): ``softmax_backward_data`` writes the scores' gradient while the
+    probabilities' gradient is alive, two heads x s x s matrices in the activations' dtype
+    (aten ``_scaled_dot_product_attention_math``, transformers ``eager_attention_forward``)."""
+    if attn == "eager" or (attn == "sdpa" and sdpa_backend(spec, dt.compute) == "math"):
+        return 2 * dt.compute * batch * spec.num_heads * seq_len * seq_len
+    return 0
+
+
 def layer_backward_transient_per_token(spec: ModelSpec, dt: Dtypes) -> int:
     """Bytes per token that exist only while one layer runs backward: the gradients of the MLP's
     three intermediate tensors and of the hidden states flowing down."""
