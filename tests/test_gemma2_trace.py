@@ -13,9 +13,7 @@ import json
 import pytest
 
 from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
-from lorasize.trace import trace_many
-
-from trace_grid import compare, shrunk
+from trace_grid import shrunk, traced_cells, within
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +22,11 @@ def traced():
                 TrainSpec(batch_size=2, seq_len=256)),
                (shrunk("gemma2-9b"), LoraSpec(r=16, targets=("all",)),
                 TrainSpec(batch_size=1, seq_len=512, grad_checkpointing=True))]
-    outcomes = trace_many(configs)
-    for outcome in outcomes:
-        assert outcome["ok"], outcome.get("error")
-    return list(zip(configs, [o["result"] for o in outcomes]))
+    return traced_cells(configs)
 
 
 def test_gemma2_within_one_percent_of_the_trace(traced):
-    for (spec, lora, train), result in traced:
-        rows = compare(spec, lora, train, result)
-        assert abs(rows["total"][2]) <= 0.01, (lora.targets, rows["total"])
+    within(traced, 0.01)
 
 
 def test_sdpa_on_gemma2_is_priced_as_the_eager_attention_that_runs(cli):

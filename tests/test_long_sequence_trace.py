@@ -12,9 +12,7 @@ from __future__ import annotations
 import pytest
 
 from lorasize import LoraSpec, TrainSpec
-from lorasize.trace import trace_many
-
-from trace_grid import compare, shrunk
+from trace_grid import shrunk, traced_cells, within
 
 CELLS = [  # model (heads), tokens, checkpointing, rank
     ("qwen3-14b", 4096, True, 16),  # 40 heads
@@ -31,14 +29,8 @@ def traced():
     configs = [(shrunk(name), LoraSpec(r=r, targets=("all",)),
                 TrainSpec(method="qlora", batch_size=1, seq_len=tokens, grad_checkpointing=ckpt))
                for name, tokens, ckpt, r in CELLS]
-    outcomes = trace_many(configs)
-    for outcome in outcomes:
-        assert outcome["ok"], outcome.get("error")
-    return list(zip(configs, [o["result"] for o in outcomes]))
+    return traced_cells(configs)
 
 
 def test_long_sequences_after_kbit_prep_within_one_percent(traced):
-    for (spec, lora, train), result in traced:
-        rows = compare(spec, lora, train, result)
-        assert abs(rows["total"][2]) <= 0.01, (spec.name, train.seq_len, train.checkpointing,
-                                               rows["total"])
+    within(traced, 0.01)

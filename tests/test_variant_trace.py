@@ -22,9 +22,7 @@ from __future__ import annotations
 import pytest
 
 from lorasize import LoraSpec, TrainSpec
-from lorasize.trace import trace_many
-
-from trace_grid import compare, shrunk
+from trace_grid import compare, shrunk, traced_cells
 
 CELLS = [
     ("loha", ("qv",), False),
@@ -47,10 +45,7 @@ def _configs():
 @pytest.fixture(scope="module")
 def traced():
     configs = _configs()
-    outcomes = trace_many(configs)
-    for outcome in outcomes:
-        assert outcome["ok"], outcome.get("error")
-    return list(zip(configs, [o["result"] for o in outcomes]))
+    return traced_cells(configs)
 
 
 def test_estimate_agrees_with_trace(traced):
@@ -76,9 +71,8 @@ def test_delta_weights_are_most_of_the_saved_bytes(traced):
 
 
 if __name__ == "__main__":
-    configs = _configs()
-    for (spec, lora, train), outcome in zip(configs, trace_many(configs)):
-        rows = compare(spec, lora, train, outcome["result"])
+    for (spec, lora, train), result in traced_cells(_configs()):
+        rows = compare(spec, lora, train, result)
         print(f"{lora.variant:8} {'+'.join(lora.targets):4} {'gc' if train.checkpointing else 'nogc':4} "
               + "  ".join(f"{k} {100 * v[2]:+.2f}%" for k, v in rows.items()))
 

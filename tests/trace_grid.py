@@ -124,6 +124,25 @@ def covering_grid() -> list[tuple]:
     return cells
 
 
+def traced_cells(configs: list[tuple]) -> list[tuple]:
+    """((spec, lora, train), trace result) for each config, traced in worker processes; every
+    trace must succeed."""
+    from lorasize.trace import trace_many
+
+    outcomes = trace_many(configs)
+    for outcome in outcomes:
+        assert outcome["ok"], outcome.get("error")
+    return list(zip(configs, [o["result"] for o in outcomes]))
+
+
+def within(traced: list[tuple], tolerance: float) -> None:
+    """Every traced cell's total within ``tolerance`` of the estimate."""
+    for (spec, lora, train), result in traced:
+        rows = compare(spec, lora, train, result)
+        assert abs(rows["total"][2]) <= tolerance, (
+            spec.name, lora.targets, lora.dora, train.seq_len, train.checkpointing, rows["total"])
+
+
 def compare(spec: ModelSpec, lora: LoraSpec, train: TrainSpec, traced: dict) -> dict:
     """Estimate against trace for one cell: ``{component: (estimate, trace, relative error)}``.
 
