@@ -47,7 +47,8 @@ class Sample:
 def samples(rows: list[TimingRow]) -> list[Sample]:
     out = []
     for r in rows:
-        work = step_work(r.model, r.targets, r.train, r.shard, r.dropout, r.dora)
+        work = step_work(r.model, r.targets, r.train, r.shard, r.dropout, r.dora,
+                         r.paged_out_bytes)
         out.append(Sample(r.id, r.source, r.train.tokens, r.measured_tps, terms(work, r.gpu)))
     return out
 

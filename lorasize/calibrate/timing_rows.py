@@ -59,6 +59,7 @@ class TimingRow:
     shard: object
     dropout: float
     dora: bool
+    paged_out_bytes: int = 0  # paged optimizer state that cannot stay on the GPU
 
 
 def _fused(row: dict) -> bool:
@@ -85,7 +86,10 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                 continue
             try:
                 tps = float(raw["tps_per_gpu"])
-                ctx = estimate.make_context("estimate", shlex.split(args))
+                # the group's own context settings: click caches the help option on the command
+                # from the first context made, which docs/cli.md renders
+                ctx = estimate.make_context("estimate", shlex.split(args),
+                                            help_option_names=["-h", "--help"])
                 model, lora, train = build_specs(ctx, ctx.params)
                 train = replace(train, kernels="fused" if _fused(raw) else "eager")
                 vocab = ROW_FACTS.get(raw["id"], {}).get("vocab_size")
@@ -102,7 +106,13 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
             except (LorasizeError, ValueError) as exc:
                 skipped.append((raw["id"], str(exc)))
                 continue
+            shard = build_shard(ctx.params)
+            paged = 0
+            if "paged" in train.optimizer:
+                from ..estimate import estimate as run_estimate
+                from ..perf.timing import paged_out_bytes
+
+                paged = paged_out_bytes(run_estimate(model, lora, train, gpu=gpu, shard=shard))
             rows.append(TimingRow(raw["id"], raw["source"], raw["confidence"], tps, model,
-                                  targets, train, gpu, build_shard(ctx.params), lora.dropout,
-                                  lora.dora))
+                                  targets, train, gpu, shard, lora.dropout, lora.dora, paged))
     return rows, skipped

@@ -186,7 +186,7 @@ def _setups(model, lora, train, gpu, shard, calibration) -> list[dict]:
 def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
     """Step time and hours, when the GPU's throughput is known. With several data-parallel GPUs
     each works through its share of the tokens (hours are wall-clock, the cost is all GPUs')."""
-    from ..perf.timing import training_time
+    from ..perf.timing import paged_out_bytes, training_time
 
     # --mfu, else the calibration's (fitted from GPU profiles), else the step-time model.
     calibrated = result.calibration.mfu if result.calibration is not None else None
@@ -205,7 +205,8 @@ def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
     return training_time(model, result.targets, train, gpu, mfu,
                          -(-tokens // gpus) if tokens else tokens, p.get("epochs") or 1.0,
                          price * gpus if price is not None else None, shard=result.shard,
-                         dropout=result.lora.dropout, dora=result.lora.dora)
+                         dropout=result.lora.dropout, dora=result.lora.dora,
+                         paged_out_bytes=paged_out_bytes(result))
 
 
 def _suggestions(model, lora, train, gpu) -> list[str]:

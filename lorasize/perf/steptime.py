@@ -49,6 +49,10 @@ TENSOR_CORE_MULTIPLE = 8
 MISALIGNED_EFFICIENCY = 0.25
 # A GPU without an fp32 figure: fp32 at a sixteenth of the bf16 tensor peak (A100, H100).
 FP32_FALLBACK_RATIO = 16.0
+# Unified-memory page migration (a paged optimizer's state paged in on demand and evicted again)
+# reaches about 40% of the PCIe link (NVIDIA, "Maximizing Unified Memory Performance in CUDA",
+# 2017: on-demand migration at about 5-6 GB/s against PCIe 3's 12 GB/s achieved).
+UVM_LINK_FRACTION = 0.4
 # LLM.int8 dequantizes and runs outlier decomposition: about twice NF4's work per weight.
 INT8_DEQUANT_FACTOR = 2.0
 BREAKDOWN_KEYS = ("matmuls", "adapter_matmuls", "attention", "memory_bound", "dequantization",
@@ -148,6 +152,8 @@ def _link(gpu: GpuSpec, gpus: int, link: str) -> tuple[str, float]:
     """The link class and its bandwidth in GB/s, one direction."""
     if link == "host":
         return "pcie", gpu.pcie_gbps or 16.0
+    if link == "paging":
+        return "paging", (gpu.pcie_gbps or 16.0) * UVM_LINK_FRACTION
     if gpus > GPUS_PER_NODE:
         return "network", NETWORK_GBPS.get(gpu.arch or "", DEFAULT_NETWORK_GBPS)
     if gpu.link in ("nvlink", "xgmi") and gpu.link_gbps:
@@ -190,7 +196,7 @@ def combine(t: Terms, p: TimeParams) -> StepTime:
     hideable = {k: v * p.comm_overlap for k, v in hideable.items()}
     exposed = 0.0
     for kind, seconds, hidden_by in t.comms:
-        seconds /= p.comm_efficiency[kind]
+        seconds /= p.comm_efficiency.get(kind, 1.0)  # paging: its fraction is in the link
         hidden = min(seconds, hideable[hidden_by])
         hideable[hidden_by] -= hidden
         exposed += seconds - hidden

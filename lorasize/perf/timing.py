@@ -126,13 +126,15 @@ def dequant_seconds(model: ModelSpec, train: TrainSpec, gpu: GpuSpec) -> float:
 def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, gpu: GpuSpec,
                   mfu: float | None = None, dataset_tokens: int | None = None, epochs: float = 1.0,
                   usd_per_gpu_hour: float | None = None, shard: ShardSpec | None = None,
-                  dropout: float = 0.0, dora: bool = False, params=None) -> TrainingTime | None:
+                  dropout: float = 0.0, dora: bool = False, params=None,
+                  paged_out_bytes: float = 0.0) -> TrainingTime | None:
     """Tokens per second and hours on ``gpu``; None when the GPU's throughput is unknown.
 
     Args:
         mfu: a model FLOPs utilisation to use instead of the step-time model.
         shard: GPUs and sharding (communication); one GPU if None.
         dropout, dora: the adapter's dropout and DoRA (their elementwise work).
+        paged_out_bytes: paged optimizer state living in host memory (:func:`paged_out_bytes`).
         params: the step-time model's figures; the shipped fit if None.
     """
     if not gpu.bf16_tflops or (mfu is None and not gpu.bandwidth_gbps):
@@ -148,16 +150,20 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         from .steptime import step_time
         from .work import step_work
 
-        timed = step_time(step_work(model, targets, train, shard, dropout, dora), gpu, params)
+        timed = step_time(step_work(model, targets, train, shard, dropout, dora,
+                                    paged_out_bytes), gpu, params)
         step, breakdown, bound, kind = timed.seconds, timed.breakdown, timed.bound, "step"
+        if paged_out_bytes:
+            notes += (f"{paged_out_bytes / 2**30:.1f} GiB of paged optimizer state does not fit "
+                      f"on the GPU: each optimizer step migrates it over PCIe and back",)
         if bound == "launch":
-            notes = (_launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed),)
+            notes += (_launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed),)
         elif bound == "communication" and shard is not None and train.method != "full" \
                 and shard.sharding in ("fsdp", "fsdp-grad-op", "zero3"):
             ddp = replace(shard, sharding="ddp", offload="none")
             seconds = step_time(step_work(model, targets, train, ddp, dropout, dora), gpu,
                                 params).seconds
-            notes = (f"{shard.sharding} gathers the frozen base weights every micro-batch; "
+            notes += (f"{shard.sharding} gathers the frozen base weights every micro-batch; "
                      f"where the base fits on one GPU, --sharding ddp sends only the adapter's "
                      f"gradients: {train.tokens / seconds:,.0f} tokens/s per GPU",)
         mfu = train.tokens * per_token / (gpu.bf16_tflops * 1e12) / step
@@ -184,3 +190,17 @@ def _launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed
             f"kernels for {timed.cpu_seconds * 1e3:,.0f} ms, the GPU works {timed.gpu_seconds * 1e3:,.0f} "
             f"ms): batch {larger.batch_size} takes {seconds / timed.seconds:.2f}x the time for 4x "
             f"the tokens")
+
+
+def paged_out_bytes(estimate) -> int:
+    """Paged optimizer state that cannot stay on the GPU beside the weights (an
+    :class:`lorasize.estimate.Estimate` with a GPU). Only what must page whatever the recipe
+    does with gradients and activations (torchtune's optimizer-in-backward frees each gradient
+    at once) is counted: the weights, constants, CUDA context and paged state beyond the GPU's
+    memory, up to the paged state itself."""
+    paged = estimate.breakdown.get("paged_optimizer", 0)
+    if not paged or estimate.gpu is None:
+        return 0
+    b = estimate.breakdown
+    resident = b["weights"] + b["quant_constants"] + b["cuda_context"] + paged
+    return min(paged, max(0, resident - estimate.gpu.memory_bytes))

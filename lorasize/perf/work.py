@@ -95,10 +95,10 @@ class Gemm:
 class Comm:
     """Bytes one GPU sends per micro-batch in one collective, and what compute can hide it."""
 
-    what: str  # "all-gather", "reduce-scatter", "all-reduce", "offload"
+    what: str  # "all-gather", "reduce-scatter", "all-reduce", "offload", "paging"
     bytes: float
     hidden_by: str  # "forward", "backward", "none"
-    link: str = "gpu"  # "gpu" (between GPUs), "host" (PCIe to the CPU)
+    link: str = "gpu"  # "gpu" (between GPUs), "host" (PCIe to the CPU), "paging" (unified memory)
 
 
 @dataclass(frozen=True)
@@ -354,8 +354,11 @@ def _comms(model: ModelSpec, static, train: TrainSpec, shard: ShardSpec) -> list
 
 
 def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
-              shard: ShardSpec | None = None, dropout: float = 0.0, dora: bool = False) -> StepWork:
-    """The work of one micro-batch of ``train`` on one GPU of ``shard``."""
+              shard: ShardSpec | None = None, dropout: float = 0.0, dora: bool = False,
+              paged_out_bytes: float = 0.0) -> StepWork:
+    """The work of one micro-batch of ``train`` on one GPU of ``shard``. ``paged_out_bytes``:
+    paged optimizer state that does not fit beside the rest and lives in host memory: the
+    optimizer step migrates it in and back out (CUDA unified memory) once per optimizer step."""
     shard = shard or ShardSpec()
     full = train.method == "full"
     passes = 2 if train.checkpointing else 1  # forward runs, the recomputed one included
@@ -401,6 +404,8 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         elementwise_bytes=elementwise, dequant_weights=quantized * (passes + 1),
         optimizer_bytes=_optimizer_bytes(static, train), grad_accum=train.grad_accum,
         kernels=_kernels(model, targets if not full else (), train, passes),
-        comms=tuple(_comms(model, static, train, shard)), gpus=shard.gpus,
+        comms=tuple(_comms(model, static, train, shard)) + (
+            (Comm("paging", 2 * paged_out_bytes / train.grad_accum, "none", "paging"),)
+            if paged_out_bytes else ()), gpus=shard.gpus,
         layers=model.num_layers, forward_share=1 / (passes + 2), stack=train.stack,
         quant=train.quant_type)

@@ -108,7 +108,7 @@ _TIME_LABELS = {
     "memory_bound": "memory-bound ops (norms, activations, loss)",
     "dequantization": "dequantization",
     "optimizer": "optimizer step",
-    "communication": "communication (exposed)",
+    "communication": "communication, offload, paging (exposed)",
     "overhead": "launch overhead (CPU-bound)",
     "compute": "compute at the given MFU",
 }
