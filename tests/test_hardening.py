@@ -215,3 +215,12 @@ def test_settings_the_gpu_cannot_run_are_noted(cli):
                        "--json")
     notes = " ".join(json.loads(out)["notes"])
     assert "tensor cores" not in notes and "flash-attn 2 needs" not in notes
+
+
+def test_a_usage_error_is_one_line_even_after_a_note(cli):
+    """A note made while reading the flags (LoRA flags under --method full) is dropped when the
+    command then ends in a usage error: exit 2 prints exactly one line (found by the property
+    test's generator)."""
+    code, out, err = cli("fit", "--solve", "batch-size", "--alpha", "0", "--model", "llama2-7b",
+                         "--method", "full")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--gpu" in err

@@ -16,6 +16,14 @@ from ..errors import LorasizeError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+# Notes a command makes while reading its flags, printed once it has run: a run that ends in a
+# usage error prints that one line and nothing else.
+_DEFERRED_NOTES: list[str] = []
+
+
+def defer_note(text: str) -> None:
+    """Print ``note: text`` on stderr after the command, unless it ends in a usage error."""
+    _DEFERRED_NOTES.append(text)
 
 
 # Each command's module, imported only when that command runs (or help lists them): a cold
@@ -69,8 +77,11 @@ def _one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; never lets a traceback reach the user."""
     args = sys.argv[1:] if argv is None else list(argv)
+    _DEFERRED_NOTES.clear()
     try:
         result = cli.main(args=args, prog_name="lorasize", standalone_mode=False)
+        for note in _DEFERRED_NOTES:
+            click.echo(f"note: {note}", err=True)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         return EXIT_USAGE

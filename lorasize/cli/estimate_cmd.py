@@ -55,8 +55,10 @@ def build_specs(ctx: click.Context, p: dict):
                                                          "lora_dropout", "alpha", "adapter")
                    if n in p and _given(ctx, n)]
         if ignored:
-            click.echo(f"note: {', '.join(ignored)} do not apply to --method full (every weight "
-                       f"trains) and are ignored", err=True)
+            from . import defer_note
+
+            defer_note(f"{', '.join(ignored)} do not apply to --method full (every weight "
+                       f"trains) and are ignored")
     lora = LoraSpec(r=r, alpha=float(alpha if alpha is not None else 2 * r),
                     targets=targets, dropout=float(dropout or 0.0), dora=dora, variant=variant)
     # commands without the training flags (serve) get TrainSpec's defaults for them
