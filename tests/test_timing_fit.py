@@ -13,6 +13,7 @@ from lorasize.calibrate.timing_fit import (HELD_OUT_SOURCES, errors, fit_shipped
                                            report, samples)
 from lorasize.calibrate.timing_rows import ALL_CONFIDENCES, load_rows
 from lorasize.measurements import TIMING
+from lorasize import resolve_model
 from lorasize.perf.steptime import PARAMS_FILE, default_params
 
 BAR = Path(__file__).resolve().parent.parent / "benchmarks" / "timing_accuracy.json"
@@ -87,3 +88,47 @@ def test_rows_read_what_the_frameworks_did(rows):
     assert by_id["peft-lora-rank32"].train.autocast is False
     skipped = dict(rows[1])
     assert "boft" in skipped["peft-boft-default"]
+
+
+def test_calibrate_timing_fits_a_users_rows_and_estimate_reads_them(tmp_path, cli):
+    """`calibrate --timing CSV` fits the figures to the user's own throughput rows (here the
+    fms-acceleration rows alone), `estimate --timing-params` uses them; bad files are one line."""
+    import csv
+
+    with TIMING.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        mine = [r for r in reader if r["id"].startswith("fms-")]
+        fields = reader.fieldnames
+    path = tmp_path / "runs.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(mine)
+    out = tmp_path / "timing.json"
+    code, stdout, err = cli("calibrate", "--timing", str(path), "-o", str(out))
+    assert code == 0, err
+    fitted = json.loads(out.read_text())
+    assert f"{len(mine)} rows" in fitted["source"]
+    args = ("estimate", "-m", "mistral-7b", "-r", "16", "-t", "attn", "-b", "4", "-s", "4096",
+            "--grad-checkpointing", "--attn", "flash", "--gpu", "a100-80gb", "--json")
+    _, own, _ = cli(*args, "--timing-params", str(out))
+    _, shipped, _ = cli(*args)
+    assert json.loads(own)["time"]["tokens_per_s"] != json.loads(shipped)["time"]["tokens_per_s"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"gemm_efficiency": 0}')
+    code, _, err = cli(*args, "--timing-params", str(bad))
+    assert code == 2 and "gemm_efficiency" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("calibrate", "--timing", str(tmp_path / "nope.csv"), "-o", str(out))
+    assert code == 2 and "--timing" in err
+
+
+def test_gpu_profiles_are_throughput_rows():
+    from lorasize.calibrate.timing_fit import rows_from_profiles
+
+    config = {"model": {"name": "llama3.2-1b", "hf_config": resolve_model("llama3.2-1b").hf_config},
+              "lora": {"r": 16, "targets": ["all"]}, "train": {"batch_size": 4, "seq_len": 512}}
+    gpu = {"schema_version": 2, "device": {"kind": "cuda", "name": "NVIDIA L4"}, "config": config,
+           "measurements": {"oom": False, "tokens_per_s": 1234.0}}
+    cpu = dict(gpu, device={"kind": "cpu", "name": "x86_64"})
+    (row,) = rows_from_profiles([gpu, cpu])
+    assert row.measured_tps == 1234.0 and row.gpu.name == "l4" and row.train.seq_len == 512

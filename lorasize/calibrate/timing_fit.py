@@ -17,6 +17,7 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..perf.steptime import PARAMS_FILE, TimeParams, combine, terms
 from ..perf.work import step_work
@@ -168,6 +169,49 @@ def summary(errs: list[float]) -> dict:
     return {"rows": len(a), "median_abs_error": statistics.median(a), "p90_abs_error": p90}
 
 
+def rows_from_profiles(profiles: list[dict]) -> list[TimingRow]:
+    """Single-GPU CUDA training profiles on catalog GPUs as throughput rows (the profile's own
+    setup and measured tokens per second): real runs teach the step-time model."""
+    from ..arch.catalog import gpu_from_catalog
+    from ..arch.lora import resolve_targets
+    from ..errors import LorasizeError
+    from ..memory.sharding import ShardSpec
+    from .calibration import _profile_specs
+
+    rows = []
+    for profile in profiles:
+        measured, config, device = profile["measurements"], profile["config"], profile["device"]
+        if (device["kind"] != "cuda" or measured["oom"] or "ranks" in profile
+                or not measured.get("tokens_per_s")):
+            continue
+        try:
+            gpu = gpu_from_catalog(device["name"])
+        except LorasizeError:
+            continue
+        model, lora, train = _profile_specs(config)
+        targets = resolve_targets(model, lora) if train.method != "full" else ()
+        rows.append(TimingRow(f"profile:{config['model']['name']}", "lorasize profile", "high",
+                              measured["tokens_per_s"] / train.grad_accum, model, targets, train,
+                              gpu, ShardSpec(), lora.dropout, lora.dora))
+    return rows
+
+
+def fit_rows(rows: list[TimingRow], source: str) -> TimeParams:
+    """The figures fitted to ``rows`` (from the shipped fit's figures), with ``source``."""
+    from ..perf.steptime import default_params
+
+    return replace(fit(samples(rows), default_params()), source=source)
+
+
+def write_params(params: TimeParams, path) -> None:
+    from ..files import write_atomic
+
+    data = {k: (round(v, 6) if isinstance(v, float) else
+                {a: round(b, 6) for a, b in v.items()} if isinstance(v, dict) else v)
+            for k, v in params.to_dict().items()}
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
 def fit_shipped(path) -> tuple[TimeParams, list[Sample]]:
     """The shipped fit: every row of ``path`` outside :data:`HELD_OUT_SOURCES`."""
     rows, _ = load_rows(path, ALL_CONFIDENCES)
@@ -257,13 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         print_report(report(args.measurements))
         return 0
     fitted, _ = fit_shipped(args.measurements)
-    data = {k: (round(v, 6) if isinstance(v, float) else
-                {a: round(b, 6) for a, b in v.items()} if isinstance(v, dict) else v)
-            for k, v in fitted.to_dict().items()}
-    from ..files import write_atomic
-
-    write_atomic(args.out, json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data, indent=2))
+    write_params(fitted, args.out)
+    print(Path(args.out).read_text())
     return 0
 
 

@@ -16,25 +16,60 @@ from ..profile.schema import load_profiles
 from ..units import format_bytes
 
 
+def _calibrate_timing(timing: str, profiles: str | None, out: str) -> int:
+    from ..calibrate.timing_fit import fit_rows, rows_from_profiles, write_params
+    from ..calibrate.timing_rows import ALL_CONFIDENCES, load_rows
+    from ..measurements import TIMING
+
+    path = TIMING if timing == "shipped" else timing
+    if not Path(path).is_file():
+        raise LorasizeError("no such throughput CSV", source="--timing")
+    try:
+        rows, _ = load_rows(path, ALL_CONFIDENCES)
+    except (KeyError, ValueError) as exc:
+        raise LorasizeError(f"not a throughput CSV in the format of timing.csv ({exc})",
+                            source="--timing") from None
+    if profiles:
+        rows += rows_from_profiles(load_profiles(profiles))
+    if not rows:
+        raise LorasizeError("no usable row: nothing to fit; no file written", source="--timing")
+    params = fit_rows(rows, f"fitted to {len(rows)} rows ({Path(path).name}"
+                            + (f" and {profiles}" if profiles else "") + ")")
+    write_params(params, out)
+    click.echo(f"wrote {out}: step-time figures fitted to {len(rows)} rows (gemm efficiency "
+               f"{params.gemm_efficiency:.3f}, bandwidth efficiency "
+               f"{params.bandwidth_efficiency:.3f})")
+    return 0
+
+
 @click.command()
 @click.option("--measurements", "-m", metavar="CSV",
               help="A measurement CSV in the format of measurements/measured.csv (default, without "
                    "--profiles: the published measurements shipped with lorasize).")
 @click.option("--profiles", "-p", metavar="DIR", help="A folder of profile files (lorasize profile).")
+@click.option("--timing", "timing", metavar="CSV", is_flag=False, flag_value="shipped",
+              default=None,
+              help="Fit the step-time model's figures instead, from a throughput CSV in the format "
+                   "of measurements/timing.csv (alone: the shipped one) and the GPU profiles of "
+                   "--profiles; `estimate --timing-params` reads the file.")
 @click.option("--out", "-o", required=True, metavar="FILE", help="Calibration file to write.")
-def calibrate(measurements: str | None, profiles: str | None, out: str) -> int:
+def calibrate(measurements: str | None, profiles: str | None, timing: str | None,
+              out: str) -> int:
     """Fit the CUDA context and allocator-reserve terms from measurements, and the model FLOPs
     utilisation from GPU profiles, and write a calibration file that `estimate --calibration`
-    reads.
+    reads. With --timing, fit the step-time model's figures instead.
 
     \b
     Example:
       lorasize calibrate -o my-calibration.json
       lorasize calibrate --profiles profiles/ -o my-calibration.json
+      lorasize calibrate --timing my-runs.csv --profiles profiles/ -o my-timing.json
     """
     from ..files import check_writable
 
     check_writable(out, "--out")
+    if timing is not None:
+        return _calibrate_timing(timing, profiles, out)
     if not measurements and not profiles:
         from ..measurements import MEMORY
 

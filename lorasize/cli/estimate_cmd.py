@@ -208,7 +208,16 @@ def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
                          -(-tokens // gpus) if tokens else tokens, p.get("epochs") or 1.0,
                          price * gpus if price is not None else None, shard=result.shard,
                          dropout=result.lora.dropout, dora=result.lora.dora,
-                         paged_out_bytes=paged_out_bytes(result))
+                         paged_out_bytes=paged_out_bytes(result), params=_timing_params(p))
+
+
+def _timing_params(p: dict):
+    """The step-time figures of --timing-params, or None for the shipped fit."""
+    if not p.get("timing_params"):
+        return None
+    from ..perf.steptime import load_params
+
+    return load_params(p["timing_params"])
 
 
 def _suggestions(model, lora, train, gpu) -> list[str]:

@@ -166,6 +166,9 @@ def gpu_options(func):
                      "profiles), else the step-time model]"),
         click.option("--calibration", metavar="FILE",
                      help="Calibration file from 'lorasize calibrate'. [default: the shipped one]"),
+        click.option("--timing-params", metavar="FILE",
+                     help="Step-time figures from 'lorasize calibrate --timing'. [default: the "
+                          "shipped fit]"),
     ])(func)
 
 

@@ -100,8 +100,32 @@ class TimeParams:
 @lru_cache(maxsize=1)
 def default_params() -> TimeParams:
     """The shipped fit (``lorasize/data/timing_params.json``)."""
-    data = json.loads(PARAMS_FILE.read_text())
-    return TimeParams(**{k: data[k] for k in TimeParams.__dataclass_fields__ if k in data})
+    return load_params(PARAMS_FILE)
+
+
+def load_params(path) -> TimeParams:
+    """Step-time figures from a file ``lorasize calibrate --timing`` wrote.
+
+    Raises:
+        LorasizeError: unreadable, or a figure missing or not a positive number.
+    """
+    from ..errors import LorasizeError
+    from ..files import read_json
+
+    data = read_json(path)
+    fields = {}
+    for name, spec in TimeParams.__dataclass_fields__.items():
+        if name == "source":
+            fields[name] = str(data.get("source", path))
+            continue
+        value = data.get(name) if isinstance(data, dict) else None
+        numbers = value.values() if isinstance(value, dict) else [value]
+        if value is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                    and v > 0 for v in numbers):
+            raise LorasizeError(f"field '{name}' must be a positive number (or a mapping of them)",
+                                source=str(path))
+        fields[name] = value
+    return TimeParams(**fields)
 
 
 @dataclass(frozen=True)
