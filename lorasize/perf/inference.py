@@ -20,7 +20,7 @@ How engines batch adapters:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..arch.layout import copies
 from ..arch.lora import Target

@@ -24,7 +24,6 @@ written by ``python -m lorasize.calibrate.timing_fit``).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache

@@ -124,8 +124,6 @@ def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, 
     runs at the end of each step (a device synchronize). Returns the measured steps' durations
     in seconds.
     """
-    import torch
-
     from ..trace.build import quiet
 
     step_times: list[float] = []
