@@ -92,9 +92,12 @@ if [ "$DEVICE" = cuda ]; then
   GPUS=$(python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 1)
 fi
 if [ "$GPUS" -ge 2 ] || [ "$DEVICE" = cpu ]; then
+  # a launch of two ranks can fail for reasons of the moment (a rendezvous timing out on a
+  # busy machine): one more try before the step counts as failed
+  TWO_RANKS="python3 -m lorasize profile -m '$MODEL' -r 16 -t all -b 2 -s $SEQ --gpus 2 \
+--sharding fsdp --device $DEVICE --steps 2 --out '$OUT'"
   step "2-rank FSDP profile" \
-    python3 -m lorasize profile -m "$MODEL" -r 16 -t all -b 2 -s "$SEQ" --gpus 2 \
-      --sharding fsdp --device "$DEVICE" --steps 2 --out "$OUT"
+    bash -c "$TWO_RANKS || { echo '   retrying the 2-rank launch once'; $TWO_RANKS; }"
 else
   echo "== 2-rank FSDP profile: skipped (one GPU)"
 fi

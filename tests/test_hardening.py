@@ -224,3 +224,17 @@ def test_a_usage_error_is_one_line_even_after_a_note(cli):
     code, out, err = cli("fit", "--solve", "batch-size", "--alpha", "0", "--model", "llama2-7b",
                          "--method", "full")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--gpu" in err
+
+
+def test_a_failed_launch_names_the_error_not_torchruns_banner():
+    pytest.importorskip("torch")
+    from lorasize.profile.distributed import _stderr_reason
+
+    stderr = ("W1206 something\n[rank0]: Traceback ...\n"
+              "torch.distributed.elastic.rendezvous.api.RendezvousTimeoutError: timed out\n"
+              "======================================================\n"
+              "lorasize.profile.distributed FAILED\n"
+              "======================================================\n")
+    assert "RendezvousTimeoutError" in _stderr_reason(stderr)
+    assert _stderr_reason("=====\nsomething broke\n=====\n") == "something broke"
+    assert _stderr_reason("") == "no output"

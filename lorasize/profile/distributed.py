@@ -314,6 +314,14 @@ def profile_distributed(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpus
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _stderr_reason(stderr: str) -> str:
+    """The line of torchrun's output that says why: the last naming an error, else the last
+    that is not one of its ``=====`` banners."""
+    lines = [l.strip() for l in stderr.strip().splitlines() if l.strip().strip("=")]
+    named = [l for l in lines if "Error" in l or "error:" in l]
+    return (named or lines or ["no output"])[-ERROR_TAIL_LINES]
+
+
 def collect(job: dict, returncode: int, stderr: str) -> dict:
     """The profile a torchrun launch left: rank 0's when every rank finished, else one made
     from the ranks' own files (``rank<i>.json`` in ``job["rank_dir"]``).
@@ -335,7 +343,7 @@ def collect(job: dict, returncode: int, stderr: str) -> dict:
         raise LorasizeError(errors[0]["error"], source=errors[0]["source"])
     if errors or not failed:
         reason = (f"{errors[0]['kind']}: {errors[0]['error']}" if errors else
-                  " ".join(stderr.strip().splitlines()[-ERROR_TAIL_LINES:]) or "no output")
+                  _stderr_reason(stderr))
         where = f"rank {errors[0]['rank']}" if errors else "torchrun"
         raise RankFailed(f"{where} failed: {reason}")
     # Out of memory on some rank: torchrun stopped the others mid-step.
