@@ -8,6 +8,12 @@ import tempfile
 from pathlib import Path
 
 
+def _read_only(path: Path) -> bool:
+    """The owner's write bit, not only access(): root may write anything, but a file made
+    read-only says it is not to be replaced."""
+    return not stat.S_IMODE(path.stat().st_mode) & stat.S_IWUSR or not os.access(path, os.W_OK)
+
+
 def check_writable(path: str | Path, source: str) -> None:
     """Refuse, before any work starts, an output path :func:`write_atomic` could not write: a
     folder, a read-only file, or a missing or unwritable folder.
@@ -21,10 +27,8 @@ def check_writable(path: str | Path, source: str) -> None:
     target = Path(os.path.realpath(given)) if given.is_symlink() else given
     if target.is_dir():
         raise LorasizeError(f"{given} is a folder, not a file", source=source)
-    if target.exists():
-        mode = stat.S_IMODE(target.stat().st_mode)
-        if not mode & stat.S_IWUSR or not os.access(target, os.W_OK):
-            raise LorasizeError(f"{given} is read-only", source=source)
+    if target.exists() and _read_only(target):
+        raise LorasizeError(f"{given} is read-only", source=source)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise LorasizeError(f"the folder {folder} does not exist", source=source)
@@ -47,11 +51,9 @@ def write_atomic(path: str | Path, text: str) -> None:
     path = Path(os.path.realpath(given)) if given.is_symlink() else given
     mode = None
     if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        # the owner's write bit, not only access(): root may write anything, but a file made
-        # read-only says it is not to be replaced
-        if not mode & stat.S_IWUSR or not os.access(path, os.W_OK):
+        if _read_only(path):
             raise LorasizeError("is read-only: not overwritten", source=str(given))
+        mode = stat.S_IMODE(path.stat().st_mode)
     directory = path.parent if str(path.parent) else Path(".")
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:

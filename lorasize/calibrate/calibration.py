@@ -14,8 +14,8 @@ And one for time, from single-GPU CUDA profiles only (the measurement CSVs hold 
 - ``mfu``: the model FLOPs utilisation of a training step. Each profile gives the seconds its
   FLOPs would take at the GPU's peak (``timing.peak_compute_seconds``) and the seconds it took
   less the dequantization ``timing.dequant_seconds`` models; least squares through the origin
-  on ``measured = peak / mfu`` fits ``1 / mfu``. Without profiles the file has none and
-  ``timing.DEFAULT_MFU`` applies.
+  on ``measured = peak / mfu`` fits ``1 / mfu``. Without profiles the file has none and the
+  step-time model (``lorasize.perf.steptime``) times the step.
 
 Rows come from measurement CSVs (``validate``'s format) and from profile files. A term without
 rows keeps its built-in default (``lorasize/memory/allocator.py``). The package ships

@@ -118,7 +118,7 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
     result = run_estimate(model, lora, train, gpu=gpu, serve=serve,
                           adapter_dtype=p["adapter_dtype"].lower(), calibration=calibration,
                           shard=shard)
-    timing = _timing(p, model, result, result.train, gpu, shard.gpus)
+    timing = _timing(p, result, gpu)
     suggestions = _suggestions(model, lora, train, gpu) \
         if result.fits is False and shard.sharding == "none" else []
     setups = _setups(model, lora, train, gpu, shard, calibration) if result.fits is False else []
@@ -185,10 +185,10 @@ def _setups(model, lora, train, gpu, shard, calibration) -> list[dict]:
              "launch": launch_commands(s, train)} for why, s, e in found]
 
 
-def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
+def _timing(p: dict, result, gpu):
     """Step time and hours, when the GPU's throughput is known. With several data-parallel GPUs
     each works through its share of the tokens (hours are wall-clock, the cost is all GPUs')."""
-    from ..perf.timing import paged_out_bytes, training_time
+    from ..perf.timing import estimate_time
 
     # --mfu, else the calibration's (fitted from GPU profiles), else the step-time model.
     calibrated = result.calibration.mfu if result.calibration is not None else None
@@ -203,12 +203,10 @@ def _timing(p: dict, model, result, train, gpu, gpus: int = 1):
         if p.get("dataset_tokens"):
             raise LorasizeError("hours need a GPU: give --gpu NAME", source="--dataset-tokens")
         return None
-    tokens, price = p.get("dataset_tokens"), p.get("usd_per_gpu_hour")
-    return training_time(model, result.targets, train, gpu, mfu,
-                         -(-tokens // gpus) if tokens else tokens, p.get("epochs") or 1.0,
-                         price * gpus if price is not None else None, shard=result.shard,
-                         dropout=result.lora.dropout, dora=result.lora.dora,
-                         paged_out_bytes=paged_out_bytes(result), params=_timing_params(p))
+    tokens, price, gpus = p.get("dataset_tokens"), p.get("usd_per_gpu_hour"), result.shard.gpus
+    return estimate_time(result, gpu, mfu, -(-tokens // gpus) if tokens else tokens,
+                         p.get("epochs") or 1.0, price * gpus if price is not None else None,
+                         params=_timing_params(p))
 
 
 def _timing_params(p: dict):

@@ -337,9 +337,9 @@ def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> 
     if field == "fastest":
         return _fastest(model, lora, train, gpu, headroom, shard, as_json)
     value, result = solve(model, lora, train, gpu, field, headroom, shard)
-    from ..plan.solve import _time_of
+    from ..perf.timing import estimate_time
 
-    timed = _time_of(model, result, gpu) if value else None
+    timed = estimate_time(result) if value else None
     if as_json:
         click.echo(json.dumps({"field": field, "solved": value, "headroom": headroom,
                                "estimate": result.to_dict(),

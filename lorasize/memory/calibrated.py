@@ -29,7 +29,7 @@ class Calibration:
             and goes in a step (activations, logits, temporaries).
         source: where the numbers come from.
         mfu: model FLOPs utilisation of training steps (step time), fitted from GPU profiles;
-            None: :data:`lorasize.perf.timing.DEFAULT_MFU`.
+            None: the step-time model (:mod:`lorasize.perf.steptime`) times the step.
     """
 
     cuda_context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES

@@ -26,7 +26,7 @@ from ..arch.layout import copies
 from ..arch.lora import Target
 from ..arch.model import ModelSpec
 from ..gpu import GpuSpec
-from ..units import DTYPE_BYTES
+from ..serving.serve import kv_cache_bytes
 from .steptime import TimeParams, combine, default_params, terms
 from .work import (EAGER_TOUCHES, LORA_KERNELS, QUANT_KERNELS, Gemm, StepWork, decoder_linears,
                    layer_bytes, layer_kernels, quantized_weights)
@@ -69,7 +69,6 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
     """One forward pass over ``rows`` tokens (a decode step: one per request; a prefill: the
     prompt's), each request reading ``context`` cached tokens, with ``adapters`` distinct
     adapters in the batch (none when ``merged`` or ``targets`` is empty)."""
-    size = int(DTYPE_BYTES[dtype])
     gemms = []
     for m in decoder_linears(model):
         n = copies(model, m)
@@ -88,8 +87,8 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
                   Gemm(per_adapter, lin.out_features, t.rank, n * adapters, "adapter")]
     per_layer = layer_bytes(model, dict(EAGER_TOUCHES, layout=0))  # decode: no layout copies
     lora = sum(u.copies * EAGER_TOUCHES["lora_out"] * u.linear.out_features for u in unmerged)
-    q, kv = model.q_dim, model.kv_dim
-    kv_read = (rows / prompt) * context * 2 * kv * size * model.num_layers
+    q = model.q_dim
+    kv_read = kv_cache_bytes(model, (rows / prompt) * context, dtype)  # each request's cache
     elementwise = rows * (per_layer * model.num_layers + lora) + kv_read
     attention = 4.0 * rows * (context + prompt / 2) * q * model.num_layers  # QK^T and PV
     if engine in BATCHING_ENGINES:
@@ -105,7 +104,7 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
     dequant = quantized_weights(model)[0] if quantized else 0
     return StepWork(tokens=rows, gemms=tuple(gemms), attention_flops=attention,
                     elementwise_bytes=elementwise, dequant_weights=dequant, optimizer_bytes=0.0,
-                    grad_accum=1, kernels=kernels, comms=(), gpus=1, layers=model.num_layers,
+                    grad_accum=1, kernels=kernels, comms=(), gpus=1,
                     forward_share=1.0, stack=stack, quant="nf4" if quantized else "none")
 
 

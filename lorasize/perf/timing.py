@@ -33,10 +33,6 @@ from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target
 from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 
-# Fitted to IBM fms-acceleration's A100-80GB run of Mistral-7B, LoRA r=16 on q,k,v,o, batch 4 x
-# 4096 tokens, gradient checkpointing, flash-attn 2: 3,324 train tokens/s
-# (scripts/benchmarks/refs/a100_80gb.csv, measurements/evidence.md): 0.50 of the A100's 312 TFLOP/s.
-DEFAULT_MFU = 0.50
 # Bytes moved per 4-bit weight per dequantization: read packed (0.5), write 16-bit (2), read it
 # again in the matmul (2).
 DEQUANT_BYTES_PER_WEIGHT = 4.5
@@ -204,3 +200,19 @@ def paged_out_bytes(estimate) -> int:
     b = estimate.breakdown
     resident = b["weights"] + b["quant_constants"] + b["cuda_context"] + paged
     return min(paged, max(0, resident - estimate.gpu.memory_bytes))
+
+
+def estimate_time(estimate, gpu: GpuSpec | None = None, mfu: float | None = None,
+                  dataset_tokens: int | None = None, epochs: float = 1.0,
+                  usd_per_gpu_hour: float | None = None, params=None) -> TrainingTime | None:
+    """The time of the step an :class:`lorasize.estimate.Estimate` describes (its model,
+    adapters, training, sharding, and the paged optimizer state its memory leaves off the GPU),
+    on ``gpu`` (default: the estimate's); None without a GPU of known throughput. Every place
+    that times an estimate (estimate, fit, sweeps, the report) comes through here."""
+    gpu = gpu or estimate.gpu
+    if gpu is None:
+        return None
+    return training_time(estimate.model, estimate.targets, estimate.train, gpu, mfu,
+                         dataset_tokens, epochs, usd_per_gpu_hour, shard=estimate.shard,
+                         dropout=estimate.lora.dropout, dora=estimate.lora.dora, params=params,
+                         paged_out_bytes=paged_out_bytes(estimate))

@@ -115,17 +115,11 @@ class StepWork:
     kernels: float  # launches per micro-batch
     comms: tuple[Comm, ...]
     gpus: int
-    layers: int
     forward_share: float  # share of the GEMM and attention work that runs forward
     stack: str
     quant: str
     gathers: float = 0.0  # FSDP / ZeRO-3 unit gathers per micro-batch
     notes: tuple[str, ...] = ()
-
-    @property
-    def flops(self) -> float:
-        return sum(g.flops for g in self.gemms) + self.attention_flops
-
 
 def decoder_linears(model: ModelSpec):
     """Block linears the text step runs (a multimodal card's vision tower is not run)."""
@@ -407,5 +401,5 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         comms=tuple(_comms(model, static, train, shard)) + (
             (Comm("paging", 2 * paged_out_bytes / train.grad_accum, "none", "paging"),)
             if paged_out_bytes else ()), gpus=shard.gpus,
-        layers=model.num_layers, forward_share=1 / (passes + 2), stack=train.stack,
+        forward_share=1 / (passes + 2), stack=train.stack,
         quant=train.quant_type)

@@ -220,10 +220,9 @@ def build_figures(plan: Plan, progress: Callable[[int], None] = lambda n: None,
                             yaxis_title="tokens per second")
         figures.append(speed)
 
-    fits = [estimate(plan.model, plan.serve_lora, plan.train, gpu, plan.serve) for gpu in plan.gpus]
-    progress(len(plan.gpus))
-    adapters = go.Figure(go.Bar(x=names, y=[e.adapters_fit for e in fits],
-                                hovertext=[f"{format_bytes(e.adapter_serve_bytes)} each" for e in fits]))
+    adapters = go.Figure(go.Bar(x=names, y=[r["adapters_fit"] for r in rows],
+                                hovertext=[f"{format_bytes(r['adapter_serve_bytes'])} each"
+                                           for r in rows]))
     adapters.update_layout(title=f"Adapters resident per GPU ({plan.serve.engine}, r={plan.serve_lora.r})",
                            xaxis_title="GPU", yaxis_title="adapters")
     figures.append(adapters)
@@ -274,21 +273,20 @@ window.addEventListener('load', function () {
 def summary(plan: Plan, lora: LoraSpec) -> list[dict]:
     """One row per GPU: the verdict at the plan's training setup (its first rank and targets),
     headroom, the largest batch and sequence, adapters resident, throughput, hours and cost."""
-    from ..perf.timing import training_time
+    from ..perf.timing import estimate_time
 
     rows = []
     for gpu in plan.gpus:
         e = estimate(plan.model, lora, plan.train, gpu, plan.serve)
         served = estimate(plan.model, plan.serve_lora, plan.train, gpu, plan.serve)
-        timed = training_time(plan.model, e.targets, plan.train, gpu, dataset_tokens=plan.dataset_tokens,
-                              usd_per_gpu_hour=plan.usd_per_gpu_hour.get(gpu.name),
-                              dropout=lora.dropout, dora=lora.dora)
+        timed = estimate_time(e, dataset_tokens=plan.dataset_tokens,
+                              usd_per_gpu_hour=plan.usd_per_gpu_hour.get(gpu.name))
         rows.append({
             "gpu": gpu.name, "memory_bytes": gpu.memory_bytes, "fits": e.fits,
             "peak_bytes": e.peak_bytes, "headroom_bytes": e.headroom_bytes,
             "largest_batch": solve(plan.model, lora, plan.train, gpu, "batch-size")[0],
             "largest_seq_len": solve(plan.model, lora, plan.train, gpu, "seq-len")[0],
-            "adapters_fit": served.adapters_fit,
+            "adapters_fit": served.adapters_fit, "adapter_serve_bytes": served.adapter_serve_bytes,
             "tokens_per_s": timed.tokens_per_s if timed else None,
             "bound": timed.bound if timed else None,
             "hours": timed.hours if timed else None, "usd": timed.usd if timed else None})

@@ -98,7 +98,7 @@ def fastest(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec,
         ``tokens_per_s``, ``step_seconds``, ``train_peak_bytes``), fastest first; empty when
         nothing fits.
     """
-    from ..perf.timing import training_time
+    from ..perf.timing import estimate_time
 
     found = []
     for checkpointing in (False, True):
@@ -106,8 +106,7 @@ def fastest(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec,
         value, result = solve(model, lora, candidate, gpu, "batch-size", headroom, shard)
         if not value:
             continue
-        timed = training_time(model, result.targets, result.train, gpu, shard=shard,
-                              dropout=lora.dropout, dora=lora.dora)
+        timed = estimate_time(result)
         if timed is None:
             continue
         found.append({"batch_size": value, "grad_checkpointing": checkpointing,
@@ -189,6 +188,8 @@ def sweep(model: ModelSpec, gpu: GpuSpec | None = None, **grid: Any):
     values = [v if isinstance(v, (list, tuple)) and not (name == "targets" and v and
                                                         isinstance(v[0], str)) else [v]
               for name, v in grid.items()]
+    from ..perf.timing import estimate_time
+
     rows = []
     for combo in itertools.product(*values):
         chosen = dict(zip(names, combo))
@@ -199,18 +200,8 @@ def sweep(model: ModelSpec, gpu: GpuSpec | None = None, **grid: Any):
         row.update({k: v for k, v in result.to_dict().items()
                     if k not in ("train_breakdown", "phase_peaks", "notes", "targets")})
         row.update({f"breakdown_{k}": v for k, v in result.breakdown.items()})
-        timed = _time_of(model, result, gpu)
+        timed = estimate_time(result) if gpu else None
         row.update(tokens_per_s=timed.tokens_per_s if timed else None,
                    step_seconds=timed.step_seconds if timed else None)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _time_of(model: ModelSpec, result: Estimate, gpu: GpuSpec | None):
-    """The step-time model's answer for an estimate (None without a GPU's throughput)."""
-    if gpu is None:
-        return None
-    from ..perf.timing import training_time
-
-    return training_time(model, result.targets, result.train, gpu, shard=result.shard,
-                         dropout=result.lora.dropout, dora=result.lora.dora)
