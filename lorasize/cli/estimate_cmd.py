@@ -17,8 +17,8 @@ from ..plan.render import render_estimate
 from ..arch.resolve import read_adapter_config, resolve_model
 from ..memory.sharding import ShardSpec, launch_commands
 from ..specs import ServeSpec, TrainSpec
-from .options import (gpu_options, lora_options, model_options, output_options, shard_options,
-                      train_options)
+from .options import (gpu_options, lora_options, model_options, output_options, recipe_option,
+                      recipe_used, shard_options, train_options)
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -85,6 +85,7 @@ def build_gpu(p: dict) -> GpuSpec | None:
 
 
 @click.command()
+@recipe_option
 @model_options
 @lora_options
 @train_options
@@ -109,8 +110,10 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
       lorasize estimate --adapter ./my-adapter --gpu a100-40gb
       lorasize estimate --model llama2-70b --method full --grad-checkpointing \\
           --gpus 8 --sharding zero3 --offload optimizer --gpu a100-80gb
+      lorasize estimate --recipe axolotl/examples/llama-3/qlora.yml --gpu rtx-4090
     """
     model, lora, train = build_specs(ctx, p)
+    recipe, given = recipe_used(ctx)
     gpu = build_gpu(p)
     serve = ServeSpec(dtype=p["serve_dtype"].lower(), kv_tokens=p["serve_tokens"])
     calibration = load_calibration(p["calibration"]) if p.get("calibration") else None
@@ -127,8 +130,14 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
         data["time"] = timing.to_dict() if timing else None
         data["suggestions"] = suggestions
         data["multi_gpu"] = setups
+        if recipe is not None:
+            data["recipe"] = recipe.to_dict(given)
         click.echo(json.dumps(data, indent=2))
     else:
+        if recipe is not None:
+            from ..recipes import render_recipe
+
+            click.echo(render_recipe(recipe, given, {q.name for q in ctx.command.params}) + "\n")
         click.echo(render_estimate(result))
         if suggestions:
             click.echo(f"To fit {gpu.name}: " + "; or ".join(suggestions))

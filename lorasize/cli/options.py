@@ -45,6 +45,47 @@ def _apply(options):
     return decorator
 
 
+def _read_recipe(ctx: click.Context, param, value):
+    """Eager: read the recipe before the other flags, so its values become their defaults and
+    a flag given on the command line wins."""
+    if not value:
+        return value
+    from ..recipes import read_recipe
+
+    recipe = read_recipe(value)
+    names = {p.name for p in ctx.command.params}
+    ctx.default_map = {**(ctx.default_map or {}),
+                       **{k: v for k, v in recipe.options().items() if k in names}}
+    ctx.meta[RECIPE_KEY] = recipe
+    return value
+
+
+RECIPE_KEY = "lorasize.recipe"
+
+
+def recipe_option(func):
+    """--recipe FILE: a framework's training recipe as the defaults of the other flags."""
+    return click.option(
+        "--recipe", metavar="FILE", is_eager=True, callback=_read_recipe,
+        help="A training recipe: axolotl or LLaMA-Factory YAML, torchtune config, litgpt "
+             "config_hub YAML, or Trainer/TRL arguments (JSON/YAML). Its settings, and the "
+             "framework's defaults where it is silent, become the defaults of these flags "
+             "(flags given here win); see docs/recipes.md.")(func)
+
+
+def recipe_used(ctx: click.Context):
+    """The recipe --recipe read, and the options the command line set over it."""
+    from click.core import ParameterSource
+
+    recipe = ctx.meta.get(RECIPE_KEY)
+    if recipe is None:
+        return None, ()
+    given = tuple(s.option for s in recipe.settings
+                  if ctx.get_parameter_source(s.option) in (ParameterSource.COMMANDLINE,
+                                                            ParameterSource.ENVIRONMENT))
+    return recipe, given
+
+
 def model_options(func):
     """--model and --adapter."""
     return _apply([

@@ -19,7 +19,8 @@ from ..specs import ENGINES, ServeSpec, TrainSpec
 from ..units import format_bytes
 from ..memory.weights import static_bytes
 from .estimate_cmd import build_gpu, build_shard, build_specs
-from .options import (base_options, lora_options, model_options, output_options, shard_options,
+from .options import (base_options, lora_options, model_options, output_options, recipe_option,
+                      recipe_used, shard_options,
                       train_options)
 
 
@@ -306,6 +307,7 @@ def _render_serve(d: dict) -> str:
 
 
 @click.command()
+@recipe_option
 @model_options
 @lora_options
 @train_options
@@ -334,6 +336,11 @@ def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> 
     model, lora, train = build_specs(ctx, p)
     gpu = _require_gpu(p)
     shard = build_shard(p)
+    recipe, given = recipe_used(ctx)
+    if recipe is not None and not as_json:
+        from ..recipes import render_recipe
+
+        click.echo(render_recipe(recipe, given, {q.name for q in ctx.command.params}) + "\n")
     if field == "fastest":
         return _fastest(model, lora, train, gpu, headroom, shard, as_json)
     value, result = solve(model, lora, train, gpu, field, headroom, shard)
@@ -343,7 +350,8 @@ def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> 
     if as_json:
         click.echo(json.dumps({"field": field, "solved": value, "headroom": headroom,
                                "estimate": result.to_dict(),
-                               "time": timed.to_dict() if timed else None}, indent=2))
+                               "time": timed.to_dict() if timed else None,
+                               "recipe": recipe.to_dict(given) if recipe else None}, indent=2))
     else:
         head = (f"largest {field} that fits {gpu.name} with {headroom:.0%} headroom: {value}"
                 if value else f"nothing fits {gpu.name}: even {field} = 1 needs "

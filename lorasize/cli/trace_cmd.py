@@ -12,7 +12,8 @@ from ..plan.render import table
 from ..trace import trace as run_trace
 from ..units import format_bytes
 from .estimate_cmd import build_specs
-from .options import lora_options, model_options, output_options, train_options
+from .options import (lora_options, model_options, output_options, recipe_option, recipe_used,
+                      train_options)
 
 # Trace categories -> estimate components they correspond to.
 COMPARED = (
@@ -40,6 +41,7 @@ def compare(traced: dict, estimate) -> list[dict]:
 
 
 @click.command()
+@recipe_option
 @model_options
 @lora_options
 @train_options
@@ -59,6 +61,7 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
     """
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
+    recipe, given = recipe_used(ctx)
     traced = run_trace(model, lora, train).to_dict()
     est = run_estimate(model, lora, train)
     rows = compare(traced, est)
@@ -68,9 +71,15 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
                                         "trainable_params", "seconds", "emulation")}
         data["estimate"] = {"allocated_bytes_without_cublas": estimated_peak,
                             "peak_moment": est.peak_moment, "components": rows}
+        if recipe is not None:
+            data["recipe"] = recipe.to_dict(given)
         click.echo(json.dumps(data, indent=2))
         return 0
     error = 100 * (estimated_peak / traced["peak_bytes"] - 1) if traced["peak_bytes"] else 0.0
+    if recipe is not None:
+        from ..recipes import render_recipe
+
+        click.echo(render_recipe(recipe, given, {q.name for q in ctx.command.params}) + "\n")
     out = [f"{model.name}: traced in {traced['seconds']:.1f} s ({traced['emulation']} emulation)",
            f"peak of allocated tensor memory: {traced['peak_bytes']:,} B "
            f"({format_bytes(traced['peak_bytes'])}) at {traced['peak_op']}",

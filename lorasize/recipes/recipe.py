@@ -1,0 +1,181 @@
+"""What a recipe file says, as ``lorasize estimate`` options, and where each value came from.
+
+A :class:`Recipe` holds one :class:`Setting` per estimate option it fixes: read from a key of
+the file, or assumed from the framework's own default (with the file and version of the
+framework code that sets it). Keys that change memory or time but that no option expresses are
+kept in ``unread`` with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LorasizeError
+
+# A recipe is a few kilobytes; anything far larger is not one (and reading it whole would not be
+# bounded).
+MAX_RECIPE_BYTES = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One estimate option a recipe fixes.
+
+    Attributes:
+        option: the estimate parameter (``batch_size``), as ``lorasize estimate --json`` and the
+            budgets file spell it; the flag is ``--batch-size``.
+        value: the value as the flag takes it (``"q_proj,v_proj"``, ``4``, ``True``).
+        origin: the recipe key it was read from (``micro_batch_size``), or for an assumed value
+            the framework code that sets it (``axolotl default: src/.../training.py``).
+        assumed: True when the recipe leaves the setting out and the framework default fills it.
+    """
+
+    option: str
+    value: object
+    origin: str
+    assumed: bool = False
+
+    @property
+    def flag(self) -> str:
+        return flag_of(self.option, self.value)
+
+    def to_dict(self) -> dict:
+        return {"option": self.option, "value": self.value, "flag": self.flag,
+                "from": self.origin, "assumed": self.assumed}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe read as estimate options.
+
+    Attributes:
+        path: the file.
+        framework: ``axolotl``, ``llama-factory``, ``torchtune``, ``litgpt`` or ``hf``.
+        settings: what the recipe fixes, in the order it was read.
+        unread: ``(key, why)`` for keys that change memory or time and that no option expresses.
+        notes: what a reader should know (a sequence length taken as the padded worst case).
+    """
+
+    path: str
+    framework: str
+    settings: tuple[Setting, ...]
+    unread: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def options(self) -> dict[str, object]:
+        """Option name to value, as the command line would give them."""
+        return {s.option: s.value for s in self.settings}
+
+    def to_dict(self, given: tuple[str, ...] = ()) -> dict:
+        """JSON form; ``given`` names the options the command line set over the recipe."""
+        return {"path": self.path, "framework": self.framework,
+                "settings": [{**s.to_dict(), "overridden": s.option in given}
+                             for s in self.settings],
+                "not_read": [{"key": k, "why": w} for k, w in self.unread],
+                "notes": list(self.notes)}
+
+
+def flag_of(option: str, value: object) -> str:
+    """The command-line form of one option: ``--batch-size 4``, ``--grad-checkpointing``."""
+    name = "--" + option.replace("_", "-")
+    if isinstance(value, bool):
+        return name if value else "--no-" + option.replace("_", "-")
+    return f"{name} {value}"
+
+
+@dataclass
+class RecipeBuilder:
+    """Collects a recipe's settings while a reader walks the file (readers are small and linear;
+    the result is the frozen :class:`Recipe`)."""
+
+    path: str
+    framework: str
+    settings: dict[str, Setting] = field(default_factory=dict)
+    unread: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def read(self, option: str, value: object, key: str) -> None:
+        """``option`` is ``value``, read from the recipe's ``key``."""
+        self.settings[option] = Setting(option, value, key)
+
+    def assume(self, option: str, value: object, source: str) -> None:
+        """``option`` is the framework default ``value`` (unless the recipe already set it)."""
+        if option not in self.settings:
+            self.settings[option] = Setting(option, value, source, assumed=True)
+
+    def has(self, option: str) -> bool:
+        return option in self.settings
+
+    def skip(self, key: str, why: str) -> None:
+        """A key that changes memory or time and that no option expresses."""
+        self.unread.append((key, why))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def build(self) -> Recipe:
+        return Recipe(self.path, self.framework, tuple(self.settings.values()),
+                      tuple(self.unread), tuple(self.notes))
+
+
+def load_mapping(path: str | Path, source: str = "--recipe") -> dict:
+    """The top-level mapping of a YAML or JSON file (JSON is YAML), bounded in size.
+
+    Raises:
+        LorasizeError: the file is missing, too large, not YAML, or not a mapping.
+    """
+    import yaml
+
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise LorasizeError(f"{path} is a folder; give the recipe file", source=source)
+        size = p.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise LorasizeError(f"{path} has {size:,} bytes; a recipe is a small YAML or JSON file",
+                                source=source)
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LorasizeError(f"no such file: {path}", source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LorasizeError(f"cannot read {path}: {exc}", source=source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LorasizeError(f"{path} is not valid YAML or JSON{where}", source=source) from None
+    if not isinstance(data, dict):
+        raise LorasizeError(f"{path} holds no mapping of settings", source=source)
+    return data
+
+
+def render_recipe(recipe: Recipe, given: tuple[str, ...] = (), used: set[str] | None = None
+                  ) -> str:
+    """What the recipe set, as the flags it stands for, each with where it came from.
+
+    Args:
+        recipe: the recipe read.
+        given: options the command line set (they win; the recipe's value is shown beside).
+        used: the options the command has; the others are listed as not used here.
+    """
+    rows = []
+    for s in recipe.settings:
+        if used is not None and s.option not in used:
+            continue
+        origin = ("assumed: " if s.assumed else "") + s.origin
+        if s.option in given:
+            origin = f"command line wins (recipe: {s.value}; {origin})"
+            rows.append(("--" + s.option.replace("_", "-") + " (given)", origin))
+        else:
+            rows.append((s.flag, origin))
+    width = max((len(flag) for flag, _ in rows), default=0)
+    out = [f"Recipe {recipe.path} ({recipe.framework}):"]
+    out += [f"  {flag:<{width}}  {origin}" for flag, origin in rows]
+    unused = [s.flag for s in recipe.settings if used is not None and s.option not in used]
+    if unused:
+        out.append(f"  not used by this command: {', '.join(unused)}")
+    out += [f"  not read: {key}: {why}" for key, why in recipe.unread]
+    out += [f"  note: {text}" for text in recipe.notes]
+    return "\n".join(out)
