@@ -50,7 +50,7 @@ _SPEC_KEYS: dict[str, tuple[str, object]] = {
     "gpu_mem": ("str", None), "adapter_train_dtype": ("str", None), "grad_accum": ("int", 1),
     "gpus": ("int", 1), "sharding": ("str", "none"), "offload": ("str", "none"),
 }
-_OTHER_KEYS = ("budget", "baseline", "baseline_trace", "description")
+_OTHER_KEYS = ("budget", "baseline", "baseline_trace", "description", "recipe")
 _FITS = re.compile(r"^fits(?:\s+(?P<gpu>[\w.\-]+?))?(?:\s+with\s+(?P<headroom>.+?)\s+headroom)?$",
                    re.IGNORECASE)
 _BOUND = re.compile(r"^(?P<figure>[a-z_]+?)(?:_bytes)?\s*(?P<op><=|<)\s*(?P<size>.+)$")
@@ -266,9 +266,11 @@ def _scenario(name: str, name_node, node, path: str, tolerance: float | None) ->
                 f"scenario '{name}': unknown field '{key}' (expected "
                 f"{', '.join(list(_SPEC_KEYS) + list(_OTHER_KEYS))})", source=_where(path, knode))
         fields[norm] = (knode, vnode)
-    if "model" not in fields:
-        raise LorasizeError(f"scenario '{name}': no 'model' field", source=_where(path, name_node))
-    p = {key: _typed(key, fields[key][1], path, name) if key in fields else default
+    recipe = _recipe_options(fields.get("recipe"), path, name)
+    if "model" not in fields and "model" not in recipe:
+        raise LorasizeError(f"scenario '{name}': no 'model' field (or 'recipe' naming a model)",
+                            source=_where(path, name_node))
+    p = {key: _typed(key, fields[key][1], path, name) if key in fields else recipe.get(key, default)
          for key, (_, default) in _SPEC_KEYS.items()}
 
     lines = {key: ye.line(vnode) for key, (_, vnode) in fields.items()}
@@ -305,6 +307,27 @@ def _scenario(name: str, name_node, node, path: str, tolerance: float | None) ->
     return Scenario(name=name, line=ye.line(name_node), model=model, lora=lora, train=train,
                     gpu=gpu, budgets=budgets, baselines=baselines, node=node, lines=lines,
                     shard=shard)
+
+
+def _recipe_options(entry, path: str, scenario: str) -> dict:
+    """The options of a scenario's ``recipe:`` (a path relative to the budgets file); the
+    scenario's own keys win over them."""
+    if entry is None:
+        return {}
+    from ..recipes import read_recipe
+
+    _, node = entry
+    raw = ye.value(node) if ye.is_scalar(node) else None
+    where = _where(path, node)
+    if not isinstance(raw, str) or not raw.strip():
+        raise LorasizeError(f"scenario '{scenario}': recipe: must be a file path", source=where)
+    file = Path(raw) if Path(raw).is_absolute() else Path(path).parent / raw
+    try:
+        options = read_recipe(file, source=where).options()
+    except LorasizeError as exc:
+        raise LorasizeError(f"scenario '{scenario}': recipe: {Exception.__str__(exc)}",
+                            source=where) from None
+    return {k: v for k, v in options.items() if k in _SPEC_KEYS}
 
 
 def _located(error: LorasizeError, path: str, scenario: str, line: int,

@@ -91,9 +91,23 @@ class RecipeBuilder:
 
     path: str
     framework: str
+    data: dict = field(default_factory=dict)
     settings: dict[str, Setting] = field(default_factory=dict)
     unread: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def get(self, key: str, default: object = None) -> object:
+        """The recipe's value of top-level ``key`` (``default`` when absent or null), marking the
+        key as read."""
+        self.seen.add(key)
+        value = self.data.get(key)
+        return default if value is None else value
+
+    def given(self, key: str) -> bool:
+        """Whether the recipe sets ``key`` (to something other than null)."""
+        self.seen.add(key)
+        return self.data.get(key) is not None
 
     def read(self, option: str, value: object, key: str) -> None:
         """``option`` is ``value``, read from the recipe's ``key``."""
@@ -114,9 +128,16 @@ class RecipeBuilder:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def build(self) -> Recipe:
-        return Recipe(self.path, self.framework, tuple(self.settings.values()),
-                      tuple(self.unread), tuple(self.notes))
+    def build(self, inert: frozenset[str] = frozenset()) -> Recipe:
+        """The recipe; top-level keys neither read nor ``inert`` (known not to change memory or
+        time: learning rates, logging, paths) are listed as unknown, never dropped silently."""
+        unknown = [k for k in self.data if k not in self.seen and k not in inert
+                   and self.data[k] is not None]
+        unread = list(self.unread) + [
+            (k, "not a setting lorasize knows: if it changes memory or time, the estimate leaves "
+                "it out") for k in unknown]
+        return Recipe(self.path, self.framework, tuple(self.settings.values()), tuple(unread),
+                      tuple(self.notes))
 
 
 def load_mapping(path: str | Path, source: str = "--recipe") -> dict:
@@ -179,3 +200,39 @@ def render_recipe(recipe: Recipe, given: tuple[str, ...] = (), used: set[str] | 
     out += [f"  not read: {key}: {why}" for key, why in recipe.unread]
     out += [f"  note: {text}" for text in recipe.notes]
     return "\n".join(out)
+
+
+# Where a model fuses what a framework adapts by role (litgpt's lora_query, torchtune's
+# lora_attn_modules), the Hugging Face module that holds that role, in order of preference:
+# Phi-3's qkv_proj and gate_up_proj, GPT-NeoX's and Falcon's query_key_value and dense_*,
+# Phi-2's dense and fc1/fc2.
+ROLE_MODULES = {
+    "q_proj": ("q_proj", "qkv_proj", "query_key_value"),
+    "k_proj": ("k_proj", "qkv_proj", "query_key_value"),
+    "v_proj": ("v_proj", "qkv_proj", "query_key_value"),
+    "o_proj": ("o_proj", "dense"),
+    "gate_proj": ("gate_proj", "gate_up_proj"),
+    "up_proj": ("up_proj", "gate_up_proj", "dense_h_to_4h", "fc1"),
+    "down_proj": ("down_proj", "dense_4h_to_h", "fc2"),
+    "lm_head": ("lm_head", "embed_out"),
+}
+
+
+def model_modules(model_text: str, roles: list[str]) -> tuple[list[str], bool]:
+    """The model's own module names for ``roles`` (Hugging Face Llama names), and whether a role
+    fell on a fused module. Unresolvable models keep the role names (the estimate then says
+    which names the model has)."""
+    from ..arch.lora import target_names
+    from ..arch.resolve import resolve_model
+
+    try:
+        names = set(target_names(resolve_model(model_text)))
+    except LorasizeError:
+        return list(roles), False
+    found, fused = [], False
+    for role in roles:
+        module = next((m for m in ROLE_MODULES.get(role, (role,)) if m in names), role)
+        fused |= module != role
+        if module not in found:
+            found.append(module)
+    return found, fused

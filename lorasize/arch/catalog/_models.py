@@ -59,7 +59,9 @@ MODELS = [
     # ------------------------------------------------------------------------------------------
     dict(
         name="llama3-8b",
-        aliases=("llama-3-8b", "meta-llama-3-8b", "llama3", "meta-llama/Meta-Llama-3-8B"),
+        # the Instruct release's config.json differs only in eos_token_id
+        aliases=("llama-3-8b", "meta-llama-3-8b", "llama3", "meta-llama/Meta-Llama-3-8B",
+                 "meta-llama/Meta-Llama-3-8B-Instruct"),
         hf_id="meta-llama/Meta-Llama-3-8B",
         url="https://huggingface.co/meta-llama/Meta-Llama-3-8B/blob/main/config.json",
         config=dict(
