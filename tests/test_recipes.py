@@ -122,3 +122,28 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
         handle.truncate(5 * 2**20)
     with pytest.raises(LorasizeError, match="bytes"):
         read_recipe(path)
+
+
+def test_a_check_scenario_reads_a_recipe_and_its_own_keys_win(cli, tmp_path):
+    import yaml
+
+    recipe = RECIPES / "llamafactory" / "examples__train_qlora__qwen3_lora_sft_otfq.yaml"
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(f"scenarios:\n  from-recipe:\n    recipe: {recipe}\n"
+                       f"    budget: train_peak <= 80 GiB\n"
+                       f"  shorter:\n    recipe: {recipe}\n    seq_len: 512\n"
+                       f"    budget: train_peak <= 80 GiB\n")
+    code, out, err = cli("check", str(budgets), "--update-baseline")
+    assert code == 0, err
+    stored = yaml.safe_load(budgets.read_text())["scenarios"]
+    code, out, err = cli("estimate", "--recipe", str(recipe), "--json")
+    assert stored["from-recipe"]["baseline"]["train_peak_bytes"] == json.loads(out)["train_peak_bytes"]
+    code, out, err = cli("estimate", "--recipe", str(recipe), "--seq-len", "512", "--json")
+    assert stored["shorter"]["baseline"]["train_peak_bytes"] == json.loads(out)["train_peak_bytes"]
+
+
+def test_a_check_scenario_with_a_broken_recipe_names_the_line(cli, tmp_path):
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text("scenarios:\n  s:\n    recipe: nope.yaml\n    budget: train_peak <= 1 GiB\n")
+    code, _, err = cli("check", str(budgets))
+    assert code == 2 and f"{budgets}:3" in err and "no such file" in err
