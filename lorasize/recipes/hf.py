@@ -1,0 +1,243 @@
+"""Hugging Face ``TrainingArguments`` and TRL ``SFTConfig`` (JSON or YAML), with TRL's
+``ModelConfig`` keys where a script's YAML holds them (TRL's ``trl sft --config``, the
+alignment-handbook recipes).
+
+A plain ``TrainingArguments`` file says nothing of the model or the adapter: give ``--model`` and
+``--adapter`` (a PEFT adapter folder) beside ``--recipe``. Defaults where a file is silent are
+transformers 5.23.0's (``training_args.py``) and, for a TRL file (one with a TRL-only key such as
+``max_length``, ``packing`` or ``use_peft``), TRL's, which differ: gradient checkpointing on,
+bf16 on unless fp16, sequences of 1,024 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .optimizers import optimizer_of
+from .recipe import Recipe, RecipeBuilder
+
+TF = "transformers 5.23.0 training_args.py"
+TRL = "trl@016013e trl/trainer/sft_config.py"
+TRL_MODEL = "trl trl/trainer/model_config.py"
+# Keys only TRL's SFTConfig or ModelConfig has: a file with one is a TRL file.
+TRL_KEYS = frozenset("""max_length max_seq_length packing packing_strategy padding_free
+dataset_text_field dataset_kwargs completion_only_loss assistant_only_loss loss_type
+activation_offloading model_init_kwargs use_peft lora_r lora_alpha lora_dropout
+lora_target_modules load_in_4bit load_in_8bit use_bnb_nested_quant bnb_4bit_quant_type
+chat_template_path eval_packing""".split())
+# TRL ModelConfig LoRA defaults (lora_r 16, lora_alpha 32, lora_dropout 0.05)
+TRL_LORA = {"lora_r": ("r", 16), "lora_alpha": ("alpha", 32.0), "lora_dropout": ("lora_dropout", 0.05)}
+DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "bf16": "bf16",
+          "fp16": "fp16", "fp32": "fp32"}
+ATTENTION = {"sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash",
+             "flash_attention_3": "flash", "kernels-community/flash-attn": "flash"}
+INERT = frozenset("""output_dir overwrite_output_dir do_train do_eval do_predict eval_strategy
+evaluation_strategy eval_steps per_device_eval_batch_size learning_rate weight_decay adam_beta1
+adam_beta2 adam_epsilon max_grad_norm lr_scheduler_type lr_scheduler_kwargs warmup_ratio
+warmup_steps log_level logging_dir logging_strategy logging_first_step logging_steps save_strategy
+save_steps save_total_limit save_only_model seed data_seed run_name report_to push_to_hub
+hub_model_id hub_strategy hub_private_repo remove_unused_columns label_names load_best_model_at_end
+metric_for_best_model greater_is_better dataloader_num_workers dataloader_pin_memory
+dataloader_drop_last disable_tqdm ddp_timeout ddp_find_unused_parameters max_steps
+resume_from_checkpoint dataset_name dataset_config dataset_mixer dataset_splits dataset_train_split
+dataset_test_split dataset_num_proc preprocessing_num_workers chat_template tokenizer_name_or_path
+model_revision trust_remote_code truncation_mode shuffle_dataset eos_token pad_token hub_token
+use_liger hub_revision optim_args group_by_length length_column_name include_tokens_per_second
+include_num_input_tokens_seen neftune_noise_alpha gradient_checkpointing_kwargs
+lora_task_type auto_find_batch_size full_determinism callbacks wandb_entity wandb_project
+benchmarks ignore_data_skip save_safetensors local_rank prediction_loss_only logging_nan_inf_filter
+dataloader_persistent_workers torch_empty_cache_steps average_tokens_across_devices""".split())
+
+
+def read(data: dict, path: str) -> Recipe:
+    """Read Trainer / TRL arguments."""
+    b = RecipeBuilder(path, "hf", data)
+    trl = any(key in data for key in TRL_KEYS)
+    b.read("stack", "hf-peft", "transformers Trainer")
+    model = b.get("model_name_or_path")
+    if model:
+        b.read("model", str(model), "model_name_or_path")
+    else:
+        b.note("the arguments name no model: give --model (and --adapter for a PEFT adapter "
+               "folder's r, alpha and targets)")
+    _adapter(b, trl)
+    _precision(b, trl)
+    _batch(b, trl)
+    _optimizer(b)
+    _kernels(b)
+    _sharding(b, Path(path).parent)
+    return b.build(INERT)
+
+
+def _adapter(b: RecipeBuilder, trl: bool) -> None:
+    """TRL ModelConfig: use_peft, lora_*, load_in_4bit/8bit (trl/trainer/model_config.py)."""
+    if b.get("load_in_4bit"):
+        b.read("method", "qlora", "load_in_4bit")
+        quant = str(b.get("bnb_4bit_quant_type", "nf4")).lower()
+        (b.read if b.given("bnb_4bit_quant_type") else b.assume)(
+            "quant", quant, "bnb_4bit_quant_type" if b.given("bnb_4bit_quant_type")
+            else f"{TRL_MODEL} bnb_4bit_quant_type='nf4'")
+        (b.read if b.given("use_bnb_nested_quant") else b.assume)(
+            "double_quant", bool(b.get("use_bnb_nested_quant", False)),
+            "use_bnb_nested_quant" if b.given("use_bnb_nested_quant")
+            else f"{TRL_MODEL} use_bnb_nested_quant=False")
+    elif b.get("load_in_8bit"):
+        b.read("method", "qlora", "load_in_8bit")
+        b.read("quant", "int8", "load_in_8bit")
+    if not trl or not b.given("use_peft") and not any(b.given(k) for k in TRL_LORA):
+        return
+    if not b.get("use_peft", False):
+        if not b.has("method"):
+            b.read("method", "full", "use_peft: false (TRL trains every weight)")
+        return
+    if not b.has("method"):
+        b.read("method", "lora", "use_peft")
+    for key, (option, default) in TRL_LORA.items():
+        if b.given(key):
+            b.read(option, b.get(key), key)
+        else:
+            b.assume(option, default, f"{TRL_MODEL} {key}={default}")
+    targets = b.get("lora_target_modules")
+    if targets:
+        text = targets if isinstance(targets, str) else ",".join(map(str, targets))
+        b.read("targets", "all" if text == "all-linear" else text, "lora_target_modules")
+    else:
+        b.note("lora_target_modules not set: PEFT takes the model type's default targets "
+               "(q_proj, v_proj for Llama-like models), as lorasize's default qv")
+    if b.get("use_dora"):
+        b.read("dora", True, "use_dora")
+    if b.get("use_rslora"):
+        b.read("variant", "rslora", "use_rslora")
+    if b.given("lora_modules_to_save"):
+        b.skip("lora_modules_to_save", "trainable copies of these modules (with gradients and "
+               "optimizer state) are not modelled from a recipe")
+
+
+def _precision(b: RecipeBuilder, trl: bool) -> None:
+    """The weights' dtype (torch_dtype / dtype / model_init_kwargs) and autocast (bf16 / fp16;
+    TRL turns bf16 on unless fp16)."""
+    kwargs = b.get("model_init_kwargs", {}) if isinstance(b.get("model_init_kwargs", {}), dict) else {}
+    for key in ("torch_dtype", "dtype"):
+        value = b.get(key) or kwargs.get(key)
+        if value and str(value).lower() in DTYPES:
+            b.read("dtype", DTYPES[str(value).lower()], key)
+            break
+    fp16 = bool(b.get("fp16", False))
+    bf16 = b.get("bf16")
+    if fp16:
+        if not b.has("dtype"):
+            b.read("dtype", "fp16", "fp16")
+        b.read("autocast", True, "fp16")
+    elif bf16 is None and trl:
+        b.assume("autocast", True, f"{TRL}: bf16 defaults to True unless fp16")
+    elif not bf16:
+        b.read("autocast", False, "bf16 false" if b.given("bf16")
+               else f"{TF}: bf16 and fp16 default to False (no mixed precision)")
+    if not b.has("dtype"):
+        b.assume("dtype", "bf16", "the checkpoint's dtype (lorasize assumes bf16)")
+    attn = b.get("attn_implementation") or kwargs.get("attn_implementation")
+    if attn:
+        if str(attn) in ATTENTION:
+            b.read("attn", ATTENTION[str(attn)], "attn_implementation")
+        else:
+            b.skip("attn_implementation", f"'{attn}' is not an attention lorasize models")
+    if b.get("use_flash_attention_2"):
+        b.read("attn", "flash", "use_flash_attention_2")
+
+
+def _batch(b: RecipeBuilder, trl: bool) -> None:
+    for key, option, default, where in (
+            ("per_device_train_batch_size", "batch_size", 8, f"{TF}:777"),
+            ("gradient_accumulation_steps", "grad_accum", 1, f"{TF}:849"),
+            ("num_train_epochs", "epochs", 3.0, f"{TF}:778")):
+        if b.given(key):
+            b.read(option, type(default)(b.get(key)), key)
+        else:
+            b.assume(option, default, where)
+    if b.given("gradient_checkpointing"):
+        b.read("grad_checkpointing", bool(b.get("gradient_checkpointing")), "gradient_checkpointing")
+    elif trl:
+        b.assume("grad_checkpointing", True, f"{TRL}: gradient_checkpointing defaults to True")
+    else:
+        b.assume("grad_checkpointing", False, f"{TF}:926")
+    length = b.get("max_length") if b.given("max_length") else b.get("max_seq_length")
+    if length:
+        b.read("seq_len", int(length), "max_length" if b.given("max_length") else "max_seq_length")
+    elif trl and not b.given("max_length"):
+        b.assume("seq_len", 1024, f"{TRL} max_length=1024")
+    else:
+        b.skip("sequence length", "the arguments do not fix it: give --seq-len")
+    if b.get("packing"):
+        b.note("packing: every sequence is max_length tokens")
+    elif trl:
+        b.note("max_length is a ceiling: without packing, batches pad to their longest sample; "
+               "the estimate is the worst case")
+    if trl and str(b.get("loss_type", "chunked_nll")) == "chunked_nll" and not b.get("use_liger_kernel"):
+        b.skip("loss_type", "TRL's chunked_nll computes the output head on non-ignored tokens in "
+               "chunks; the estimate counts whole logits (an overestimate of the logits peak)")
+    if b.get("activation_offloading"):
+        b.skip("activation_offloading", "activations offloaded to the CPU are not modelled")
+    if b.get("padding_free"):
+        b.note("padding_free: sequences are flattened into one; the estimate keeps batch x length")
+
+
+def _optimizer(b: RecipeBuilder) -> None:
+    if not b.given("optim"):
+        b.assume("optimizer", "adamw", f"{TF}:806-811 (adamw_torch_fused)")
+        return
+    name = str(b.get("optim"))
+    found = optimizer_of(name)
+    if found is None:
+        b.skip("optim", f"{name} is not an optimizer lorasize models; adamw assumed")
+    else:
+        b.read("optimizer", found, "optim")
+
+
+def _kernels(b: RecipeBuilder) -> None:
+    if b.get("use_liger_kernel") or b.get("torch_compile"):
+        b.read("kernels", "fused", "use_liger_kernel" if b.get("use_liger_kernel") else "torch_compile")
+    b.get("liger_kernel_config")
+    b.get("torch_compile_backend")
+    b.get("torch_compile_mode")
+    b.get("tf32")
+
+
+def _sharding(b: RecipeBuilder, folder: Path) -> None:
+    """``fsdp`` (a string or list: full_shard / shard_grad_op, offload) and ``deepspeed`` (a
+    config path or the config itself)."""
+    fsdp = b.get("fsdp")
+    words = (fsdp.split() if isinstance(fsdp, str) else list(fsdp or []))
+    if words:
+        sharding = "fsdp-grad-op" if "shard_grad_op" in words else "fsdp"
+        b.read("sharding", sharding, "fsdp")
+        if "offload" in words:
+            b.read("offload", "params", "fsdp: offload")
+        b.note("the number of GPUs is the launch's: give --gpus N for the per-GPU figure")
+    b.get("fsdp_config")
+    ds = b.get("deepspeed")
+    if ds:
+        config = ds if isinstance(ds, dict) else _json(folder, str(ds))
+        if config is None:
+            b.skip("deepspeed", f"{ds} is not beside the arguments: give --sharding zero1/2/3")
+            return
+        zero = config.get("zero_optimization") or {}
+        stage = int(zero.get("stage", 0))
+        b.read("sharding", {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}[stage],
+               "deepspeed zero_optimization.stage")
+        device = lambda key: str((zero.get(key) or {}).get("device", "none")).lower()  # noqa: E731
+        if device("offload_param") == "cpu":
+            b.read("offload", "params", "deepspeed offload_param")
+        elif device("offload_optimizer") == "cpu":
+            b.read("offload", "optimizer", "deepspeed offload_optimizer")
+        b.note("the number of GPUs is the launch's: give --gpus N for the per-GPU figure")
+
+
+def _json(folder: Path, text: str) -> dict | None:
+    for candidate in (Path(text), folder / text, folder / Path(text).name):
+        try:
+            if candidate.is_file() and candidate.stat().st_size < 2**20:
+                return json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
