@@ -147,3 +147,46 @@ def test_a_check_scenario_with_a_broken_recipe_names_the_line(cli, tmp_path):
     budgets.write_text("scenarios:\n  s:\n    recipe: nope.yaml\n    budget: train_peak <= 1 GiB\n")
     code, _, err = cli("check", str(budgets))
     assert code == 2 and f"{budgets}:3" in err and "no such file" in err
+
+
+def test_a_report_plan_reads_a_recipe_and_its_own_keys_win(tmp_path):
+    from lorasize.plan.report import load_plan
+
+    recipe = RECIPES / "llamafactory" / "examples__train_qlora__qwen3_lora_sft_otfq.yaml"
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"title: t\nrecipe: {recipe}\ngpus: [rtx-4090]\ntraining:\n  seq_len: 1024\n")
+    parsed = load_plan(plan)
+    options = read_recipe(recipe).options()
+    assert parsed.model.name == "qwen3-4b-instruct-2507"
+    assert parsed.train.method == "qlora" and parsed.train.double_quant is True
+    assert parsed.train.kbit_prep is False and parsed.train.grad_checkpointing is True
+    assert parsed.train.seq_len == 1024 != options["seq_len"]  # the plan's own key wins
+    assert parsed.ranks == (options["r"],) and parsed.target_sets == (("all",),)
+
+
+def test_fit_reads_a_recipe(cli):
+    path = RECIPES / "llamafactory" / "examples__train_lora__qwen3_lora_sft.yaml"
+    code, out, err = cli("fit", "--recipe", str(path), "--gpu", "rtx-4090", "--solve", "seq-len",
+                         "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["recipe"]["framework"] == "llama-factory"
+    by_hand = json.loads(RECIPES.joinpath("llamafactory", "expected.json").read_text())[path.name]
+    flags = _without(by_hand["flags"], "--epochs")  # fit has no --epochs
+    code, out, _ = cli("fit", *flags, "--gpu", "rtx-4090", "--solve", "seq-len", "--json")
+    assert json.loads(out)["solved"] == data["solved"]
+
+
+def test_trace_reads_a_recipe(cli, tmp_path):
+    pytest.importorskip("torch")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(model_type="llama", vocab_size=256, hidden_size=64,
+                                      intermediate_size=160, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)))
+    path = RECIPES / "llamafactory" / "examples__train_lora__qwen3_lora_sft.yaml"
+    code, out, err = cli("trace", "--recipe", str(path), "--model", str(config), "--seq-len", "32",
+                         "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    given = {s["option"] for s in data["recipe"]["settings"] if s["overridden"]}
+    assert given == {"model", "seq_len"} and data["peak_bytes"] > 0

@@ -79,7 +79,7 @@ def load_plan(path: str | Path) -> Plan:
     if not isinstance(data, dict):
         raise LorasizeError("the plan must be a mapping", source=str(path))
     try:
-        return _parse_plan(data)
+        return _parse_plan(_with_recipe(data, path.parent))
     except LorasizeError as exc:
         raise LorasizeError(str(exc), source=str(path)) from None
 
@@ -110,6 +110,31 @@ def _validation_rows(value) -> tuple[dict, ...]:
                                 f"({skipped[0].skipped})")
     return tuple({"name": f"{r.id} ({r.metric})", "estimate_bytes": r.predicted,
                   "measured_bytes": r.measured} for r in chosen)
+
+
+def _with_recipe(data: dict, folder: Path) -> dict:
+    """The plan with its ``recipe:`` (a training recipe, relative to the plan) filling what the
+    plan leaves out: the model, the training settings, and one rank and target set."""
+    if not data.get("recipe"):
+        return data
+    from ..recipes import read_recipe
+
+    text = str(data["recipe"])
+    options = read_recipe(Path(text) if Path(text).is_absolute() else folder / text,
+                          source="recipe").options()
+    data = {k: v for k, v in data.items() if k != "recipe"}
+    if "model" in options:
+        data.setdefault("model", options["model"])
+    training = dict(data.get("training") or {})
+    for key in _TRAIN_KEYS:
+        if key in options and key not in training:
+            training[key] = options[key]
+    if "r" in options:
+        training.setdefault("ranks", [options["r"]])
+    if "targets" in options:
+        training.setdefault("targets", [options["targets"]])
+    data["training"] = training
+    return data
 
 
 def _parse_plan(data: dict) -> Plan:
