@@ -11,11 +11,10 @@ bf16 on unless fp16, sequences of 1,024 tokens.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .optimizers import optimizer_of
-from .recipe import Recipe, RecipeBuilder
+from .recipe import Recipe, RecipeBuilder, deepspeed_sharding, json_beside
 
 TF = "transformers 5.23.0 training_args.py"
 TRL = "trl@016013e trl/trainer/sft_config.py"
@@ -217,27 +216,12 @@ def _sharding(b: RecipeBuilder, folder: Path) -> None:
     b.get("fsdp_config")
     ds = b.get("deepspeed")
     if ds:
-        config = ds if isinstance(ds, dict) else _json(folder, str(ds))
-        if config is None:
+        found = (ds, "deepspeed") if isinstance(ds, dict) else json_beside(folder, str(ds))
+        if found is None:
             b.skip("deepspeed", f"{ds} is not beside the arguments: give --sharding zero1/2/3")
             return
-        zero = config.get("zero_optimization") or {}
-        stage = int(zero.get("stage", 0))
-        b.read("sharding", {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}[stage],
-               "deepspeed zero_optimization.stage")
-        device = lambda key: str((zero.get(key) or {}).get("device", "none")).lower()  # noqa: E731
-        if device("offload_param") == "cpu":
-            b.read("offload", "params", "deepspeed offload_param")
-        elif device("offload_optimizer") == "cpu":
-            b.read("offload", "optimizer", "deepspeed offload_optimizer")
+        sharding, offload = deepspeed_sharding(found[0])
+        b.read("sharding", sharding, f"deepspeed ({found[1]})")
+        if offload != "none":
+            b.read("offload", offload, f"deepspeed ({found[1]})")
         b.note("the number of GPUs is the launch's: give --gpus N for the per-GPU figure")
-
-
-def _json(folder: Path, text: str) -> dict | None:
-    for candidate in (Path(text), folder / text, folder / Path(text).name):
-        try:
-            if candidate.is_file() and candidate.stat().st_size < 2**20:
-                return json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return None

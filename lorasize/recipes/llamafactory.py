@@ -11,13 +11,13 @@ differ from what a reader of PEFT would expect: gradient checkpointing is on unl
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from ..errors import LorasizeError
 from .optimizers import optimizer_of
-from .recipe import Recipe, RecipeBuilder
+from .recipe import (ZERO_STAGES, Recipe, RecipeBuilder, deepspeed_sharding,
+                     json_beside)
 
 SRC = "LLaMA-Factory@ff6d4d1"
 DEFAULTS = {
@@ -232,8 +232,8 @@ def _sharding(b: RecipeBuilder, folder: Path, quantized: bool) -> None:
     is never in the recipe (llamafactory-cli runs torchrun over every visible device)."""
     ds = b.get("deepspeed")
     if ds:
-        stage, offload, where = _deepspeed(str(ds), folder)
-        b.read("sharding", {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}[stage], f"deepspeed ({where})")
+        sharding, offload, where = _deepspeed(str(ds), folder)
+        b.read("sharding", sharding, f"deepspeed ({where})")
         if offload != "none":
             b.read("offload", offload, f"deepspeed ({where})")
         # DeepSpeed casts the whole model, adapters included, to bf16 and keeps fp32 masters in
@@ -250,20 +250,11 @@ def _sharding(b: RecipeBuilder, folder: Path, quantized: bool) -> None:
         b.get("fsdp_config")
 
 
-def _deepspeed(text: str, folder: Path) -> tuple[int, str, str]:
-    """(ZeRO stage, offload, where it was read) of a DeepSpeed config path."""
-    for candidate in (Path(text), folder / text, folder / Path(text).name):
-        if candidate.is_file() and candidate.stat().st_size < 2**20:
-            try:
-                config = json.loads(candidate.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            zero = config.get("zero_optimization") or {}
-            stage = int(zero.get("stage", 0))
-            device = lambda key: str((zero.get(key) or {}).get("device", "none")).lower()  # noqa: E731
-            offload = "params" if device("offload_param") == "cpu" else (
-                "optimizer" if device("offload_optimizer") == "cpu" else "none")
-            return stage, offload, str(candidate)
+def _deepspeed(text: str, folder: Path) -> tuple[str, str, str]:
+    """(--sharding, --offload, where it was read) of a DeepSpeed config path."""
+    found = json_beside(folder, text)
+    if found is not None:
+        return (*deepspeed_sharding(found[0]), found[1])
     match = DS_NAME.search(Path(text).name)
     if not match:
         raise LorasizeError(f"deepspeed: {text} is not beside the recipe and its name does not "
@@ -272,4 +263,4 @@ def _deepspeed(text: str, folder: Path) -> tuple[int, str, str]:
     # LLaMA-Factory's ds_z3_offload_config.json offloads parameters and optimizer;
     # ds_z2_offload_config.json the optimizer (examples/deepspeed/)
     offload = ("params" if stage == 3 else "optimizer") if match.group("offload") else "none"
-    return stage, offload, f"its file name {Path(text).name}"
+    return ZERO_STAGES[stage], offload, f"its file name {Path(text).name}"

@@ -236,3 +236,35 @@ def model_modules(model_text: str, roles: list[str]) -> tuple[list[str], bool]:
         if module not in found:
             found.append(module)
     return found, fused
+
+
+# DeepSpeed zero_optimization.stage -> --sharding (stage 0 is plain data parallelism)
+ZERO_STAGES = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
+
+
+def json_beside(folder: Path, text: str) -> tuple[dict, str] | None:
+    """A small JSON file a recipe names (a DeepSpeed config), as given, beside the recipe, or by
+    its name beside the recipe; with the path it was read from. None when none is there."""
+    import json
+
+    for candidate in (Path(text), folder / text, folder / Path(text).name):
+        try:
+            if candidate.is_file() and candidate.stat().st_size < 2**20:
+                return json.loads(candidate.read_text(encoding="utf-8")), str(candidate)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def deepspeed_sharding(config: dict) -> tuple[str, str]:
+    """(--sharding, --offload) of a DeepSpeed config: the ZeRO stage, and parameters or the
+    optimizer offloaded to the CPU."""
+    zero = config.get("zero_optimization") or {}
+    stage = int(zero.get("stage", 0))
+
+    def device(key: str) -> str:
+        return str((zero.get(key) or {}).get("device", "none")).lower()
+
+    offload = "params" if device("offload_param") == "cpu" else (
+        "optimizer" if device("offload_optimizer") == "cpu" else "none")
+    return ZERO_STAGES.get(stage, "zero3"), offload
