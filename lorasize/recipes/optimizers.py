@@ -16,6 +16,7 @@ HF_OPTIM = {
     "adamw_torch_npu_fused": "adamw", "adamw_apex_fused": "adamw", "adamw_hf": "adamw",
     "adamw_anyprecision": "adamw",
     "adamw_bnb_8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit",
+    "adamw_torch_8bit": "adamw-8bit",  # torchao AdamW8bit: 8-bit moments, as bitsandbytes
     "paged_adamw_32bit": "paged-adamw", "paged_adamw_8bit": "paged-adamw-8bit",
     "lion_32bit": "lion", "lion_8bit": "lion-8bit",
     "paged_lion_32bit": "paged-lion", "paged_lion_8bit": "paged-lion-8bit",

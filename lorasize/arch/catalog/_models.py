@@ -22,7 +22,8 @@ MODELS = [
     # ------------------------------------------------------------------------------------------
     dict(
         name="llama2-7b",
-        aliases=("llama-2-7b", "llama2", "meta-llama/Llama-2-7b-hf"),
+        aliases=("llama-2-7b", "llama2", "meta-llama/Llama-2-7b-hf",
+                 "NousResearch/Llama-2-7b-hf"),  # a re-upload of Meta's files
         hf_id="meta-llama/Llama-2-7b-hf",
         url="https://huggingface.co/meta-llama/Llama-2-7b-hf/blob/main/config.json",
         config=dict(
@@ -59,9 +60,10 @@ MODELS = [
     # ------------------------------------------------------------------------------------------
     dict(
         name="llama3-8b",
-        # the Instruct release's config.json differs only in eos_token_id
+        # the Instruct release's config.json differs only in eos_token_id; NousResearch's is a
+        # re-upload of Meta's files (axolotl's examples train from it)
         aliases=("llama-3-8b", "meta-llama-3-8b", "llama3", "meta-llama/Meta-Llama-3-8B",
-                 "meta-llama/Meta-Llama-3-8B-Instruct"),
+                 "meta-llama/Meta-Llama-3-8B-Instruct", "NousResearch/Meta-Llama-3-8B"),
         hf_id="meta-llama/Meta-Llama-3-8B",
         url="https://huggingface.co/meta-llama/Meta-Llama-3-8B/blob/main/config.json",
         config=dict(
@@ -124,7 +126,8 @@ MODELS = [
     ),  # total 405,853,388,800 (meta build, transformers 5.23.0)
     dict(
         name="llama3.2-1b",
-        aliases=("llama-3.2-1b", "meta-llama/Llama-3.2-1B"),
+        aliases=("llama-3.2-1b", "meta-llama/Llama-3.2-1B",
+                 "NousResearch/Llama-3.2-1B"),  # a re-upload of Meta's files
         hf_id="meta-llama/Llama-3.2-1B",
         url="https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json",
         config=dict(
