@@ -19,7 +19,8 @@ FRAMEWORK_OF_FOLDER = {"axolotl": "axolotl", "llamafactory": "llama-factory",
                        "torchtune": "torchtune", "litgpt": "litgpt", "hf": "hf"}
 # Hub ids a recipe names that the offline catalog does not hold, and the catalog model of the
 # same shapes given with --model on both sides (the command line wins over the recipe).
-SAME_SHAPES = {"TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": "tinyllama-1.1b"}
+SAME_SHAPES = {"TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": "tinyllama-1.1b",
+               "HuggingFaceTB/SmolLM-360M": "smollm-360m-instruct"}
 
 
 def _cases():
@@ -192,3 +193,31 @@ def test_trace_reads_a_recipe(cli, tmp_path):
     data = json.loads(out)
     given = {s["option"] for s in data["recipe"]["settings"] if s["overridden"]}
     assert given == {"model", "seq_len"} and data["peak_bytes"] > 0
+
+
+def test_trainer_arguments_with_a_peft_adapter_folder(cli, tmp_path):
+    """A TrainingArguments dump (what transformers itself writes) with --adapter: every key of
+    the dump is known, and the pair gives the estimate of the flags written by hand."""
+    pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from transformers import TrainingArguments
+
+    arguments = TrainingArguments(output_dir=str(tmp_path / "o"), per_device_train_batch_size=2,
+                                  gradient_accumulation_steps=4, gradient_checkpointing=True,
+                                  bf16=True, optim="paged_adamw_8bit", use_cpu=True)
+    path = tmp_path / "training_args.json"
+    path.write_text(arguments.to_json_string())
+    adapter = tmp_path / "adapter"
+    peft.LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj"]).save_pretrained(adapter)
+    recipe = read_recipe(path)
+    assert recipe.framework == "hf"
+    assert [k for k, why in recipe.unread if "not a setting" in why] == []
+    common = ["--model", "llama3-8b", "--seq-len", "1024", "--json"]
+    code, out, err = cli("estimate", "--recipe", str(path), "--adapter", str(adapter), *common)
+    assert code == 0, err
+    got = json.loads(out)
+    got.pop("recipe")
+    code, out, err = cli("estimate", "--r", "16", "--alpha", "32", "--targets", "q_proj,k_proj",
+                         "--batch-size", "2", "--grad-accum", "4", "--grad-checkpointing",
+                         "--optimizer", "paged-adamw-8bit", "--epochs", "3", *common)
+    assert got == json.loads(out)

@@ -17,14 +17,18 @@ from .optimizers import optimizer_of
 from .recipe import Recipe, RecipeBuilder, deepspeed_sharding, json_beside
 
 TF = "transformers 5.23.0 training_args.py"
-TRL = "trl@016013e trl/trainer/sft_config.py"
-TRL_MODEL = "trl trl/trainer/model_config.py"
-# Keys only TRL's SFTConfig or ModelConfig has: a file with one is a TRL file.
+TRL = "trl@f2cd577 trl/trainer/sft_config.py"
+TRL_BASE = "trl@f2cd577 trl/trainer/base_config.py"
+TRL_TRAINER = "trl@f2cd577 trl/trainer/sft_trainer.py"
+TRL_MODEL = "trl@f2cd577 trl/trainer/model_config.py"  # lora_r 107-110, lora_alpha 111-114,
+# lora_dropout 115-118, bnb_4bit_quant_type 160-163, use_bnb_nested_quant 164-167
+# Keys only TRL's SFTConfig, ModelConfig or ScriptArguments has (TrainingArguments names no model
+# or dataset): a file with one is a TRL file (`trl sft --config`, the alignment-handbook recipes).
 TRL_KEYS = frozenset("""max_length max_seq_length packing packing_strategy padding_free
 dataset_text_field dataset_kwargs completion_only_loss assistant_only_loss loss_type
 activation_offloading model_init_kwargs use_peft lora_r lora_alpha lora_dropout
 lora_target_modules load_in_4bit load_in_8bit use_bnb_nested_quant bnb_4bit_quant_type
-chat_template_path eval_packing""".split())
+chat_template_path eval_packing model_name_or_path dataset_name""".split())
 # TRL ModelConfig LoRA defaults (lora_r 16, lora_alpha 32, lora_dropout 0.05)
 TRL_LORA = {"lora_r": ("r", 16), "lora_alpha": ("alpha", 32.0), "lora_dropout": ("lora_dropout", 0.05)}
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "bf16": "bf16",
@@ -46,7 +50,13 @@ use_liger hub_revision optim_args group_by_length length_column_name include_tok
 include_num_input_tokens_seen neftune_noise_alpha gradient_checkpointing_kwargs
 lora_task_type auto_find_batch_size full_determinism callbacks wandb_entity wandb_project
 benchmarks ignore_data_skip save_safetensors local_rank prediction_loss_only logging_nan_inf_filter
-dataloader_persistent_workers torch_empty_cache_steps average_tokens_across_devices""".split())
+dataloader_persistent_workers torch_empty_cache_steps average_tokens_across_devices
+label_smoothing_factor bf16_full_eval fp16_full_eval use_cache log_on_each_node log_level_replica
+project eval_delay eval_on_start eval_do_concat_batches eval_use_gather_object include_for_metrics
+batch_eval_metrics save_on_each_node enable_jit_checkpoint hub_always_push
+restore_callback_states_from_checkpoint use_cpu accelerator_config dataloader_in_order
+train_sampling_strategy debug skip_memory_metrics activation_checkpointing_kwargs trackio_space_id
+hub_revision parallelism_config""".split())
 
 
 def read(data: dict, path: str) -> Recipe:
@@ -84,11 +94,18 @@ def _adapter(b: RecipeBuilder, trl: bool) -> None:
     elif b.get("load_in_8bit"):
         b.read("method", "qlora", "load_in_8bit")
         b.read("quant", "int8", "load_in_8bit")
-    if not trl or not b.given("use_peft") and not any(b.given(k) for k in TRL_LORA):
-        return
+    if b.has("method"):
+        b.assume("kbit_prep", False, f"{TRL_TRAINER}: SFTTrainer does not call "
+                 "prepare_model_for_kbit_training (only experimental trainers do)")
+    if not trl:
+        return  # TrainingArguments alone: the adapter is --adapter's (or the flags')
+    for key in TRL_LORA:
+        b.given(key)  # read below, or meaningless without use_peft
     if not b.get("use_peft", False):
         if not b.has("method"):
-            b.read("method", "full", "use_peft: false (TRL trains every weight)")
+            (b.read if b.given("use_peft") else b.assume)(
+                "method", "full", "use_peft: false" if b.given("use_peft")
+                else f"{TRL_MODEL} use_peft=False (every weight trains)")
         return
     if not b.has("method"):
         b.read("method", "lora", "use_peft")
@@ -129,12 +146,16 @@ def _precision(b: RecipeBuilder, trl: bool) -> None:
             b.read("dtype", "fp16", "fp16")
         b.read("autocast", True, "fp16")
     elif bf16 is None and trl:
-        b.assume("autocast", True, f"{TRL}: bf16 defaults to True unless fp16")
+        b.assume("autocast", True, f"{TRL_BASE}:67-105 (bf16 defaults to True unless fp16)")
     elif not bf16:
         b.read("autocast", False, "bf16 false" if b.given("bf16")
                else f"{TF}: bf16 and fp16 default to False (no mixed precision)")
     if not b.has("dtype"):
-        b.assume("dtype", "bf16", "the checkpoint's dtype (lorasize assumes bf16)")
+        if trl:
+            b.assume("dtype", "fp32", f"{TRL_TRAINER}:816-822 (a model SFTTrainer loads without "
+                     "a dtype in model_init_kwargs is float32)")
+        else:
+            b.assume("dtype", "bf16", "the checkpoint's dtype (lorasize assumes bf16)")
     attn = b.get("attn_implementation") or kwargs.get("attn_implementation")
     if attn:
         if str(attn) in ATTENTION:
@@ -154,17 +175,22 @@ def _batch(b: RecipeBuilder, trl: bool) -> None:
             b.read(option, type(default)(b.get(key)), key)
         else:
             b.assume(option, default, where)
-    if b.given("gradient_checkpointing"):
-        b.read("grad_checkpointing", bool(b.get("gradient_checkpointing")), "gradient_checkpointing")
+    # transformers 5 spells it activation_checkpointing (training_args.py:908), the old name
+    # still works; either on turns it on
+    given = [k for k in ("activation_checkpointing", "gradient_checkpointing") if b.given(k)]
+    if given:
+        on = any(bool(b.get(k)) for k in given)
+        b.read("grad_checkpointing", on, " / ".join(given))
     elif trl:
-        b.assume("grad_checkpointing", True, f"{TRL}: gradient_checkpointing defaults to True")
+        b.assume("grad_checkpointing", True, f"{TRL_BASE}:61-66 (gradient_checkpointing "
+                 "defaults to True)")
     else:
         b.assume("grad_checkpointing", False, f"{TF}:926")
     length = b.get("max_length") if b.given("max_length") else b.get("max_seq_length")
     if length:
         b.read("seq_len", int(length), "max_length" if b.given("max_length") else "max_seq_length")
     elif trl and not b.given("max_length"):
-        b.assume("seq_len", 1024, f"{TRL} max_length=1024")
+        b.assume("seq_len", 1024, f"{TRL}:205-206 (max_length=1024)")
     else:
         b.skip("sequence length", "the arguments do not fix it: give --seq-len")
     if b.get("packing"):
@@ -173,7 +199,7 @@ def _batch(b: RecipeBuilder, trl: bool) -> None:
         b.note("max_length is a ceiling: without packing, batches pad to their longest sample; "
                "the estimate is the worst case")
     if trl and str(b.get("loss_type", "chunked_nll")) == "chunked_nll" and not b.get("use_liger_kernel"):
-        b.skip("loss_type", "TRL's chunked_nll computes the output head on non-ignored tokens in "
+        b.skip("loss_type", "TRL's default chunked_nll (trl@f2cd577 sft_config.py:334-336) computes the output head on non-ignored tokens in "
                "chunks; the estimate counts whole logits (an overestimate of the logits peak)")
     if b.get("activation_offloading"):
         b.skip("activation_offloading", "activations offloaded to the CPU are not modelled")
