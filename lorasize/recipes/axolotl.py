@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from ..errors import LorasizeError
-from .optimizers import optimizer_of
+from .optimizers import read_optimizer
 from .recipe import (ZERO_STAGES, Recipe, RecipeBuilder, deepspeed_sharding, json_beside)
 
 SRC = "axolotl@067b021"
@@ -223,16 +223,7 @@ def _kernels(b: RecipeBuilder) -> None:
 
 
 def _optimizer(b: RecipeBuilder) -> None:
-    if not b.given("optimizer"):
-        b.assume("optimizer", "adamw", f"{SCHEMA}/training.py:122-125 (adamw_torch_fused)")
-        return
-    name = str(b.get("optimizer"))
-    found = optimizer_of(name)
-    if found is None:
-        b.skip("optimizer", f"{name} is not an optimizer lorasize models; adamw assumed")
-    else:
-        b.read("optimizer", found, "optimizer")
-    b.get("optim_args")
+    read_optimizer(b, "optimizer", f"{SCHEMA}/training.py:122-125 (adamw_torch_fused)")
 
 
 def _sharding(b: RecipeBuilder, folder: Path) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .optimizers import optimizer_of
+from .optimizers import read_optimizer
 from .recipe import Recipe, RecipeBuilder, deepspeed_sharding, json_beside
 
 TF = "transformers 5.23.0 training_args.py"
@@ -208,15 +208,7 @@ def _batch(b: RecipeBuilder, trl: bool) -> None:
 
 
 def _optimizer(b: RecipeBuilder) -> None:
-    if not b.given("optim"):
-        b.assume("optimizer", "adamw", f"{TF}:806-811 (adamw_torch_fused)")
-        return
-    name = str(b.get("optim"))
-    found = optimizer_of(name)
-    if found is None:
-        b.skip("optim", f"{name} is not an optimizer lorasize models; adamw assumed")
-    else:
-        b.read("optimizer", found, "optim")
+    read_optimizer(b, "optim", f"{TF}:806-811 (adamw_torch_fused)")
 
 
 def _kernels(b: RecipeBuilder) -> None:

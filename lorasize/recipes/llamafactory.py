@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from ..errors import LorasizeError
-from .optimizers import optimizer_of
+from .optimizers import read_optimizer
 from .recipe import (ZERO_STAGES, Recipe, RecipeBuilder, deepspeed_sharding,
                      json_beside)
 
@@ -213,17 +213,7 @@ def _optimizer(b: RecipeBuilder) -> None:
     for key in OTHER_OPTIMIZERS:
         if b.get(key):
             b.skip(key, "replaces the optimizer with one lorasize does not model")
-    if not b.given("optim"):
-        b.assume("optimizer", "adamw", "transformers TrainingArguments default "
-                 "(adamw_torch_fused)")
-        return
-    name = str(b.get("optim"))
-    found = optimizer_of(name)
-    if found is None:
-        b.skip("optim", f"{name} is not an optimizer lorasize models; adamw assumed")
-    else:
-        b.read("optimizer", found, "optim")
-    b.get("optim_args")
+    read_optimizer(b, "optim", "transformers TrainingArguments default (adamw_torch_fused)")
 
 
 def _sharding(b: RecipeBuilder, folder: Path, quantized: bool) -> None:

@@ -43,3 +43,19 @@ def optimizer_of(name: str) -> str | None:
     """The lorasize optimizer of a framework's optimizer name or class path, or None."""
     text = str(name).strip()
     return HF_OPTIM.get(text.lower()) or CLASS_OPTIM.get(text)
+
+
+def read_optimizer(b, key: str, default_source: str) -> None:
+    """Set ``optimizer`` on the recipe builder ``b`` from transformers-style name ``key``
+    (``optim``, axolotl's ``optimizer``), or AdamW from ``default_source`` where it is absent.
+    A name lorasize does not model is named, and AdamW's state assumed."""
+    if not b.given(key):
+        b.assume("optimizer", "adamw", default_source)
+        return
+    name = str(b.get(key))
+    found = optimizer_of(name)
+    if found is None:
+        b.skip(key, f"{name} is not an optimizer lorasize models; adamw assumed")
+    else:
+        b.read("optimizer", found, key)
+    b.get("optim_args")
