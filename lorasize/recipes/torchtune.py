@@ -61,17 +61,22 @@ low_cpu_ram dataset_val batch_size_val run_val_every_n_steps save_every_n_steps
 enable_async_checkpointing cudnn_deterministic_mode collate_fn""".split())
 _SCRIPT = re.compile(r"\b(lora_finetune_distributed|lora_finetune_single_device|"
                      r"full_finetune_distributed|full_finetune_single_device)\b")
+# the header's launch line: "tune run --nnodes 1 --nproc_per_node 2 lora_finetune_distributed ..."
+_NPROC = re.compile(r"tune run[^\n]*?--nproc_per_node[ =](\d+)")
+
+
+def _header(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")[:2000]
+    except OSError:
+        return ""
 
 
 def _script(path: str, data: dict) -> str:
     """The recipe script the config is for: its header comment names it (every config in
     recipes/configs/ opens with "Config for ... in lora_finetune_single_device.py"); else the
     file name (``*_single_device.yaml``) or a distributed-only key decides."""
-    try:
-        head = Path(path).read_text(encoding="utf-8")[:2000]
-    except OSError:
-        head = ""
-    found = _SCRIPT.search(head)
+    found = _SCRIPT.search(_header(path))
     if found:
         return found.group(1)
     distributed = Path(path).stem.endswith("single_device") is False and any(
@@ -119,8 +124,13 @@ def read(data: dict, path: str) -> Recipe:
         b.read("sharding", "fsdp" if reshard else "fsdp-grad-op", f"{script} (FSDP2)")
         if b.get("fsdp_cpu_offload"):
             b.read("offload", "params", "fsdp_cpu_offload")
-        b.note("the number of GPUs is the launch's (tune run --nproc_per_node N): give --gpus N "
-               "for the per-GPU figure")
+        nproc = _NPROC.search(_header(path))
+        if nproc and int(nproc.group(1)) > 1:
+            b.assume("gpus", int(nproc.group(1)), f"the config's header: tune run "
+                     f"--nproc_per_node {nproc.group(1)} (the launch decides; --gpus wins)")
+        else:
+            b.note("the number of GPUs is the launch's (tune run --nproc_per_node N): give "
+                   "--gpus N for the per-GPU figure")
     return b.build(INERT)
 
 

@@ -126,8 +126,9 @@ MODELS = [
     ),  # total 405,853,388,800 (meta build, transformers 5.23.0)
     dict(
         name="llama3.2-1b",
-        aliases=("llama-3.2-1b", "meta-llama/Llama-3.2-1B",
-                 "NousResearch/Llama-3.2-1B"),  # a re-upload of Meta's files
+        # NousResearch's is a re-upload of Meta's files; the Instruct release has these shapes
+        aliases=("llama-3.2-1b", "meta-llama/Llama-3.2-1B", "NousResearch/Llama-3.2-1B",
+                 "meta-llama/Llama-3.2-1B-Instruct"),
         hf_id="meta-llama/Llama-3.2-1B",
         url="https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json",
         config=dict(
