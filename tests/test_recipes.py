@@ -221,3 +221,27 @@ def test_trainer_arguments_with_a_peft_adapter_folder(cli, tmp_path):
                          "--batch-size", "2", "--grad-accum", "4", "--grad-checkpointing",
                          "--optimizer", "paged-adamw-8bit", "--epochs", "3", *common)
     assert got == json.loads(out)
+
+
+def _adapter_cases():
+    expected = json.loads((RECIPES / "hf" / "adapters" / "expected.json").read_text())
+    context = expected["run_context_flags"]
+    for name, case in expected.items():
+        if not name.startswith("peft__"):
+            continue
+        if "--variant" in case["adapter_flags"]:
+            continue  # LoRA-FA is the optimizer's choice (training_params.json), not the config's
+        yield pytest.param(name, case, context, id=name.rsplit("__", 1)[-1])
+
+
+@pytest.mark.parametrize("name,case,context", list(_adapter_cases()))
+def test_a_real_adapter_config_gives_the_flags_written_by_hand(cli, name, case, context):
+    """PEFT's method-comparison adapter folders (real adapter_config.json files) with --adapter
+    equal the flags a second reader wrote from PEFT's code."""
+    folder = RECIPES / "hf" / "adapters" / name
+    extra = [str(f) for f in case.get("extra", [])]
+    code, out, err = cli("estimate", "--adapter", str(folder), *extra, *context, "--json")
+    assert code == 0, err
+    code, hand, err = cli("estimate", *case["adapter_flags"], *extra, *context, "--json")
+    assert code == 0, err
+    assert json.loads(out) == json.loads(hand)

@@ -55,6 +55,7 @@ def read(data: dict, path: str) -> Recipe:
     b.read("model", str(b.get("base_model")), "base_model")
     b.read("stack", "hf-peft", "axolotl trains with transformers and PEFT")
     sharded = _sharding(b, Path(path).parent)
+    _ray(b)
     _adapter(b, sharded)
     _precision(b)
     _batch(b)
@@ -224,6 +225,17 @@ def _kernels(b: RecipeBuilder) -> None:
 
 def _optimizer(b: RecipeBuilder) -> None:
     read_optimizer(b, "optimizer", f"{SCHEMA}/training.py:122-125 (adamw_torch_fused)")
+
+
+def _ray(b: RecipeBuilder) -> None:
+    """With Ray the recipe fixes the GPU count: workers x GPUs per worker
+    (src/axolotl/utils/schemas/integrations.py:160-178; cli/train.py:117-129)."""
+    if not b.get("use_ray"):
+        return
+    per_worker = (b.get("resources_per_worker", {}) or {}).get("GPU", 1)
+    gpus = int(b.get("ray_num_workers", 1)) * int(per_worker)
+    if gpus > 1:
+        b.read("gpus", gpus, "ray_num_workers x resources_per_worker.GPU")
 
 
 def _sharding(b: RecipeBuilder, folder: Path) -> str | None:

@@ -46,7 +46,7 @@ dataloader_drop_last disable_tqdm ddp_timeout ddp_find_unused_parameters max_ste
 resume_from_checkpoint dataset_name dataset_config dataset_mixer dataset_splits dataset_train_split
 dataset_test_split dataset_num_proc preprocessing_num_workers chat_template tokenizer_name_or_path
 model_revision trust_remote_code truncation_mode shuffle_dataset eos_token pad_token hub_token
-use_liger hub_revision optim_args group_by_length length_column_name include_tokens_per_second
+hub_revision optim_args group_by_length length_column_name include_tokens_per_second
 include_num_input_tokens_seen neftune_noise_alpha gradient_checkpointing_kwargs
 lora_task_type auto_find_batch_size full_determinism callbacks wandb_entity wandb_project
 benchmarks ignore_data_skip save_safetensors local_rank prediction_loss_only logging_nan_inf_filter
@@ -97,6 +97,8 @@ def _adapter(b: RecipeBuilder, trl: bool) -> None:
     if b.has("method"):
         b.assume("kbit_prep", False, f"{TRL_TRAINER}: SFTTrainer does not call "
                  "prepare_model_for_kbit_training (only experimental trainers do)")
+        b.assume("adapter_train_dtype", "bf16", f"{TRL_TRAINER}:1123-1130 (the adapter weights of "
+                 "a quantized model are cast to bf16)")
     if not trl:
         return  # TrainingArguments alone: the adapter is --adapter's (or the flags')
     for key in TRL_LORA:
@@ -198,7 +200,8 @@ def _batch(b: RecipeBuilder, trl: bool) -> None:
     elif trl:
         b.note("max_length is a ceiling: without packing, batches pad to their longest sample; "
                "the estimate is the worst case")
-    if trl and str(b.get("loss_type", "chunked_nll")) == "chunked_nll" and not b.get("use_liger_kernel"):
+    liger = b.get("use_liger_kernel") or b.get("use_liger")
+    if trl and str(b.get("loss_type", "chunked_nll")) == "chunked_nll" and not liger:
         b.skip("loss_type", "TRL's default chunked_nll (trl@f2cd577 sft_config.py:334-336) computes the output head on non-ignored tokens in "
                "chunks; the estimate counts whole logits (an overestimate of the logits peak)")
     if b.get("activation_offloading"):
@@ -212,8 +215,10 @@ def _optimizer(b: RecipeBuilder) -> None:
 
 
 def _kernels(b: RecipeBuilder) -> None:
-    if b.get("use_liger_kernel") or b.get("torch_compile"):
-        b.read("kernels", "fused", "use_liger_kernel" if b.get("use_liger_kernel") else "torch_compile")
+    # use_liger is the older name of use_liger_kernel
+    key = next((k for k in ("use_liger_kernel", "use_liger", "torch_compile") if b.get(k)), None)
+    if key:
+        b.read("kernels", "fused", key)
     b.get("liger_kernel_config")
     b.get("torch_compile_backend")
     b.get("torch_compile_mode")
