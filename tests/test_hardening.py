@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -199,6 +203,59 @@ def test_offline_mode_and_the_cache(monkeypatch, tmp_path, cli):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = cli("estimate", "-m", "someorg/not-cached")
     assert code == 2 and "HF_HUB_OFFLINE" in err
+
+
+def _seed_hub_cache(cache: Path, repo_id: str, config: Path, revision: str = "0" * 40) -> Path:
+    """huggingface_hub's cache layout, as hf_hub_download leaves it."""
+    folder = cache / ("models--" + repo_id.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+    snapshot = folder / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_bytes(config.read_bytes())
+    return snapshot / "config.json"
+
+
+LLAMA2_CONFIG = Path(__file__).parents[1] / "benchmarks" / "data" / "Llama-2-7b-hf.config.json"
+
+
+def test_a_cached_hub_config_is_read_without_transformers(monkeypatch, tmp_path):
+    """A Hub id already in the local cache is read from its snapshot's config.json, as
+    hf_hub_download would offline: no transformers import (seconds), the repo id as the name."""
+    _seed_hub_cache(tmp_path, "someorg/llama2-copy", LLAMA2_CONFIG)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    probe = ("import sys, json; from lorasize import resolve_model; "
+             "s = resolve_model('someorg/llama2-copy'); "
+             "print(json.dumps([s.name, s.source, s.num_layers, s.hidden_size, "
+             "'transformers' in sys.modules, 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          check=True)
+    name, source, layers, hidden, transformers_loaded, torch_loaded = json.loads(done.stdout)
+    assert (name, source, layers, hidden) == ("someorg/llama2-copy", "hub:someorg/llama2-copy",
+                                              32, 4096)
+    assert not transformers_loaded and not torch_loaded
+
+
+def test_a_snapshot_path_is_named_by_its_repository(tmp_path):
+    from lorasize import resolve_model
+
+    config = _seed_hub_cache(tmp_path, "someorg/llama2-copy", LLAMA2_CONFIG)
+    assert resolve_model(str(config)).name == "someorg/llama2-copy"
+    assert resolve_model(str(LLAMA2_CONFIG)).name == "data"  # an ordinary folder keeps its name
+
+
+def test_the_cached_config_follows_refs_main(monkeypatch, tmp_path):
+    from lorasize.arch.resolve import hub_cached_config
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert hub_cached_config("someorg/model") is None
+    main = _seed_hub_cache(tmp_path, "someorg/model", LLAMA2_CONFIG, revision="a" * 40)
+    older = tmp_path / "models--someorg--model" / "snapshots" / ("b" * 40)
+    older.mkdir()
+    (older / "config.json").write_text("{}")
+    assert hub_cached_config("someorg/model") == main
+    (tmp_path / "models--someorg--model" / "refs" / "main").unlink()
+    assert hub_cached_config("someorg/model") is None  # two snapshots, no ref: not guessed
 
 
 @pytest.mark.parametrize("method,hint", [("dora", "--dora"), ("vera", "--variant vera")])

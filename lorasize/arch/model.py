@@ -139,8 +139,10 @@ class ModelSpec:
             card=card, derived=derived)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ModelSpec":
-        """Read ``config.json`` from a file, or from a directory holding one.
+    def from_file(cls, path: str | Path, name: str | None = None,
+                  source: str | None = None) -> "ModelSpec":
+        """Read ``config.json`` from a file, or from a directory holding one. The model is named
+        ``name``, else the repository of a Hugging Face cache snapshot it lies in, else its folder.
 
         Raises:
             LorasizeError: the file is missing, not JSON, or not a supported decoder config.
@@ -153,7 +155,18 @@ class ModelSpec:
         config = read_json(path)
         if not isinstance(config, dict):
             raise LorasizeError("expected a JSON object", source=str(path))
-        return cls.from_hf_config(config, name=str(path.parent.name or path), source=str(path))
+        return cls.from_hf_config(config, name=name or _folder_name(path),
+                                  source=source or str(path))
+
+
+def _folder_name(config_path: Path) -> str:
+    """``org/name`` for ``.../models--org--name/snapshots/<revision>/config.json`` (a file in
+    huggingface_hub's cache), else the folder holding the file."""
+    parent = config_path.parent
+    repo = parent.parent.parent.name
+    if parent.parent.name == "snapshots" and repo.startswith("models--") and repo.count("--") >= 2:
+        return repo[len("models--"):].replace("--", "/", 1)
+    return str(parent.name or config_path)
 
 
 def _get(config: dict[str, Any], source: str, *keys: str, default: Any = None) -> Any:

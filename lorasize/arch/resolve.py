@@ -1,7 +1,7 @@
 """Turn what the user typed into specs: a model name, a config path, a hub id, an adapter folder.
 
-Hub ids go through ``transformers.AutoConfig`` when transformers is installed; everything else
-stays torch-free.
+A Hub id whose ``config.json`` is already in huggingface_hub's local cache is read from there
+(torch-free, as a path is); other Hub ids go through ``transformers.AutoConfig``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def resolve_model(text: str, flag: str = "--model") -> ModelSpec:
 def _from_hub(repo_id: str, flag: str) -> ModelSpec:
     import importlib.util
 
+    cached = hub_cached_config(repo_id)
+    if cached is not None:  # what AutoConfig would read, without importing transformers
+        return ModelSpec.from_file(cached, name=repo_id, source=f"hub:{repo_id}")
     if importlib.util.find_spec("transformers") is None:
         raise LorasizeError(
             f"'{repo_id}' is not in the catalog and reading Hub configs needs transformers: "
@@ -80,17 +83,41 @@ def _from_hub(repo_id: str, flag: str) -> ModelSpec:
 HUB_CONNECT_SECONDS = 2.0
 
 
-def _in_hub_cache(repo_id: str) -> bool:
-    """Whether huggingface_hub's cache holds a snapshot of ``repo_id`` (its folder layout:
-    ``<HF_HUB_CACHE>/models--<org>--<name>/snapshots``)."""
+def _hub_repo_folder(repo_id: str) -> Path:
+    """huggingface_hub's cache folder of a model repository:
+    ``<HF_HUB_CACHE>/models--<org>--<name>`` (huggingface_hub ``constants.py``: HF_HOME, then
+    HF_HUB_CACHE)."""
     import os
-    from pathlib import Path
 
     home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
                                                      "huggingface")
     cache = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
                  or os.path.join(home, "hub"))
-    return (cache / ("models--" + repo_id.replace("/", "--")) / "snapshots").is_dir()
+    return cache / ("models--" + repo_id.replace("/", "--"))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether huggingface_hub's cache holds a snapshot of ``repo_id``."""
+    return (_hub_repo_folder(repo_id) / "snapshots").is_dir()
+
+
+def hub_cached_config(repo_id: str) -> Path | None:
+    """The cached ``config.json`` of ``repo_id``'s main revision (the snapshot ``refs/main``
+    names, as ``hf_hub_download`` resolves it offline), or of its only snapshot; None if absent.
+    """
+    folder = _hub_repo_folder(repo_id)
+    try:
+        revision = (folder / "refs" / "main").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        revision = ""
+    snapshots = folder / "snapshots"
+    if revision and (snapshots / revision / "config.json").is_file():
+        return snapshots / revision / "config.json"
+    try:
+        found = [s / "config.json" for s in snapshots.iterdir() if (s / "config.json").is_file()]
+    except OSError:
+        return None
+    return found[0] if len(found) == 1 else None
 
 
 def _hub_reachable(repo_id: str, flag: str) -> None:
