@@ -54,6 +54,13 @@ def test_sequence_beyond_the_models_positions_is_noted_and_solves_stop_there(cli
     value, _ = solve(resolve_model("gpt2"), LoraSpec(), TrainSpec(), gpu_from_catalog("h100-80gb"),
                      "seq-len")
     assert value == 1024
+    code, out, _ = cli("fit", "-m", "gpt2", "--solve", "seq-len", "--gpu", "h100-80gb")
+    assert code == 0 and "capped at the 1,024 positions gpt2 was trained for" in out
+    code, out, _ = cli("fit", "-m", "gpt2", "--solve", "seq-len", "--gpu", "h100-80gb", "--json")
+    assert json.loads(out)["capped_by"].startswith("the 1,024 positions")
+    code, out, _ = cli("fit", "-m", "llama2-70b", "--solve", "seq-len", "--gpu", "a100-40gb",
+                       "--method", "qlora", "--json")
+    assert json.loads(out)["capped_by"] is None  # memory stops it first
 
 
 @pytest.mark.parametrize("field,value", [("rank_pattern", {"q_proj": 64}),

@@ -345,17 +345,22 @@ def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> 
         return _fastest(model, lora, train, gpu, headroom, shard, as_json)
     value, result = solve(model, lora, train, gpu, field, headroom, shard)
     from ..perf.timing import estimate_time
+    from ..plan.solve import search_limit
 
     timed = estimate_time(result) if value else None
+    limit, limited_by = search_limit(field, model)
+    capped = limited_by if value == limit else None
     if as_json:
         click.echo(json.dumps({"field": field, "solved": value, "headroom": headroom,
-                               "estimate": result.to_dict(),
+                               "capped_by": capped, "estimate": result.to_dict(),
                                "time": timed.to_dict() if timed else None,
                                "recipe": recipe.to_dict(given) if recipe else None}, indent=2))
     else:
         head = (f"largest {field} that fits {gpu.name} with {headroom:.0%} headroom: {value}"
                 if value else f"nothing fits {gpu.name}: even {field} = 1 needs "
                               f"{format_bytes(result.peak_bytes, 'GiB')}")
+        if capped:
+            head += f"\n(capped at {capped}: memory is not what stops it)"
         click.echo(head + "\n\n" + render_estimate(result))
         if timed:
             click.echo(f"Throughput there: {timed.tokens_per_s:,.0f} tokens/s, "

@@ -44,12 +44,21 @@ def _with(field: str, value: int, lora: LoraSpec, train: TrainSpec) -> tuple[Lor
 
 
 def _upper(field: str, model: ModelSpec) -> int:
+    return search_limit(field, model)[0]
+
+
+def search_limit(field: str, model: ModelSpec) -> tuple[int, str]:
+    """The largest value :func:`solve` tries for ``field``, and what sets it, in words."""
     if field == "r":
-        return min(min(m.in_features, m.out_features) for m in block_linears(model))
+        return (min(min(m.in_features, m.out_features) for m in block_linears(model)),
+                "the smallest adapted matrix's dimension")
     if field == "batch-size":
-        return MAX_BATCH
+        return MAX_BATCH, "the search's largest batch"
     # No longer than the model was trained for (max_position_embeddings), when the config says.
-    return min(MAX_SEQ_LEN, model.max_positions) if model.max_positions else MAX_SEQ_LEN
+    if model.max_positions and model.max_positions <= MAX_SEQ_LEN:
+        return model.max_positions, (f"the {model.max_positions:,} positions {model.name} was "
+                                     f"trained for (max_position_embeddings)")
+    return MAX_SEQ_LEN, "the search's longest sequence"
 
 
 def solve(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec, field: str,
