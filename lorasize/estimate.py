@@ -378,7 +378,7 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
                           f"--attn eager (flash-attn 2 supports it: --attn flash)",)
     if calibration is None:
         calibration = default_calibration()
-    targets = () if train.method == "full" else resolve_targets(model, lora)
+    targets = () if train.method == "full" else resolve_targets(model, lora, train.stack)
     dora = lora.dora and train.method != "full"
     shard = shard or ShardSpec()
     sharded = shard_static(model, train, static_bytes(model, targets, train, dora), shard)

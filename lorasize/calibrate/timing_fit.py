@@ -189,7 +189,7 @@ def rows_from_profiles(profiles: list[dict]) -> list[TimingRow]:
         except LorasizeError:
             continue
         model, lora, train = _profile_specs(config)
-        targets = resolve_targets(model, lora) if train.method != "full" else ()
+        targets = resolve_targets(model, lora, train.stack) if train.method != "full" else ()
         rows.append(TimingRow(f"profile:{config['model']['name']}", "lorasize profile", "high",
                               measured["tokens_per_s"] / train.grad_accum, model, targets, train,
                               gpu, ShardSpec(), lora.dropout, lora.dora))

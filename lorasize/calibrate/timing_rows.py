@@ -102,7 +102,7 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                 if any(m in raw.get("framework", "") for m in NO_KBIT_PREP_MARKERS):
                     train = replace(train, kbit_prep=False, grad_checkpointing=train.checkpointing)
                 gpu = build_gpu(ctx.params)
-                targets = resolve_targets(model, lora) if train.method != "full" else ()
+                targets = resolve_targets(model, lora, train.stack) if train.method != "full" else ()
             except (LorasizeError, ValueError) as exc:
                 skipped.append((raw["id"], str(exc)))
                 continue

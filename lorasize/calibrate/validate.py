@@ -221,7 +221,7 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
         if method == "none":
             from ..arch.layout import total_params
             return total_params(model)
-        return trainable_params(resolve_targets(model, lora))
+        return trainable_params(resolve_targets(model, lora, stack))
     if metric == "file_bytes":
         raise Skip("adapter file rows are approximate sizes; tests compare exact files")
     if row["task"].strip() != "train" or method == "none":

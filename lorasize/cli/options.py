@@ -162,7 +162,8 @@ def train_options(func):
         click.option("--stack", type=_CHOICE(STACKS), default="hf-peft", show_default=True,
                      help="Training framework: hf-peft (transformers + PEFT), torchtune "
                           "(quantizes only LoRA layers, chunked loss) or litgpt (bf16-true, "
-                          "chunked loss)."),
+                          "chunked loss, its own module layout: the parts of a fused q/k/v or "
+                          "gate/up each get an adapter)."),
         click.option("--kbit-prep/--no-kbit-prep", default=None,
                      help="PEFT prepare_model_for_kbit_training (fp32 upcast of non-quantized "
                           "parameters). [default: on for qlora]"),

@@ -97,13 +97,12 @@ def read(data: dict, path: str) -> Recipe:
                 b.assume(option, default, f"{SRC} finetune_lora setup() {name}={default}")
         roles = [m for name, default, modules in TARGET_SWITCHES if b.get(name, default)
                  for m in modules]
-        targets, fused = model_modules(b.settings["model"].value, roles)
+        targets, fused = model_modules(b.settings["model"].value, roles, parts=True)
         b.read("targets", ",".join(targets), "lora_query/key/value/projection/mlp/head")
         if fused:
-            b.skip("lora_query/key/value", "litgpt splits the model's fused projections and "
-                   "gives each part its own rank-r adapter (L litgpt/lora.py:232-244; "
-                   "convert_hf_checkpoint.py:455-459): more trainable parameters than one "
-                   "adapter on the fused module, as estimated")
+            b.note("litgpt adapts the parts of the model's fused projections apart (one rank-r "
+                   "adapter per enabled q, k, v and per fc_1 / fc_2, L litgpt/lora.py:232-244, "
+                   "615-643): --stack litgpt reads the part names so")
     else:
         b.read("method", "full", "no lora_* keys (finetune_full)")
 

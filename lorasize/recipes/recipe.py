@@ -218,21 +218,33 @@ ROLE_MODULES = {
 }
 
 
-def model_modules(model_text: str, roles: list[str]) -> tuple[list[str], bool]:
+def model_modules(model_text: str, roles: list[str],
+                  parts: bool = False) -> tuple[list[str], bool]:
     """The model's own module names for ``roles`` (Hugging Face Llama names), and whether a role
-    fell on a fused module. Unresolvable models keep the role names (the estimate then says
-    which names the model has)."""
+    fell on a fused module. With ``parts`` (a stack that adapts the parts of a fused module apart,
+    as ``--stack litgpt`` does), a role the model holds inside a fused module keeps its part name,
+    and a role the model has no module for (the gate of a two-matrix MLP) is left out.
+    Unresolvable models keep the role names (the estimate then says which names the model has).
+    """
+    from ..arch.litgpt_layout import fused_part
     from ..arch.lora import target_names
     from ..arch.resolve import resolve_model
 
     try:
-        names = set(target_names(resolve_model(model_text)))
+        spec = resolve_model(model_text)
     except LorasizeError:
         return list(roles), False
+    names = set(target_names(spec))
     found, fused = [], False
     for role in roles:
-        module = next((m for m in ROLE_MODULES.get(role, (role,)) if m in names), role)
-        fused |= module != role
+        if parts and role not in names and fused_part(spec, role) is not None:
+            module, fused = role, True
+        else:
+            module = next((m for m in ROLE_MODULES.get(role, (role,)) if m in names), None)
+            if module is None and parts:
+                continue
+            module = module or role
+            fused |= module != role
         if module not in found:
             found.append(module)
     return found, fused
