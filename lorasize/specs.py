@@ -6,6 +6,8 @@ give the same messages.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from .memory.activations import ATTN_IMPLEMENTATIONS
@@ -73,6 +75,9 @@ class TrainSpec:
         autocast: mixed-precision autocast runs the matmuls (transformers' Trainer with
             ``bf16=True``); False: a plain loop on a 16-bit model, where fp32 adapter weights
             (PEFT's default) compute in fp32. Step time only.
+        stack_release: the stack's release where its behaviour changed between releases
+            (``StackRules.quantize_only_targets_releases``); empty: its current release. Set by
+            ``validate`` from a measurement's date, and by ``--stack-release``.
     """
 
     method: str = "lora"
@@ -91,6 +96,7 @@ class TrainSpec:
     first_micro_batch: bool = False
     kernels: str = "eager"
     autocast: bool = True
+    stack_release: str = ""
 
     def __post_init__(self) -> None:
         _choice(self.stack, STACKS, "--stack")
@@ -102,6 +108,9 @@ class TrainSpec:
         _positive(self.batch_size, "--batch-size")
         _positive(self.seq_len, "--seq-len")
         _positive(self.grad_accum, "--grad-accum")
+        if self.stack_release and not re.fullmatch(r"\d+(\.\d+){0,2}", self.stack_release):
+            raise LorasizeError(f"expected a release number such as 0.2.1, got "
+                                f"{self.stack_release!r}", source="--stack-release")
         if self.adapter_train_dtype is not None:
             _choice(self.adapter_train_dtype, ADAPTER_DTYPES, "--adapter-train-dtype")
         quant = self.quant_type

@@ -1,6 +1,6 @@
 """Count litgpt's trainable LoRA parameters with litgpt's own code, on the meta device.
 
-The ground truth of ``tests/test_litgpt_layout.py``: for each litgpt config and set of
+The ground truth of ``tests/test_parts.py``: for each litgpt config and set of
 ``lora_*`` switches, build ``litgpt.lora.GPT`` on the meta device, call
 ``mark_only_lora_as_trainable`` (as ``litgpt/finetune/lora.py`` does, bias ``"none"``) and count
 what trains. Needs litgpt (not a test dependency: its pins conflict with transformers 5); in a

@@ -171,16 +171,29 @@ def test_checkpointing_keeps_layer_inputs():
     assert kept <= e.breakdown["activations"] < kept * 1.2
 
 
-def test_torchtune_quantizes_only_lora_layers():
-    """DESIGN.md: torchtune's QLoRA quantizes only the linears that carry LoRA."""
+def test_torchtune_quantizes_only_lora_layers_before_0_3():
+    """torchtune <= 0.2.1's QLoRA quantizes only the linears that carry LoRA; from 0.3.0
+    (pytorch/torchtune@898670f) every attention and MLP linear, as bitsandbytes does."""
     spec = resolve_model("llama2-7b")
     qv = LoraSpec(r=8, targets=("qv",))
     hf = estimate(spec, qv, TrainSpec(method="qlora", kbit_prep=False))
-    tt = estimate(spec, qv, TrainSpec(method="qlora", stack="torchtune"))
+    old = estimate(spec, qv, TrainSpec(method="qlora", stack="torchtune", stack_release="0.2.1"))
     unquantized = 32 * (2 * 4096 * 4096 + 3 * 4096 * 11008)  # k, o, gate, up, down stay bf16
-    assert tt.breakdown["weights"] - hf.breakdown["weights"] == pytest.approx(unquantized * 1.5,
-                                                                              rel=0.001)
-    assert tt.breakdown["adapter"] == hf.breakdown["adapter"] // 2  # bf16 adapters
+    assert old.breakdown["weights"] - hf.breakdown["weights"] == pytest.approx(unquantized * 1.5,
+                                                                               rel=0.001)
+    assert old.breakdown["adapter"] == hf.breakdown["adapter"] // 2  # bf16 adapters
+    now = estimate(spec, qv, TrainSpec(method="qlora", stack="torchtune"))
+    assert now.breakdown["weights"] == hf.breakdown["weights"]
+    assert estimate(spec, qv, TrainSpec(method="qlora", stack="torchtune", stack_release="0.3")
+                    ).breakdown["weights"] == now.breakdown["weights"]
+
+
+def test_validate_reads_the_torchtune_release_from_a_rows_date():
+    from lorasize.calibrate.validate import _date
+
+    assert _date({"source_locator": "README.md @fef3ed10d (2024-04-16)"}) == "2024-04-16"
+    assert _date({"source_locator": "tutorial (added Apr 2024 PR #702)"}) == "2024-04-01"
+    assert _date({"source_locator": "README", "notes": "no date"}) == "9999-12-31"
 
 
 def test_chunked_losses_shrink_the_logits_term():

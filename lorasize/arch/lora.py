@@ -333,44 +333,18 @@ def _expand(spec: ModelSpec, target: str) -> dict[tuple, tuple[Linear, int]]:
 
 def resolve_targets(spec: ModelSpec, lora: LoraSpec, stack: str = "hf-peft") -> tuple[Target, ...]:
     """The matrices the adapter covers, with their rank and number of copies, on the modules of
-    the model ``stack`` builds (litgpt's own layout: :mod:`lorasize.arch.litgpt_layout`).
+    the model ``stack`` builds (litgpt's and torchtune's adapt a fused module's parts apart:
+    :mod:`lorasize.arch.parts`).
 
     Raises:
         LorasizeError: a target name the architecture lacks, or ``r`` larger than a target's
             smaller dimension (the update could not be low-rank).
     """
-    if stack == "litgpt":
-        return _litgpt_targets(spec, lora)
+    from .parts import PART_STACKS, part_targets
+
+    if stack in PART_STACKS:
+        return part_targets(spec, lora, stack, lambda named: _resolve(spec, named))
     return _resolve(spec, lora)
-
-
-def _litgpt_targets(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
-    from dataclasses import replace
-
-    from .litgpt_layout import fused_part, litgpt_targets, split_linear
-
-    parts: dict[str, tuple[Linear, list[str]]] = {}
-    names = []
-    wanted = [n.strip() for n in lora.targets]
-    if "qv" in wanted and fused_part(spec, "q_proj") is not None:
-        # litgpt's default lora_query + lora_value: two parts of the fused projection
-        wanted = [m for n in wanted for m in (("q_proj", "v_proj") if n == "qv" else (n,))]
-    for name in wanted:
-        found = fused_part(spec, name)
-        if found is None:
-            names.append(name)
-        else:
-            parts.setdefault(found[0].path, (found[0], []))[1].append(found[1])
-    targets = list(litgpt_targets(spec, _resolve(spec, replace(lora, targets=tuple(names))),
-                                  lora) if names else ())
-    taken = {t.linear.path for t in targets}
-    for fused, chosen in parts.values():
-        for part in split_linear(spec, fused, tuple(chosen)):
-            if part.path not in taken:
-                targets.append(Target(part, copies(spec, fused), lora.r, lora.variant))
-    if any(t.linear.experts for t in targets):
-        targets = list(litgpt_targets(spec, targets, lora))  # the router, with named experts
-    return tuple(targets)
 
 
 def _resolve(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:

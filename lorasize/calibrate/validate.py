@@ -26,6 +26,7 @@ from ..estimate import Calibration, estimate
 from ..arch.lora import LoraSpec, resolve_targets, trainable_params
 from ..arch.model import ModelSpec
 from ..memory.sharding import grad_accum_from_row, sharding_from_row
+from ..memory.stacks import TORCHTUNE_ALL_NF4_RELEASED
 from ..specs import TrainSpec
 
 REQUIRED_COLUMNS = ("id", "source", "model", "task", "stack", "method", "base_precision",
@@ -256,10 +257,27 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
         # lit-gpt 2023 forced the longest sample into the first iteration, so its reported peak
         # is the first micro-batch's; litgpt 2024 draws batches from a DataLoader
         # (StackRules.previous_inputs_alive).
-        first_micro_batch=stack == "litgpt" and _year(row) < LITGPT_DATALOADER_YEAR)
+        first_micro_batch=stack == "litgpt" and _year(row) < LITGPT_DATALOADER_YEAR,
+        # torchtune before v0.3.0 quantized only the linears carrying LoRA (StackRules)
+        stack_release="0.2" if stack == "torchtune" and _date(row) < TORCHTUNE_ALL_NF4_RELEASED
+        else "")
     if metric not in ("peak_allocated", "peak_reserved", "nvidia_smi"):
         raise Skip(f"metric '{metric}' is not one lorasize predicts")
     return estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration, shard=shard)
+
+
+_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
+
+
+def _date(row: dict) -> str:
+    """The latest day a row's locator or notes name (``2024-04-16``; ``Apr 2024`` is the
+    month's first day), or ``9999-12-31``."""
+    text = f"{row.get('source_locator', '')} {row.get('notes', '')}"
+    days = re.findall(r"\b(20[12][0-9]-[01][0-9]-[0-3][0-9])\b", text)
+    days += [f"{year}-{_MONTHS[month.lower()]:02d}-01" for month, year in
+             re.findall(r"\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]* (20[12][0-9])\b",
+                        text)]
+    return max(days) if days else "9999-12-31"
 
 
 def _year(row: dict) -> int:

@@ -161,9 +161,14 @@ def train_options(func):
                      show_default=True, help="Attention implementation."),
         click.option("--stack", type=_CHOICE(STACKS), default="hf-peft", show_default=True,
                      help="Training framework: hf-peft (transformers + PEFT), torchtune "
-                          "(quantizes only LoRA layers, chunked loss) or litgpt (bf16-true, "
+                          "(chunked loss, adapters in the model's dtype) or litgpt (bf16-true, "
                           "chunked loss, its own module layout: the parts of a fused q/k/v or "
                           "gate/up each get an adapter)."),
+        click.option("--stack-release", default=None, metavar="VERSION",
+                     help="The stack's release, where its memory changed between releases: "
+                          "torchtune 0.1-0.2 quantized only the linears carrying LoRA under "
+                          "QLoRA (0.3 and later quantize every attention and MLP linear). "
+                          "[default: the current release]"),
         click.option("--kbit-prep/--no-kbit-prep", default=None,
                      help="PEFT prepare_model_for_kbit_training (fp32 upcast of non-quantized "
                           "parameters). [default: on for qlora]"),

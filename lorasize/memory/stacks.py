@@ -29,8 +29,13 @@ class StackRules:
         untied_head: the framework's model holds its own output head even when the Hugging Face
             checkpoint ties it to the embeddings (litgpt ``GPT.__init__`` always builds
             ``self.lm_head = nn.Linear(...)``; tying only with ``train.tie_embeddings``).
-        quantize_only_targets: only linears that carry LoRA are quantized (torchtune
-            ``LoRALinear(quantize_base=True)``).
+        quantize_only_targets_releases: the releases in which QLoRA quantizes only the linears
+            that carry LoRA (torchtune <= 0.2.1: ``LoRALinear(quantize_base=True)``, the others
+            plain ``nn.Linear``). From torchtune 0.3.0 every attention and MLP linear is
+            quantized (``FrozenNF4Linear`` where no LoRA sits, pytorch/torchtune@898670f, PR
+            #1119, 2024-07-29, first released in v0.3.0 on 2024-09-17); the output projection
+            never is ("TODO: quantize_base is not applied to final output_proj currently",
+            ``torchtune/models/llama3/_component_builders.py`` @bd2a0fc).
         quantized_saves_input: each quantized linear keeps its input until backward
             (bitsandbytes <= 0.43.1 ``MatMul4Bit.forward``: ``ctx.tensors = (A, B)`` whenever A or B
             needs a gradient; fixed in bitsandbytes PR #1270, 0.43.2, July 2024).
@@ -72,7 +77,7 @@ class StackRules:
 
     quantize_head: bool = False
     untied_head: bool = False
-    quantize_only_targets: bool = False
+    quantize_only_targets_releases: tuple[str, ...] = ()
     quantized_saves_input: bool = False
     dequant_bytes_extra: int = 0
     fused_qkv_dropout: bool = False
@@ -89,6 +94,11 @@ class StackRules:
 FP16 = 2
 FP32 = 4
 LITGPT_LM_HEAD_CHUNK = 128  # litgpt finetune/lora.py: model(input_ids, lm_head_chunk_size=128)
+# torchtune releases whose QLoRA left the linears without LoRA in bf16 (git tags v0.1.0-v0.2.1)
+TORCHTUNE_LORA_ONLY_NF4 = ("0.1", "0.2")
+# ... and the day the release that quantizes them all came out (v0.3.0): measurements dated
+# before it ran an earlier release (calibrate/validate.py).
+TORCHTUNE_ALL_NF4_RELEASED = "2024-09-17"
 
 STACK_RULES = {
     "hf-peft": StackRules(),
@@ -97,10 +107,17 @@ STACK_RULES = {
                          fused_qkv_saves_lora_output=True, v_views_qkv=True, expands_gqa=True,
                          logits_alive=True, lm_head_chunk=LITGPT_LM_HEAD_CHUNK, logits_bytes=FP32,
                          fused_gelu=True, previous_inputs_alive=True),
-    "torchtune": StackRules(quantize_only_targets=True),
+    "torchtune": StackRules(quantize_only_targets_releases=TORCHTUNE_LORA_ONLY_NF4),
 }
 
 
 def stack_rules(stack: str) -> StackRules:
     """The rules of a stack named in :data:`lorasize.specs.STACKS`."""
     return STACK_RULES[stack]
+
+
+def quantizes_only_targets(stack: str, release: str) -> bool:
+    """Whether QLoRA on ``stack`` at ``release`` (``0.2.1``; empty: the current one) quantizes
+    only the linears that carry LoRA."""
+    major_minor = ".".join(release.split(".")[:2])
+    return bool(release) and major_minor in stack_rules(stack).quantize_only_targets_releases

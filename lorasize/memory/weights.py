@@ -12,7 +12,8 @@ from ..arch.model import ModelSpec
 from .optimizers import OptimizerBytes, state_bytes
 from .quant import quantized_bytes
 from ..specs import TrainSpec
-from .stacks import StackRules, stack_rules
+from .stacks import StackRules, quantizes_only_targets, stack_rules
+from ..arch.parts import base_path
 from ..units import DTYPE_BYTES
 
 
@@ -71,7 +72,9 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     weights = constants = base_params = largest = head_quantized = 0
     other = _frozen_dtype_bytes(train)
     rules = stack_rules(train.stack)
-    only = frozenset(t.linear.path for t in targets) if rules.quantize_only_targets else None
+    # (a part adapted apart, torchtune's q_proj of Phi-3, quantizes the fused module holding it)
+    only = (frozenset(base_path(t.linear) for t in targets)
+            if quantizes_only_targets(train.stack, train.stack_release) else None)
     head = head_linear(spec)
     head_shape = (head.out_features, head.in_features)
     for shape, out_features, quantizable, count in _tensors(spec, only, rules):

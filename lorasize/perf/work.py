@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..arch.litgpt_layout import adapter_modules
+from ..arch.parts import adapter_modules
 from ..arch.layout import block_linears, copies
 from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target, first_adapted_layer
 from ..arch.model import ModelSpec
@@ -307,7 +307,7 @@ FLASH_BACKWARD_RATIO = 2.5
 def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, passes: int) -> float:
     """Kernel launches of one micro-batch."""
     forward = layer_kernels(model, train.kernels == "fused") * model.num_layers
-    forward += LORA_KERNELS * adapter_modules(targets)
+    forward += LORA_KERNELS * adapter_modules(targets, train.stack)
     if train.quantized:
         forward += QUANT_KERNELS * quantized_weights(model)[1]
     return forward * (passes + BACKWARD_KERNELS_RATIO)

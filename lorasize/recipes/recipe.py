@@ -226,7 +226,7 @@ def model_modules(model_text: str, roles: list[str],
     and a role the model has no module for (the gate of a two-matrix MLP) is left out.
     Unresolvable models keep the role names (the estimate then says which names the model has).
     """
-    from ..arch.litgpt_layout import fused_part
+    from ..arch.parts import fused_part
     from ..arch.lora import target_names
     from ..arch.resolve import resolve_model
 

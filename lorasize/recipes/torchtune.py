@@ -147,13 +147,13 @@ def _lora(b: RecipeBuilder, model: dict) -> None:
         roles.append("lm_head")
     if not roles:
         raise LorasizeError(f"{b.path}: model.lora_attn_modules names no module", source="--recipe")
-    targets, fused = model_modules(b.settings["model"].value, roles)
+    targets, fused = model_modules(b.settings["model"].value, roles, parts=True)
     b.read("targets", ",".join(targets),
            "model.lora_attn_modules / apply_lora_to_mlp / apply_lora_to_output")
     if fused:
-        b.skip("model.lora_attn_modules", "torchtune builds this model with separate projections "
-               "and gives each its own adapter, where the Hugging Face model fuses them: more "
-               "trainable parameters than one adapter on the fused module, as estimated")
+        b.note("torchtune builds this model with separate projections where the Hugging Face "
+               "model fuses them, and gives each its own adapter (torchtune/models/phi3/"
+               "_component_builders.py): --stack torchtune reads the part names so")
     if model.get("use_dora"):
         b.read("dora", True, "model.use_dora")
 

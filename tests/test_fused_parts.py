@@ -7,7 +7,7 @@ user's litgpt recipe would (``checkpoint_dir`` and the ``lora_*`` switches) thro
 --recipe``. Where Hugging Face fuses what litgpt adapts part by part (Phi-3's ``qkv_proj`` and
 ``gate_up_proj``, GPT-NeoX's and Falcon's ``query_key_value``) or around experts (Mixtral,
 Qwen3-MoE: a router adapter, and separate gate and up adapters per expert), PEFT's layout counts
-less; these cases fail without :mod:`lorasize.arch.litgpt_layout`.
+less; these cases fail without :mod:`lorasize.arch.parts`.
 """
 
 from __future__ import annotations
@@ -71,3 +71,27 @@ def test_a_fused_projection_named_whole_is_every_part(cli):
                          "q_proj,k_proj,v_proj", "--json")
     assert json.loads(out)["trainable_params"] == json.loads(out2)["trainable_params"] == \
         32 * 8 * (3 * 3072 + 3 * 3072)  # A: 3 x (8, 3072); B: (9216, 8)
+
+
+def test_torchtune_adapts_phi3s_projections_apart(cli):
+    """torchtune builds Phi-3 with separate q/k/v and w1/w3 (phi3/_component_builders.py), each
+    with its own LoRALinear: q and v are two rank-r adapters, not PEFT's one on qkv_proj."""
+    code, out, _ = cli("estimate", "-m", "phi3-mini", "--stack", "torchtune", "--r", "8",
+                       "--targets", "q_proj,v_proj", "--json")
+    assert code == 0 and json.loads(out)["trainable_params"] == 32 * 8 * (2 * 3072 + 2 * 3072)
+    recipe = Path(__file__).parent / "data" / "recipes" / "torchtune" / \
+        "recipes__configs__llama3_1__8B_lora_single_device.yaml"
+    code, out, _ = cli("estimate", "--recipe", str(recipe), "--model", "phi3-mini", "--json")
+    assert code == 0  # the recipe's q_proj / v_proj name parts of phi3's qkv_proj
+
+
+def test_a_part_adapted_under_torchtune_0_2_quantizes_its_fused_module(cli):
+    def weights(*flags):
+        code, out, err = cli("estimate", "-m", "phi3-mini", "--stack", "torchtune", "--method",
+                             "qlora", "--targets", "q_proj", *flags, "--json")
+        assert code == 0, err
+        return json.loads(out)["train_breakdown"]["weights"]
+
+    old, now = weights("--stack-release", "0.2"), weights()
+    # 0.2 quantizes qkv_proj (it holds the adapted q) but leaves o, gate_up and down in bf16
+    assert old - now == pytest.approx(32 * (3072 * 3072 + 3 * 3072 * 8192) * 1.5, rel=0.002)
