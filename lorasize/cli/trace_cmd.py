@@ -66,10 +66,12 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
     est = run_estimate(model, lora, train)
     rows = compare(traced, est)
     estimated_peak = est.allocated_bytes - cublas_workspace_bytes(None)
+    estimated_reserved = est.reserved_bytes - cublas_workspace_bytes(None)
     if as_json:
-        data = {k: traced[k] for k in ("peak_bytes", "breakdown", "peak_op", "phase_peaks",
-                                        "trainable_params", "seconds", "emulation")}
+        data = {k: traced[k] for k in ("peak_bytes", "reserved_bytes", "breakdown", "peak_op",
+                                        "phase_peaks", "trainable_params", "seconds", "emulation")}
         data["estimate"] = {"allocated_bytes_without_cublas": estimated_peak,
+                            "reserved_bytes_without_cublas": estimated_reserved,
                             "peak_moment": est.peak_moment, "components": rows}
         if recipe is not None:
             data["recipe"] = recipe.to_dict(given)
@@ -88,7 +90,10 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
            "at the peak: " + ", ".join(f"{k} {format_bytes(v)}"
                                        for k, v in traced["breakdown"].items() if v),
            f"estimate (without cuBLAS workspace): {format_bytes(estimated_peak)} ({error:+.2f}%) "
-           f"at {est.peak_moment}", "",
+           f"at {est.peak_moment}",
+           f"reserved, the traced steps replayed through the caching allocator: "
+           f"{format_bytes(traced['reserved_bytes'])} (estimate: "
+           f"{format_bytes(estimated_reserved)})", "",
            table([(r["component"], format_bytes(r["trace_bytes"]), format_bytes(r["estimate_bytes"]),
                    format_bytes(r["difference_bytes"])) for r in rows],
                  ("component at the peak", "trace", "estimate", "estimate - trace"), "lrrr")]

@@ -24,6 +24,11 @@ class TraceResult:
         ops: aten ops dispatched over all traced steps.
         emulation: the CUDA-emulation version the numbers were made with.
         steps: peak, op, breakdown and phase peaks of every traced step.
+        reserved_bytes: the bytes the CUDA caching allocator would hold reserved after the
+            traced steps (their allocations replayed through
+            :class:`lorasize.memory.caching_allocator.CachingAllocator`: what
+            ``torch.cuda.max_memory_reserved`` would say over these steps, with the weights
+            allocated first); 0 in results made before it was recorded.
     """
 
     peak_bytes: int
@@ -35,6 +40,7 @@ class TraceResult:
     ops: int = 0
     emulation: str = EMULATION_VERSION
     steps: list = field(default_factory=list)
+    reserved_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,6 +13,7 @@ from ..specs import TrainSpec
 from .build import build, quiet
 from .emulation import cuda_emulation, fake_tensor_fixes, host_state, workspace
 from .result import TraceResult
+from ..memory.caching_allocator import CachingAllocator
 from .tracker import LiveBytesTracker
 
 TRACED_STEPS = 2  # optimizer state appears in step 1; step 2 is the steady state reported
@@ -57,7 +58,8 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
             ids = torch.randint(0, model.vocab_size, (train.batch_size, train.seq_len),
                                 generator=generator)
             optimizer = _optimizer(train, [p for p in network.parameters() if p.requires_grad])
-            tracker = LiveBytesTracker(round_to=round_to, workspace=workspace if emulate else None)
+            tracker = LiveBytesTracker(round_to=round_to, workspace=workspace if emulate else None,
+                                       allocator=CachingAllocator())
             tracker.track_model(network)
             tracker.add(ids, "inputs")
             steps = []
@@ -80,13 +82,14 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
                             tracker.forget(tensor)
                     tracker.phase = "setup"
                     steps.append({"peak_bytes": tracker.peak, "peak_op": tracker.peak_op,
+                                  "reserved_bytes": tracker.allocator.reserved,
                                   "breakdown": dict(tracker.peak_breakdown),
                                   "phase_peaks": dict(tracker.phase_peaks)})
     last = steps[-1]
     return TraceResult(peak_bytes=last["peak_bytes"], breakdown=last["breakdown"],
                        peak_op=last["peak_op"], phase_peaks=last["phase_peaks"],
                        trainable_params=trainable, seconds=round(time.perf_counter() - start, 3),
-                       ops=tracker.ops, steps=steps)
+                       ops=tracker.ops, steps=steps, reserved_bytes=last["reserved_bytes"])
 
 
 def _adalora_update(network, step: int, tracker) -> None:

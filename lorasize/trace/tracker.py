@@ -15,6 +15,7 @@ in backward or the optimizer step that are not gradients or state), ``inputs``.
 from __future__ import annotations
 
 import collections
+import itertools
 import weakref
 from functools import partial
 from typing import Callable
@@ -37,13 +38,18 @@ class LiveBytesTracker(TorchDispatchMode):
         round_to: allocation granularity (512 as on CUDA; 1 for exact bytes).
         workspace: ``(func, args, kwargs, out) -> bytes`` a kernel allocates and frees inside one
             op, which fake kernels cannot show (see :mod:`lorasize.trace.emulation`).
+        allocator: a :class:`~lorasize.memory.caching_allocator.CachingAllocator` that every
+            allocation and free is replayed through (its ``reserved`` is what the CUDA caching
+            allocator would reserve), or None.
     """
 
     def __init__(self, round_to: int = MIN_BLOCK_BYTES,
-                 workspace: Callable[..., int] | None = None):
+                 workspace: Callable[..., int] | None = None, allocator=None):
         super().__init__()
         self.round_to = max(1, int(round_to))
         self.workspace = workspace
+        self.allocator = allocator
+        self._keys = itertools.count()
         self._records = WeakIdKeyDictionary()
         self.live: collections.Counter = collections.Counter()
         self.total = 0
@@ -61,6 +67,8 @@ class LiveBytesTracker(TorchDispatchMode):
     def _free(self, record: list, _ref) -> None:
         self.live[record[1]] -= record[0]
         self.total -= record[0]
+        if self.allocator is not None:
+            self.allocator.free(record[2])
 
     def add(self, tensor, category: str) -> None:
         """Start counting a tensor's storage under ``category`` (once per storage)."""
@@ -69,10 +77,12 @@ class LiveBytesTracker(TorchDispatchMode):
         storage = tensor.untyped_storage()
         if storage in self._records:
             return
-        record = [self._round(storage.nbytes()), category]
+        record = [self._round(storage.nbytes()), category, next(self._keys)]
         self._records[storage] = (record, weakref.ref(storage, partial(self._free, record)))
         self.live[category] += record[0]
         self.total += record[0]
+        if self.allocator is not None:
+            self.allocator.malloc(record[2], storage.nbytes())
 
     def recategorize(self, tensor, category: str) -> None:
         """Move a tensor's storage to another category (a gradient, optimizer state)."""
@@ -98,6 +108,8 @@ class LiveBytesTracker(TorchDispatchMode):
             self.live[record[1]] -= record[0]
             self.total -= record[0]
             record[0] = 0  # the finalizer then subtracts nothing
+            if self.allocator is not None:
+                self.allocator.free(record[2])
 
     def track_model(self, model: torch.nn.Module) -> None:
         """Count parameters and buffers; mark gradients as they are accumulated."""
@@ -135,6 +147,10 @@ class LiveBytesTracker(TorchDispatchMode):
             if isinstance(tensor, torch.Tensor):
                 self.add(tensor, category)
         extra = self._round(int(self.workspace(func, args, kwargs, out) or 0)) if self.workspace else 0
+        if extra and self.allocator is not None:  # a kernel's workspace: taken and given back
+            key = ("workspace", next(self._keys))
+            self.allocator.malloc(key, extra)
+            self.allocator.free(key)
         now = self.total + extra
         if self.history is not None:
             self.history.append((self.ops, now, self.phase))
