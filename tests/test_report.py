@@ -161,3 +161,16 @@ def test_validation_points_are_computed_not_pasted(tmp_path):
         bad.write_text("model: llama2-7b\ngpus: [a100-40gb]\n" + text)
         with pytest.raises(LorasizeError, match=re.escape(fragment)):
             load_plan(bad)
+
+
+def test_the_sequence_chart_marks_the_models_positions(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("model: gpt2\ngpus: [a100-40gb]\ntraining:\n  seq_lens: [512, 1024, 4096]\n")
+    figures = build_figures(load_plan(plan))
+    chart = next(f for f in figures if f.layout.title.text == "Memory against sequence length")
+    notes = [a.text for a in chart.layout.annotations]
+    assert "gpt2 was trained for 1,024 positions" in notes
+    plan.write_text("model: gpt2\ngpus: [a100-40gb]\ntraining:\n  seq_lens: [512, 1024]\n")
+    chart = next(f for f in build_figures(load_plan(plan))
+                 if f.layout.title.text == "Memory against sequence length")
+    assert not any("positions" in (a.text or "") for a in chart.layout.annotations)

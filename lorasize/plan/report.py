@@ -221,6 +221,14 @@ def build_figures(plan: Plan, progress: Callable[[int], None] = lambda n: None,
                         hovertext=[_hover(e) for e in peaks])
     for gpu in plan.gpus:
         seq_fig.add_hline(y=_gib(gpu.memory_bytes), line_dash="dash", annotation_text=gpu.name)
+    limit = plan.model.max_positions
+    if limit and max(plan.seq_lens) > limit:
+        # beyond what the model was trained for (max_position_embeddings): the memory is real,
+        # the model's quality there is not promised
+        scaled = "; its rope_scaling may stretch that" if plan.model.hf_config.get("rope_scaling") \
+            else ""
+        seq_fig.add_vline(x=limit, line_dash="dot", annotation_text=(
+            f"{plan.model.name} was trained for {limit:,} positions{scaled}"))
     seq_fig.update_layout(title="Memory against sequence length", xaxis_title="sequence length (tokens)",
                           yaxis_title="device memory (GiB)", xaxis_type="log")
     figures.append(seq_fig)
