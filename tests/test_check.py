@@ -322,3 +322,27 @@ def test_multi_gpu_scenarios_are_judged_per_gpu(tmp_path):
                                                                      grad_accum=4),
                         shard=ShardSpec(8, "zero3"))
     assert json.loads(out)["results"][0]["value_bytes"] == expected.peak_bytes
+
+
+def test_a_scenario_names_the_stacks_release(tmp_path):
+    """torchtune 0.2's QLoRA left the linears without LoRA in bf16: q,v only needs more memory
+    than on torchtune 0.3 and later, enough here to miss a 16 GiB budget."""
+    text = """\
+        scenarios:
+          now:
+            model: llama3.1-8b
+            stack: torchtune
+            method: qlora
+            targets: q_proj,v_proj
+            budget: train_peak_bytes < 16GiB
+          old:
+            model: llama3.1-8b
+            stack: torchtune
+            stack_release: "0.2"
+            method: qlora
+            targets: q_proj,v_proj
+            budget: train_peak_bytes < 16GiB
+        """
+    code, out, _ = run_cli("check", str(write(tmp_path, text)))
+    rows = {r.split()[0]: r for r in data_rows(out)}
+    assert code == 1 and rows["now"].split()[-1] == "ok" and "ok" not in rows["old"].split()

@@ -49,6 +49,7 @@ _SPEC_KEYS: dict[str, tuple[str, object]] = {
     "stack": ("str", "hf-peft"), "kbit_prep": ("bool", None), "gpu": ("str", None),
     "gpu_mem": ("str", None), "adapter_train_dtype": ("str", None), "grad_accum": ("int", 1),
     "gpus": ("int", 1), "sharding": ("str", "none"), "offload": ("str", "none"),
+    "stack_release": ("str", ""),
 }
 _OTHER_KEYS = ("budget", "baseline", "baseline_trace", "description", "recipe")
 _FITS = re.compile(r"^fits(?:\s+(?P<gpu>[\w.\-]+?))?(?:\s+with\s+(?P<headroom>.+?)\s+headroom)?$",
@@ -286,7 +287,7 @@ def _scenario(name: str, name_node, node, path: str, tolerance: float | None) ->
             grad_checkpointing=p["grad_checkpointing"], attn=p["attn"].lower(),
             kbit_prep=p["kbit_prep"], stack=p["stack"].lower(),
             adapter_train_dtype=p["adapter_train_dtype"].lower() if p["adapter_train_dtype"] else None,
-            grad_accum=p["grad_accum"])
+            grad_accum=p["grad_accum"], stack_release=str(p["stack_release"] or "").strip())
         shard = ShardSpec(p["gpus"], p["sharding"].lower(), p["offload"].lower())
         gpu = gpu_from_catalog(p["gpu"]) if p["gpu"] else None
         if p["gpu_mem"]:
