@@ -245,6 +245,47 @@ def test_a_failing_rank_is_named(tmp_path):
         collect(job, 1, "")
 
 
+TORCHRUN_FAILED = """[rank0]: Traceback (most recent call last):
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+lorasize.profile.distributed FAILED
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  exitcode  : -11 (pid: 4242)
+  error_file: <N/A>
+"""
+
+
+def test_a_launch_no_rank_reported_names_torchruns_exit_code(tmp_path):
+    from lorasize.profile.distributed import LaunchFailed, collect
+
+    with pytest.raises(LaunchFailed, match="torchrun failed: exitcode  : -11"):
+        collect(_job(tmp_path), 1, TORCHRUN_FAILED)
+
+
+def test_a_failed_launch_is_tried_once_more(cli, tiny_model, tmp_path, monkeypatch):
+    """torchrun failing before any rank reports (a rendezvous or start-up failure) is launched
+    again; the second, real launch profiles."""
+    import subprocess
+
+    from lorasize.profile import distributed
+
+    real, calls = subprocess.run, []
+
+    def first_fails(command, **kwargs):
+        calls.append(command)
+        if len(calls) == 1:
+            return subprocess.CompletedProcess(command, 1, "", TORCHRUN_FAILED)
+        return real(command, **kwargs)
+
+    monkeypatch.setattr(distributed.subprocess, "run", first_fails)
+    out = tmp_path / "profiles"
+    out.mkdir()
+    data = _profile(cli, tiny_model, out, "--gpus", "2", "--sharding", "ddp")
+    assert len(calls) == 2 and [r["status"] for r in data["ranks"]] == ["ok", "ok"]
+
+
 @pytest.mark.slow
 def test_sweep_points_can_be_multi_gpu(cli, tiny_model, tmp_path):
     sweep = tmp_path / "sweep.yaml"

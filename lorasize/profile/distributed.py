@@ -50,6 +50,16 @@ class RankFailed(Exception):
     """A rank failed other than by running out of memory (or the launch itself failed)."""
 
 
+class LaunchFailed(RankFailed):
+    """torchrun failed and no rank said why (no rank wrote its file): a rendezvous or process
+    start-up failure, which a second launch may not meet."""
+
+
+# Launches tried when torchrun fails before any rank reports (seen once in CI on a loaded
+# 2-core machine: ChildFailedError with no rank file; the next launch ran).
+LAUNCH_ATTEMPTS = 2
+
+
 def _sharded_tracker_class():
     import torch
     from torch.distributed.fsdp._fully_shard import _fsdp_param
@@ -306,8 +316,14 @@ def profile_distributed(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpus
                PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                            os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-        return collect(job, done.returncode, done.stderr)
+        for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                  env=env)
+            try:
+                return collect(job, done.returncode, done.stderr)
+            except LaunchFailed:
+                if attempt == LAUNCH_ATTEMPTS:
+                    raise
     except subprocess.TimeoutExpired:
         raise RankFailed(f"the {gpus} ranks did not finish in {timeout:g} s") from None
     finally:
@@ -318,8 +334,12 @@ def _stderr_reason(stderr: str) -> str:
     """The line of torchrun's output that says why: the last naming an error, else the last
     that is not one of its ``=====`` banners."""
     lines = [l.strip() for l in stderr.strip().splitlines() if l.strip().strip("=")]
-    named = [l for l in lines if "Error" in l or "error:" in l]
-    return (named or lines or ["no output"])[-ERROR_TAIL_LINES]
+    # torchrun's summary names each failed rank's exit code or signal: more than its
+    # ChildFailedError banner says
+    exits = [l for l in lines if l.startswith(("exitcode", "error_file", "Signal"))]
+    named = [l for l in lines if ("Error" in l or "error:" in l)
+             and not l.rstrip().endswith("ChildFailedError:")]
+    return (exits[:1] or named or lines or ["no output"])[-ERROR_TAIL_LINES]
 
 
 def collect(job: dict, returncode: int, stderr: str) -> dict:
@@ -341,11 +361,11 @@ def collect(job: dict, returncode: int, stderr: str) -> dict:
     errors = [r for r in failed if r["status"] == "error"]
     if errors and errors[0]["bad_input"]:  # bad input, found by the ranks' build
         raise LorasizeError(errors[0]["error"], source=errors[0]["source"])
-    if errors or not failed:
-        reason = (f"{errors[0]['kind']}: {errors[0]['error']}" if errors else
-                  _stderr_reason(stderr))
-        where = f"rank {errors[0]['rank']}" if errors else "torchrun"
-        raise RankFailed(f"{where} failed: {reason}")
+    if errors:
+        raise RankFailed(f"rank {errors[0]['rank']} failed: {errors[0]['kind']}: "
+                         f"{errors[0]['error']}")
+    if not failed:
+        raise LaunchFailed(f"torchrun failed: {_stderr_reason(stderr)}")
     # Out of memory on some rank: torchrun stopped the others mid-step.
     seen = {r["rank"] for r in failed}
     ranks = failed + [{"rank": i, "local_rank": i, "oom": False, "status": "stopped"}
