@@ -64,9 +64,13 @@ def seed_hub_cache(cache: Path) -> None:
 def install_fitcheck(venv: Path) -> Path:
     command = venv / "bin" / "fitcheck"
     if not command.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
-                        f"fitcheck-llm=={FITCHECK_VERSION}"], check=True)
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
+                            f"fitcheck-llm=={FITCHECK_VERSION}"], check=True)
+        except subprocess.CalledProcessError:
+            sys.exit(f"could not install fitcheck-llm {FITCHECK_VERSION} into {venv}; install it "
+                     f"yourself and pass --fitcheck PATH")
     return command
 
 
@@ -108,6 +112,8 @@ def main() -> int:
     if args.runs < 3:
         parser.error("--runs: at least 3")
     fitcheck = Path(args.fitcheck) if args.fitcheck else install_fitcheck(ROOT / ".bench" / "fitcheck")
+    if not fitcheck.is_file():
+        parser.error(f"--fitcheck: no such file: {fitcheck}")
     compileall.compile_dir(str(ROOT / "lorasize"), quiet=1)
     results = {}
     with tempfile.TemporaryDirectory() as home:

@@ -49,6 +49,7 @@ from typing import Iterable
 from ..errors import LorasizeError
 from .layout import Linear, block_linears, copies, extra_linears, head_linear, module_path
 from .model import ModelSpec
+from .parts import FUSED_QKV, PART_STACKS, part_targets
 
 TARGET_ALIASES = ("all", "attn", "mlp", "qv")
 # LoRA-family methods (PEFT): rsLoRA changes only the scaling (Kalajdzievski 2023); LoRA-FA
@@ -65,7 +66,6 @@ DELTA_WEIGHT_VARIANTS = ("loha", "lokr")
 # a full matrix.
 LOKR_DECOMPOSE_FACTOR = -1
 LOKR_DECOMPOSE_BOTH = False
-_FUSED_QKV = ("query_key_value", "qkv_proj", "c_attn")
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ def _expand(spec: ModelSpec, target: str) -> dict[tuple, tuple[Linear, int]]:
     them (a vision tower's ``q_proj`` too)."""
     blocks = block_linears(spec)
     if spec.card is not None:
-        names = _FUSED_QKV + ("q_proj", "v_proj") if target == "qv" else (target,)
+        names = FUSED_QKV + ("q_proj", "v_proj") if target == "qv" else (target,)
         for note in spec.card.notes:
             if note.startswith("peft-refuses-name: ") and note.split(": ")[1] in names:
                 leaf, cls = note.split(": ")[1:3]
@@ -312,7 +312,7 @@ def _expand(spec: ModelSpec, target: str) -> dict[tuple, tuple[Linear, int]]:
     if target in ("attn", "mlp"):
         return everywhere(m for m in blocks if m.group == target)
     if target == "qv":
-        return everywhere(_select(blocks, _FUSED_QKV) or _select(blocks, ("q_proj", "v_proj")))
+        return everywhere(_select(blocks, FUSED_QKV) or _select(blocks, ("q_proj", "v_proj")))
     head = head_linear(spec)
     if target in ("lm_head", "output") or _full_path_matches(head.path, target):
         return {_key(head): (head, 1)}
@@ -340,8 +340,6 @@ def resolve_targets(spec: ModelSpec, lora: LoraSpec, stack: str = "hf-peft") -> 
         LorasizeError: a target name the architecture lacks, or ``r`` larger than a target's
             smaller dimension (the update could not be low-rank).
     """
-    from .parts import PART_STACKS, part_targets
-
     if stack in PART_STACKS:
         return part_targets(spec, lora, stack, lambda named: _resolve(spec, named))
     return _resolve(spec, lora)

@@ -43,10 +43,6 @@ def _with(field: str, value: int, lora: LoraSpec, train: TrainSpec) -> tuple[Lor
     return lora, replace(train, seq_len=value)
 
 
-def _upper(field: str, model: ModelSpec) -> int:
-    return search_limit(field, model)[0]
-
-
 def search_limit(field: str, model: ModelSpec) -> tuple[int, str]:
     """The largest value :func:`solve` tries for ``field``, and what sets it, in words."""
     if field == "r":
@@ -86,7 +82,7 @@ def solve(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec, fiel
     lowest = at(1)
     if lowest.peak_bytes > limit:
         return None, lowest
-    low, high = 1, _upper(field, model)
+    low, high = 1, search_limit(field, model)[0]
     while low < high:
         middle = (low + high + 1) // 2
         if at(middle).peak_bytes <= limit:
