@@ -36,6 +36,7 @@ from .memory.optimizers import step_temporary_bytes
 from .arch.safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
 from .memory.calibrated import Calibration, default_calibration
 from .memory.sharding import ShardSpec, shard_notes, shard_static
+from .memory.stacks import as_built
 from .specs import ServeSpec, TrainSpec
 from .units import DTYPE_BYTES, round_up
 from .memory.weights import StaticBytes, static_bytes
@@ -378,6 +379,7 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
                           f"--attn eager (flash-attn 2 supports it: --attn flash)",)
     if calibration is None:
         calibration = default_calibration()
+    model = as_built(model, train)
     targets = () if train.method == "full" else resolve_targets(model, lora, train.stack)
     dora = lora.dora and train.method != "full"
     shard = shard or ShardSpec()
@@ -560,9 +562,14 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
     if train.upcasts_to_fp32:
         notes.append("prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to "
                      "fp32 (--no-kbit-prep to skip it)")
-    if train.quantized and model.num_experts:
+    if train.quantized and model.expert_modules:
+        notes.append(f"transformers {train.stack_release} (--stack-release) builds each expert "
+                     f"as an nn.Linear: bitsandbytes quantizes the experts, and the step loops "
+                     f"over them")
+    elif train.quantized and model.num_experts:
         notes.append("bitsandbytes quantizes only nn.Linear modules: transformers 5 keeps the "
-                     "fused expert weights of MoE layers in the compute dtype")
+                     "fused expert weights of MoE layers in the compute dtype (transformers 4 "
+                     "quantized them: --stack-release 4.46)")
         if train.upcasts_to_fp32:
             notes.append("prepare_model_for_kbit_training makes the fused experts fp32, which "
                          "transformers 5's grouped-mm expert kernel refuses: the real step "

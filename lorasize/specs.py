@@ -76,8 +76,10 @@ class TrainSpec:
             ``bf16=True``); False: a plain loop on a 16-bit model, where fp32 adapter weights
             (PEFT's default) compute in fp32. Step time only.
         stack_release: the stack's release where its behaviour changed between releases
-            (``StackRules.quantize_only_targets_releases``); empty: its current release. Set by
-            ``validate`` from a measurement's date, and by ``--stack-release``.
+            (torchtune's: ``StackRules.quantize_only_targets_releases``; hf-peft's is the
+            transformers release: before 5.0 a mixture of experts is one ``nn.Linear`` per
+            expert, ``StackRules.expert_modules_before``); empty: its current release. Set by
+            ``validate`` and the timing fit from a measurement's date, and by ``--stack-release``.
     """
 
     method: str = "lora"

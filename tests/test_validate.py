@@ -128,8 +128,10 @@ def test_row_inputs_read_from_the_stack_and_notes(tmp_path):
     assert row_estimate(lit).allocated_bytes > row_estimate(none).allocated_bytes
     moe = dict(BASE, model="Mixtral-8x7B-v0.1", method="qlora", base_precision="nf4",
                notes="fms-acceleration refs/a100_80gb.csv @24bdadb (Feb 2025)", value="1")
-    rows = validate(_write(tmp_path / "moe.csv", [dict(moe, id="moe")]))
-    assert "transformers 4" in rows[0].skipped
+    assert row_estimate(moe).train.stack_release == "4"  # transformers 4: experts quantized
+    assert row_estimate(dict(moe, notes="(Feb 2026)")).train.stack_release == ""
+    assert (row_estimate(moe).breakdown["weights"]
+            < row_estimate(dict(moe, notes="(Feb 2026)")).breakdown["weights"] / 3)
 
 
 def test_published_bar_figure(cli):

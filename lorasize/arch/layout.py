@@ -14,7 +14,7 @@ the meta device, and the LoRA counts against PEFT's own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .model import ModelSpec
 
@@ -108,6 +108,23 @@ def _norm(spec: ModelSpec, path: str, width: int | None = None) -> Param:
 def block_linears(spec: ModelSpec) -> tuple[Linear, ...]:
     """The LoRA-targetable matrices of one decoder block (of every kind of block, each with its
     count, for a model an architecture card describes)."""
+    linears = _block_linears(spec)
+    if spec.expert_modules:
+        # transformers 4: every expert matrix and the router an nn.Linear bitsandbytes converts
+        linears = tuple(replace(m, quantizable=True) if m.experts or m.out_features == spec.num_experts
+                        and m.group == "mlp" else m for m in linears)
+    return linears
+
+
+def expert_matrix_numel(linear: Linear) -> int:
+    """Elements of one expert's matrix as transformers 4 held it (its own ``nn.Linear``; a fused
+    gate/up weight was ``w1`` and ``w3`` apart), or of the whole weight of a plain linear."""
+    if not linear.experts:
+        return linear.weight_numel
+    return linear.in_features * linear.out_features // (2 if linear.rank_multiplier == 2 else 1)
+
+
+def _block_linears(spec: ModelSpec) -> tuple[Linear, ...]:
     if spec.card is not None:
         return _card_block_linears(spec.card)
     h, q, kv, inter = spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size

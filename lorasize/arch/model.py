@@ -53,6 +53,13 @@ class ModelSpec:
         qk_norm: per-head norms on queries and keys (Qwen3, some StableLM).
         dtype: the checkpoint's dtype (``bf16``...), informative.
         source: where the dimensions came from (config URL or file path).
+        expert_modules: the model is built as transformers 4 built mixtures of experts: one
+            ``nn.Linear`` per expert matrix and a ``nn.Linear`` router, which bitsandbytes
+            quantizes (``MixtralSparseMoeBlock`` holds ``experts = nn.ModuleList`` of
+            ``MixtralBlockSparseTop2MLP`` with ``w1``/``w2``/``w3`` and ``gate = nn.Linear``,
+            transformers v4.46 ``models/mixtral/modeling_mixtral.py``); transformers 5 holds them
+            as 3-D parameters it does not convert. Set by
+            :func:`lorasize.memory.stacks.as_built`, never by a config.
     """
 
     name: str
@@ -80,6 +87,7 @@ class ModelSpec:
     hf_config: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     card: Any = field(default=None, compare=False, repr=False)  # lorasize.arch.card.ArchCard
     derived: bool = False  # the card was derived on the fly (not shipped with the catalog)
+    expert_modules: bool = False
     kind: Any = field(default=None, compare=False, repr=False)  # one LayerKind of the card (a view)
 
     @property

@@ -40,6 +40,10 @@ ROW_FACTS = {
     "lfs-gpt2-vocabpad": {"kernels": "fused", "vocab_size": 50304},
     "lfs-gpt2-bs32": {"kernels": "fused", "vocab_size": 50304},
 }
+# The transformers release an hf-peft source ran, where its own files say so
+# (lorasize.memory.stacks: before 5.0 a mixture of experts is an nn.Linear per expert):
+# fms-acceleration scripts/benchmarks/refs/requirements.txt @876e2ed6fc, "transformers==4.48.1".
+SOURCE_RELEASES = {"IBM fms-acceleration benchmark refs": "4.48.1"}
 CONFIDENCES = ("high", "medium")
 ALL_CONFIDENCES = ("high", "medium", "low")
 
@@ -67,6 +71,17 @@ def _fused(row: dict) -> bool:
         return ROW_FACTS[row["id"]]["kernels"] == "fused"
     text = (row.get("framework", "") + " " + row.get("notes", "").split(";")[0]).lower()
     return any(m in text for m in FUSED_MARKERS)
+
+
+def _transformers_release(row: dict) -> str:
+    """The transformers release an hf-peft row ran: its source's stated one, else "4" for a
+    row dated before transformers 5 (2026), else the current one."""
+    from .validate import TRANSFORMERS_5_YEAR, _year
+
+    if row["source"] in SOURCE_RELEASES:
+        return SOURCE_RELEASES[row["source"]]
+    dated = {**row, "notes": f"{row['source']} {row.get('notes', '')}"}
+    return "4" if _year(dated) < TRANSFORMERS_5_YEAR else ""
 
 
 def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
@@ -99,6 +114,8 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                     train = replace(train, grad_checkpointing=True)
                 if "no AMP" in raw.get("notes", ""):
                     train = replace(train, autocast=False)
+                if train.stack == "hf-peft" and not train.stack_release:
+                    train = replace(train, stack_release=_transformers_release(raw))
                 if any(m in raw.get("framework", "") for m in NO_KBIT_PREP_MARKERS):
                     train = replace(train, kbit_prep=False, grad_checkpointing=train.checkpointing)
                 gpu = build_gpu(ctx.params)

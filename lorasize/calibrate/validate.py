@@ -243,10 +243,6 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
         raise Skip("torch.compile is not modelled: Inductor's partitioner decides what is saved for "
                    "backward and fuses the norms and the loss; the source's own table measures "
                    f"{COMPILE_EFFECT}")
-    if model.num_experts and quant and stack == "hf-peft" and _year(row) < TRANSFORMERS_5_YEAR:
-        raise Skip("measured with transformers 4 (source dated before 2026), whose MoE experts are "
-                   "nn.Linear modules bitsandbytes quantizes; lorasize models transformers 5, which "
-                   "keeps the fused 3-D expert weights in 16 bits")
     attn = "eager" if "eager" in attn_text else "flash" if "fa2" in attn_text else "sdpa"
     train = TrainSpec(
         method=method, quant=quant if method == "qlora" else None,
@@ -264,11 +260,21 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
         # (StackRules.previous_inputs_alive).
         first_micro_batch=stack == "litgpt" and _year(row) < LITGPT_DATALOADER_YEAR,
         # torchtune before v0.3.0 quantized only the linears carrying LoRA (StackRules)
-        stack_release="0.2" if stack == "torchtune" and _date(row) < TORCHTUNE_ALL_NF4_RELEASED
-        else "")
+        stack_release=_release(stack, row))
     if metric not in ("peak_allocated", "peak_reserved", "nvidia_smi"):
         raise Skip(f"metric '{metric}' is not one lorasize predicts")
     return estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration, shard=shard)
+
+
+def _release(stack: str, row: dict) -> str:
+    """The stack release a row ran, where a release changes what lorasize predicts: torchtune
+    before v0.3.0 quantized only the linears carrying LoRA; transformers 4 (hf-peft rows dated
+    before 2026) built each MoE expert as its own nn.Linear (:mod:`lorasize.memory.stacks`)."""
+    if stack == "torchtune" and _date(row) < TORCHTUNE_ALL_NF4_RELEASED:
+        return "0.2"
+    if stack == "hf-peft" and _year(row) < TRANSFORMERS_5_YEAR:
+        return "4"
+    return ""
 
 
 _MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}

@@ -167,8 +167,10 @@ def train_options(func):
         click.option("--stack-release", default=None, metavar="VERSION",
                      help="The stack's release, where its memory changed between releases: "
                           "torchtune 0.1-0.2 quantized only the linears carrying LoRA under "
-                          "QLoRA (0.3 and later quantize every attention and MLP linear). "
-                          "[default: the current release]"),
+                          "QLoRA (0.3 and later quantize every attention and MLP linear); "
+                          "under hf-peft, the transformers release: before 5.0 a mixture of "
+                          "experts is one nn.Linear per expert, which bitsandbytes quantizes "
+                          "(--stack-release 4.46). [default: the current release]"),
         click.option("--kbit-prep/--no-kbit-prep", default=None,
                      help="PEFT prepare_model_for_kbit_training (fp32 upcast of non-quantized "
                           "parameters). [default: on for qlora]"),

@@ -6,7 +6,9 @@ import json
 
 import click
 
+from ..errors import LorasizeError
 from ..memory.allocator import cublas_workspace_bytes
+from ..memory.stacks import as_built
 from ..estimate import estimate as run_estimate
 from ..plan.render import table
 from ..trace import trace as run_trace
@@ -61,6 +63,10 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
     """
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
+    if as_built(model, train).expert_modules:
+        raise LorasizeError(f"the trace runs the installed transformers, which fuses the experts; "
+                            f"{train.stack_release} built one nn.Linear per expert: estimate it, "
+                            f"or trace without --stack-release", source="--stack-release")
     recipe, given = recipe_used(ctx)
     traced = run_trace(model, lora, train).to_dict()
     est = run_estimate(model, lora, train)

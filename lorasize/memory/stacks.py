@@ -73,6 +73,12 @@ class StackRules:
             iteration draws the longest batch, while lit-gpt 2023 forced the longest sample into
             the first iteration (``get_batch(fabric, train_data, longest_seq_ix if iter_num == 0
             else None)``), so nothing preceded its peak (``TrainSpec.first_micro_batch``).
+        expert_modules_before: the first major release that no longer builds a mixture of
+            experts from one ``nn.Linear`` per expert matrix (0: every release does as the
+            current one): transformers 5.0 fused them into 3-D parameters bitsandbytes leaves in
+            16 bits (``MixtralExperts.gate_up_proj``, transformers 5 ``modeling_mixtral.py``;
+            the 5.0 release notes, "MoE experts are now fused"), where transformers 4 quantized
+            each expert and looped over them (:attr:`lorasize.arch.model.ModelSpec.expert_modules`).
     """
 
     quantize_head: bool = False
@@ -89,6 +95,7 @@ class StackRules:
     logits_bytes: int = 0
     fused_gelu: bool = False
     previous_inputs_alive: bool = False
+    expert_modules_before: int = 0
 
 
 FP16 = 2
@@ -100,8 +107,12 @@ TORCHTUNE_LORA_ONLY_NF4 = ("0.1", "0.2")
 # before it ran an earlier release (calibrate/validate.py).
 TORCHTUNE_ALL_NF4_RELEASED = "2024-09-17"
 
+# transformers 5.0 (first release candidate December 2025) fused the MoE experts; the hf-peft
+# stack's release is the transformers one (``--stack-release 4.46``).
+TRANSFORMERS_FUSED_EXPERTS_MAJOR = 5
+
 STACK_RULES = {
-    "hf-peft": StackRules(),
+    "hf-peft": StackRules(expert_modules_before=TRANSFORMERS_FUSED_EXPERTS_MAJOR),
     "litgpt": StackRules(quantize_head=True, untied_head=True, quantized_saves_input=True,
                          dequant_bytes_extra=FP16, fused_qkv_dropout=True,
                          fused_qkv_saves_lora_output=True, v_views_qkv=True, expands_gqa=True,
@@ -121,3 +132,20 @@ def quantizes_only_targets(stack: str, release: str) -> bool:
     only the linears that carry LoRA."""
     major_minor = ".".join(release.split(".")[:2])
     return bool(release) and major_minor in stack_rules(stack).quantize_only_targets_releases
+
+
+def builds_expert_modules(stack: str, release: str) -> bool:
+    """Whether ``stack`` at ``release`` (empty: the current one) builds each expert matrix of a
+    mixture of experts as its own ``nn.Linear`` (transformers 4)."""
+    before = stack_rules(stack).expert_modules_before
+    return bool(release and before) and int(release.split(".")[0]) < before
+
+
+def as_built(model, train):
+    """``model`` as the training stack at ``train.stack_release`` builds it: transformers 4's
+    per-expert linears where that release had them (:func:`builds_expert_modules`)."""
+    from dataclasses import replace
+
+    if model.num_experts and builds_expert_modules(train.stack, train.stack_release):
+        return replace(model, expert_modules=True)
+    return model

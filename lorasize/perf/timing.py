@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from ..gpu import GpuSpec
 from ..arch.layout import block_linears, copies
 from ..memory.sharding import ShardSpec
+from ..memory.stacks import as_built
 from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target
 from ..arch.model import ModelSpec
 from ..specs import TrainSpec
@@ -113,6 +114,7 @@ def dequant_seconds(model: ModelSpec, train: TrainSpec, gpu: GpuSpec) -> float:
     or a known bandwidth."""
     if not (train.quantized and gpu.bandwidth_gbps):
         return 0.0
+    model = as_built(model, train)
     quantized = sum(m.weight_numel * copies(model, m) for m in block_linears(model)
                     if m.quantizable)
     passes = 3 if train.checkpointing else 2

@@ -26,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..arch.parts import adapter_modules
-from ..arch.layout import block_linears, copies
+from ..arch.layout import block_linears, copies, expert_matrix_numel
 from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target, first_adapted_layer
 from ..arch.model import ModelSpec
 from ..memory.sharding import ShardSpec
+from ..memory.stacks import as_built
 from ..memory.weights import static_bytes
 from ..specs import TrainSpec
 from ..units import DTYPE_BYTES
@@ -70,6 +71,15 @@ LAYER_KERNELS = {"rms_norm": 7, "layer_norm": 1, "projections": 4, "rope": 10, "
                  "residual": 2, "mlp": 5}
 LORA_KERNELS = 5
 QUANT_KERNELS = 1
+# A mixture-of-experts layer launches more kernels than a dense (Llama) layer, counted with a
+# TorchDispatchMode over Mixtral's and Llama's forward (3 layers against 2, every expert hit; ops
+# that launch nothing left out): transformers 5 routes and runs the experts with grouped GEMMs
+# (``_grouped_mm``): 19 more (tests/test_expert_modules.py recounts it); transformers 4.46.3
+# loops over the experts (``MixtralSparseMoeBlock.forward``: ``torch.where``, two ``index``,
+# three linears, activation, two ``mul``, ``index_add_``: 10 each): 8 + 10 per expert more.
+MOE_FUSED_KERNELS = 19
+MOE_LOOP_ROUTER_KERNELS = 8
+MOE_LOOP_EXPERT_KERNELS = 10
 FUSED_LAYER_KERNELS = 16  # norms, rope and the MLP activation one kernel each
 # Backward launches about twice the forward's kernels (each op's input gradient and, for
 # weights that train, its weight gradient) from autograd's C++ engine.
@@ -131,7 +141,7 @@ def quantized_weights(model: ModelSpec) -> tuple[int, int]:
     """(weights, matrices) of the decoder that bitsandbytes quantizes."""
     quantizable = [m for m in decoder_linears(model) if m.quantizable]
     return (sum(m.weight_numel * copies(model, m) for m in quantizable),
-            sum(copies(model, m) for m in quantizable))
+            sum(copies(model, m) * m.weight_numel // expert_matrix_numel(m) for m in quantizable))
 
 
 def layer_bytes(model: ModelSpec, touches: dict) -> float:
@@ -307,6 +317,10 @@ FLASH_BACKWARD_RATIO = 2.5
 def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, passes: int) -> float:
     """Kernel launches of one micro-batch."""
     forward = layer_kernels(model, train.kernels == "fused") * model.num_layers
+    if model.num_experts:
+        forward += model.num_layers * (
+            MOE_LOOP_ROUTER_KERNELS + MOE_LOOP_EXPERT_KERNELS * model.num_experts
+            if model.expert_modules else MOE_FUSED_KERNELS)
     forward += LORA_KERNELS * adapter_modules(targets, train.stack)
     if train.quantized:
         forward += QUANT_KERNELS * quantized_weights(model)[1]
@@ -355,6 +369,7 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     paged optimizer state that does not fit beside the rest and lives in host memory: the
     optimizer step migrates it in and back out (CUDA unified memory) once per optimizer step."""
     shard = shard or ShardSpec()
+    model = as_built(model, train)
     full = train.method == "full"
     passes = 2 if train.checkpointing else 1  # forward runs, the recomputed one included
     tokens = train.tokens
