@@ -36,9 +36,10 @@ from .memory.optimizers import step_temporary_bytes
 from .arch.safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
 from .memory.calibrated import Calibration, default_calibration
 from .memory.sharding import ShardSpec, shard_notes, shard_static
+from .memory.init_programs import build_program, replay, training_reserved
 from .memory.stacks import as_built
 from .specs import ServeSpec, TrainSpec
-from .units import DTYPE_BYTES, round_up
+from .units import DTYPE_BYTES, format_bytes, round_up
 from .memory.weights import StaticBytes, static_bytes
 
 BREAKDOWN_KEYS = (
@@ -197,7 +198,8 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     head = next((t for t in targets if t.linear.group == "head"), None)
     top = act.top_bytes_per_token(model, dt, full, head, stack=train.stack,
                                   quantized=train.quantized, dropout=dropout) * tokens
-    logits = act.logits_peak_bytes_per_token(model, train.stack, dt.compute) * tokens \
+    logits = act.logits_peak_bytes_per_token(model, train.stack, dt.compute,
+                                             train.stack_release) * tokens \
         + act.loss_chunk_bytes(model, train.stack, dt.compute, train.batch_size, train.seq_len)
     transient = max(act.layer_backward_transient_per_token(view.spec, dt) for view in views) * tokens
     # bitsandbytes' MatMul4Bit dequantizes one weight to the compute dtype inside each matmul
@@ -349,6 +351,19 @@ def _backward_gradient_bytes(model: ModelSpec, targets: tuple[Target, ...], lora
     return per_layer, head, mlp_out
 
 
+def _step_tensors(model: ModelSpec, train: TrainSpec, activations: int, logits: int,
+                  temporaries: int) -> list[int]:
+    """The step's tensors at its peak as the allocator meets them: activations in blocks of one
+    layer input (a checkpoint), logits in blocks of one fp32 vocabulary-wide tensor, the
+    temporaries as one block."""
+    tensors = []
+    for total, size in ((activations, train.tokens * model.hidden_size * int(DTYPE_BYTES[train.dtype])),
+                        (logits, train.tokens * model.vocab_size * 4)):
+        whole, rest = divmod(int(total), int(size))
+        tensors += [int(size)] * whole + ([rest] if rest else [])
+    return tensors + ([int(temporaries)] if temporaries else [])
+
+
 def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | None = None,
              gpu: GpuSpec | None = None, serve: ServeSpec | None = None,
              adapter_dtype: str = "fp32", calibration: Calibration | None = None,
@@ -419,13 +434,29 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     allocated = sum(breakdown[k] for k in ALLOCATED_KEYS)
     dynamic = max(sum(p.values()) for p in moments.values())
     reserved = round_up(allocated + int(calibration.reserve_fraction * dynamic), SMALL_SEGMENT_BYTES)
+    build_note: tuple[str, ...] = ()
+    program = build_program(model, targets, train) if shard.gpus == 1 else None
+    if program is not None:
+        # torchtune 0.1 builds the model on the GPU: what its build reserved stays reserved
+        adapter_tensors = [block(math.prod(shape) * int(DTYPE_BYTES[train.adapter_dtype]))
+                           for t in targets for name, shape in t.tensors(dora) if t.trainable(name)
+                           for _ in range(t.copies)]
+        step = _step_tensors(model, train, parts["activations"], parts["logits"],
+                             parts["temporaries"])
+        replayed = training_reserved(program, adapter_tensors, step) + workspace
+        if replayed > reserved:
+            build_note = (f"torchtune {train.stack_release} builds the model on the GPU and "
+                          f"quantizes it there: the segments its build reserved stay reserved "
+                          f"(replayed through the caching allocator: "
+                          f"{format_bytes(replay(program.events).reserved)} after the build)",)
+            reserved = replayed
     breakdown["allocator"] = reserved - allocated
     breakdown["cuda_context"] = calibration.cuda_context_bytes
     breakdown["paged_optimizer"] = static.optimizer_paged
     peak = sum(breakdown.values())
     head_dtype = "fp32" if train.upcasts_to_fp32 else train.dtype
     file_size = adapter_file_bytes(model, targets, adapter_dtype, dora, head_dtype) if targets else 0
-    notes = (attention_note + _notes(model, lora, train, targets) + probe_note
+    notes = (attention_note + _notes(model, lora, train, targets) + probe_note + build_note
              + shard_notes(train, shard) + hardware_notes(train, gpu))
     result = Estimate(
         model=model, lora=lora, train=train, targets=targets, base_params=static.base_params,

@@ -26,7 +26,7 @@ from ..estimate import Calibration, estimate
 from ..arch.lora import LoraSpec, resolve_targets, trainable_params
 from ..arch.model import ModelSpec
 from ..memory.sharding import grad_accum_from_row, sharding_from_row
-from ..memory.stacks import TORCHTUNE_ALL_NF4_RELEASED
+from ..memory.stacks import TORCHTUNE_02_RELEASED, TORCHTUNE_ALL_NF4_RELEASED
 from ..specs import TrainSpec
 
 REQUIRED_COLUMNS = ("id", "source", "model", "task", "stack", "method", "base_precision",
@@ -268,8 +268,11 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
 
 def _release(stack: str, row: dict) -> str:
     """The stack release a row ran, where a release changes what lorasize predicts: torchtune
-    before v0.3.0 quantized only the linears carrying LoRA; transformers 4 (hf-peft rows dated
+    before v0.3.0 quantized only the linears carrying LoRA, and 0.1 (before v0.2.0) built the
+    model on the GPU with torchao 0.1 (:mod:`lorasize.memory.init_programs`); transformers 4 (hf-peft rows dated
     before 2026) built each MoE expert as its own nn.Linear (:mod:`lorasize.memory.stacks`)."""
+    if stack == "torchtune" and _date(row) < TORCHTUNE_02_RELEASED:
+        return "0.1"
     if stack == "torchtune" and _date(row) < TORCHTUNE_ALL_NF4_RELEASED:
         return "0.2"
     if stack == "hf-peft" and _year(row) < TRANSFORMERS_5_YEAR:

@@ -167,7 +167,8 @@ def train_options(func):
         click.option("--stack-release", default=None, metavar="VERSION",
                      help="The stack's release, where its memory changed between releases: "
                           "torchtune 0.1-0.2 quantized only the linears carrying LoRA under "
-                          "QLoRA (0.3 and later quantize every attention and MLP linear); "
+                          "QLoRA (0.3 and later quantize every attention and MLP linear), and "
+                          "0.1 built the model on the GPU, whose segments stay reserved; "
                           "under hf-peft, the transformers release: before 5.0 a mixture of "
                           "experts is one nn.Linear per expert, which bitsandbytes quantizes "
                           "(--stack-release 4.46). [default: the current release]"),

@@ -50,13 +50,16 @@ from ..arch.families import FAMILY_TABLE
 from ..arch.layout import block_linears, block_params
 from ..arch.lora import Target
 from ..arch.model import ModelSpec
-from .stacks import stack_rules
+from .stacks import stack_rules, unchunked_loss
 
 FP32 = 4
 BOOL = 1
 INDEX = 8  # int64 indices
 LOSS_FP32_COPIES_AT_PEAK = 3  # log_softmax output, grad_output, grad_input (log_softmax_backward)
 TORCHTUNE_OUTPUT_CHUNKS = 8  # torchtune.modules.loss.CEWithChunkedOutputLoss num_output_chunks
+# torchtune <= 0.2's whole-logits loss at its backward peak: the previous micro-batch's shifted
+# logits, the current ones, the log-softmax output and its two gradients (stacks.unchunked_loss)
+TORCHTUNE_UNCHUNKED_LOSS_COPIES = 5
 # Per-token bytes saved by each activation function, in units of d * I (see module docstring):
 # silu / gelu / gelu_pytorch_tanh save their input; GPT-2 and Phi-2 "gelu_new" is written in
 # Python (transformers activations.NewGELUActivation) and saves x, tanh(.), 0.5x and 1 + tanh(.).
@@ -416,12 +419,15 @@ def top_bytes_per_token(spec: ModelSpec, dt: Dtypes, full: bool,
     return total
 
 
-def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute: int = 2) -> int:
+def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute: int = 2,
+                                release: str = "") -> int:
     """Bytes per token live at the loss's backward peak.
 
     - hf-peft: the fp32 log-softmax output, its incoming and outgoing gradients (3 x 4V).
     - torchtune (``CEWithChunkedOutputLoss``, 8 chunks): every chunk's fp32 log-softmax output is
-      saved (4V) and one chunk's two gradients are live at a time (2 x 4V / 8).
+      saved (4V) and one chunk's two gradients are live at a time (2 x 4V / 8). Releases <= 0.2
+      (``StackRules.unchunked_loss_releases``): the previous micro-batch's shifted fp32 logits,
+      the current ones, the log-softmax output and its two gradients (5 x 4V).
     - litgpt (``chunked_cross_entropy``, 128-token chunks, no upcast): the log-softmax outputs in
       the compute dtype (dV); one chunk's gradients are negligible per token.
 
@@ -433,6 +439,8 @@ def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute
     capped = spec.hf_config.get("final_logit_softcapping",
                                 30.0 if _traits(spec).get("softcap") else None)
     softcap = compute * spec.vocab_size if capped else 0
+    if stack == "torchtune" and unchunked_loss(stack, release):
+        return TORCHTUNE_UNCHUNKED_LOSS_COPIES * FP32 * spec.vocab_size
     if stack == "torchtune":
         return FP32 * spec.vocab_size + 2 * FP32 * spec.vocab_size // TORCHTUNE_OUTPUT_CHUNKS
     if stack == "litgpt":

@@ -79,6 +79,12 @@ class StackRules:
             16 bits (``MixtralExperts.gate_up_proj``, transformers 5 ``modeling_mixtral.py``;
             the 5.0 release notes, "MoE experts are now fused"), where transformers 4 quantized
             each expert and looped over them (:attr:`lorasize.arch.model.ModelSpec.expert_modules`).
+        unchunked_loss_releases: the releases whose recipes compute the loss on whole fp32
+            logits: torchtune <= 0.2 (``recipes/lora_finetune_single_device.py`` @fef3ed10d:
+            ``logits = self._model(input_ids)`` (the model's ``self.output(h).float()``), ``logits
+            = logits[..., :-1, :].contiguous()``, ``torch.nn.CrossEntropyLoss``, and no ``del
+            logits``, so the previous micro-batch's are alive); ``CEWithChunkedOutputLoss``
+            replaced it in v0.3.0 (pytorch/torchtune@4fba6cd, 2024-08-28).
     """
 
     quantize_head: bool = False
@@ -96,6 +102,7 @@ class StackRules:
     fused_gelu: bool = False
     previous_inputs_alive: bool = False
     expert_modules_before: int = 0
+    unchunked_loss_releases: tuple[str, ...] = ()
 
 
 FP16 = 2
@@ -106,6 +113,8 @@ TORCHTUNE_LORA_ONLY_NF4 = ("0.1", "0.2")
 # ... and the day the release that quantizes them all came out (v0.3.0): measurements dated
 # before it ran an earlier release (calibrate/validate.py).
 TORCHTUNE_ALL_NF4_RELEASED = "2024-09-17"
+# v0.2.0 (torchao 0.3.1 instead of 0.1; memory.init_programs models 0.1's build)
+TORCHTUNE_02_RELEASED = "2024-07-16"
 
 # transformers 5.0 (first release candidate December 2025) fused the MoE experts; the hf-peft
 # stack's release is the transformers one (``--stack-release 4.46``).
@@ -118,7 +127,8 @@ STACK_RULES = {
                          fused_qkv_saves_lora_output=True, v_views_qkv=True, expands_gqa=True,
                          logits_alive=True, lm_head_chunk=LITGPT_LM_HEAD_CHUNK, logits_bytes=FP32,
                          fused_gelu=True, previous_inputs_alive=True),
-    "torchtune": StackRules(quantize_only_targets_releases=TORCHTUNE_LORA_ONLY_NF4),
+    "torchtune": StackRules(quantize_only_targets_releases=TORCHTUNE_LORA_ONLY_NF4,
+                           unchunked_loss_releases=TORCHTUNE_LORA_ONLY_NF4),
 }
 
 
@@ -149,3 +159,12 @@ def as_built(model, train):
     if model.num_experts and builds_expert_modules(train.stack, train.stack_release):
         return replace(model, expert_modules=True)
     return model
+
+
+def _major_minor(release: str) -> str:
+    return ".".join(release.split(".")[:2])
+
+
+def unchunked_loss(stack: str, release: str) -> bool:
+    """Whether ``stack`` at ``release`` computes the loss on whole fp32 logits."""
+    return bool(release) and _major_minor(release) in stack_rules(stack).unchunked_loss_releases
