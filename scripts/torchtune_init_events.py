@@ -51,28 +51,38 @@ CASES = [
 ]
 
 
-def record(builder: str, args: dict) -> list:
+class _Recorder:
+    """Takes the tracker's allocations and frees as events."""
+
+    def __init__(self):
+        self.events = []
+
+    def malloc(self, key, nbytes):
+        self.events.append(("a", key, nbytes))
+
+    def free(self, key):
+        self.events.append(("f", key))
+
+
+def _recording():
+    """(recorder, tracker, fake-compute mode) with torchao's NF4 ops."""
     import run_init  # noqa: F401 (sources on the path, NF4 copy_ for a host checkpoint)
-    import torch
     import torchao.dtypes.nf4tensor as nf4mod
     import replay
+
+    recorder = _Recorder()
+    tracker = replay.Tracker(recorder)
+    tracker.log = None
+    return recorder, tracker, replay.FakeCompute(tracker, nf4mod.NF4_OPS_TABLE, nf4mod.NF4Tensor)
+
+
+def record(builder: str, args: dict) -> list:
+    import torch
+
+    recorder, tracker, mode = _recording()  # first: it puts torchtune's source on the path
     from torchtune import models, modules, utils
     from torchtune.modules.peft.peft_utils import get_adapter_params, set_trainable_params
 
-    class Recorder:
-        def __init__(self):
-            self.events = []
-
-        def malloc(self, key, nbytes):
-            self.events.append(("a", key, nbytes))
-
-        def free(self, key):
-            self.events.append(("f", key))
-
-    recorder = Recorder()
-    tracker = replay.Tracker(recorder)
-    tracker.log = None
-    mode = replay.FakeCompute(tracker, nf4mod.NF4_OPS_TABLE, nf4mod.NF4Tensor)
     build = getattr(models.llama2, builder, None) or getattr(models.mistral, builder)
     with mode:
         with utils.set_default_dtype(torch.bfloat16), torch.device("cpu"):
@@ -87,19 +97,9 @@ def record(builder: str, args: dict) -> list:
     return recorder.events
 
 
-def normalized(events) -> list:
-    keys: dict = {}
-    out = []
-    for event in events:
-        if event[0] == "a":
-            keys[event[1]] = len(keys)
-            out.append(("a", keys[event[1]], int(event[2])))
-        else:
-            out.append(("f", keys[event[1]]))
-    return out
-
-
 def digest(events) -> str:
+    from lorasize.memory.init_programs import normalized
+
     return hashlib.sha256(json.dumps(normalized(events)).encode()).hexdigest()
 
 
@@ -117,28 +117,14 @@ def nf4_section(shape: tuple, what: str) -> tuple[list, list]:
     """The events before and of one NF4 operation on a weight of ``shape``."""
     import copy
 
-    import run_init  # noqa: F401
     import torch
-    import torchao.dtypes.nf4tensor as nf4mod
-    import replay
+
+    recorder, tracker, mode = _recording()  # first: it puts torchao's source on the path
     from torchao.dtypes.nf4tensor import to_nf4
 
-    class Recorder:
-        def __init__(self):
-            self.events = []
-
-        def malloc(self, key, nbytes):
-            self.events.append(("a", key, nbytes))
-
-        def free(self, key):
-            self.events.append(("f", key))
-
-    recorder = Recorder()
-    tracker = replay.Tracker(recorder)
-    tracker.log = None
     keep = []
     checkpoint = torch.empty(shape, dtype=torch.float16, device="meta")  # a host tensor: untracked
-    with replay.FakeCompute(tracker, nf4mod.NF4_OPS_TABLE, nf4mod.NF4Tensor):
+    with mode:
         weight = torch.empty(shape, dtype=torch.bfloat16)
         tracker.track(weight)
         if what == "to_nf4":
@@ -191,7 +177,7 @@ def nf4_templates() -> dict:
 
 
 def main() -> int:
-    from lorasize.memory.init_programs import replay as replay_events
+    from lorasize.memory.init_programs import normalized, replay as replay_events
 
     if "--templates" in sys.argv:
         data = json.loads(NF4_OUT.read_text())

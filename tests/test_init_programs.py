@@ -15,22 +15,10 @@ from pathlib import Path
 import pytest
 
 from lorasize import resolve_model
-from lorasize.memory.init_programs import torchtune_01_program, replay
+from lorasize.memory.init_programs import normalized, replay, torchtune_01_program
 
 DATA = json.loads((Path(__file__).parent / "data" / "torchtune" / "init_events.json").read_text())
 MODELS = {"lora_llama2_7b": "llama2-7b", "lora_mistral_7b": "mistral-7b"}
-
-
-def _normalized(events) -> list:
-    keys: dict = {}
-    out = []
-    for event in events:
-        if event[0] == "a":
-            keys[event[1]] = len(keys)
-            out.append(("a", keys[event[1]], int(event[2])))
-        else:
-            out.append(("f", keys[event[1]]))
-    return out
 
 
 def _program(case: dict):
@@ -46,7 +34,7 @@ def _program(case: dict):
 def test_the_build_allocates_what_torchtunes_code_does(case):
     events = _program(case).events
     assert len(events) == case["events"]
-    assert hashlib.sha256(json.dumps(_normalized(events)).encode()).hexdigest() == case["sha256"]
+    assert hashlib.sha256(json.dumps(normalized(events)).encode()).hexdigest() == case["sha256"]
     allocator = replay(events)
     assert (allocator.reserved, allocator.allocated) == (case["reserved"], case["allocated"])
 

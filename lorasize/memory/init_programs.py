@@ -212,6 +212,20 @@ def torchtune_01_program(model, lora_targets: set[str], rank: int, quantize: boo
     return prog
 
 
+def normalized(events) -> list[tuple]:
+    """``events`` with keys renumbered in allocation order (two programs compare equal when they
+    allocate and free the same sizes in the same order)."""
+    keys: dict = {}
+    out = []
+    for event in events:
+        if event[0] == "a":
+            keys[event[1]] = len(keys)
+            out.append(("a", keys[event[1]], int(event[2])))
+        else:
+            out.append(("f", keys[event[1]]))
+    return out
+
+
 def replay(events) -> CachingAllocator:
     """The caching allocator after ``events``."""
     allocator = CachingAllocator()
