@@ -95,3 +95,11 @@ def test_a_part_adapted_under_torchtune_0_2_quantizes_its_fused_module(cli):
     old, now = weights("--stack-release", "0.2"), weights()
     # 0.2 quantizes qkv_proj (it holds the adapted q) but leaves o, gate_up and down in bf16
     assert old - now == pytest.approx(32 * (3072 * 3072 + 3 * 3072 * 8192) * 1.5, rel=0.002)
+
+
+def test_a_part_under_hf_peft_points_at_the_stacks_that_adapt_parts(cli):
+    code, _, err = cli("estimate", "-m", "phi3-mini", "-t", "q_proj,v_proj")
+    assert code == 2
+    assert "fuses it into qkv_proj" in err and "--stack litgpt or torchtune" in err
+    code, _, _ = cli("estimate", "-m", "phi3-mini", "-t", "q_proj,v_proj", "--stack", "litgpt")
+    assert code == 0

@@ -325,6 +325,12 @@ def _expand(spec: ModelSpec, target: str) -> dict[tuple, tuple[Linear, int]]:
         valid = target_names(spec)
         close = difflib.get_close_matches(target, valid, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
+        from .parts import fused_part
+
+        fused = fused_part(spec, target)
+        if fused:
+            hint = (f"; {spec.name} fuses it into {fused[0].name}, which PEFT adapts whole "
+                    f"(--stack litgpt or torchtune adapt its parts apart)")
         raise LorasizeError(
             f"'{target}' is not a module of {spec.name} ({spec.model_type}); valid names: "
             f"{', '.join(valid)} or {', '.join(TARGET_ALIASES)}{hint}", source="--targets")
