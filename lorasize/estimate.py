@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from .memory import activations as act
 from .memory.allocator import SMALL_SEGMENT_BYTES, block, cublas_workspace_bytes
+from .errors import LorasizeError
 from .gpu import GpuSpec
 from .arch.layout import copy_layers, module_path
 from .arch.lora import (LoraSpec, Target, delta_weight_transient_bytes, dora_forward_transient, first_adapted_layer,
@@ -36,8 +37,8 @@ from .memory.optimizers import step_temporary_bytes
 from .arch.safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
 from .memory.calibrated import Calibration, default_calibration
 from .memory.sharding import ShardSpec, shard_notes, shard_static
-from .memory.init_programs import build_program, replay, training_reserved
-from .memory.stacks import as_built
+from .memory.init_programs import TORCHTUNE_01, applies, build_replay, training_reserved
+from .memory.stacks import EXPERT_MODULE_MODEL_TYPES, as_built
 from .specs import ServeSpec, TrainSpec
 from .units import DTYPE_BYTES, format_bytes, round_up
 from .memory.weights import StaticBytes, static_bytes
@@ -109,6 +110,8 @@ class Estimate:
             "quant": self.train.quant_type,
             "r": self.lora.r if self.train.method != "full" else None,
             "targets": sorted({t.linear.name for t in self.targets}),
+            "stack": self.train.stack,
+            "stack_release": self.train.stack_release or None,
             "trainable_params": self.trainable_params,
             "base_params": self.base_params,
             "trainable_percent": round(self.trainable_percent, 4),
@@ -295,6 +298,9 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                     "activations": saved + previous, "temporaries": 0,
                     "logits": act.next_forward_logits_bytes_per_token(
                         model, train.stack, dt.compute) * tokens}
+    held = act.held_logits_bytes_per_token(model, train.stack, train.stack_release) * tokens
+    for moment in moments.values():
+        moment["logits"] = max(moment["logits"], held)
     grads_and_step = static.gradients + step_temporary_bytes(train.optimizer, static.optimizer)
     if static.head_dequant_bytes:
         # A quantized head (litgpt) is dequantized in its backward, after the loss's: every
@@ -396,6 +402,12 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
         calibration = default_calibration()
     model = as_built(model, train)
     targets = () if train.method == "full" else resolve_targets(model, lora, train.stack)
+    if model.expert_modules and any(t.linear.experts or t.linear.out_features == model.num_experts
+                                    for t in targets):
+        raise LorasizeError(f"adapters on transformers {train.stack_release}'s per-expert linears "
+                            f"are not modelled (its names and ranks differ from transformers 5's "
+                            f"fused experts): target attention, or drop --stack-release",
+                            source="--targets")
     dora = lora.dora and train.method != "full"
     shard = shard or ShardSpec()
     sharded = shard_static(model, train, static_bytes(model, targets, train, dora), shard)
@@ -435,21 +447,28 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     dynamic = max(sum(p.values()) for p in moments.values())
     reserved = round_up(allocated + int(calibration.reserve_fraction * dynamic), SMALL_SEGMENT_BYTES)
     build_note: tuple[str, ...] = ()
-    program = build_program(model, targets, train) if shard.gpus == 1 else None
-    if program is not None:
-        # torchtune 0.1 builds the model on the GPU: what its build reserved stays reserved
-        adapter_tensors = [block(math.prod(shape) * int(DTYPE_BYTES[train.adapter_dtype]))
-                           for t in targets for name, shape in t.tensors(dora) if t.trainable(name)
-                           for _ in range(t.copies)]
-        step = _step_tensors(model, train, parts["activations"], parts["logits"],
-                             parts["temporaries"])
-        replayed = training_reserved(program, adapter_tensors, step) + workspace
-        if replayed > reserved:
-            build_note = (f"torchtune {train.stack_release} builds the model on the GPU and "
-                          f"quantizes it there: the segments its build reserved stay reserved "
-                          f"(replayed through the caching allocator: "
-                          f"{format_bytes(replay(program.events).reserved)} after the build)",)
-            reserved = replayed
+    if train.stack == "torchtune" and train.stack_release.startswith(TORCHTUNE_01):
+        if shard.gpus == 1 and applies(model, targets, train):
+            # torchtune 0.1 builds the model on the GPU: what its build reserved stays reserved
+            adapter_tensors = [block(math.prod(shape) * int(DTYPE_BYTES[train.adapter_dtype]))
+                               for t in targets for name, shape in t.tensors(dora)
+                               if t.trainable(name) for _ in range(t.copies)]
+            step = _step_tensors(model, train, parts["activations"], parts["logits"],
+                                 parts["temporaries"])
+            after_build = build_replay(model, targets, train)
+            built = after_build.reserved
+            replayed = training_reserved(after_build, adapter_tensors, step) + workspace
+            if replayed > reserved:
+                how = "builds the model on the GPU and quantizes it there" if train.quantized \
+                    else "builds the model on the GPU, a layer more than it keeps"
+                build_note = (f"torchtune {train.stack_release} {how}: the segments its build "
+                              f"reserved stay reserved (replayed through the caching allocator: "
+                              f"{format_bytes(built)} after the build)",)
+                reserved = replayed
+        else:
+            build_note = (f"torchtune {train.stack_release}'s model build is replayed for LoRA "
+                          f"and QLoRA of Llama-type models (no q/k/v bias, no experts) in bf16 on "
+                          f"one GPU: this reserve is the formula's",)
     breakdown["allocator"] = reserved - allocated
     breakdown["cuda_context"] = calibration.cuda_context_bytes
     breakdown["paged_optimizer"] = static.optimizer_paged
@@ -597,10 +616,11 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
         notes.append(f"transformers {train.stack_release} (--stack-release) builds each expert "
                      f"as an nn.Linear: bitsandbytes quantizes the experts, and the step loops "
                      f"over them")
-    elif train.quantized and model.num_experts:
-        notes.append("bitsandbytes quantizes only nn.Linear modules: transformers 5 keeps the "
-                     "fused expert weights of MoE layers in the compute dtype (transformers 4 "
-                     "quantized them: --stack-release 4.46)")
+    elif train.quantized and model.num_experts and train.stack == "hf-peft":
+        before = (" (transformers 4 built them as nn.Linear modules, which it quantized: "
+                  "--stack-release 4.46)" if model.model_type in EXPERT_MODULE_MODEL_TYPES else "")
+        notes.append(f"bitsandbytes quantizes only nn.Linear modules: transformers 5 keeps the "
+                     f"fused expert weights of MoE layers in the compute dtype{before}")
         if train.upcasts_to_fp32:
             notes.append("prepare_model_for_kbit_training makes the fused experts fp32, which "
                          "transformers 5's grouped-mm expert kernel refuses: the real step "

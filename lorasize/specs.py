@@ -33,6 +33,22 @@ ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 TRAIN_ADAPTER_DTYPE = "fp32"
 
 
+# What --stack-release names per stack, and the releases lorasize tells apart.
+STACK_RELEASES = {"hf-peft": "the transformers release (4.x or 5.x)",
+                  "torchtune": "a torchtune release (0.1, 0.2, 0.3 ...)"}
+
+
+def _release(stack: str, release: str) -> None:
+    major = int(release.split(".")[0])
+    ok = {"hf-peft": major >= 4, "torchtune": major == 0}.get(stack, False)
+    if stack not in STACK_RELEASES:
+        raise LorasizeError(f"{stack}'s rules do not change between releases: drop it",
+                            source="--stack-release")
+    if not ok:
+        raise LorasizeError(f"under --stack {stack} it is {STACK_RELEASES[stack]}, got {release!r}",
+                            source="--stack-release")
+
+
 def _positive(value: int, flag: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise LorasizeError(f"must be a positive integer, got {value!r}", source=flag)
@@ -113,6 +129,8 @@ class TrainSpec:
         if self.stack_release and not re.fullmatch(r"\d+(\.\d+){0,2}", self.stack_release):
             raise LorasizeError(f"expected a release number such as 0.2.1, got "
                                 f"{self.stack_release!r}", source="--stack-release")
+        if self.stack_release:
+            _release(self.stack, self.stack_release)
         if self.adapter_train_dtype is not None:
             _choice(self.adapter_train_dtype, ADAPTER_DTYPES, "--adapter-train-dtype")
         quant = self.quant_type

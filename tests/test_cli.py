@@ -204,3 +204,9 @@ def test_labels_follow_the_method(cli):
     assert "model weights (trained)" in out and "frozen base weights" not in out
     _, out, _ = cli("estimate", "-m", "gpt2", "--variant", "ia3", "-t", "all")
     assert "IA3 on" in out.splitlines()[0] and "r=" not in out.splitlines()[0]
+
+
+def test_a_missing_choice_lists_the_choices_on_one_line(cli):
+    code, _, err = cli("fit", "-m", "llama2-7b", "--gpu", "rtx-4090")
+    assert code == 2 and "Choose from: batch-size, seq-len" in err and "\\n" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -136,3 +136,29 @@ def test_trace_refuses_a_transformers_4_layout(cli):
     code, _, err = cli("trace", "-m", "mixtral-8x7b", "--method", "qlora", "-s", "64",
                        "--stack-release", "4.46")
     assert code == 2 and "--stack-release" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (("-m", "mixtral-8x7b", "--stack-release", "0.1"), "transformers release"),
+    (("-m", "llama2-7b", "--stack", "torchtune", "--stack-release", "4.46"), "torchtune release"),
+    (("-m", "llama2-7b", "--stack", "litgpt", "--stack-release", "0.1"), "drop it"),
+    (("-m", "mixtral-8x7b", "--method", "qlora", "-t", "all", "--stack-release", "4.46"),
+     "per-expert linears are not modelled"),
+])
+def test_releases_a_stack_does_not_have_are_refused(cli, args, words):
+    code, _, err = cli("estimate", *args)
+    assert code == 2 and words in err and "Traceback" not in err
+
+
+def test_only_families_transformers_4_built_from_linears_change():
+    """gpt-oss kept 3-D experts in transformers 4 too: 4.46 changes nothing there."""
+    model = load_model("gpt-oss-20b")
+    lora = LoraSpec(r=8, targets=("q_proj", "v_proj"))
+    assert (estimate(model, lora, _qlora("4.46")).breakdown["weights"]
+            == estimate(model, lora, _qlora("")).breakdown["weights"])
+
+
+def test_profile_refuses_a_transformers_4_layout(cli, tmp_path):
+    code, _, err = cli("profile", "-m", "mixtral-8x7b", "-t", "q_proj", "--stack-release", "4.46",
+                       "-o", str(tmp_path / "p.json"))
+    assert code == 2 and "--stack-release" in err and not (tmp_path / "p.json").exists()

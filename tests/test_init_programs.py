@@ -82,16 +82,59 @@ def test_later_releases_are_not_given_0_1s_build():
         assert est.reserved_bytes < 7e9
 
 
-def test_whole_logits_loss_of_0_1_is_what_its_training_loop_allocates():
-    """torchtune <= 0.2 computes the loss on whole fp32 logits and keeps the previous
-    micro-batch's: the LoRA peak of allocated bytes within 1% of its own loop's (the chunked
-    loss of 0.3 and later would say 3% less)."""
+@pytest.mark.parametrize("case", TRAIN["cases"], ids=[c["case"] for c in TRAIN["cases"]])
+def test_peak_allocated_is_what_torchtunes_training_loop_allocates(case):
+    """torchtune 0.1 computes the loss on whole fp32 logits, which the recipe holds through
+    backward, and torchao 0.1 dequantizes an NF4 weight through 14 bytes a weight element: the
+    peak of allocated bytes within 1% of its own loop's (LoRA: the chunked loss of 0.3 and later
+    would say 3% less; QLoRA: a 2-byte dequantized weight, 6% less)."""
     from lorasize import LoraSpec, TrainSpec
     from lorasize.estimate import estimate
 
-    case = next(c for c in TRAIN["cases"] if c["method"] == "lora")
-    train = TrainSpec(batch_size=2, seq_len=512, grad_checkpointing=True, stack="torchtune",
+    train = TrainSpec(method=case["method"], quant="nf4" if case["method"] == "qlora" else None,
+                      batch_size=2, seq_len=512, grad_checkpointing=True, stack="torchtune",
                       stack_release="0.1")
-    est = estimate(resolve_model("llama2-7b"), LoraSpec(r=8, targets=("q_proj", "v_proj"),
-                                                        dropout=0.05), train)
+    est = estimate(resolve_model("llama2-7b"),
+                   LoraSpec(r=8, targets=tuple(case["targets"]), dropout=case["dropout"]), train)
     assert abs(est.allocated_bytes / case["peak_allocated"] - 1) < 0.01
+
+
+def test_torchao_0_1_dequantizes_through_14_bytes_a_weight():
+    """The peak of get_original_weight's recorded events: two int64 index tensors of half the
+    elements (4 + 4 bytes a weight), four 1-byte halves, the scalers, the 2-byte result."""
+    from fractions import Fraction
+
+    from lorasize.memory.init_programs import dequant_peak_per_element
+
+    assert dequant_peak_per_element() == 4 + 4 + 1 + 1 + 1 + 1 + 2 + Fraction(1, 32)
+
+
+def test_torchtune_0_1_serves_the_base_it_quantized(cli):
+    """torchtune <= 0.2 quantizes the linears carrying LoRA: with every linear adapted the served
+    base is the 4-bit one."""
+    fits = {}
+    for release in ("0.1", "0.3"):
+        code, out, _ = cli("estimate", "-m", "llama2-7b", "--method", "qlora", "-t", "all",
+                           "--stack", "torchtune", "--stack-release", release, "--gpu", "rtx-4090",
+                           "--json")
+        assert code == 0
+        fits[release] = json.loads(out)["adapters_fit"]
+    assert fits["0.1"] == fits["0.3"] > 200
+
+
+def test_a_build_lorasize_has_no_program_for_says_so():
+    from lorasize import LoraSpec, TrainSpec
+    from lorasize.estimate import estimate
+
+    train = TrainSpec(stack="torchtune", stack_release="0.1")
+    est = estimate(resolve_model("qwen2.5-7b"), LoraSpec(), train)
+    assert any("this reserve is the formula's" in n for n in est.notes)
+
+
+def test_check_reads_an_unquoted_release(cli, tmp_path):
+    budgets = tmp_path / "b.yaml"
+    budgets.write_text("scenarios:\n  tt:\n    model: llama2-7b\n    method: qlora\n"
+                       "    targets: all\n    stack: torchtune\n    stack-release: 0.1\n"
+                       "    budget: fits rtx-4090\n")
+    code, out, err = cli("check", str(budgets))
+    assert code == 0, err

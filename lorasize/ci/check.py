@@ -237,6 +237,8 @@ def _tolerance(node, path: str, field_name: str) -> float:
 def _typed(key: str, node, path: str, scenario: str):
     kind = _SPEC_KEYS[key][0]
     raw = ye.value(node) if ye.is_scalar(node) else None
+    if key == "stack_release" and isinstance(raw, float):
+        raw = str(getattr(node, "value", raw))  # stack-release: 0.1 (YAML reads a float)
     ok = {"str": isinstance(raw, (str, int)) and not isinstance(raw, bool),
           "int": isinstance(raw, int) and not isinstance(raw, bool),
           "number": isinstance(raw, (int, float)) and not isinstance(raw, bool),

@@ -7,6 +7,7 @@ input ends in one line on stderr and exit code 2; a failed check (does not fit) 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import click
@@ -70,8 +71,10 @@ def cli() -> None:
 
 
 def _one_line(message: str) -> str:
-    """The message with control characters escaped, so it stays on one line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+    """The message on one line: its own line breaks (click lists choices one a line) become
+    spaces, any other control character is escaped."""
+    text = re.sub(r"\s*\n\s*", " ", str(message))
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,18 @@ def build_shard(p: dict) -> ShardSpec:
     return ShardSpec(p["gpus"], (p["sharding"] or "none").lower(), p["offload"].lower())
 
 
+def refuse_other_transformers(model, train, command: str) -> None:
+    """``trace`` and ``profile`` run the installed transformers: a release that built the model
+    otherwise (transformers 4's per-expert linears) is refused rather than mislabelled."""
+    from ..errors import LorasizeError
+    from ..memory.stacks import as_built
+
+    if as_built(model, train).expert_modules:
+        raise LorasizeError(f"{command} runs the installed transformers, which fuses the experts; "
+                            f"{train.stack_release} built one nn.Linear per expert: estimate it, "
+                            f"or {command} without --stack-release", source="--stack-release")
+
+
 def build_specs(ctx: click.Context, p: dict):
     """Specs from the flags, with an adapter_config.json filling what the flags leave out."""
     adapter = read_adapter_config(p["adapter"]) if p.get("adapter") else None

@@ -16,7 +16,7 @@ from ..estimate import estimate as run_estimate
 from ..profile.schema import write_profile
 from ..trace import check_available
 from ..units import format_bytes
-from .estimate_cmd import build_specs
+from .estimate_cmd import build_specs, refuse_other_transformers
 from .options import lora_options, model_options, output_options, shard_options, train_options
 
 # What the profiler can run with several GPUs (DeepSpeed ZeRO and offload are estimated only).
@@ -81,6 +81,7 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
         raise LorasizeError("must be above 0 (and --warmup 0 or more)", source="--steps")
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
+    refuse_other_transformers(model, train, "profile")
     from ..files import check_writable
 
     for flag, value in (("--timeline", timeline), ("--memory-snapshot", memory_snapshot)):

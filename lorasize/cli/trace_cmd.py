@@ -6,14 +6,12 @@ import json
 
 import click
 
-from ..errors import LorasizeError
 from ..memory.allocator import cublas_workspace_bytes
-from ..memory.stacks import as_built
 from ..estimate import estimate as run_estimate
 from ..plan.render import table
 from ..trace import trace as run_trace
 from ..units import format_bytes
-from .estimate_cmd import build_specs
+from .estimate_cmd import build_specs, refuse_other_transformers
 from .options import (lora_options, model_options, output_options, recipe_option, recipe_used,
                       train_options)
 
@@ -63,10 +61,7 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
     """
     p.setdefault("adapter_dtype", "fp32")
     model, lora, train = build_specs(ctx, p)
-    if as_built(model, train).expert_modules:
-        raise LorasizeError(f"the trace runs the installed transformers, which fuses the experts; "
-                            f"{train.stack_release} built one nn.Linear per expert: estimate it, "
-                            f"or trace without --stack-release", source="--stack-release")
+    refuse_other_transformers(model, train, "trace")
     recipe, given = recipe_used(ctx)
     traced = run_trace(model, lora, train).to_dict()
     est = run_estimate(model, lora, train)

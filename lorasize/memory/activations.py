@@ -57,9 +57,10 @@ BOOL = 1
 INDEX = 8  # int64 indices
 LOSS_FP32_COPIES_AT_PEAK = 3  # log_softmax output, grad_output, grad_input (log_softmax_backward)
 TORCHTUNE_OUTPUT_CHUNKS = 8  # torchtune.modules.loss.CEWithChunkedOutputLoss num_output_chunks
-# torchtune <= 0.2's whole-logits loss at its backward peak: the previous micro-batch's shifted
-# logits, the current ones, the log-softmax output and its two gradients (stacks.unchunked_loss)
-TORCHTUNE_UNCHUNKED_LOSS_COPIES = 5
+# torchtune <= 0.2's whole-logits loss at its backward peak: the recipe's shifted fp32 logits, the
+# log-softmax output and its two gradients (stacks.unchunked_loss; torchtune's own loop, replayed
+# by benchmarks/torchtune_reserved, holds four vocabulary-wide fp32 blocks there)
+TORCHTUNE_UNCHUNKED_LOSS_COPIES = 4
 # Per-token bytes saved by each activation function, in units of d * I (see module docstring):
 # silu / gelu / gelu_pytorch_tanh save their input; GPT-2 and Phi-2 "gelu_new" is written in
 # Python (transformers activations.NewGELUActivation) and saves x, tanh(.), 0.5x and 1 + tanh(.).
@@ -426,8 +427,8 @@ def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute
     - hf-peft: the fp32 log-softmax output, its incoming and outgoing gradients (3 x 4V).
     - torchtune (``CEWithChunkedOutputLoss``, 8 chunks): every chunk's fp32 log-softmax output is
       saved (4V) and one chunk's two gradients are live at a time (2 x 4V / 8). Releases <= 0.2
-      (``StackRules.unchunked_loss_releases``): the previous micro-batch's shifted fp32 logits,
-      the current ones, the log-softmax output and its two gradients (5 x 4V).
+      (``StackRules.unchunked_loss_releases``): the recipe's shifted fp32 logits, the
+      log-softmax output and its two gradients (4 x 4V).
     - litgpt (``chunked_cross_entropy``, 128-token chunks, no upcast): the log-softmax outputs in
       the compute dtype (dV); one chunk's gradients are negligible per token.
 
@@ -450,6 +451,13 @@ def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute
         copies = 2 if rules.logits_alive else 1
         return copies * (rules.logits_bytes or compute) * spec.vocab_size + softcap
     return LOSS_FP32_COPIES_AT_PEAK * FP32 * spec.vocab_size + softcap
+
+
+def held_logits_bytes_per_token(spec: ModelSpec, stack: str, release: str) -> int:
+    """Bytes per token of logits a recipe keeps referenced through backward: torchtune <= 0.2's
+    shifted fp32 logits (``logits = logits[..., :-1, :].contiguous()``, still bound while
+    ``loss.backward()`` runs); 0 elsewhere."""
+    return FP32 * spec.vocab_size if unchunked_loss(stack, release) else 0
 
 
 def head_backward_logits_bytes_per_token(spec: ModelSpec, stack: str, compute: int) -> int:

@@ -34,6 +34,8 @@ records it; ``tests/test_init_programs.py``): the same events, in the same order
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 from fractions import Fraction
 from functools import lru_cache
@@ -49,11 +51,31 @@ ROPE_BASE_EVENTS = 5  # theta: arange (int64), float, / dim, base **, 1 / (...),
 # torchtune 0.1's model builders (lora_llama2, lora_mistral) and the families lorasize reads them as
 TORCHTUNE_01_FAMILIES = ("llama", "mistral")
 NF4_COMPONENTS = ("scalers", "factor", "mean", "data", "lut")  # the order a replaced one is freed
+NF4_LUT_BYTES = 32  # the 16 bf16 NF4 values to_nf4 allocates first
 
 
 @lru_cache(maxsize=1)
 def _nf4_programs() -> dict:
     return json.loads(NF4_PROGRAMS.read_text())
+
+
+def dequant_peak_per_element() -> Fraction:
+    """Bytes per weight element torchao 0.1 holds at once while it dequantizes an NF4 weight
+    (``get_original_weight``: two int64 index tensors of half the elements, the looked-up halves,
+    the scalers, the stacked bf16 result): the peak of its events, up to where a deep copy starts
+    quantizing again (``torchtune``'s ``linear_nf4`` runs it in every forward and backward)."""
+    live: dict[int, Fraction] = {}
+    current = peak = Fraction(0)
+    for event in _nf4_programs()["deepcopy"]["events"]:
+        if event[0] == "a":
+            if event[2] == "0" and event[3] == NF4_LUT_BYTES:
+                break  # to_nf4 begins: the lookup table
+            live[event[1]] = Fraction(event[2])
+            current += live[event[1]]
+            peak = max(peak, current)
+        else:
+            current -= live.pop(event[1])
+    return peak
 
 
 class Program:
@@ -241,28 +263,42 @@ def replay(events) -> CachingAllocator:
 TORCHTUNE_NAMES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
                    "o_proj": "output_proj", "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 TORCHTUNE_01 = "0.1"
+TRAINING_KEYS = 1 << 40  # keys of the training step's tensors, past any build's
 
 
-def build_program(model, targets, train) -> Program | None:
-    """The program of the stack's model build where lorasize has one (torchtune 0.1's LoRA and
-    QLoRA on a Llama-type model, one GPU, bf16), else None."""
+def applies(model, targets, train) -> bool:
+    """Whether lorasize has the stack's model build as a program: torchtune 0.1's LoRA and QLoRA
+    on a Llama-type model (no q/k/v bias, no experts) in bf16, adapters on its linears."""
     names = {t.linear.name for t in targets}
-    if (train.stack != "torchtune" or ".".join(train.stack_release.split(".")[:2]) != TORCHTUNE_01
-            or model.card is not None or model.family != "llama" or model.qkv_bias
-            or model.num_experts or train.method not in ("lora", "qlora") or train.dtype != "bf16"
-            or not targets or not names <= set(TORCHTUNE_NAMES) | {"lm_head"}):
-        return None
-    return torchtune_01_program(model, {TORCHTUNE_NAMES[n] for n in names if n != "lm_head"},
-                                targets[0].rank, train.quantized, "lm_head" in names)
+    return (train.stack == "torchtune"
+            and ".".join(train.stack_release.split(".")[:2]) == TORCHTUNE_01
+            and model.card is None and model.family == "llama" and not model.qkv_bias
+            and not model.num_experts and train.method in ("lora", "qlora")
+            and train.dtype == "bf16" and bool(targets)
+            and names <= set(TORCHTUNE_NAMES) | {"lm_head"})
 
 
-def training_reserved(program: Program, adapter_tensors: list[int], step_tensors: list[int]) -> int:
-    """Reserved bytes once training has run after the build: the step's tensors at its peak
-    (``step_tensors``, placed by best fit in what the build left cached), the adapters' gradients
-    (made by the first backward, kept), AdamW's two states per adapter tensor (the first
-    optimizer step), and the step's tensors again."""
-    allocator = replay(program.events)
-    keys = iter(range(len(program.events) + 1, 1 << 62))
+def build_replay(model, targets, train) -> CachingAllocator:
+    """The caching allocator after the stack's model build (:func:`applies` must hold); a fresh
+    copy of a cached replay, so a search over batch sizes replays the build once."""
+    names = {t.linear.name for t in targets}
+    return copy.deepcopy(_after_build(model, frozenset(TORCHTUNE_NAMES[n] for n in names
+                                                       if n != "lm_head"),
+                                      targets[0].rank, train.quantized, "lm_head" in names))
+
+
+@lru_cache(maxsize=8)
+def _after_build(model, names: frozenset, rank: int, quantize: bool, lora_output: bool):
+    return replay(torchtune_01_program(model, set(names), rank, quantize, lora_output).events)
+
+
+def training_reserved(allocator: CachingAllocator, adapter_tensors: list[int],
+                      step_tensors: list[int]) -> int:
+    """Reserved bytes once training has run after the build (``allocator``, changed in place):
+    the step's tensors at its peak (``step_tensors``, placed by best fit in what the build left
+    cached), the adapters' gradients (made by the first backward, kept), AdamW's two states per
+    adapter tensor (the first optimizer step), and the step's tensors again."""
+    keys = itertools.count(TRAINING_KEYS)
     step = [(next(keys), n) for n in step_tensors]
     for key, nbytes in step:
         allocator.malloc(key, nbytes)

@@ -151,12 +151,22 @@ def builds_expert_modules(stack: str, release: str) -> bool:
     return bool(release and before) and int(release.split(".")[0]) < before
 
 
+# Model types whose transformers 4 code held each expert as its own module of nn.Linear layers
+# (v4.46-4.57: MixtralSparseMoeBlock, Qwen2MoeSparseMoeBlock, Qwen3MoeSparseMoeBlock,
+# OlmoeSparseMoeBlock, PhimoeSparseMoeBlock and DeepseekV3MoE each hold
+# ``experts = nn.ModuleList([...MLP(...) for _ in range(num_experts)])``); gpt-oss, Llama 4 and
+# Granite MoE held 3-D expert parameters there too, and newer families never had a 4.x build.
+EXPERT_MODULE_MODEL_TYPES = frozenset({"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe",
+                                       "deepseek_v2", "deepseek_v3"})
+
+
 def as_built(model, train):
     """``model`` as the training stack at ``train.stack_release`` builds it: transformers 4's
     per-expert linears where that release had them (:func:`builds_expert_modules`)."""
     from dataclasses import replace
 
-    if model.num_experts and builds_expert_modules(train.stack, train.stack_release):
+    if (model.num_experts and model.model_type in EXPERT_MODULE_MODEL_TYPES
+            and builds_expert_modules(train.stack, train.stack_release)):
         return replace(model, expert_modules=True)
     return model
 

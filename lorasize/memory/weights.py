@@ -3,6 +3,7 @@ weights, their gradients and optimizer state, each tensor rounded as the allocat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .allocator import block
@@ -123,12 +124,16 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         optimizer += OptimizerBytes(sum(block(_numel(shape) * param_bytes) * count
                                         for shape, count in importance_state_shapes(targets)))
     dequant_per_element = int(DTYPE_BYTES[train.dtype]) + rules.dequant_bytes_extra
+    if train.stack == "torchtune" and train.stack_release.startswith("0.1"):
+        from .init_programs import dequant_peak_per_element  # torchao 0.1's dequantization
+
+        dequant_per_element = dequant_peak_per_element()
     return StaticBytes(weights=weights, quant_constants=constants, adapter=adapter,
                        gradients=gradients, optimizer=optimizer.device,
                        optimizer_paged=optimizer.paged, largest_quantized=largest,
                        base_params=base_params, trainable_params=trainable,
-                       dequant_bytes=dequant_per_element * largest,
-                       head_dequant_bytes=dequant_per_element * head_quantized)
+                       dequant_bytes=math.ceil(dequant_per_element * largest),
+                       head_dequant_bytes=math.ceil(dequant_per_element * head_quantized))
 
 
 def _numel(shape: tuple[int, ...]) -> int:

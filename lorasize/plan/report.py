@@ -354,7 +354,8 @@ def _assumptions(plan: Plan) -> str:
         f"model {plan.model.name} ({plan.model.source or 'catalog'})",
         f"training: {t.method}, {t.quant_type} base, {t.dtype}, {t.optimizer}, batch {t.batch_size} "
         f"x {t.seq_len} tokens, {t.attn} attention, checkpointing {'on' if t.checkpointing else 'off'}, "
-        f"stack {t.stack}; verdicts at r={plan.ranks[0]} on {'+'.join(first)}",
+        f"stack {' '.join(filter(None, (t.stack, t.stack_release)))}; "
+        f"verdicts at r={plan.ranks[0]} on {'+'.join(first)}",
         f"serving: {plan.serve.engine}, r={plan.serve_lora.r} on {'+'.join(plan.serve_lora.targets)}, "
         f"{plan.serve.kv_tokens:,} KV-cache tokens",
         "hours: " + (f"{plan.dataset_tokens:,} tokens, one epoch, one GPU" if plan.dataset_tokens

@@ -101,7 +101,7 @@ def serving_capacity(model: ModelSpec, targets: tuple[Target, ...], train: Train
                      gpu: GpuSpec, serve: ServeSpec, dora: bool, context_bytes: int) -> ServingCapacity:
     """Adapters of this shape that fit on ``gpu`` next to the base model, per ``serve.engine``."""
     inference = replace(train, method="qlora" if train.quantized else "lora", kbit_prep=False)
-    base = static_bytes(model, (), inference)
+    base = static_bytes(model, targets, inference)  # (torchtune <= 0.2 quantized only its targets)
     base_bytes = base.weights + base.quant_constants
     kv = kv_cache_bytes(model, serve.kv_tokens, train.dtype)
     workspace = cublas_workspace_bytes(gpu.arch)
