@@ -212,7 +212,8 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     # PEFT's ParamWrapper differentiates W + BA as a whole: backward makes a gradient the size of
     # a stacked expert weight before reducing it onto A and B. The first one backward meets, while
     # every activation is still alive, is the last expert matrix of the forward.
-    last_expert = next((t for t in reversed(targets) if t.linear.experts), None)
+    last_expert = next((t for t in reversed(targets) if t.linear.experts
+                        and not model.expert_modules), None)
     expert_gradient = d * last_expert.linear.weight_numel if last_expert else 0
     temporaries = max(transient, dequant, expert_gradient,
                       delta_weight_transient_bytes(targets, dt.adapter))
@@ -402,12 +403,6 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
         calibration = default_calibration()
     model = as_built(model, train)
     targets = () if train.method == "full" else resolve_targets(model, lora, train.stack)
-    if model.expert_modules and any(t.linear.experts or t.linear.out_features == model.num_experts
-                                    for t in targets):
-        raise LorasizeError(f"adapters on transformers {train.stack_release}'s per-expert linears "
-                            f"are not modelled (its names and ranks differ from transformers 5's "
-                            f"fused experts): target attention, or drop --stack-release",
-                            source="--targets")
     dora = lora.dora and train.method != "full"
     shard = shard or ShardSpec()
     sharded = shard_static(model, train, static_bytes(model, targets, train, dora), shard)
@@ -637,7 +632,7 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
         notes.append("attention runs on PyTorch's math kernel (fp32 activations with grouped-query "
                      "heads suit neither flash nor memory-efficient attention): it keeps the "
                      "seq x seq probabilities of every layer")
-    if any(t.linear.experts for t in targets):
+    if any(t.linear.experts for t in targets) and not model.expert_modules:
         notes.append("PEFT adapts MoE experts by building W + BA for every expert on each forward "
                      "and keeping it for backward: a copy of the expert weights per layer")
     if train.optimizer.startswith("paged-"):

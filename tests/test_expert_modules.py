@@ -142,8 +142,6 @@ def test_trace_refuses_a_transformers_4_layout(cli):
     (("-m", "mixtral-8x7b", "--stack-release", "0.1"), "transformers release"),
     (("-m", "llama2-7b", "--stack", "torchtune", "--stack-release", "4.46"), "torchtune release"),
     (("-m", "llama2-7b", "--stack", "litgpt", "--stack-release", "0.1"), "drop it"),
-    (("-m", "mixtral-8x7b", "--method", "qlora", "-t", "all", "--stack-release", "4.46"),
-     "per-expert linears are not modelled"),
 ])
 def test_releases_a_stack_does_not_have_are_refused(cli, args, words):
     code, _, err = cli("estimate", *args)
@@ -162,3 +160,24 @@ def test_profile_refuses_a_transformers_4_layout(cli, tmp_path):
     code, _, err = cli("profile", "-m", "mixtral-8x7b", "-t", "q_proj", "--stack-release", "4.46",
                        "-o", str(tmp_path / "p.json"))
     assert code == 2 and "--stack-release" in err and not (tmp_path / "p.json").exists()
+
+
+def test_transformers_4_adapts_each_expert_matrix_apart():
+    """PEFT's all-linear on transformers 4's Mixtral: q, k, v, o, the router and every expert's
+    w1, w3 and w2, each an nn.Linear with a rank-r adapter (r (in + out) parameters)."""
+    model = load_model("mixtral-8x7b")
+    r = 16
+    per_layer = (r * (H + H) * 2 + r * (H + KV) * 2  # q, o; k, v
+                 + r * (H + E)  # the router
+                 + E * (2 * r * (H + INTER) + r * (INTER + H)))  # w1, w3; w2
+    est = estimate(model, LoraSpec(r=r, targets=("all",)), _qlora("4.46"))
+    assert est.trainable_params == LAYERS * per_layer
+    assert {t.linear.name for t in est.targets} >= {"w1", "w2", "w3", "gate"}
+    assert not any("W + BA" in n for n in est.notes)
+
+
+def test_transformers_4_expert_names_select_their_matrices(cli):
+    code, out, err = cli("estimate", "-m", "qwen3-30b-a3b", "--method", "qlora", "-r", "8", "-t",
+                         "gate_proj,up_proj,down_proj", "--stack-release", "4.46", "--json")
+    assert code == 0, err
+    assert {"gate_proj", "up_proj", "down_proj"} <= set(json.loads(out)["targets"])

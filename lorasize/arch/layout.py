@@ -110,18 +110,37 @@ def block_linears(spec: ModelSpec) -> tuple[Linear, ...]:
     count, for a model an architecture card describes)."""
     linears = _block_linears(spec)
     if spec.expert_modules:
-        # transformers 4: every expert matrix and the router an nn.Linear bitsandbytes converts
-        linears = tuple(replace(m, quantizable=True) if m.experts or m.out_features == spec.num_experts
-                        and m.group == "mlp" else m for m in linears)
+        linears = tuple(part for m in linears for part in _as_expert_modules(spec, m))
     return linears
 
 
-def expert_matrix_numel(linear: Linear) -> int:
-    """Elements of one expert's matrix as transformers 4 held it (its own ``nn.Linear``; a fused
-    gate/up weight was ``w1`` and ``w3`` apart), or of the whole weight of a plain linear."""
+# transformers 4's names of an expert's three matrices (gate, up, down), by model type; the others
+# used the dense MLP's (gate_proj, up_proj, down_proj). modeling_mixtral.py / modeling_phimoe.py
+# v4.46: MixtralBlockSparseTop2MLP / PhimoeBlockSparseTop2MLP ``w1``, ``w3``, ``w2``.
+EXPERT_MODULE_NAMES = {"mixtral": ("w1", "w3", "w2"), "phimoe": ("w1", "w3", "w2")}
+_DENSE_NAMES = ("gate_proj", "up_proj", "down_proj")
+
+
+def _as_expert_modules(spec: ModelSpec, linear: Linear) -> tuple[Linear, ...]:
+    """A linear as transformers 4 built it: a router an ``nn.Linear``, and a 3-D expert weight
+    one ``nn.Linear`` per expert, its fused gate/up matrix two (each a rank-r LoRA of its own;
+    bitsandbytes converts them all)."""
     if not linear.experts:
-        return linear.weight_numel
-    return linear.in_features * linear.out_features // (2 if linear.rank_multiplier == 2 else 1)
+        router = linear.out_features == spec.num_experts and linear.group == "mlp"
+        return (replace(linear, quantizable=True),) if router else (linear,)
+    gate, up, down = EXPERT_MODULE_NAMES.get(spec.model_type, _DENSE_NAMES)
+    prefix = linear.path.rsplit(".", 1)[0] + "." if "." in linear.path else ""
+    if linear.rank_multiplier == 2:  # gate and up fused into one 3-D weight
+        half = linear.out_features // 2
+        return tuple(replace(linear, path=prefix + name, out_features=half, quantizable=True,
+                             rank_multiplier=1) for name in (gate, up))
+    name = {"gate_proj": gate, "up_proj": up}.get(linear.name, down)
+    return (replace(linear, path=prefix + name, quantizable=True),)
+
+
+def expert_matrix_numel(linear: Linear) -> int:
+    """Elements of one expert's matrix, or of the whole weight of a plain linear."""
+    return linear.in_features * linear.out_features if linear.experts else linear.weight_numel
 
 
 def _block_linears(spec: ModelSpec) -> tuple[Linear, ...]:

@@ -44,7 +44,7 @@ runs the real transformers and PEFT code under fake tensors (``tests/test_trace_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..arch.families import FAMILY_TABLE
 from ..arch.layout import block_linears, block_params
@@ -171,6 +171,13 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
         norm_fed = not linear.path.endswith(_NOT_NORM_FED)
         source = f"{linear.group}-norm" if norm_fed else linear.path
         in_dtype = dt.norm_out if norm_fed else dt.compute
+        if linear.experts and spec.expert_modules:
+            # transformers 4: a token runs top-k experts, each LoRA branch on the expert's input
+            # (the gathered hidden states for gate and up, the gated product for down)
+            share *= spec.experts_per_token
+            norm_fed, in_dtype = False, dt.compute
+            source = f"experts-{linear.in_features}"
+            target = replace(target, linear=replace(linear, experts=0))
         if target.variant == "ia3" and not target.is_feedforward:
             # PEFT's IA3 multiplies the base output by its vector: the multiply keeps the output.
             total += round(dt.compute * linear.out_features * share)
@@ -381,6 +388,8 @@ def layer_constant_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtype
     ``W + B @ A`` for every expert in the compute dtype on each forward; the expert matmuls then
     save that weight for backward (peft/tuners/lora/layer.py, ``ParamWrapper._activate_lora``).
     """
+    if spec.expert_modules:
+        return 0  # transformers 4: each expert an nn.Linear with its own LoRA, nothing built
     return sum(dt.compute * t.linear.weight_numel for t in targets if t.linear.experts)
 
 

@@ -52,10 +52,9 @@ def _tensors(spec: ModelSpec, only: frozenset[str] | None = None,
         experts = (linear.experts,) if linear.experts else ()
         quantizable = linear.quantizable and (only is None or linear.path in only)
         count = copies(spec, linear)
-        if experts and quantizable:  # transformers 4: an nn.Linear per expert (w1 and w3 apart)
-            parts = 2 if linear.rank_multiplier == 2 else 1
-            out = linear.out_features // parts
-            yield (out, linear.in_features), out, True, count * linear.experts * parts
+        if experts and quantizable:  # transformers 4: an nn.Linear per expert
+            yield (linear.out_features, linear.in_features), linear.out_features, True, \
+                count * linear.experts
             continue
         yield (*experts, linear.out_features, linear.in_features), linear.out_features, \
             quantizable, count
