@@ -119,8 +119,9 @@ def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, 
     Each step runs ``grad_accum`` micro-batches (forward and backward, gradients accumulating)
     before the optimizer; ``no_sync(final)`` is called before each micro-batch (data parallel:
     gradients are reduced on the last one only). Fills ``measurements``: ``phases`` (per-phase
-    peaks over the measured steps), ``oom``, ``steady_bytes`` (bytes live between measured steps:
-    weights, optimizer state and whatever else persists), and the backend's summary. ``sync``
+    peaks over the measured steps), ``oom``, ``steady_bytes`` (bytes live at the end of every
+    measured step, the least of them: weights, optimizer state and whatever else persists), and
+    the backend's summary. ``sync``
     runs at the end of each step (a device synchronize). Returns the measured steps' durations
     in seconds.
     """
@@ -163,8 +164,11 @@ def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, 
                         # die when Python's collector runs, at no fixed time: collect first, so
                         # the bytes between steps do not depend on when it last ran.
                         gc.collect()
-                    measurements["steady_bytes"] = max(measurements.get("steady_bytes", 0),
-                                                       int(backend.live_bytes()))
+                    # what persists is live at every step's end: the least of them (a
+                    # collective's buffer still in flight at one step's end is not steady)
+                    live = int(backend.live_bytes())
+                    measurements["steady_bytes"] = min(measurements.get("steady_bytes", live),
+                                                       live)
     except Exception as exc:
         if not is_oom(exc):
             raise
