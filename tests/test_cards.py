@@ -294,3 +294,10 @@ def test_probe_runs_where_layers_return_tuples_or_need_no_cache(model_type):
                                      else ("all",)), TrainSpec(seq_len=256))
     assert result.allocated_bytes > 0
     assert any("measured by the layer probe" in n for n in result.notes)
+
+
+def test_a_probe_that_kbit_prep_breaks_names_the_flag(cli):
+    """PEFT's kbit prep makes transformers 5's fused experts fp32 and its grouped-mm kernel
+    refuses them: the real step fails too, and the message says how to estimate it."""
+    code, _, err = cli("estimate", "-m", "deepseek-v2-lite", "--method", "qlora", "-t", "all")
+    assert code == 2 and "--no-kbit-prep" in err and "Traceback" not in err

@@ -80,5 +80,10 @@ def probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec, timeout: float = 6
     """
     (outcome,) = trace_many([(model, lora, train, {"probe": True})], timeout=timeout)
     if not outcome["ok"]:
-        raise LorasizeError(f"cannot probe the layers of {model.name}: {outcome['error']}")
+        hint = ""
+        if model.num_experts and train.upcasts_to_fp32 and "dtype" in outcome["error"]:
+            hint = ("; prepare_model_for_kbit_training makes the fused experts fp32, which "
+                    "transformers 5's grouped-mm expert kernel refuses, so the real step fails "
+                    "too: estimate it with --no-kbit-prep")
+        raise LorasizeError(f"cannot probe the layers of {model.name}: {outcome['error']}{hint}")
     return {str(k): int(v) for k, v in outcome["result"].items()}
