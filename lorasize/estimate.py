@@ -37,8 +37,8 @@ from .memory.optimizers import step_temporary_bytes
 from .arch.safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_bytes
 from .memory.calibrated import Calibration, default_calibration
 from .memory.sharding import ShardSpec, shard_notes, shard_static
-from .memory.init_programs import TORCHTUNE_01, applies, build_replay, training_reserved
-from .memory.stacks import EXPERT_MODULE_MODEL_TYPES, as_built
+from .memory.init_programs import applies, build_replay, training_reserved
+from .memory.stacks import EXPERT_MODULE_MODEL_TYPES, as_built, builds_on_device
 from .specs import ServeSpec, TrainSpec
 from .units import DTYPE_BYTES, format_bytes, round_up
 from .memory.weights import StaticBytes, static_bytes
@@ -442,7 +442,7 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     dynamic = max(sum(p.values()) for p in moments.values())
     reserved = round_up(allocated + int(calibration.reserve_fraction * dynamic), SMALL_SEGMENT_BYTES)
     build_note: tuple[str, ...] = ()
-    if train.stack == "torchtune" and train.stack_release.startswith(TORCHTUNE_01):
+    if builds_on_device(train.stack, train.stack_release):
         if shard.gpus == 1 and applies(model, targets, train):
             # torchtune 0.1 builds the model on the GPU: what its build reserved stays reserved
             adapter_tensors = [block(math.prod(shape) * int(DTYPE_BYTES[train.adapter_dtype]))

@@ -121,13 +121,19 @@ EXPERT_MODULE_NAMES = {"mixtral": ("w1", "w3", "w2"), "phimoe": ("w1", "w3", "w2
 _DENSE_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
+def is_router(spec: ModelSpec, linear: Linear) -> bool:
+    """Whether ``linear`` is a mixture of experts' router: an MLP matrix with one output per
+    expert, not itself an expert."""
+    return (bool(spec.num_experts) and linear.out_features == spec.num_experts
+            and not linear.experts and linear.group == "mlp")
+
+
 def _as_expert_modules(spec: ModelSpec, linear: Linear) -> tuple[Linear, ...]:
     """A linear as transformers 4 built it: a router an ``nn.Linear``, and a 3-D expert weight
     one ``nn.Linear`` per expert, its fused gate/up matrix two (each a rank-r LoRA of its own;
     bitsandbytes converts them all)."""
     if not linear.experts:
-        router = linear.out_features == spec.num_experts and linear.group == "mlp"
-        return (replace(linear, quantizable=True),) if router else (linear,)
+        return (replace(linear, quantizable=True),) if is_router(spec, linear) else (linear,)
     gate, up, down = EXPERT_MODULE_NAMES.get(spec.model_type, _DENSE_NAMES)
     prefix = linear.path.rsplit(".", 1)[0] + "." if "." in linear.path else ""
     if linear.rank_multiplier == 2:  # gate and up fused into one 3-D weight

@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from ..errors import LorasizeError
-from .layout import Linear, block_linears, copies, extra_linears, head_linear, module_path
+from .layout import (Linear, block_linears, copies, extra_linears, head_linear, is_router,
+                     module_path)
 from .model import ModelSpec
 from .parts import FUSED_QKV, PART_STACKS, part_targets
 
@@ -379,8 +380,8 @@ def _resolve(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
     all_linear = "all" in lora.targets
     targets = []
     for linear, count in chosen.values():
-        is_router = spec.num_experts and linear.out_features == spec.num_experts
-        if (linear.experts or is_router) and lora.variant not in _LORA_LIKE:
+        router = is_router(spec, linear)
+        if (linear.experts or router) and lora.variant not in _LORA_LIKE:
             # 3-D expert parameters and transformers 5's MoE routers are no nn.Linear: PEFT
             # adapts them for LoRA only (ParamWrapper), and all-linear leaves them out otherwise.
             if all_linear:
@@ -396,7 +397,7 @@ def _resolve(spec: ModelSpec, lora: LoraSpec) -> tuple[Target, ...]:
         rank = lora.r * (linear.rank_multiplier if all_linear else 1)
         if lora.variant in ("lokr", "ia3"):
             pass  # LoKr's rank only chooses full or factored Kronecker factors; IA3 has none
-        elif lora.r > min(linear.in_features, linear.out_features) and not is_router \
+        elif lora.r > min(linear.in_features, linear.out_features) and not router \
                 and not (all_linear and spec.card is not None):
             # (PEFT itself builds A and B at any rank: all-linear on a derived model reaches
             # one-output gates and narrow vision linears, which it adapts as they are.)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .layout import Linear, block_linears, copies
+from .layout import Linear, block_linears, copies, is_router
 
 # Stacks that adapt the parts of a fused module apart.
 PART_STACKS = ("litgpt", "torchtune")
@@ -117,9 +117,7 @@ def _routers(spec, targets: list, lora) -> list:
         return []
     return [Target(linear, max(t.copies for t in experts), lora.r, lora.variant)
             for linear in block_linears(spec)
-            if spec.num_experts and linear.out_features == spec.num_experts
-            and not linear.experts and linear.group == "mlp"
-            and all(t.linear.path != linear.path for t in targets)]
+            if is_router(spec, linear) and all(t.linear.path != linear.path for t in targets)]
 
 
 def adapter_modules(targets, stack: str) -> int:

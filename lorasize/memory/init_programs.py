@@ -42,6 +42,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .caching_allocator import CachingAllocator
+from .stacks import builds_on_device
 
 NF4_PROGRAMS = Path(__file__).resolve().parent.parent / "data" / "programs" / "torchao_0.1_nf4.json"
 BF16 = 2
@@ -262,7 +263,6 @@ def replay(events) -> CachingAllocator:
 # torchtune's module names for the linears lorasize names as Hugging Face does
 TORCHTUNE_NAMES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
                    "o_proj": "output_proj", "gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
-TORCHTUNE_01 = "0.1"
 TRAINING_KEYS = 1 << 40  # keys of the training step's tensors, past any build's
 
 
@@ -270,8 +270,7 @@ def applies(model, targets, train) -> bool:
     """Whether lorasize has the stack's model build as a program: torchtune 0.1's LoRA and QLoRA
     on a Llama-type model (no q/k/v bias, no experts) in bf16, adapters on its linears."""
     names = {t.linear.name for t in targets}
-    return (train.stack == "torchtune"
-            and ".".join(train.stack_release.split(".")[:2]) == TORCHTUNE_01
+    return (train.stack == "torchtune" and builds_on_device(train.stack, train.stack_release)
             and model.card is None and model.family == "llama" and not model.qkv_bias
             and not model.num_experts and train.method in ("lora", "qlora")
             and train.dtype == "bf16" and bool(targets)

@@ -85,6 +85,11 @@ class StackRules:
             = logits[..., :-1, :].contiguous()``, ``torch.nn.CrossEntropyLoss``, and no ``del
             logits``, so the previous micro-batch's are alive); ``CEWithChunkedOutputLoss``
             replaced it in v0.3.0 (pytorch/torchtune@4fba6cd, 2024-08-28).
+        device_build_releases: the releases that build the model on the GPU and quantize it
+            there with torchao 0.1, whose segments stay reserved and whose dequantization holds
+            14 bytes a weight element (torchtune 0.1.x: ``_setup_model`` builds under
+            ``self._device``, pyproject pins ``torchao==0.1``; v0.2.0 moved to torchao 0.3.1):
+            :mod:`lorasize.memory.init_programs`.
     """
 
     quantize_head: bool = False
@@ -103,6 +108,7 @@ class StackRules:
     previous_inputs_alive: bool = False
     expert_modules_before: int = 0
     unchunked_loss_releases: tuple[str, ...] = ()
+    device_build_releases: tuple[str, ...] = ()
 
 
 FP16 = 2
@@ -115,6 +121,7 @@ TORCHTUNE_LORA_ONLY_NF4 = ("0.1", "0.2")
 TORCHTUNE_ALL_NF4_RELEASED = "2024-09-17"
 # v0.2.0 (torchao 0.3.1 instead of 0.1; memory.init_programs models 0.1's build)
 TORCHTUNE_02_RELEASED = "2024-07-16"
+TORCHTUNE_DEVICE_BUILD = ("0.1",)
 
 # transformers 5.0 (first release candidate December 2025) fused the MoE experts; the hf-peft
 # stack's release is the transformers one (``--stack-release 4.46``).
@@ -128,7 +135,8 @@ STACK_RULES = {
                          logits_alive=True, lm_head_chunk=LITGPT_LM_HEAD_CHUNK, logits_bytes=FP32,
                          fused_gelu=True, previous_inputs_alive=True),
     "torchtune": StackRules(quantize_only_targets_releases=TORCHTUNE_LORA_ONLY_NF4,
-                           unchunked_loss_releases=TORCHTUNE_LORA_ONLY_NF4),
+                           unchunked_loss_releases=TORCHTUNE_LORA_ONLY_NF4,
+                           device_build_releases=TORCHTUNE_DEVICE_BUILD),
 }
 
 
@@ -140,8 +148,7 @@ def stack_rules(stack: str) -> StackRules:
 def quantizes_only_targets(stack: str, release: str) -> bool:
     """Whether QLoRA on ``stack`` at ``release`` (``0.2.1``; empty: the current one) quantizes
     only the linears that carry LoRA."""
-    major_minor = ".".join(release.split(".")[:2])
-    return bool(release) and major_minor in stack_rules(stack).quantize_only_targets_releases
+    return _in_releases(release, stack_rules(stack).quantize_only_targets_releases)
 
 
 def builds_expert_modules(stack: str, release: str) -> bool:
@@ -171,10 +178,17 @@ def as_built(model, train):
     return model
 
 
-def _major_minor(release: str) -> str:
-    return ".".join(release.split(".")[:2])
+def _in_releases(release: str, releases: tuple[str, ...]) -> bool:
+    """Whether ``release`` (``0.2.1``; empty: the current one) is one of ``releases`` (``0.2``)."""
+    return bool(release) and ".".join(release.split(".")[:2]) in releases
 
 
 def unchunked_loss(stack: str, release: str) -> bool:
     """Whether ``stack`` at ``release`` computes the loss on whole fp32 logits."""
-    return bool(release) and _major_minor(release) in stack_rules(stack).unchunked_loss_releases
+    return _in_releases(release, stack_rules(stack).unchunked_loss_releases)
+
+
+def builds_on_device(stack: str, release: str) -> bool:
+    """Whether ``stack`` at ``release`` builds and quantizes the model on the GPU with torchao
+    0.1 (``StackRules.device_build_releases``)."""
+    return _in_releases(release, stack_rules(stack).device_build_releases)

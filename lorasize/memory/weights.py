@@ -13,7 +13,7 @@ from ..arch.model import ModelSpec
 from .optimizers import OptimizerBytes, state_bytes
 from .quant import quantized_bytes
 from ..specs import TrainSpec
-from .stacks import StackRules, quantizes_only_targets, stack_rules
+from .stacks import StackRules, builds_on_device, quantizes_only_targets, stack_rules
 from ..arch.parts import base_path
 from ..units import DTYPE_BYTES
 
@@ -123,7 +123,7 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         optimizer += OptimizerBytes(sum(block(_numel(shape) * param_bytes) * count
                                         for shape, count in importance_state_shapes(targets)))
     dequant_per_element = int(DTYPE_BYTES[train.dtype]) + rules.dequant_bytes_extra
-    if train.stack == "torchtune" and train.stack_release.startswith("0.1"):
+    if builds_on_device(train.stack, train.stack_release):
         from .init_programs import dequant_peak_per_element  # torchao 0.1's dequantization
 
         dequant_per_element = dequant_peak_per_element()
