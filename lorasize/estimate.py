@@ -184,7 +184,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     views = act.kind_views(model, targets)
     kinds = [(_layers_needing_grad(model, view, targets, full),
               *_probed_bytes(measured, view, dt, tokens))
-             if view.spec.kind is not None and view.spec.kind.name in measured["kinds"] else
+             if _kind_name(view) in measured["kinds"] else
              (view.layers,
               act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
                                         attn=train.attn, full=full, dropout=dropout,
@@ -204,6 +204,12 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     logits = act.logits_peak_bytes_per_token(model, train.stack, dt.compute,
                                              train.stack_release) * tokens \
         + act.loss_chunk_bytes(model, train.stack, dt.compute, train.batch_size, train.seq_len)
+    if "loss_saved_per_token" in measured:
+        # the compiled loss: what Inductor's partitioner saves for every chunk, and the gradient
+        # of one chunk (lorasize.trace.compiled)
+        chunk = math.ceil(tokens * measured["loss_chunk_tokens"] / measured["tokens"])
+        logits = measured["loss_saved_per_token"] * tokens \
+            + measured["loss_gradient_per_token"] * chunk
     transient = max(act.layer_backward_transient_per_token(view.spec, dt) for view in views) * tokens
     # bitsandbytes' MatMul4Bit dequantizes one weight to the compute dtype inside each matmul
     # (the input is cast to it first, the output back afterwards). A quantized head is
@@ -495,6 +501,11 @@ def _with_serving(result: Estimate, capacity) -> Estimate:
                    serve_base_bytes=capacity.base_bytes, serving=capacity)
 
 
+def _kind_name(view) -> str:
+    """The probe's name for a view's layers: its card kind, or ``layer`` where all are alike."""
+    return view.spec.kind.name if view.spec.kind is not None else "layer"
+
+
 def _layers_needing_grad(model: ModelSpec, view, targets: tuple[Target, ...], full: bool) -> int:
     """Layers of a probed kind that keep anything for backward: those that hold an adapter or
     come after the first layer that does (before it nothing upstream needs a gradient)."""
@@ -502,6 +513,8 @@ def _layers_needing_grad(model: ModelSpec, view, targets: tuple[Target, ...], fu
         return view.layers
     first = first_adapted_layer(model, targets)
     first = model.num_layers if first is None else first
+    if view.spec.kind is None:
+        return model.num_layers - first
     own = {i for t in view.targets for i in (t.linear.layer_ids or view.spec.kind.layers)}
     return sum(1 for i in view.spec.kind.layers if i > first or i in own)
 
@@ -513,7 +526,7 @@ def _probed_bytes(measured: dict, view, dt, tokens: int) -> tuple[int, int]:
     Mamba, gated delta nets, short convolutions and MLA's memory-efficient attention are linear
     in them), so a solve over batch or sequence needs one probe, not one per step."""
     constant = act.layer_constant_bytes(view.spec, view.targets, dt)
-    per_layer = measured["kinds"][view.spec.kind.name]
+    per_layer = measured["kinds"][_kind_name(view)]
     probe_tokens = measured["tokens"]
     if tokens == probe_tokens:
         return 0, per_layer
@@ -533,6 +546,8 @@ def _probe_layers(model: ModelSpec, lora: LoraSpec,
     import os
     from dataclasses import replace
 
+    if train.kernels == "compile":
+        return _compiled_layers(model, lora, train)
     if model.card is None:
         return {}, ()
     unmodelled = [k for k in model.card.kinds if not k.analytic]
@@ -558,6 +573,33 @@ def _probe_layers(model: ModelSpec, lora: LoraSpec,
     return measured, (f"activations of {names} layers measured by the layer probe (the real "
                       f"layer code under fake tensors{where}; torch fallbacks of optional CUDA "
                       f"kernels: an upper bound where mamba-ssm or fla kernels run)",)
+
+
+def _compiled_layers(model: ModelSpec, lora: LoraSpec,
+                     train: TrainSpec) -> tuple[dict, tuple[str, ...]]:
+    """What each kind of layer and the loss keep for backward under torch.compile, from
+    Inductor's partitioner run on the real layer under fake tensors (once per model and setting
+    in a process), and the note that says so."""
+    import importlib.util
+    from dataclasses import replace
+
+    if importlib.util.find_spec("torch") is None:
+        raise LorasizeError('what torch.compile saves is measured with torch: pip install '
+                            '"lorasize[torch]", or estimate with --kernels fused (eager ops\' '
+                            'memory)', source="--kernels compile")
+    key = ("compile", model.name, repr(sorted(model.hf_config.items())), lora,
+           replace(train, grad_checkpointing=False, batch_size=1, seq_len=1))
+    if key not in _PROBED:
+        from .trace import compiled_probe
+
+        _PROBED[key] = {**compiled_probe(model, lora, train), "tokens": train.tokens,
+                        "batch": train.batch_size, "seq": train.seq_len}
+    measured = _PROBED[key]
+    where = "" if measured["tokens"] == train.tokens else \
+        f", at {measured['batch']} x {measured['seq']} tokens and scaled with the tokens"
+    return measured, (f"torch.compile: what each layer and the loss save for backward is what "
+                      f"Inductor's partitioner keeps (the real layer compiled on fake tensors"
+                      f"{where})",)
 
 
 # Architectures before Ampere have no bf16 tensor cores, and flash-attn 2 needs Ampere or newer

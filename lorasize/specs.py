@@ -26,7 +26,10 @@ METHODS = ("lora", "qlora", "full")
 #   quantized by Lightning's BitsandbytesPrecision. Each rule: lorasize/memory/stacks.py.
 STACKS = ("hf-peft", "torchtune", "litgpt")
 COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
-KERNELS = ("eager", "fused")
+# eager: the model code's ops; fused: fused norm, rope, activation and loss kernels (step time
+# only); compile: torch.compile (fused for step time, and what is saved for backward is what
+# Inductor's partitioner keeps: lorasize/trace/compiled.py).
+KERNELS = ("eager", "fused", "compile")
 ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 # PEFT's get_peft_model(autocast_adapter_dtype=True), the default, keeps bf16/fp16 adapter
 # weights in fp32 (peft/tuners/tuners_utils.py, _cast_adapter_dtype).
@@ -88,6 +91,9 @@ class TrainSpec:
         kernels: ``eager`` (the model code's own PyTorch ops) or ``fused`` (fused norm, rope,
             activation and cross-entropy kernels: Liger, fms-acceleration, Transformer Engine,
             torch.compile). Step time only; memory is counted for the model code's ops.
+            ``compile``: torch.compile of each decoder layer and of the loss (torchtune's
+            ``compile: True``): fused for step time, and the activations are what Inductor's
+            partitioner saves, measured on the real layer under fake tensors (needs torch).
         autocast: mixed-precision autocast runs the matmuls (transformers' Trainer with
             ``bf16=True``); False: a plain loop on a 16-bit model, where fp32 adapter weights
             (PEFT's default) compute in fp32. Step time only.
@@ -148,6 +154,11 @@ class TrainSpec:
         if self.quant is not None:
             return self.quant
         return "nf4" if self.method == "qlora" else "none"
+
+    @property
+    def fused_kernels(self) -> bool:
+        """Fused kernels run the norms, rope, activations and loss (``fused`` or ``compile``)."""
+        return self.kernels in ("fused", "compile")
 
     @property
     def quantized(self) -> bool:

@@ -95,7 +95,7 @@ def test_bar_is_the_single_gpu_high_confidence_training_rows(tmp_path, cli):
         dict(BASE, id="medium", value="1", confidence="medium"),
         dict(BASE, id="two-gpus", value="1", num_gpus="2"),
         dict(BASE, id="params", value="9175040", metric="trainable_params", unit="params"),
-        dict(BASE, id="compiled", value="1", flash_attn="sdpa + torch.compile"),
+        dict(BASE, id="offloaded", value="1", grad_checkpointing="yes + offload"),
     ])
     stats = summary(validate(path))
     bar = stats["bar"]
@@ -103,7 +103,7 @@ def test_bar_is_the_single_gpu_high_confidence_training_rows(tmp_path, cli):
     assert bar["median_abs_error"] == pytest.approx(0.1, abs=1e-4)
     assert bar["p90_abs_error"] == pytest.approx(0.2, abs=1e-4)
     assert bar["met"] is False and bar["median_limit"] == 0.05 and bar["p90_limit"] == 0.12
-    assert list(bar["skipped"]) == ["compiled"] and "torch.compile" in bar["skipped"]["compiled"]
+    assert list(bar["skipped"]) == ["offloaded"] and "offloading" in bar["skipped"]["offloaded"]
     assert list(bar["worst"])[0] == "in-20"
     code, out, _ = cli("validate", "--measurements", str(path))
     assert code == 0
@@ -155,3 +155,17 @@ def test_a_rows_recipe_file_gives_its_gradient_accumulation():
                                                   " @5895df10"}) == 8
     assert grad_accum_from_row({"notes": "global batch 16", "batch_size": "1", "num_gpus": "4",
                                 "source_locator": ""}) == 4
+
+
+def test_compiled_and_clamped_rows_are_priced(cli):
+    """torch.compile rows are priced with --kernels compile (the partitioner probed), where the
+    recipe's loss is the stack's; a compiled plain cross-entropy row and offloaded rows say why
+    they are skipped; fms-hf-tuning's clamp of the sequence length to the tokenizer's prices
+    SantaCoder's run at 2,048 tokens, as its own throughput says it ran."""
+    code, out, _ = cli("validate", "--measurements", str(SHARED), "--json")
+    rows = {r["id"]: r for r in json.loads(out)["rows"]}
+    for row_id in ("tt-31", "tt-32", "fms-16"):
+        assert rows[row_id]["skipped"] is None, (row_id, rows[row_id]["skipped"])
+    assert abs(rows["tt-31"]["rel_error"]) < 0.10
+    assert "plain cross-entropy" in rows["tt-30"]["skipped"]
+    assert "offloading" in rows["tt-37"]["skipped"]

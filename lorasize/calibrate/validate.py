@@ -71,6 +71,14 @@ COMPILE_EFFECT = ("compile alone lowering the peak by 14.93% (Llama-3.2-3B full 
                   "2 x 4096: 59.9 -> 51.0 GiB, torchtune README @1814feb17)")
 
 
+# Rows whose recipe replaced the stack's default loss with a plain cross-entropy: the torchtune
+# README @1814feb17 "Optimization flags" table adds "+ Chunked Cross Entropy" only after
+# "+ Compile" (row tt-30), so that row's recipe ran torch.nn.CrossEntropyLoss on the model's
+# whole fp32 output.
+PLAIN_LOSS_ROWS = {"tt-30": "the torchtune README's '+ Compile' row precedes '+ Chunked Cross "
+                            "Entropy' (@1814feb17)"}
+
+
 class Skip(Exception):
     """A row lorasize cannot express; the message is the reason."""
 
@@ -239,18 +247,19 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
         raise Skip("autocast mixed precision (fp32 weights, 16-bit compute) is not modelled")
     quant = "nf4" if "nf4" in precision else "fp4" if "fp4" in precision else None
     attn_text = row["flash_attn"].lower()
-    if "compile" in attn_text:
-        raise Skip("torch.compile is not modelled: Inductor's partitioner decides what is saved for "
-                   "backward and fuses the norms and the loss; the source's own table measures "
-                   f"{COMPILE_EFFECT}")
+    compiled = "compile" in attn_text
+    if compiled and row["id"].strip() in PLAIN_LOSS_ROWS:
+        raise Skip(f"torch.compile of a plain cross-entropy loss under torchtune >= 0.3 (fp32 "
+                   f"logits of the whole output, not CEWithChunkedOutputLoss) is not modelled: "
+                   f"{PLAIN_LOSS_ROWS[row['id'].strip()]}")
     attn = "eager" if "eager" in attn_text else "flash" if "fa2" in attn_text else "sdpa"
     train = TrainSpec(
         method=method, quant=quant if method == "qlora" else None,
         double_quant=row["double_quant"].strip().lower() == "true",
         optimizer=_optimizer(row["optimizer"]), batch_size=int(row["batch_size"]),
-        seq_len=int(row["seq_len"]), grad_checkpointing=_flag(row["grad_checkpointing"],
+        seq_len=_seq_len(row, model), grad_checkpointing=_flag(row["grad_checkpointing"],
                                                              "grad_checkpointing"),
-        attn=attn, stack=stack,
+        attn=attn, stack=stack, kernels="compile" if compiled else "eager",
         # fms-acceleration's accelerated-peft-bnb plugin prepares the model without PEFT's fp32
         # upcasts (its notes say so); every other hf-peft QLoRA row uses the PEFT default.
         kbit_prep=False if "accelerated-peft-bnb" in notes else None,
@@ -264,6 +273,26 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
     if metric not in ("peak_allocated", "peak_reserved", "nvidia_smi"):
         raise Skip(f"metric '{metric}' is not one lorasize predicts")
     return estimate(model, lora, train, gpu=_gpu(row["gpu"]), calibration=calibration, shard=shard)
+
+
+# fms-hf-tuning clamps the sequence length to the tokenizer's: ``max_seq_length =
+# min(train_args.max_seq_length, tokenizer.model_max_length)`` (v2.5.0, the release
+# fms-acceleration's benchmark pins in scripts/benchmarks/refs/requirements.txt @24bdadb:
+# tuning/data/setup_dataprocessor.py lines 336-345; since c23cc9b9, Jan 2024), and TRL's packing
+# keeps only chunks of exactly that length. SantaCoder's tokenizer says 2048
+# (tokenizer_config.json ``model_max_length``, as its config's n_positions), and the benchmark's
+# own throughput confirms it: 17188.262 tokens/s x 47.6604 s over 400 samples is 2048 a sample
+# (refs/a100_80gb.csv @24bdadb line 2). The model's positions stand in for the tokenizer's limit.
+CLAMPS_TO_MODEL_LENGTH = "fms-acceleration"
+
+
+def _seq_len(row: dict, model: ModelSpec) -> int:
+    """The tokens a row's samples had: its stated length, clamped by fms-hf-tuning to the
+    model's."""
+    seq_len = int(row["seq_len"])
+    if CLAMPS_TO_MODEL_LENGTH in row.get("source_locator", "") and model.max_positions:
+        return min(seq_len, model.max_positions)
+    return seq_len
 
 
 def _release(stack: str, row: dict) -> str:

@@ -185,7 +185,9 @@ def train_options(func):
         click.option("--kernels", type=_CHOICE(KERNELS), default="eager", show_default=True,
                      help="eager: the model code's own PyTorch ops; fused: fused norm, rope, "
                           "activation and loss kernels (Liger, torch.compile, Transformer "
-                          "Engine). Step time only."),
+                          "Engine): step time only; compile: torch.compile of the layers and the "
+                          "loss, its activations as Inductor's partitioner saves them (needs "
+                          "torch; torchtune's compile: True)."),
         click.option("--autocast/--no-autocast", default=True, show_default=True,
                      help="Mixed-precision autocast (the Trainer's bf16=True); without it PEFT's "
                           "fp32 adapters compute in fp32. Step time only."),

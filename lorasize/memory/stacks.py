@@ -50,7 +50,9 @@ class StackRules:
             all of q, k and v adapted there is nothing to pad and nothing is saved.
         expands_gqa: k and v are expanded to every query head before attention and saved at
             that width (litgpt ``CausalSelfAttention.forward``: ``k.expand(...)`` "training: flash
-            attention requires it").
+            attention requires it"; torchtune ``MultiHeadAttention.forward``, every release from
+            v0.2.0 to v0.6.0: ``k.expand(...)`` then a reshape or ``flatten(1, 2)`` that copies,
+            ``torchtune/modules/attention.py`` @1814feb17 lines 284-290).
         logits_alive: the chunked logits stay referenced through backward next to the
             log-softmax outputs (litgpt ``fit()`` keeps ``logits`` in scope across
             ``fabric.backward``).
@@ -134,7 +136,8 @@ STACK_RULES = {
                          fused_qkv_saves_lora_output=True, v_views_qkv=True, expands_gqa=True,
                          logits_alive=True, lm_head_chunk=LITGPT_LM_HEAD_CHUNK, logits_bytes=FP32,
                          fused_gelu=True, previous_inputs_alive=True),
-    "torchtune": StackRules(quantize_only_targets_releases=TORCHTUNE_LORA_ONLY_NF4,
+    "torchtune": StackRules(expands_gqa=True,
+                           quantize_only_targets_releases=TORCHTUNE_LORA_ONLY_NF4,
                            unchunked_loss_releases=TORCHTUNE_LORA_ONLY_NF4,
                            device_build_releases=TORCHTUNE_DEVICE_BUILD),
 }

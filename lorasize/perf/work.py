@@ -268,7 +268,7 @@ def _elementwise_bytes(model: ModelSpec, targets: tuple[Target, ...], train: Tra
                        dropout: float, dora: bool, passes: int) -> float:
     """Memory-bound bytes of one micro-batch: norms, residuals, rope, activations, layout
     copies, the adapters' elementwise ops and the loss."""
-    t = FUSED_TOUCHES if train.kernels == "fused" else EAGER_TOUCHES
+    t = FUSED_TOUCHES if train.fused_kernels else EAGER_TOUCHES
     per_layer = layer_bytes(model, t)
     lora = sum(target.copies * (t["lora_dropout"] * target.linear.in_features * (dropout > 0)
                                 + t["lora_out"] * target.linear.out_features)
@@ -316,7 +316,7 @@ FLASH_BACKWARD_RATIO = 2.5
 
 def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, passes: int) -> float:
     """Kernel launches of one micro-batch."""
-    forward = layer_kernels(model, train.kernels == "fused") * model.num_layers
+    forward = layer_kernels(model, train.fused_kernels) * model.num_layers
     if model.num_experts:
         forward += model.num_layers * (
             MOE_LOOP_ROUTER_KERNELS + MOE_LOOP_EXPERT_KERNELS * model.num_experts

@@ -14,6 +14,7 @@ configs download are the Instruct releases, of the same shapes).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -188,7 +189,9 @@ def _training(b: RecipeBuilder, source: str) -> None:
     if b.get("enable_activation_offloading"):
         b.skip("enable_activation_offloading", "activations offloaded to the CPU are not modelled")
     if b.get("compile"):
-        b.read("kernels", "fused", "compile")
+        # torchtune compiles each decoder layer and the loss (training/_compile.py): with torch
+        # here, what they save is measured (--kernels compile); without it, step time only
+        b.read("kernels", "compile" if importlib.util.find_spec("torch") else "fused", "compile")
     optimizer = b.get("optimizer", {})
     name = optimizer.get("_component_") if isinstance(optimizer, dict) else optimizer
     found = optimizer_of(str(name)) if name else None

@@ -19,7 +19,7 @@ from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 from .result import TraceResult
 
-__all__ = ["TraceResult", "check_available", "probe", "trace", "trace_many"]
+__all__ = ["TraceResult", "check_available", "compiled_probe", "probe", "trace", "trace_many"]
 
 REQUIRED = ("torch", "transformers", "peft", "bitsandbytes")
 
@@ -87,3 +87,19 @@ def probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec, timeout: float = 6
                     "too: estimate it with --no-kbit-prep")
         raise LorasizeError(f"cannot probe the layers of {model.name}: {outcome['error']}{hint}")
     return {str(k): int(v) for k, v in outcome["result"].items()}
+
+
+def compiled_probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
+                   timeout: float = 600) -> dict:
+    """What one decoder layer of each kind and the loss keep for backward under torch.compile,
+    decided by Inductor's partitioner (:mod:`lorasize.trace.compiled`), in a subprocess.
+
+    Raises:
+        MissingExtraError: torch, transformers, peft or bitsandbytes is not installed.
+        LorasizeError: the probe failed (names the operation).
+    """
+    (outcome,) = trace_many([(model, lora, train, {"compiled": True})], timeout=timeout)
+    if not outcome["ok"]:
+        raise LorasizeError(f"cannot compile the layers of {model.name} on fake tensors: "
+                            f"{outcome['error']}", source="--kernels compile")
+    return outcome["result"]

@@ -28,6 +28,11 @@ def main() -> int:
     for item in json.load(sys.stdin):
         try:
             model, lora, train = _specs(item)
+            if item.get("compiled"):
+                from .compiled import compiled_probe
+
+                results.append({"ok": True, "result": compiled_probe(model, lora, train)})
+                continue
             if item.get("probe"):
                 from .probe import probe_kinds
 
