@@ -544,7 +544,6 @@ def _probe_layers(model: ModelSpec, lora: LoraSpec,
     per model and setting in a process), and the note that says so."""
     import importlib.util
     import os
-    from dataclasses import replace
 
     if train.kernels == "compile":
         return _compiled_layers(model, lora, train)
@@ -560,19 +559,30 @@ def _probe_layers(model: ModelSpec, lora: LoraSpec,
             'measuring them needs pip install "lorasize[torch]"'
         return {}, (f"activations of {names} layers are not modelled: only their MLP, norms and "
                     f"adapters are counted ({why})",)
-    key = (model.name, repr(sorted(model.hf_config.items())), lora,
-           replace(train, grad_checkpointing=False, batch_size=1, seq_len=1))
-    if key not in _PROBED:
+    def layer_probe() -> dict:
         from .trace import probe
 
-        _PROBED[key] = {"kinds": probe(model, lora, train), "tokens": train.tokens,
-                        "batch": train.batch_size, "seq": train.seq_len}
-    measured = _PROBED[key]
-    where = "" if measured["tokens"] == train.tokens else \
-        f", at {measured['batch']} x {measured['seq']} tokens and scaled with the tokens"
+        return {"kinds": probe(model, lora, train)}
+
+    measured, where = _cached_probe("layers", layer_probe, model, lora, train)
     return measured, (f"activations of {names} layers measured by the layer probe (the real "
                       f"layer code under fake tensors{where}; torch fallbacks of optional CUDA "
                       f"kernels: an upper bound where mamba-ssm or fla kernels run)",)
+
+
+def _cached_probe(kind: str, run, model: ModelSpec, lora: LoraSpec,
+                  train: TrainSpec) -> tuple[dict, str]:
+    """A probe's figures, run once per model, adapter and setting but the token count in a
+    process (they scale with the tokens), and the words saying at which size they were taken."""
+    key = (kind, model.name, repr(sorted(model.hf_config.items())), lora,
+           replace(train, grad_checkpointing=False, batch_size=1, seq_len=1))
+    if key not in _PROBED:
+        _PROBED[key] = {**run(), "tokens": train.tokens, "batch": train.batch_size,
+                        "seq": train.seq_len}
+    measured = _PROBED[key]
+    where = "" if measured["tokens"] == train.tokens else \
+        f", at {measured['batch']} x {measured['seq']} tokens and scaled with the tokens"
+    return measured, where
 
 
 def _compiled_layers(model: ModelSpec, lora: LoraSpec,
@@ -581,22 +591,17 @@ def _compiled_layers(model: ModelSpec, lora: LoraSpec,
     Inductor's partitioner run on the real layer under fake tensors (once per model and setting
     in a process), and the note that says so."""
     import importlib.util
-    from dataclasses import replace
 
     if importlib.util.find_spec("torch") is None:
         raise LorasizeError('what torch.compile saves is measured with torch: pip install '
                             '"lorasize[torch]", or estimate with --kernels fused (eager ops\' '
                             'memory)', source="--kernels compile")
-    key = ("compile", model.name, repr(sorted(model.hf_config.items())), lora,
-           replace(train, grad_checkpointing=False, batch_size=1, seq_len=1))
-    if key not in _PROBED:
+    def partition_probe() -> dict:
         from .trace import compiled_probe
 
-        _PROBED[key] = {**compiled_probe(model, lora, train), "tokens": train.tokens,
-                        "batch": train.batch_size, "seq": train.seq_len}
-    measured = _PROBED[key]
-    where = "" if measured["tokens"] == train.tokens else \
-        f", at {measured['batch']} x {measured['seq']} tokens and scaled with the tokens"
+        return compiled_probe(model, lora, train)
+
+    measured, where = _cached_probe("compile", partition_probe, model, lora, train)
     return measured, (f"torch.compile: what each layer and the loss save for backward is what "
                       f"Inductor's partitioner keeps (the real layer compiled on fake tensors"
                       f"{where})",)

@@ -35,6 +35,7 @@ from ..arch.model import ModelSpec
 from ..specs import TrainSpec
 from .build import build, quiet
 from .emulation import cuda_emulation
+from .probe import Stub, representatives
 
 # torchtune's CEWithChunkedOutputLoss.num_output_chunks (torchtune/modules/loss/ce_chunked_output_loss.py)
 TORCHTUNE_OUTPUT_CHUNKS = 8
@@ -42,18 +43,6 @@ TORCHTUNE_OUTPUT_CHUNKS = 8
 
 class _Captured(Exception):
     """Stops the model's forward once every representative's arguments are captured."""
-
-
-class _Stub(torch.nn.Module):
-    """Stands in for a decoder layer: returns the hidden states (as the layer probe's stub)."""
-
-    def __init__(self, template: dict):
-        super().__init__()
-        self.template = template
-
-    def forward(self, hidden_states, *args, **kwargs):
-        rest = self.template.get("rest")
-        return hidden_states if rest is None else (hidden_states, *rest)
 
 
 def _decoder_layers(network, model: ModelSpec):
@@ -69,8 +58,6 @@ def _representatives(model: ModelSpec) -> dict[str, int]:
     """One layer per kind, neither the first nor the last where the kind has another (the layer
     probe's rule); ``layer`` for a model whose layers are all alike."""
     if model.card is not None:
-        from .probe import representatives
-
         return representatives(model)
     return {"layer": 1 if model.num_layers > 2 else 0}
 
@@ -195,7 +182,7 @@ def compiled_probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec) -> dict:
 
         for index in range(len(layers)):
             if index not in keep:
-                layers[index] = _Stub(template)
+                layers[index] = Stub(template)
 
         def capture(module, args, kwargs, index):
             captured[index] = (module, args, kwargs)
