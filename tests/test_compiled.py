@@ -133,3 +133,14 @@ def test_kernels_compile_on_the_command_line(cli):
                          "--stack", "torchtune", "--seq-len", "256", "--json")
     assert code == 0, err
     assert "Inductor's partitioner" in out
+
+
+def test_the_probe_functions_survive_their_modules_import():
+    """Importing the probes' modules in-process (the tests do) must not shadow the package's
+    functions: ``lorasize.trace.probe`` is the function the estimate calls, so no submodule may
+    bear its name."""
+    import lorasize.trace.compiled  # noqa: F401
+    import lorasize.trace.layer_probe  # noqa: F401
+    from lorasize.trace import compiled_probe, probe
+
+    assert callable(probe) and callable(compiled_probe)

@@ -64,11 +64,6 @@ MEMORY_METRICS = ("peak_allocated", "peak_reserved", "nvidia_smi")
 TRANSFORMERS_5_YEAR = 2026
 # litgpt (2024) iterates a DataLoader; lit-gpt (2023) put the longest sample in the first iteration.
 LITGPT_DATALOADER_YEAR = 2024
-# What torch.compile alone did to a measured peak, as the one source with compile rows states it:
-# torchtune README @1814feb17 "Optimization flags" table (row tt-30's evidence): "+ Compile | 51.0
-# | -14.93%" against the baseline full fine-tune of Llama-3.2-3B, batch 2 x 4096, on an A100.
-COMPILE_EFFECT = ("compile alone lowering the peak by 14.93% (Llama-3.2-3B full fine-tuning, "
-                  "2 x 4096: 59.9 -> 51.0 GiB, torchtune README @1814feb17)")
 
 
 # Rows whose recipe replaced the stack's default loss with a plain cross-entropy: the torchtune

@@ -323,7 +323,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
     if traits.get("mlp") == "none":
         mlp = 0
     if spec.kind is not None and not spec.kind.analytic:
-        attention = 0  # measured by the layer probe (lorasize.trace.probe), not modelled here
+        attention = 0  # measured by the layer probe (lorasize.trace.layer_probe), not modelled here
     saved_inputs: set[str] = set()
     lora = 0 if full else _lora_bytes(spec, targets, dt, dropout, attn_output_saved=attn != "eager",
                                       dora=dora,

@@ -72,7 +72,7 @@ def trace(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True)
 
 def probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec, timeout: float = 600) -> dict[str, int]:
     """Bytes one decoder layer of each kind of a card model keeps for backward, measured by the
-    layer probe (:mod:`lorasize.trace.probe`) in a subprocess.
+    layer probe (:mod:`lorasize.trace.layer_probe`) in a subprocess.
 
     Raises:
         MissingExtraError: torch, transformers, peft or bitsandbytes is not installed.

@@ -32,13 +32,11 @@ import torch
 
 from ..arch.lora import LoraSpec
 from ..arch.model import ModelSpec
+from ..memory.activations import TORCHTUNE_OUTPUT_CHUNKS
 from ..specs import TrainSpec
-from .build import build, quiet
+from .build import TORCH_DTYPES, build, quiet
 from .emulation import cuda_emulation
-from .probe import Stub, representatives
-
-# torchtune's CEWithChunkedOutputLoss.num_output_chunks (torchtune/modules/loss/ce_chunked_output_loss.py)
-TORCHTUNE_OUTPUT_CHUNKS = 8
+from .layer_probe import Stub, representatives
 
 
 class _Captured(Exception):
@@ -233,8 +231,7 @@ def _loss_probe(model: ModelSpec, train: TrainSpec, mode) -> dict:
 
     chunks = TORCHTUNE_OUTPUT_CHUNKS if train.stack == "torchtune" else 1
     tokens = max(train.tokens // chunks, 1)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        "fp32" if train.upcasts_to_fp32 else train.dtype]
+    dtype = TORCH_DTYPES["fp32" if train.upcasts_to_fp32 else train.dtype]
 
     def cross_entropy(logits, labels):
         return F.cross_entropy(logits.float(), labels, reduction="sum", ignore_index=-100)

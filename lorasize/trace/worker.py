@@ -34,7 +34,7 @@ def main() -> int:
                 results.append({"ok": True, "result": compiled_probe(model, lora, train)})
                 continue
             if item.get("probe"):
-                from .probe import probe_kinds
+                from .layer_probe import probe_kinds
 
                 results.append({"ok": True, "result": probe_kinds(model, lora, train)})
                 continue
