@@ -101,5 +101,6 @@ def compiled_probe(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
     (outcome,) = trace_many([(model, lora, train, {"compiled": True})], timeout=timeout)
     if not outcome["ok"]:
         raise LorasizeError(f"cannot compile the layers of {model.name} on fake tensors: "
-                            f"{outcome['error']}", source="--kernels compile")
+                            f"{outcome['error']}; --kernels fused estimates the eager ops' "
+                            f"memory", source="--kernels compile")
     return outcome["result"]
