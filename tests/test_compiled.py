@@ -3,6 +3,7 @@ Inductor, and the estimate built on it (lorasize/trace/compiled.py)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -128,11 +129,17 @@ def test_compiled_probe_runs_once_across_a_search(compiled_and_eager):
     assert 1.9 < ratio < 2.1
 
 
-def test_kernels_compile_on_the_command_line(cli):
+def test_kernels_compile_on_the_command_line(cli, compiled_and_eager):
+    """The flag reaches the same estimate (the fixture's setting: its probe is reused)."""
+    compiled = compiled_and_eager[2]
     code, out, err = cli("estimate", "--model", "llama3.2-1b", "--kernels", "compile",
-                         "--stack", "torchtune", "--seq-len", "256", "--json")
+                         "--stack", "torchtune", "--r", "16", "--targets", "qv",
+                         "--batch-size", "1", "--seq-len", "512", "--no-grad-checkpointing",
+                         "--json")
     assert code == 0, err
-    assert "Inductor's partitioner" in out
+    data = json.loads(out)
+    assert any("Inductor's partitioner" in note for note in data["notes"])
+    assert data["train_breakdown"]["activations"] == compiled.breakdown["activations"]
 
 
 def test_the_probe_functions_survive_their_modules_import():
