@@ -29,7 +29,7 @@ from .memory import activations as act
 from .memory.allocator import SMALL_SEGMENT_BYTES, block, cublas_workspace_bytes
 from .errors import LorasizeError
 from .gpu import GpuSpec
-from .arch.layout import copy_layers, module_path
+from .arch.layout import block_linears, copy_layers, head_linear, module_path, top_params
 from .arch.lora import (LoraSpec, Target, delta_weight_transient_bytes, dora_forward_transient, first_adapted_layer,
                         input_grad_saved_bytes, resolve_targets, shared_tensors)
 from .arch.model import ModelSpec
@@ -233,13 +233,18 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     dora_norm, dora_at = dora_forward_transient(
         targets, dt.adapter, 0 if train.quantized else int(DTYPE_BYTES[train.dtype])) \
         if dora else (0, None)
-    layer_grads, head_grads, mlp_out_grads = _backward_gradient_bytes(model, targets, lora, train)
+    layer_grads, head_grads, mlp_out_grads = _backward_gradient_bytes(model, targets, lora, train,
+                                                                      static.gradients)
     # The MLP's gradient transients exist once its output projection has run backward, and so
     # does that projection's adapter gradient.
     partial = mlp_out_grads if temporaries == transient else 0
     if train.checkpointing:
         checkpoint = act.checkpoint_bytes_per_token(model, dt) * tokens
         kept = checkpoint * model.num_layers + top + delta.head
+        if train.upcasts_to_fp32 and train.recast_embeddings:
+            # the first layer's input is the recast embeddings' 16-bit output; the fp32 norms'
+            # outputs make the residual stream fp32 from its first addition on
+            kept -= (dt.residual - d) * model.hidden_size * tokens
         recompute = one_layer + mask
         moments = {
             "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
@@ -305,6 +310,11 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                     "activations": saved + previous, "temporaries": 0,
                     "logits": act.next_forward_logits_bytes_per_token(
                         model, train.stack, dt.compute) * tokens}
+    loss_forward = act.loss_forward_bytes_per_token(
+        model, train.stack, int(DTYPE_BYTES[train.head_dtype]), train.stack_release) * tokens
+    if loss_forward and "loss_saved_per_token" not in measured:
+        # transformers 4's loss keeps more alive in its forward than in its backward
+        moments["loss forward"] = dict(moments["loss backward"], logits=loss_forward)
     held = act.held_logits_bytes_per_token(model, train.stack, train.stack_release) * tokens
     for moment in moments.values():
         moment["logits"] = max(moment["logits"], held)
@@ -315,6 +325,8 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
         moments["head backward"] = dict(
             moments["loss backward"], temporaries=static.head_dequant_bytes,
             logits=act.head_backward_logits_bytes_per_token(model, train.stack, dt.compute) * tokens)
+    if full:
+        moments["embedding backward"] = _embedding_backward_moment(model, train, static.gradients)
     moments["optimizer step"] = {"activations": 0, "logits": 0, "temporaries": grads_and_step}
     return moments
 
@@ -341,12 +353,23 @@ def _layer_up_to(views, at: Target | None, dt, train: TrainSpec, dropout: bool,
 
 
 def _backward_gradient_bytes(model: ModelSpec, targets: tuple[Target, ...], lora: LoraSpec,
-                             train: TrainSpec) -> tuple[int, int, int]:
-    """Adapter gradient bytes that backward accumulates: per decoder layer, on the head (made
-    first, by the loss's backward), and on one layer's MLP output projection (the first module
-    a layer's backward meets). Full fine-tuning is not modelled here (zeros)."""
+                             train: TrainSpec, gradients: int) -> tuple[int, int, int]:
+    """Gradient bytes that backward accumulates: per decoder layer, on the head (made first, by
+    the loss's backward), and on one layer's MLP output projection (the first module a layer's
+    backward meets). ``gradients``: the whole model's (full fine-tuning).
+
+    Full fine-tuning: the head's weight gradient exists from the loss's backward on (tied to the
+    embeddings, it waits in the autograd engine's input buffer for the embedding's share, the
+    same bytes), every layer's once its backward has run (the mean layer's share of what the
+    blocks hold)."""
     if train.method == "full":
-        return 0, 0, 0
+        d = int(DTYPE_BYTES[train.dtype])
+        head = _head_gradient_bytes(model, d)
+        blocks = gradients - _top_gradient_bytes(model, d)
+        mlp_out = max((block(t.weight_numel * d) for t in block_linears(model)
+                       if t.group == "mlp" and not t.experts
+                       and t.out_features == model.hidden_size), default=0)
+        return blocks // model.num_layers, head, mlp_out
     param_bytes = int(DTYPE_BYTES[train.adapter_dtype])
     dora = lora.dora
 
@@ -362,6 +385,33 @@ def _backward_gradient_bytes(model: ModelSpec, targets: tuple[Target, ...], lora
     mlp_out = sum(grads(t) for t in targets if t.linear.group == "mlp" and not t.linear.experts
                   and t.linear.out_features == model.hidden_size)
     return per_layer, head, mlp_out
+
+
+def _head_gradient_bytes(model: ModelSpec, param_bytes: int) -> int:
+    """The output head's weight gradient (and its bias's)."""
+    head = head_linear(model)
+    return block(head.weight_numel * param_bytes) + (
+        block(head.out_features * param_bytes) if head.bias else 0)
+
+
+def _top_gradient_bytes(model: ModelSpec, param_bytes: int) -> int:
+    """Gradients of the parameters outside the blocks: embeddings, final norm and an untied
+    head (a tied head is the embedding, counted once, as the model's gradients count it)."""
+    top = sum(block(p.numel * param_bytes) * (p.count or 1) for p in top_params(model))
+    return top + (0 if model.tie_embeddings else _head_gradient_bytes(model, param_bytes))
+
+
+def _embedding_backward_moment(model: ModelSpec, train: TrainSpec, gradients: int) -> dict:
+    """Full fine-tuning's last backward op, the embedding's: every other gradient made, the
+    embedding's made too, and the gradient of the embedding output still alive. A tied head's
+    share waits in the engine's input buffer until the embedding's arrives; the engine adds
+    them in place (``accumulate`` in torch/csrc/autograd/input_buffer.cpp: ``old_var.add_(var)``
+    when ``can_accumulate_inplace``), so the two shares are one weight gradient more than the
+    model's."""
+    d = int(DTYPE_BYTES[train.dtype])
+    extra = _head_gradient_bytes(model, d) if model.tie_embeddings else 0
+    return {"activations": train.tokens * model.hidden_size * d, "logits": 0, "temporaries": 0,
+            "gradients": gradients + extra}
 
 
 def _step_tensors(model: ModelSpec, train: TrainSpec, activations: int, logits: int,

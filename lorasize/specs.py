@@ -97,6 +97,12 @@ class TrainSpec:
         autocast: mixed-precision autocast runs the matmuls (transformers' Trainer with
             ``bf16=True``); False: a plain loop on a 16-bit model, where fp32 adapter weights
             (PEFT's default) compute in fp32. Step time only.
+        recast_embeddings: after ``prepare_model_for_kbit_training``, the embeddings and the head
+            go back to the compute dtype and the norms stay fp32, and autocast runs the head in
+            the compute dtype: TRL's ``SFTTrainer`` with ``bf16=True`` up to its 0.1x releases
+            (``peft_module_casting_to_bf16``, trl 0.13.0 ``trainer/sft_trainer.py`` lines
+            224-233 and ``trainer/utils.py`` lines 872-879; later releases no longer prepare
+            the model). Only with ``kbit_prep``.
         stack_release: the stack's release where its behaviour changed between releases
             (torchtune's: ``StackRules.quantize_only_targets_releases``; hf-peft's is the
             transformers release: before 5.0 a mixture of experts is one ``nn.Linear`` per
@@ -121,6 +127,7 @@ class TrainSpec:
     kernels: str = "eager"
     autocast: bool = True
     stack_release: str = ""
+    recast_embeddings: bool = False
 
     def __post_init__(self) -> None:
         _choice(self.stack, STACKS, "--stack")
@@ -170,6 +177,14 @@ class TrainSpec:
         if self.kbit_prep is None:
             return self.quantized and self.stack == "hf-peft"
         return self.kbit_prep and self.quantized
+
+    @property
+    def head_dtype(self) -> str:
+        """Dtype of the unquantized embeddings and head: fp32 after kbit preparation unless
+        recast to the compute dtype (``recast_embeddings``)."""
+        if self.upcasts_to_fp32 and not self.recast_embeddings:
+            return "fp32"
+        return self.dtype
 
     @property
     def adapter_dtype(self) -> str:

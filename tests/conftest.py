@@ -57,3 +57,13 @@ def run_cli(*args: str):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def published():
+    """The shipped measurements priced once per test process, ``{id: Row}`` (a run costs about
+    25 s on two cores)."""
+    from lorasize.calibrate.validate import validate
+    from lorasize.measurements import MEMORY
+
+    return {r.id: r for r in validate(MEMORY)}

@@ -60,6 +60,8 @@ def _real_state_bytes(optimizer_name: str, shape, dtype) -> int:
     with quiet():
         if optimizer_name == "adamw":
             optimizer = torch.optim.AdamW([param], foreach=True)
+        elif optimizer_name == "adamw-fused":
+            optimizer = torch.optim.AdamW([param], fused=True)
         elif optimizer_name == "adamw-8bit":
             import bitsandbytes as bnb
             optimizer = bnb.optim.AdamW8bit([param])
@@ -78,15 +80,16 @@ def _real_state_bytes(optimizer_name: str, shape, dtype) -> int:
             optimizer = torch.optim.SGD([param], lr=0.1)
         optimizer.step()
     state = optimizer.state[param]
-    # torch keeps AdamW's step on the CPU for foreach on CUDA too: not device memory.
+    # torch keeps AdamW's step on the CPU for foreach on CUDA too: not device memory; fused
+    # AdamW keeps it on the parameter's device.
     # bitsandbytes' qmaps are shared by every parameter: once per optimizer, not per tensor.
-    tensors = [v for k, v in state.items() if torch.is_tensor(v) and k not in ("step", "qmap1",
-                                                                                "qmap2")]
+    host = ("qmap1", "qmap2") + (() if optimizer_name == "adamw-fused" else ("step",))
+    tensors = [v for k, v in state.items() if torch.is_tensor(v) and k not in host]
     return _unique_block_bytes(tensors)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "adamw-8bit", "paged-adamw", "adafactor", "sgd",
-                                       "sgd-momentum", "lion", "lion-8bit"])
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw-fused", "adamw-8bit", "paged-adamw",
+                                       "adafactor", "sgd", "sgd-momentum", "lion", "lion-8bit"])
 @pytest.mark.parametrize("shape", [(8, 4096), (4096, 64), (16, 200), (300,)])
 def test_optimizer_state_matches_real_optimizers(optimizer, shape):
     import torch

@@ -139,14 +139,11 @@ def test_bad_time_fields(tmp_path, text, fragment):
         load_plan(plan)
 
 
-def test_validation_points_are_computed_not_pasted(tmp_path):
+def test_validation_points_are_computed_not_pasted(tmp_path, published):
     """The plan names measurement ids; the estimates are computed now (a pasted number would go
     stale when the model improves)."""
-    from lorasize.calibrate.validate import validate
-    from lorasize.measurements import MEMORY
-
     plan = load_plan(PLAN)
-    computed = {r.id: r for r in validate(MEMORY)}
+    computed = published
     assert [p["estimate_bytes"] for p in plan.validation] == [
         computed["mc-01"].predicted, computed["mc-03"].predicted]
     assert [p["measured_bytes"] for p in plan.validation] == [

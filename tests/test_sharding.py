@@ -115,7 +115,7 @@ def test_largest_module_as_deepspeed_counts_it(deepspeed_estimators, name):
 # Rows predicted and held to TOLERANCE: high confidence, a setup lorasize expresses. A row whose
 # model the catalog lacks is reported and left out.
 ASSERTED = ("fms-02", "fms-05", "fms-06", "fms-09", "fms-15", "lt-19", "lt-20", "lt-22", "lt-24")
-TOLERANCE = 0.35  # the largest error among them is fms-09's (QLoRA FSDP, +31%)
+TOLERANCE = 0.25  # the largest error among them is fms-15's (Llama-2-70B QLoRA FSDP, -22%)
 MEDIAN_TOLERANCE = 0.10
 # Every other multi-GPU row, with why it is not asserted (printed where it can be predicted).
 NOT_ASSERTED = {
@@ -140,13 +140,14 @@ def _multi_gpu_rows() -> list[dict]:
 
 
 def predict_row(row: dict) -> tuple[int, ShardSpec]:
-    """The per-GPU prediction of a multi-GPU row: the row's one-GPU specs (validate's reading)
-    with its sharding and gradient accumulation."""
+    """The per-GPU prediction of a multi-GPU row: the row's specs as validate reads them (a
+    sharded QLoRA load is not kbit-prepared by TRL) with its sharding and gradient
+    accumulation."""
     from lorasize.calibrate.validate import row_estimate
 
     shard = sharding_from_row(row)
     metric = row["metric"] if row["metric"] in ("peak_allocated", "peak_reserved") else "nvidia_smi"
-    single = row_estimate({**row, "num_gpus": "1", "metric": metric})
+    single = row_estimate({**row, "metric": metric})
     train = replace(single.train, grad_accum=grad_accum_from_row(row))
     result = estimate(single.model, single.lora, train, gpu=single.gpu, shard=shard)
     value = {"peak_allocated": result.allocated_bytes,

@@ -66,6 +66,13 @@ TRANSFORMERS_5_YEAR = 2026
 LITGPT_DATALOADER_YEAR = 2024
 
 
+# torchtune's configs give torch.optim.AdamW ``fused: True`` from pytorch/torchtune@cca50f02e
+# ("add fused = true to adam, except pagedAdam", #1575, 2024-09-14): every torch AdamW config at
+# @1814feb17 (the README's optimization table) has it, e.g. recipes/configs/llama3_2/3B_full.yaml
+# line 57 and 3B_lora_single_device.yaml line 58.
+TORCHTUNE_FUSED_ADAMW = "2024-09-14"
+NO_DATE = "9999-12-31"
+
 # Rows whose recipe replaced the stack's default loss with a plain cross-entropy: the torchtune
 # README @1814feb17 "Optimization flags" table adds "+ Chunked Cross Entropy" only after
 # "+ Compile" (row tt-30), so that row's recipe ran torch.nn.CrossEntropyLoss on the model's
@@ -151,7 +158,9 @@ def _targets(text: str, model: ModelSpec) -> tuple[str, ...]:
     return tuple(chosen) + head
 
 
-def _optimizer(text: str) -> str:
+def _optimizer(text: str, row: dict) -> str:
+    """The row's optimizer. torch's AdamW is fused where the row says so, and in torchtune rows
+    dated on or after the day its configs set ``fused: True`` (:data:`TORCHTUNE_FUSED_ADAMW`)."""
     text = text.lower()
     if "sgd" in text:
         return "sgd"
@@ -159,6 +168,10 @@ def _optimizer(text: str) -> str:
     eight = "8bit" in text or "8-bit" in text
     if "adam" not in text:
         raise Skip(f"optimizer '{text}' is not one lorasize models")
+    fused = "fused" in text or (row["stack"].strip() == "torchtune"
+                                and TORCHTUNE_FUSED_ADAMW <= _date(row) < NO_DATE)
+    if fused and not (paged or eight):
+        return "adamw-fused"
     return ("paged-" if paged else "") + "adamw" + ("-8bit" if eight else "")
 
 
@@ -248,16 +261,27 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
                    f"logits of the whole output, not CEWithChunkedOutputLoss) is not modelled: "
                    f"{PLAIN_LOSS_ROWS[row['id'].strip()]}")
     attn = "eager" if "eager" in attn_text else "flash" if "fa2" in attn_text else "sdpa"
+    # TRL 0.13's SFTTrainer neither prepares a 4-bit model nor upcasts its adapters when the
+    # model was loaded sharded (its first Params4bit on the cpu or meta device: "QLoRA + FSDP /
+    # DS-Zero3", trainer/sft_trainer.py lines 182-190 and 215-220), as fms-acceleration's FSDP
+    # runs load it (accelerate.yaml @24bdadb: fsdp_cpu_ram_efficient_loading: true).
+    sharded_qlora = (method == "qlora" and "sft_trainer" in notes and shard is not None
+                     and shard.gpus > 1)
     train = TrainSpec(
         method=method, quant=quant if method == "qlora" else None,
         double_quant=row["double_quant"].strip().lower() == "true",
-        optimizer=_optimizer(row["optimizer"]), batch_size=int(row["batch_size"]),
+        optimizer=_optimizer(row["optimizer"], row), batch_size=int(row["batch_size"]),
         seq_len=_seq_len(row, model), grad_checkpointing=_flag(row["grad_checkpointing"],
                                                              "grad_checkpointing"),
         attn=attn, stack=stack, kernels="compile" if compiled else "eager",
         # fms-acceleration's accelerated-peft-bnb plugin prepares the model without PEFT's fp32
         # upcasts (its notes say so); every other hf-peft QLoRA row uses the PEFT default.
-        kbit_prep=False if "accelerated-peft-bnb" in notes else None,
+        kbit_prep=False if "accelerated-peft-bnb" in notes or sharded_qlora else None,
+        # its "baseline-peft-bnb" scenario runs TRL 0.13's SFTTrainer with bf16: True
+        # (scripts/benchmarks/scenarios.yaml @24bdadb), which prepares the model and then casts
+        # the embeddings and head back to bf16 (TrainSpec.recast_embeddings)
+        recast_embeddings="baseline-peft-bnb" in notes and not sharded_qlora,
+        adapter_train_dtype="bf16" if sharded_qlora else None,
         grad_accum=grad_accum_from_row(row),
         # lit-gpt 2023 forced the longest sample into the first iteration, so its reported peak
         # is the first micro-batch's; litgpt 2024 draws batches from a DataLoader
@@ -315,7 +339,7 @@ def _date(row: dict) -> str:
     days += [f"{year}-{_MONTHS[month.lower()]:02d}-01" for month, year in
              re.findall(r"\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]* (20[12][0-9])\b",
                         text)]
-    return max(days) if days else "9999-12-31"
+    return max(days) if days else NO_DATE
 
 
 def _year(row: dict) -> int:

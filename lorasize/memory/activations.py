@@ -50,7 +50,7 @@ from ..arch.families import FAMILY_TABLE
 from ..arch.layout import block_linears, block_params
 from ..arch.lora import Target
 from ..arch.model import ModelSpec
-from .stacks import stack_rules, unchunked_loss
+from .stacks import loss_in_compute_dtype, stack_rules, unchunked_loss
 
 FP32 = 4
 BOOL = 1
@@ -440,6 +440,8 @@ def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute
       log-softmax output and its two gradients (4 x 4V).
     - litgpt (``chunked_cross_entropy``, 128-token chunks, no upcast): the log-softmax outputs in
       the compute dtype (dV); one chunk's gradients are negligible per token.
+    - transformers 4's own loss for some families (:func:`lorasize.memory.stacks.loss_in_compute_dtype`):
+      the same three copies in the compute dtype (3 x dV).
 
     Final-logit soft-capping (Gemma 2: ``final_logit_softcapping``) runs ``tanh(logits / c) * c``
     on the head's output; ``tanh`` keeps its output for backward (dV more): transformers'
@@ -459,7 +461,25 @@ def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute
         rules = stack_rules(stack)
         copies = 2 if rules.logits_alive else 1
         return copies * (rules.logits_bytes or compute) * spec.vocab_size + softcap
+    if loss_in_compute_dtype(spec.model_type, stack, release):
+        return LOSS_FP32_COPIES_AT_PEAK * compute * spec.vocab_size + softcap
     return LOSS_FP32_COPIES_AT_PEAK * FP32 * spec.vocab_size + softcap
+
+
+def loss_forward_bytes_per_token(spec: ModelSpec, stack: str, compute: int, release: str) -> int:
+    """Bytes per token of logits alive while the loss's forward runs, where that outgrows its
+    backward (0 elsewhere): transformers 4's ``ForCausalLMLoss`` (4.48.1
+    ``loss/loss_utils.py`` lines 35-47) upcasts (``logits.float()``) and then shifts with a
+    contiguous copy (``logits[..., :-1, :].contiguous()``), so the model's 16-bit logits, the
+    fp32 copy, the shifted fp32 copy and the log-softmax output are alive at once:
+    ``(d + 12) V``. transformers 5 shifts the labels instead (``nn.functional.pad(labels, ...)``)
+    and keeps ``(d + 8) V`` there, under its backward's ``12 V``. Logits already fp32 (a head
+    upcast by ``prepare_model_for_kbit_training``) make ``.float()`` a no-op: ``12 V``, the
+    backward's."""
+    if (stack != "hf-peft" or not release or int(release.split(".")[0]) >= 5 or compute == FP32
+            or loss_in_compute_dtype(spec.model_type, stack, release)):
+        return 0
+    return (compute + LOSS_FP32_COPIES_AT_PEAK * FP32) * spec.vocab_size
 
 
 def held_logits_bytes_per_token(spec: ModelSpec, stack: str, release: str) -> int:

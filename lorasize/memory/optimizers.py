@@ -5,6 +5,10 @@
   the optimizer is fused or capturable. On CUDA torch picks the foreach implementation, whose
   ``_foreach_sqrt`` / ``_foreach_div`` make one temporary the size of all trainable state at a time
   (Loshchilov & Hutter 2019 for the algorithm).
+- ``adamw-fused``: ``torch.optim.AdamW(fused=True)`` (transformers' ``adamw_torch_fused``, its
+  default from torch 2.8; torchtune's configs since #1575, cca50f02e, 2024-09-14). The same two
+  moments, ``step`` a 0-d fp32 tensor on the device (``_init_group``: ``capturable or fused``), and
+  ``_fused_adamw_`` updates in place: no temporary.
 - ``adamw-8bit`` / ``paged-adamw-8bit``: bitsandbytes ``Optimizer2State.init_state`` (0.50):
   uint8 ``state1``/``state2`` plus fp32 ``absmax1``/``absmax2`` per block of 256 elements;
   tensors under ``min_8bit_size`` = 4096 elements keep fp32 state (Dettmers et al. 2022, "8-bit
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 
 from .allocator import block
 
-OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum",
+OPTIMIZERS = ("adamw", "adamw-fused", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum",
               "adafactor", "lion", "lion-8bit", "paged-lion", "paged-lion-8bit")
 MIN_8BIT_SIZE = 4096  # bitsandbytes Optimizer8bit min_8bit_size default
 BLOCKSIZE_8BIT_STATE = 256  # bitsandbytes blockwise optimizer state quantization
@@ -62,6 +66,8 @@ def state_bytes(optimizer: str, shape: tuple[int, ...], param_bytes: int) -> Opt
         return OptimizerBytes(device=block(numel * param_bytes))
     if optimizer == "adamw":
         return OptimizerBytes(device=2 * block(numel * param_bytes))
+    if optimizer == "adamw-fused":
+        return OptimizerBytes(device=2 * block(numel * param_bytes) + block(FP32_BYTES))
     if optimizer == "adafactor":
         rms = block(FP32_BYTES)  # state["RMS"], a 0-d tensor
         if len(shape) >= 2:
@@ -85,7 +91,7 @@ def step_temporary_bytes(optimizer: str, trainable_state_bytes: int) -> int:
     """Transient bytes during ``optimizer.step()`` on top of the state.
 
     torch's foreach AdamW computes ``exp_avg_sq.sqrt()`` for every tensor at once before dividing,
-    a temporary as large as one state buffer. bitsandbytes and SGD update in place.
+    a temporary as large as one state buffer. Fused AdamW, bitsandbytes and SGD update in place.
     """
     if optimizer == "adamw":
         return trainable_state_bytes // 2

@@ -79,7 +79,7 @@ FSDP_UNITS_IN_FLIGHT = 2
 # docs). PEFT's ``fsdp_auto_wrap_policy`` gives the Hugging Face stack separate LoRA units.
 FSDP_FROZEN_GRADIENT_STACKS = ("litgpt",)
 # Optimizers whose state follows the parameter's dtype (on DeepSpeed's fp32 master: fp32).
-_STATE_IN_PARAM_DTYPE = ("adamw", "sgd-momentum", "adafactor")
+_STATE_IN_PARAM_DTYPE = ("adamw", "adamw-fused", "sgd-momentum", "adafactor")
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,24 @@ def as_built(model, train):
     return model
 
 
+# Model types whose transformers 4 ``ForCausalLM.forward`` computed the loss itself, with
+# ``CrossEntropyLoss()`` on the head's output in the compute dtype and no ``.float()`` upcast
+# (transformers 4.48.1 wheel: ``modeling_gpt_bigcode.py`` lines 1177-1186, and the same lines in
+# ``modeling_gpt_neox.py``, ``modeling_falcon.py``, ``modeling_stablelm.py``, ``modeling_bloom.py``,
+# ``modeling_dbrx.py``); the others call ``self.loss_function`` (``ForCausalLMLoss``, which
+# upcasts, ``loss/loss_utils.py`` line 36), as every family does in transformers 5.
+UNCAST_LOSS_MODEL_TYPES = frozenset({"gpt_bigcode", "gpt_neox", "falcon", "stablelm", "bloom",
+                                     "dbrx"})
+
+
+def loss_in_compute_dtype(model_type: str, stack: str, release: str) -> bool:
+    """Whether ``stack`` at ``release`` computes this model type's loss on logits in the compute
+    dtype (transformers 4's own ``CrossEntropyLoss`` for :data:`UNCAST_LOSS_MODEL_TYPES`)."""
+    before = stack_rules(stack).expert_modules_before  # the major release transformers 5 began
+    return (model_type in UNCAST_LOSS_MODEL_TYPES and bool(release and before)
+            and int(release.split(".")[0]) < before)
+
+
 def _in_releases(release: str, releases: tuple[str, ...]) -> bool:
     """Whether ``release`` (``0.2.1``; empty: the current one) is one of ``releases`` (``0.2``)."""
     return bool(release) and ".".join(release.split(".")[:2]) in releases

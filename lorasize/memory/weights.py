@@ -82,6 +82,9 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
             if quantizes_only_targets(train.stack, train.stack_release) else None)
     head = head_linear(spec)
     head_shape = (head.out_features, head.in_features)
+    # the embeddings and the head (recast to the compute dtype after kbit preparation)
+    embedding_shapes = {head_shape, (spec.vocab_size * spec.hidden_size,)}
+    head_bytes = int(DTYPE_BYTES[train.head_dtype])
     for shape, out_features, quantizable, count in _tensors(spec, only, rules):
         numel = _numel(shape)
         base_params += numel * count
@@ -94,7 +97,8 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
             else:
                 largest = max(largest, numel)
         else:
-            weights += block(numel * other) * count
+            width = head_bytes if shape in embedding_shapes and not quantizable else other
+            weights += block(numel * width) * count
     if train.method == "full":
         shapes = [(shape, count) for shape, _, _, count in _tensors(spec, None, rules)]
         param_bytes = int(DTYPE_BYTES[train.dtype])

@@ -9,10 +9,10 @@ here is said to be unmodelled by the reader that meets it, never guessed.
 from __future__ import annotations
 
 # transformers 5.23.0 training_args.py OptimizerNames (lines 113-158) -> lorasize optimizer.
-# adamw_torch_fused is the default where torch >= 2.8 (training_args.py:806-811); fused or not,
-# AdamW keeps two fp32 moments per trainable parameter.
+# adamw_torch_fused is the default where torch >= 2.8 (training_args.py:806-811): the same two
+# moments as foreach AdamW, without its step's temporary.
 HF_OPTIM = {
-    "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_torch_xla": "adamw",
+    "adamw_torch": "adamw", "adamw_torch_fused": "adamw-fused", "adamw_torch_xla": "adamw",
     "adamw_torch_npu_fused": "adamw", "adamw_apex_fused": "adamw", "adamw_hf": "adamw",
     "adamw_anyprecision": "adamw",
     "adamw_bnb_8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit",

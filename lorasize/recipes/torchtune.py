@@ -195,7 +195,10 @@ def _training(b: RecipeBuilder, source: str) -> None:
     optimizer = b.get("optimizer", {})
     name = optimizer.get("_component_") if isinstance(optimizer, dict) else optimizer
     found = optimizer_of(str(name)) if name else None
-    if found:
+    fused = isinstance(optimizer, dict) and optimizer.get("fused") is True
+    if found == "adamw" and fused:
+        b.read("optimizer", "adamw-fused", "optimizer.fused")
+    elif found:
         b.read("optimizer", found, "optimizer._component_")
     else:
         b.skip("optimizer", f"{name} is not an optimizer lorasize models; adamw assumed")

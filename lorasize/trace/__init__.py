@@ -64,6 +64,9 @@ def trace(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True)
         MissingExtraError: torch, transformers, peft or bitsandbytes is not installed.
         LorasizeError: the architecture or setting cannot be traced (names it and the op).
     """
+    if train.recast_embeddings and train.upcasts_to_fp32:
+        raise LorasizeError("the trace runs no autocast, which TRL's recast of the embeddings and "
+                            "head to bf16 after kbit preparation needs: trace without it")
     (outcome,) = trace_many([(model, lora, train)], fake)
     if not outcome["ok"]:
         raise LorasizeError(f"cannot trace {model.name}: {outcome['error']}")

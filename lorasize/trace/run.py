@@ -23,6 +23,8 @@ def _optimizer(train: TrainSpec, params):
     name = train.optimizer
     if name == "adamw":
         return torch.optim.AdamW(params, lr=1e-4, foreach=True)  # torch's CUDA default
+    if name == "adamw-fused":
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
     if name == "sgd":
         return torch.optim.SGD(params, lr=1e-3)
     if name == "sgd-momentum":
