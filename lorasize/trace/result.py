@@ -29,6 +29,8 @@ class TraceResult:
             :class:`lorasize.memory.caching_allocator.CachingAllocator`: what
             ``torch.cuda.max_memory_reserved`` would say over these steps, with the weights
             allocated first); 0 in results made before it was recorded.
+        gradient_bytes: every gradient's bytes, as backward leaves them for the optimizer step
+            (what is alive at the peak depends on which op inside a layer's backward it is).
     """
 
     peak_bytes: int
@@ -41,6 +43,7 @@ class TraceResult:
     emulation: str = EMULATION_VERSION
     steps: list = field(default_factory=list)
     reserved_bytes: int = 0
+    gradient_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -75,6 +75,7 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
                         loss.backward()
                         del loss
                     tracker.phase = "optimizer"
+                    gradient_bytes = tracker.live["gradients"]  # every gradient, before the step
                     optimizer.step()
                     _adalora_update(network, len(steps), tracker)
                     optimizer.zero_grad(set_to_none=True)
@@ -85,13 +86,15 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
                     tracker.phase = "setup"
                     steps.append({"peak_bytes": tracker.peak, "peak_op": tracker.peak_op,
                                   "reserved_bytes": tracker.allocator.reserved,
+                                  "gradient_bytes": gradient_bytes,
                                   "breakdown": dict(tracker.peak_breakdown),
                                   "phase_peaks": dict(tracker.phase_peaks)})
     last = steps[-1]
     return TraceResult(peak_bytes=last["peak_bytes"], breakdown=last["breakdown"],
                        peak_op=last["peak_op"], phase_peaks=last["phase_peaks"],
                        trainable_params=trainable, seconds=round(time.perf_counter() - start, 3),
-                       ops=tracker.ops, steps=steps, reserved_bytes=last["reserved_bytes"])
+                       ops=tracker.ops, steps=steps, reserved_bytes=last["reserved_bytes"],
+                       gradient_bytes=last["gradient_bytes"])
 
 
 def _adalora_update(network, step: int, tracker) -> None:
