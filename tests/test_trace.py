@@ -6,6 +6,7 @@ import pytest
 
 from lorasize import LoraSpec, ModelSpec, TrainSpec, estimate, resolve_model
 from lorasize.trace import trace, trace_many
+from lorasize.units import format_bytes
 
 from trace_grid import compare, failures, shrunk
 
@@ -158,3 +159,20 @@ def test_full_fine_tuning_gradients_through_backward_agree_with_trace():
         want = e.allocated_bytes - cublas_workspace_bytes(None) + fake_copy
         assert abs(want - traced["peak_bytes"]) <= 1e-4 * traced["peak_bytes"], (
             spec.name, train.checkpointing, want, traced["peak_bytes"])
+
+
+def test_trace_command_says_when_its_peak_holds_the_fake_tensor_copy(cli):
+    """A tied full fine-tuning run's trace peaks at the out-of-place add fake tensors make; the
+    command says by how much a GPU holds less."""
+    spec = shrunk("llama3.2-1b", 2)
+    import json
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp())
+    (folder / "config.json").write_text(json.dumps(spec.hf_config))
+    code, out, err = cli("trace", "-m", str(folder), "--method", "full", "-b", "1", "-s", "128",
+                         "--optimizer", "adamw-fused")
+    assert code == 0, err
+    assert "at backward:aten.add.Tensor" in out
+    assert f"one tied embedding gradient ({format_bytes(spec.vocab_size * spec.hidden_size * 2)})" in out

@@ -10,7 +10,7 @@ from ..memory.allocator import cublas_workspace_bytes
 from ..estimate import estimate as run_estimate
 from ..plan.render import table
 from ..trace import trace as run_trace
-from ..units import format_bytes
+from ..units import DTYPE_BYTES, format_bytes
 from .estimate_cmd import build_specs, refuse_other_transformers
 from .options import (lora_options, model_options, output_options, recipe_option, recipe_used,
                       train_options)
@@ -92,6 +92,7 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
                                        for k, v in traced["breakdown"].items() if v),
            f"estimate (without cuBLAS workspace): {format_bytes(estimated_peak)} ({error:+.2f}%) "
            f"at {est.peak_moment}",
+           *_fake_accumulation_note(model, train, traced),
            f"reserved, the traced steps replayed through the caching allocator: "
            f"{format_bytes(traced['reserved_bytes'])} (estimate: "
            f"{format_bytes(estimated_reserved)})", "",
@@ -100,3 +101,17 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
                  ("component at the peak", "trace", "estimate", "estimate - trace"), "lrrr")]
     click.echo("\n".join(out))
     return 0
+
+
+def _fake_accumulation_note(model, train, traced: dict) -> list[str]:
+    """A tied head's and the embedding's gradient shares meet in the autograd engine's input
+    buffer; a GPU adds them in place, fake tensors cannot (torch's ``can_accumulate_inplace``
+    refuses tensor subclasses), so the trace holds one embedding gradient more there."""
+    if (train.method == "full" and model.tie_embeddings
+            and traced["peak_op"] == "backward:aten.add.Tensor"):
+        extra = model.vocab_size * model.hidden_size * int(DTYPE_BYTES[train.dtype])
+        return [f"note: this peak holds one tied embedding gradient ({format_bytes(extra)}) more "
+                f"than a GPU would: fake tensors cannot add the head's and the embedding's "
+                f"gradient shares in place"]
+    return []
+

@@ -47,10 +47,11 @@ def optimizer_of(name: str) -> str | None:
 
 def read_optimizer(b, key: str, default_source: str) -> None:
     """Set ``optimizer`` on the recipe builder ``b`` from transformers-style name ``key``
-    (``optim``, axolotl's ``optimizer``), or AdamW from ``default_source`` where it is absent.
-    A name lorasize does not model is named, and AdamW's state assumed."""
+    (``optim``, axolotl's ``optimizer``), or transformers' default from ``default_source`` where
+    it is absent (``adamw_torch_fused`` with torch >= 2.8, the torch lorasize's range allows
+    almost all of). A name lorasize does not model is named, and AdamW's state assumed."""
     if not b.given(key):
-        b.assume("optimizer", "adamw", default_source)
+        b.assume("optimizer", HF_OPTIM["adamw_torch_fused"], default_source)
         return
     name = str(b.get(key))
     found = optimizer_of(name)
