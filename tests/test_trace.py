@@ -161,17 +161,14 @@ def test_full_fine_tuning_gradients_through_backward_agree_with_trace():
             spec.name, train.checkpointing, want, traced["peak_bytes"])
 
 
-def test_trace_command_says_when_its_peak_holds_the_fake_tensor_copy(cli):
+def test_trace_command_says_when_its_peak_holds_the_fake_tensor_copy(cli, tmp_path):
     """A tied full fine-tuning run's trace peaks at the out-of-place add fake tensors make; the
     command says by how much a GPU holds less."""
-    spec = shrunk("llama3.2-1b", 2)
     import json
-    import tempfile
-    from pathlib import Path
 
-    folder = Path(tempfile.mkdtemp())
-    (folder / "config.json").write_text(json.dumps(spec.hf_config))
-    code, out, err = cli("trace", "-m", str(folder), "--method", "full", "-b", "1", "-s", "128",
+    spec = shrunk("llama3.2-1b", 2)
+    (tmp_path / "config.json").write_text(json.dumps(spec.hf_config))
+    code, out, err = cli("trace", "-m", str(tmp_path), "--method", "full", "-b", "1", "-s", "128",
                          "--optimizer", "adamw-fused")
     assert code == 0, err
     assert "at backward:aten.add.Tensor" in out

@@ -50,7 +50,7 @@ from ..arch.families import FAMILY_TABLE
 from ..arch.layout import block_linears, block_params
 from ..arch.lora import Target
 from ..arch.model import ModelSpec
-from .stacks import loss_in_compute_dtype, stack_rules, unchunked_loss
+from .stacks import loss_in_compute_dtype, runs_transformers_4, stack_rules, unchunked_loss
 
 FP32 = 4
 BOOL = 1
@@ -476,7 +476,7 @@ def loss_forward_bytes_per_token(spec: ModelSpec, stack: str, compute: int, rele
     and keeps ``(d + 8) V`` there, under its backward's ``12 V``. Logits already fp32 (a head
     upcast by ``prepare_model_for_kbit_training``) make ``.float()`` a no-op: ``12 V``, the
     backward's."""
-    if (stack != "hf-peft" or not release or int(release.split(".")[0]) >= 5 or compute == FP32
+    if (not runs_transformers_4(stack, release) or compute == FP32
             or loss_in_compute_dtype(spec.model_type, stack, release)):
         return 0
     return (compute + LOSS_FP32_COPIES_AT_PEAK * FP32) * spec.vocab_size

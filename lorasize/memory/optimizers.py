@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from .allocator import block
 
-OPTIMIZERS = ("adamw", "adamw-fused", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "sgd-momentum",
+OPTIMIZERS = ("adamw", "adamw-fused", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd",
+              "sgd-momentum",
               "adafactor", "lion", "lion-8bit", "paged-lion", "paged-lion-8bit")
 MIN_8BIT_SIZE = 4096  # bitsandbytes Optimizer8bit min_8bit_size default
 BLOCKSIZE_8BIT_STATE = 256  # bitsandbytes blockwise optimizer state quantization

@@ -127,7 +127,8 @@ TORCHTUNE_DEVICE_BUILD = ("0.1",)
 
 # transformers 5.0 (first release candidate December 2025) fused the MoE experts; the hf-peft
 # stack's release is the transformers one (``--stack-release 4.46``).
-TRANSFORMERS_FUSED_EXPERTS_MAJOR = 5
+TRANSFORMERS_5_MAJOR = 5
+TRANSFORMERS_FUSED_EXPERTS_MAJOR = TRANSFORMERS_5_MAJOR
 
 STACK_RULES = {
     "hf-peft": StackRules(expert_modules_before=TRANSFORMERS_FUSED_EXPERTS_MAJOR),
@@ -191,12 +192,17 @@ UNCAST_LOSS_MODEL_TYPES = frozenset({"gpt_bigcode", "gpt_neox", "falcon", "stabl
                                      "dbrx"})
 
 
+def runs_transformers_4(stack: str, release: str) -> bool:
+    """Whether ``stack`` at ``release`` is the Hugging Face stack on a transformers 4 release
+    (hf-peft's release is the transformers one; empty: the current one, transformers 5)."""
+    return stack == "hf-peft" and bool(release) and \
+        int(release.split(".")[0]) < TRANSFORMERS_5_MAJOR
+
+
 def loss_in_compute_dtype(model_type: str, stack: str, release: str) -> bool:
     """Whether ``stack`` at ``release`` computes this model type's loss on logits in the compute
     dtype (transformers 4's own ``CrossEntropyLoss`` for :data:`UNCAST_LOSS_MODEL_TYPES`)."""
-    before = stack_rules(stack).expert_modules_before  # the major release transformers 5 began
-    return (model_type in UNCAST_LOSS_MODEL_TYPES and bool(release and before)
-            and int(release.split(".")[0]) < before)
+    return model_type in UNCAST_LOSS_MODEL_TYPES and runs_transformers_4(stack, release)
 
 
 def _in_releases(release: str, releases: tuple[str, ...]) -> bool:
