@@ -38,7 +38,7 @@ from .arch.safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_b
 from .memory.calibrated import Calibration, default_calibration
 from .memory.sharding import ShardSpec, shard_notes, shard_static
 from .memory.init_programs import applies, build_replay, training_reserved
-from .memory.stacks import EXPERT_MODULE_MODEL_TYPES, as_built, builds_on_device
+from .memory.stacks import EXPERT_MODULE_MODEL_TYPES, as_built, builds_on_device, stack_rules
 from .specs import ServeSpec, TrainSpec
 from .units import DTYPE_BYTES, format_bytes, round_up
 from .memory.weights import StaticBytes, static_bytes
@@ -211,10 +211,23 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
         logits = measured["loss_saved_per_token"] * tokens \
             + measured["loss_gradient_per_token"] * chunk
     transient = max(act.layer_backward_transient_per_token(view.spec, dt) for view in views) * tokens
+    if not full and not dropout and dt.adapter == dt.compute and len(views) == 1:
+        # An adapter on the MLP's output projection that saves its input as is (no dropout, no
+        # cast) has freed it by the time the MLP's own gradients are made.
+        transient -= act.saved_output_projection_input_per_token(views[0].spec, views[0].targets,
+                                                                 dt) * tokens
     # bitsandbytes' MatMul4Bit dequantizes one weight to the compute dtype inside each matmul
     # (the input is cast to it first, the output back afterwards). A quantized head is
     # dequantized in its backward, right after the loss's, with every activation alive.
     dequant = static.dequant_bytes
+    if dequant and stack_rules(train.stack).matmul_copies and len(views) == 1:
+        mlp_saved = act.layer_bytes_per_token(
+            views[0].spec, views[0].targets, dt, seq_len=train.seq_len, attn=train.attn,
+            full=full, dropout=dropout, stack=train.stack, quantized=train.quantized,
+            dora=dora).mlp * tokens
+        dequant = _dequant_matmul_bytes(model, dt, d, static, tokens, mlp_saved,
+                                        adapted={t.linear.path for t in targets},
+                                        dropout=dropout, checkpointing=train.checkpointing)
     # PEFT's ParamWrapper differentiates W + BA as a whole: backward makes a gradient the size of
     # a stacked expert weight before reducing it onto A and B. The first one backward meets, while
     # every activation is still alive, is the last expert matrix of the forward.
@@ -245,11 +258,14 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
             # the first layer's input is the recast embeddings' 16-bit output; the fp32 norms'
             # outputs make the residual stream fp32 from its first addition on
             kept -= (dt.residual - d) * model.hidden_size * tokens
-        recompute = one_layer + mask
+        recompute = one_layer + mask \
+            - min(act.input_norm_alias_bytes_per_token(view.spec, dt) for view in views) * tokens
         moments = {
             "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
+            # the head's and the final norm's saved tensors are freed before any layer's backward
             "layer backward (recompute)": {
-                "activations": kept + recompute, "logits": 0, "temporaries": temporaries,
+                "activations": kept - top - delta.head + recompute, "logits": 0,
+                "temporaries": temporaries,
                 "gradients": head_grads + partial},
             # The first layer, last in backward: one checkpoint left, every other layer's
             # adapter gradients already accumulated.
@@ -261,7 +277,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
             # a layer's attention backward (the last layer's, first in backward): the MLP's
             # saved tensors and gradients already freed, the s x s gradients made
             moments["attention backward (recompute)"] = {
-                "activations": kept + mask + up_to_attention, "logits": 0,
+                "activations": kept - top - delta.head + mask + up_to_attention, "logits": 0,
                 "temporaries": attention_transient, "gradients": head_grads}
         if dora_norm:
             # the last layer's recompute at its largest DoRA matrix: what the layer saves
@@ -273,10 +289,16 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     else:
         saved = all_layers + top + mask
         saved += delta.head - delta.first_layer_unsaved
-        if not full and model.norm == "rms":
-            # The first layer's input does not require grad (frozen embeddings): its first norm
-            # saves nothing.
-            saved -= (act.FP32 * model.hidden_size + act.FP32) * tokens
+        if not full:
+            # The first layer's input does not require grad (frozen embeddings): the norms that
+            # read it save nothing, nor does a parallel block's MLP without an adapter.
+            first_view = views[0]
+            saved -= act.first_layer_unsaved_bytes_per_token(
+                first_view.spec, first_view.targets, dt,
+                act.layer_bytes_per_token(first_view.spec, first_view.targets, dt,
+                                          seq_len=train.seq_len, attn=train.attn, full=False,
+                                          dropout=dropout, stack=train.stack,
+                                          quantized=train.quantized, dora=dora)) * tokens
         moments = {
             "loss backward": {"activations": saved, "logits": logits, "temporaries": 0},
             "layer backward": {"activations": saved, "logits": 0, "temporaries": temporaries,
@@ -329,6 +351,59 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
         moments["embedding backward"] = _embedding_backward_moment(model, train, static.gradients)
     moments["optimizer step"] = {"activations": 0, "logits": 0, "temporaries": grads_and_step}
     return moments
+
+
+def _dequant_matmul_bytes(model: ModelSpec, dt: act.Dtypes, compute: int, static: StaticBytes,
+                          tokens: int, mlp_saved: int, *, adapted: set[str], dropout: bool,
+                          checkpointing: bool) -> int:
+    """The temporaries of a layer's 4-bit matmuls at their largest, beside what the layer saves
+    (:attr:`StackRules.matmul_copies`): the weight one dequantizes, its input and product, and
+    their casts between fp32 activations (kbit preparation) and the compute dtype.
+
+    - The widest-input quantized matrix (the MLP's output projection) runs last in a layer's
+      forward and recompute, and first in its backward: every saved tensor is alive. Forward it
+      holds its input (unless saved anyway), the input's cast and the product; backward the
+      incoming gradient, its cast and the input's gradient. The recompute stops once every saved
+      tensor is made again (``torch.utils.checkpoint``'s early stop), so it runs an output
+      projection without an adapter only in backward.
+    - A larger matrix that feeds the MLP (Phi-3's fused ``gate_up_proj``) runs before the MLP's
+      intermediates exist (forward, recompute) and after they are freed (backward), less them
+      (``mlp_saved``): forward its input (unless saved), cast and product; backward its
+      output's gradient and cast, the input's gradient and the residual stream's gradient."""
+    quantized = [m for m in block_linears(model) if m.quantizable and not m.experts]
+    if not quantized or not static.largest_quantized:
+        return static.dequant_bytes
+    per_element = static.dequant_bytes / static.largest_quantized
+    cast = dt.compute != compute
+    incoming = dt.residual * model.hidden_size  # the gradient of the layer's output
+
+    def forward(m, input_saved: bool) -> int:
+        return compute * (m.out_features + (m.in_features if cast else 0)) \
+            + (0 if input_saved else dt.compute * m.in_features)
+
+    out = max(quantized, key=lambda m: (m.in_features, m.weight_numel))
+    own_input = out.path in adapted and not dropout  # its adapter saves the input as is
+    backward = compute * (out.in_features + (out.out_features if cast else 0)) + incoming
+    if checkpointing:
+        copies = max(backward, forward(out, own_input) + incoming if out.path in adapted else 0)
+    else:
+        copies = max(backward, forward(out, own_input))
+    moments = [math.ceil(per_element * out.weight_numel) + copies * tokens]
+    largest = max(quantized, key=lambda m: m.weight_numel)
+    if largest.weight_numel > out.weight_numel:
+        saves_input = largest.path in adapted and not dropout
+        ahead = forward(largest, saves_input) + (incoming if checkpointing else 0)
+        # backward: its output's gradient and that gradient's cast, the input's gradient, and
+        # the residual stream's gradient waiting for the MLP's
+        behind = (dt.compute + (compute if cast else 0)) * largest.out_features \
+            + compute * largest.in_features + incoming
+        if saves_input:
+            behind -= dt.compute * largest.in_features  # its adapter ran first and freed it
+        # the output projection's adapter input is one of the MLP's intermediates too
+        later = dt.compute * out.in_features if own_input else 0
+        moments.append(math.ceil(per_element * largest.weight_numel)
+                       + (max(ahead, behind) - later) * tokens - mlp_saved)
+    return max(moments)
 
 
 def _layer_up_to(views, at: Target | None, dt, train: TrainSpec, dropout: bool,

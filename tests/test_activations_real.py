@@ -134,7 +134,9 @@ def test_one_layer_saved_bytes(family, attn, targets, dropout, monkeypatch):
     # MoE routing is data dependent (which experts a batch hits): a few bytes per token.
     tolerance = 0.07 * measured if full and family in ("mixtral", "falcon", "phi") else PER_LAYER_SLACK
     if family == "mixtral":
-        tolerance = max(tolerance, (0.03 if targets == ("all",) else 0.01) * measured)
+        # with every linear adapted, 4 experts and 64 tokens the per-token expert bookkeeping is
+        # 3.2% over; the bf16 copies of the expert adapters it now counts are exact (next test)
+        tolerance = max(tolerance, (0.04 if targets == ("all",) else 0.01) * measured)
     assert abs(predicted - measured) <= tolerance, (predicted, measured)
 
 
@@ -174,3 +176,48 @@ def test_variant_layer_saved_bytes(variant, targets):
     predicted = act.layer_bytes_per_token(spec, resolved, dtypes, seq_len=SEQ, attn="sdpa",
                                           full=False, dropout=False).total
     assert abs(predicted - measured) <= PER_LAYER_SLACK, (predicted, measured)
+
+
+def test_expert_adapters_keep_compute_dtype_copies_of_a_and_b():
+    """PEFT's ``_LoraFactorsProxy`` folds ``W + s * lhs @ rhs`` with one ``baddbmm`` on copies of
+    A and B cast to the weight's dtype, which it keeps for their gradients: with fp32 adapters on
+    a bf16 Mixtral, one layer saves exactly those copies beside the merged expert weights."""
+    import math
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(FAMILIES["mixtral"], num_hidden_layers=1)
+    model_type = config.pop("model_type")
+    torch.manual_seed(0)
+    with quiet():
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+        model = get_peft_model(model.to(torch.bfloat16),
+                               LoraConfig(r=4, target_modules="all-linear"))
+    model.train()
+    experts = [p for n, p in model.named_parameters() if ".experts." in n and "lora_" in n]
+    assert experts and all(p.dtype == torch.float32 for p in experts)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params and tensor.dim() == 3 \
+                and tensor.size(0) == config["num_local_experts"]:
+            saved[storage.data_ptr()] = (tensor.dtype, storage.nbytes())
+        return tensor
+
+    ids = torch.randint(0, config["vocab_size"], (BATCH, SEQ))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    spec = ModelSpec.from_hf_config(dict(FAMILIES["mixtral"], num_hidden_layers=1), name="mixtral")
+    targets = [t for t in resolve_targets(spec, LoraSpec(r=4, targets=("all",)))
+               if t.linear.experts]
+    copies = sum(2 * math.prod(shape) for t in targets for name, shape in t.tensors(False)
+                 if name in ("lora_A", "lora_B"))
+    merged = sum(2 * t.linear.weight_numel for t in targets)
+    bf16 = sum(nbytes for dtype, nbytes in saved.values() if dtype == torch.bfloat16)
+    assert bf16 == merged + copies
+    dtypes = act.Dtypes(compute=2, residual=2, norm_out=2, adapter=4)
+    assert act.layer_constant_bytes(spec, tuple(targets), dtypes) == merged + copies

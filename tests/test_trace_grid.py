@@ -1,6 +1,6 @@
 """The estimator held to the trace (issue 3) over 8 architectures, shrunk to 2 layers.
 
-Bars: the estimate's allocated bytes without the cuBLAS workspace within 3% of the traced peak;
+Bars: the estimate's allocated bytes without the cuBLAS workspace within 1% of the traced peak;
 weights (+ quantization constants), adapter and optimizer state at the peak, and every gradient
 before the optimizer step, within 0.5%. The
 default run checks a covering grid (every level of every axis on every architecture, 32 cells,
@@ -43,6 +43,32 @@ def test_covering_grid_has_every_level_on_every_architecture():
 
 def test_estimator_agrees_with_trace_covering_grid():
     _check(covering_grid())
+
+
+# The full grid's worst cells before each rule that brought them within 1% (issue 15):
+WORST_CELLS = [
+    # GPT-NeoX's parallel MLP in the first layer reads only the frozen embeddings' output and
+    # saves nothing, nor do the LayerNorms that read it: +1.6% (+2.6% QLoRA)
+    ("pythia-1b", 8, "qv", "lora", False, "sdpa", (2, 512)),
+    ("pythia-1b", 64, "qv", "qlora", False, "eager", (2, 512)),
+    # PEFT's ParamWrapper keeps bf16 copies of fp32 expert adapters for baddbmm: -1.3%
+    ("mixtral-8x7b", 64, "all", "lora", False, "sdpa", (1, 256)),
+    # a recompute's top is freed, its input norm saves the checkpoint itself, and it stops
+    # before an output projection that saves nothing: +2.7%
+    ("mistral-7b", 8, "qv", "qlora", True, "sdpa", (2, 512)),
+    ("llama2-7b", 8, "all", "qlora", True, "sdpa", (2, 512)),
+    # the math kernel does not keep its output, which o_proj's adapter then saves: -1.3%
+    ("mistral-7b", 8, "all", "qlora", False, "sdpa", (2, 512)),
+    # a 4-bit matmul's input, casts and product beside the weight it dequantizes: -1.8%
+    ("mistral-7b", 8, "qv", "qlora", False, "sdpa", (1, 256)),
+    # Phi-3's fused gate_up_proj, larger than down_proj, dequantized before the MLP's
+    # intermediates exist: +1.9%
+    ("phi3-mini", 8, "all", "qlora", True, "sdpa", (1, 256)),
+]
+
+
+def test_estimator_agrees_with_trace_on_the_worst_cells():
+    _check(WORST_CELLS)
 
 
 @pytest.mark.slow

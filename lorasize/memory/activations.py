@@ -44,6 +44,7 @@ runs the real transformers and PEFT code under fake tensors (``tests/test_trace_
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from ..arch.families import FAMILY_TABLE
@@ -238,6 +239,36 @@ def _parallel_shared_input(spec: ModelSpec) -> bool:
         and spec.hf_config.get("use_parallel_residual", True)
 
 
+def input_norm_alias_bytes_per_token(spec: ModelSpec, dt: Dtypes) -> int:
+    """Bytes per token of a checkpointed layer's recompute that are its checkpointed input
+    itself: the norms that read the layer's input save it as is when no cast copies it first
+    (``native_layer_norm`` always; an RMSNorm's ``hidden_states.to(torch.float32)`` when the
+    residual stream is already fp32, as after kbit preparation)."""
+    if spec.norm == "layer":
+        return dt.residual * spec.hidden_size
+    if dt.residual == FP32 and spec.norm == "rms":
+        return FP32 * spec.hidden_size
+    return 0
+
+
+def first_layer_unsaved_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...],
+                                        dt: Dtypes, layer: LayerActivations) -> int:
+    """Bytes per token of ``layer`` that the first decoder layer does not keep when nothing
+    upstream needs a gradient (frozen embeddings, no checkpointing): the norms that read the
+    layer's input save nothing, and neither does a parallel block's MLP without an adapter, which
+    reads nothing else (GPT-NeoX ``x + attn(ln1(x)) + mlp(ln2(x))``, Falcon's and Phi's one shared
+    norm). Autograd saves a tensor only for an input or weight that needs a gradient."""
+    parallel = spec.parallel_block or _parallel_shared_input(spec)
+    if not parallel:
+        return _norm_bytes(spec, dt, spec.hidden_size, full=False)
+    unsaved = _norm_count(spec) * _norm_bytes(spec, dt, spec.hidden_size, full=False)
+    if _parallel_shared_input(spec):
+        unsaved -= dt.residual * spec.hidden_size  # the input both norms read, saved once
+    if not any(t.linear.group == "mlp" for t in targets):
+        unsaved += layer.mlp
+    return unsaved
+
+
 def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, *,
                           seq_len: int, attn: str, full: bool, dropout: bool,
                           stack: str = "hf-peft", quantized: bool = False,
@@ -325,7 +356,12 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
     if spec.kind is not None and not spec.kind.analytic:
         attention = 0  # measured by the layer probe (lorasize.trace.layer_probe), not modelled here
     saved_inputs: set[str] = set()
-    lora = 0 if full else _lora_bytes(spec, targets, dt, dropout, attn_output_saved=attn != "eager",
+    # the flash and memory-efficient kernels keep their output; eager attention and the math
+    # kernel (fp32 or masked grouped-query inputs) do not
+    kernel_saves_output = attn == "flash" or (attn == "sdpa"
+                                              and sdpa_backend(spec, dt.compute) != "math")
+    lora = 0 if full else _lora_bytes(spec, targets, dt, dropout,
+                                      attn_output_saved=kernel_saves_output,
                                       dora=dora,
                                       fused_qkv_dropout=rules.fused_qkv_dropout,
                                       saved_inputs=saved_inputs,
@@ -390,7 +426,14 @@ def layer_constant_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtype
     """
     if spec.expert_modules:
         return 0  # transformers 4: each expert an nn.Linear with its own LoRA, nothing built
-    return sum(dt.compute * t.linear.weight_numel for t in targets if t.linear.experts)
+    experts = [t for t in targets if t.linear.experts]
+    total = sum(dt.compute * t.linear.weight_numel for t in experts)
+    if dt.adapter != dt.compute:
+        # ``get_delta_factors`` casts A and B to the weight's dtype (``lhs.to(param.dtype)``),
+        # and ``baddbmm`` keeps both copies for their gradients (``_LoraFactorsProxy``).
+        total += sum(dt.compute * math.prod(shape) for t in experts
+                     for name, shape in t.tensors(False) if name in ("lora_A", "lora_B"))
+    return total
 
 
 def checkpoint_bytes_per_token(spec: ModelSpec, dt: Dtypes) -> int:
@@ -528,6 +571,16 @@ def layer_backward_transient_per_token(spec: ModelSpec, dt: Dtypes) -> int:
     """Bytes per token that exist only while one layer runs backward: the gradients of the MLP's
     three intermediate tensors and of the hidden states flowing down."""
     return 3 * dt.compute * spec.intermediate_size + 2 * dt.residual * spec.hidden_size
+
+
+def saved_output_projection_input_per_token(spec: ModelSpec, targets: tuple[Target, ...],
+                                            dt: Dtypes) -> int:
+    """Bytes per token of the MLP output projection's input that a LoRA branch on it saves as
+    is (0 when it has no such branch)."""
+    return sum(dt.compute * t.linear.in_features for t in targets
+               if t.linear.group == "mlp" and t.linear.path.endswith(_NOT_NORM_FED)
+               and not t.linear.experts and t.variant not in ("lora-fa", "vera", "ia3")
+               and t.copies == spec.num_layers)
 
 
 @dataclass(frozen=True)

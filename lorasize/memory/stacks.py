@@ -42,6 +42,12 @@ class StackRules:
         dequant_bytes_extra: bytes per element of a dequantized weight on top of the compute
             dtype's: Lightning quantizes from ``weight.to(torch.half)``, so ``dequantize_4bit``
             returns fp16 and ``MatMul4Bit`` casts it with ``.to(A.dtype)`` (both live at the cast).
+        matmul_copies: beside the weight it dequantizes, a 4-bit matmul holds its product
+            (forward) or its input's gradient (backward), and the casts between fp32
+            activations and the compute dtype: bitsandbytes 0.50 ``Linear4bit.forward``
+            (``x.to(self.compute_dtype)``) and ``MatMul4Bit.backward`` (the trace of the same
+            code shows them), torchao 0.1 ``linear_nf4`` (``F.linear(input, weight.to(...))``,
+            torchtune's loop replayed shows them).
         fused_qkv_dropout: q, k and v share one LoRA dropout of their common input (litgpt
             ``LoRAQKVLinear`` is one module over the fused ``attn`` projection).
         fused_qkv_saves_lora_output: the fused q/k/v adapter keeps its output: litgpt
@@ -99,6 +105,7 @@ class StackRules:
     quantize_only_targets_releases: tuple[str, ...] = ()
     quantized_saves_input: bool = False
     dequant_bytes_extra: int = 0
+    matmul_copies: bool = False
     fused_qkv_dropout: bool = False
     fused_qkv_saves_lora_output: bool = False
     v_views_qkv: bool = False
@@ -131,13 +138,14 @@ TRANSFORMERS_5_MAJOR = 5
 TRANSFORMERS_FUSED_EXPERTS_MAJOR = TRANSFORMERS_5_MAJOR
 
 STACK_RULES = {
-    "hf-peft": StackRules(expert_modules_before=TRANSFORMERS_FUSED_EXPERTS_MAJOR),
+    "hf-peft": StackRules(expert_modules_before=TRANSFORMERS_FUSED_EXPERTS_MAJOR,
+                          matmul_copies=True),
     "litgpt": StackRules(quantize_head=True, untied_head=True, quantized_saves_input=True,
                          dequant_bytes_extra=FP16, fused_qkv_dropout=True,
                          fused_qkv_saves_lora_output=True, v_views_qkv=True, expands_gqa=True,
                          logits_alive=True, lm_head_chunk=LITGPT_LM_HEAD_CHUNK, logits_bytes=FP32,
                          fused_gelu=True, previous_inputs_alive=True),
-    "torchtune": StackRules(expands_gqa=True,
+    "torchtune": StackRules(expands_gqa=True, matmul_copies=True,
                            quantize_only_targets_releases=TORCHTUNE_LORA_ONLY_NF4,
                            unchunked_loss_releases=TORCHTUNE_LORA_ONLY_NF4,
                            device_build_releases=TORCHTUNE_DEVICE_BUILD),
