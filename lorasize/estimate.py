@@ -182,16 +182,16 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     # One term per kind of decoder layer (one for the hand-written families, whose layers are
     # all alike): bytes one layer saves, per token and whatever the token count.
     views = act.kind_views(model, targets)
+    # what one layer of each kind saves, by part
+    parts = [act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
+                                       attn=train.attn, full=full, dropout=dropout,
+                                       stack=train.stack, quantized=train.quantized, dora=dora)
+             for view in views]
     kinds = [(_layers_needing_grad(model, view, targets, full),
               *_probed_bytes(measured, view, dt, tokens))
              if _kind_name(view) in measured["kinds"] else
-             (view.layers,
-              act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
-                                        attn=train.attn, full=full, dropout=dropout,
-                                        stack=train.stack, quantized=train.quantized,
-                                        dora=dora).total,
-              act.layer_constant_bytes(view.spec, view.targets, dt))
-             for view in views]
+             (view.layers, layer.total, act.layer_constant_bytes(view.spec, view.targets, dt))
+             for view, layer in zip(views, parts)]
     mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
     # LoHa/LoKr delta weights (AdaLoRA's A * E) kept for the input's gradient (lora.py).
     delta = input_grad_saved_bytes(model, targets, dt.adapter, dora_dropout=dora and dropout)
@@ -221,11 +221,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     # dequantized in its backward, right after the loss's, with every activation alive.
     dequant = static.dequant_bytes
     if dequant and stack_rules(train.stack).matmul_copies and len(views) == 1:
-        mlp_saved = act.layer_bytes_per_token(
-            views[0].spec, views[0].targets, dt, seq_len=train.seq_len, attn=train.attn,
-            full=full, dropout=dropout, stack=train.stack, quantized=train.quantized,
-            dora=dora).mlp * tokens
-        dequant = _dequant_matmul_bytes(model, dt, d, static, tokens, mlp_saved,
+        dequant = _dequant_matmul_bytes(model, dt, d, static, tokens, parts[0].mlp * tokens,
                                         adapted={t.linear.path for t in targets},
                                         dropout=dropout, checkpointing=train.checkpointing)
     # PEFT's ParamWrapper differentiates W + BA as a whole: backward makes a gradient the size of
@@ -292,13 +288,8 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
         if not full:
             # The first layer's input does not require grad (frozen embeddings): the norms that
             # read it save nothing, nor does a parallel block's MLP without an adapter.
-            first_view = views[0]
-            saved -= act.first_layer_unsaved_bytes_per_token(
-                first_view.spec, first_view.targets, dt,
-                act.layer_bytes_per_token(first_view.spec, first_view.targets, dt,
-                                          seq_len=train.seq_len, attn=train.attn, full=False,
-                                          dropout=dropout, stack=train.stack,
-                                          quantized=train.quantized, dora=dora)) * tokens
+            saved -= act.first_layer_unsaved_bytes_per_token(views[0].spec, views[0].targets,
+                                                             dt, parts[0]) * tokens
         moments = {
             "loss backward": {"activations": saved, "logits": logits, "temporaries": 0},
             "layer backward": {"activations": saved, "logits": 0, "temporaries": temporaries,
@@ -360,8 +351,8 @@ def _dequant_matmul_bytes(model: ModelSpec, dt: act.Dtypes, compute: int, static
     (:attr:`StackRules.matmul_copies`): the weight one dequantizes, its input and product, and
     their casts between fp32 activations (kbit preparation) and the compute dtype.
 
-    - The widest-input quantized matrix (the MLP's output projection) runs last in a layer's
-      forward and recompute, and first in its backward: every saved tensor is alive. Forward it
+    - The MLP's output projection runs last in a layer's forward and recompute, and first in
+      its backward: every saved tensor is alive. Forward it
       holds its input (unless saved anyway), the input's cast and the product; backward the
       incoming gradient, its cast and the input's gradient. The recompute stops once every saved
       tensor is made again (``torch.utils.checkpoint``'s early stop), so it runs an output
@@ -381,7 +372,9 @@ def _dequant_matmul_bytes(model: ModelSpec, dt: act.Dtypes, compute: int, static
         return compute * (m.out_features + (m.in_features if cast else 0)) \
             + (0 if input_saved else dt.compute * m.in_features)
 
-    out = max(quantized, key=lambda m: (m.in_features, m.weight_numel))
+    out = act.mlp_output_projection(model)
+    if out is None or not out.quantizable:  # experts instead of a dense MLP: its widest input
+        out = max(quantized, key=lambda m: (m.in_features, m.weight_numel))
     own_input = out.path in adapted and not dropout  # its adapter saves the input as is
     backward = compute * (out.in_features + (out.out_features if cast else 0)) + incoming
     if checkpointing:
@@ -806,7 +799,8 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
                      "seq x seq probabilities of every layer")
     if any(t.linear.experts for t in targets) and not model.expert_modules:
         notes.append("PEFT adapts MoE experts by building W + BA for every expert on each forward "
-                     "and keeping it for backward: a copy of the expert weights per layer")
+                     "and keeping it for backward: a copy of the expert weights per layer "
+                     "(and, for fp32 adapters, copies of A and B in the weights' dtype)")
     if train.optimizer.startswith("paged-"):
         notes.append("paged optimizer state lives in CUDA unified memory: nvidia-smi shows it, "
                      "torch.cuda.max_memory_allocated does not")

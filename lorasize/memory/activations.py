@@ -573,14 +573,21 @@ def layer_backward_transient_per_token(spec: ModelSpec, dt: Dtypes) -> int:
     return 3 * dt.compute * spec.intermediate_size + 2 * dt.residual * spec.hidden_size
 
 
+def mlp_output_projection(spec: ModelSpec):
+    """The dense MLP's output projection among a layer's linears (``down_proj``, ``fc2``,
+    ``dense_4h_to_h``...), or None: the MLP linear that no norm feeds."""
+    return next((m for m in block_linears(spec) if m.group == "mlp" and not m.experts
+                 and m.path.endswith(_NOT_NORM_FED)), None)
+
+
 def saved_output_projection_input_per_token(spec: ModelSpec, targets: tuple[Target, ...],
                                             dt: Dtypes) -> int:
     """Bytes per token of the MLP output projection's input that a LoRA branch on it saves as
     is (0 when it has no such branch)."""
+    out = mlp_output_projection(spec)
     return sum(dt.compute * t.linear.in_features for t in targets
-               if t.linear.group == "mlp" and t.linear.path.endswith(_NOT_NORM_FED)
-               and not t.linear.experts and t.variant not in ("lora-fa", "vera", "ia3")
-               and t.copies == spec.num_layers)
+               if out is not None and t.linear.path == out.path
+               and t.variant not in ("lora-fa", "vera", "ia3") and t.copies == spec.num_layers)
 
 
 @dataclass(frozen=True)
