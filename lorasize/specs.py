@@ -38,12 +38,13 @@ TRAIN_ADAPTER_DTYPE = "fp32"
 
 # What --stack-release names per stack, and the releases lorasize tells apart.
 STACK_RELEASES = {"hf-peft": "the transformers release (4.x or 5.x)",
+                  "litgpt": "a litgpt release (0.3.1, 0.4 ...; 0.0 for lit-gpt's 2023 code)",
                   "torchtune": "a torchtune release (0.1, 0.2, 0.3 ...)"}
 
 
 def _release(stack: str, release: str) -> None:
     major = int(release.split(".")[0])
-    ok = {"hf-peft": major >= 4, "torchtune": major == 0}.get(stack, False)
+    ok = {"hf-peft": major >= 4, "torchtune": major == 0, "litgpt": major == 0}.get(stack, False)
     if stack not in STACK_RELEASES:
         raise LorasizeError(f"{stack}'s rules do not change between releases: drop it",
                             source="--stack-release")
@@ -106,7 +107,9 @@ class TrainSpec:
         stack_release: the stack's release where its behaviour changed between releases
             (torchtune's: ``StackRules.quantize_only_targets_releases``; hf-peft's is the
             transformers release: before 5.0 a mixture of experts is one ``nn.Linear`` per
-            expert, ``StackRules.expert_modules_before``); empty: its current release. Set by
+            expert, ``StackRules.expert_modules_before``; litgpt's before 0.3.1 rebuilt the fused
+            q/k/v adapter's index every forward, ``StackRules.lora_index_rebuilt_before``);
+            empty: its current release. Set by
             ``validate`` and the timing fit from a measurement's date, and by ``--stack-release``.
     """
 

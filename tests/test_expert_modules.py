@@ -139,7 +139,7 @@ def test_trace_refuses_a_transformers_4_layout(cli):
 @pytest.mark.parametrize("args, words", [
     (("-m", "mixtral-8x7b", "--stack-release", "0.1"), "transformers release"),
     (("-m", "llama2-7b", "--stack", "torchtune", "--stack-release", "4.46"), "torchtune release"),
-    (("-m", "llama2-7b", "--stack", "litgpt", "--stack-release", "0.1"), "drop it"),
+    (("-m", "llama2-7b", "--stack", "litgpt", "--stack-release", "1.2"), "litgpt release"),
 ])
 def test_releases_a_stack_does_not_have_are_refused(cli, args, words):
     code, _, err = cli("estimate", *args)

@@ -221,3 +221,157 @@ def test_sweep_carries_throughput():
                   seq_len=128)
     fast = frame.set_index("batch_size")["tokens_per_s"]
     assert fast[8] > 2 * fast[1]  # batch 1 is launch-bound
+
+
+def _litgpt_work(release: str, targets=("q_proj", "v_proj"), shard=None, **train):
+    spec = resolve_model("llama2-7b")
+    t = TrainSpec(stack="litgpt", stack_release=release, batch_size=1, seq_len=140, **train)
+    return step_work(spec, resolve_targets(spec, LoraSpec(r=8, targets=targets), "litgpt"), t,
+                     shard)
+
+
+def test_old_litgpt_rebuilds_the_qkv_adapter_index_every_forward():
+    """lit-gpt before 0.3.1 (``LoRAQKVLinear.zero_pad``: ``torch.tensor(self.lora_ind, ...)``)
+    lists every adapted q and v output index in each layer's forward: 4,096 + 4,096 a layer of
+    Llama-2-7B, twice with checkpointing; nothing when q, k and v all carry adapters (no padding)
+    or from 0.3.1 on (the index is cached on the GPU)."""
+    old = _litgpt_work("0.0")
+    assert old.host_indices == 32 * (4096 + 4096) and old.syncs
+    assert _litgpt_work("0.0", grad_checkpointing=True).host_indices == 2 * old.host_indices
+    assert _litgpt_work("0.0", ("q_proj", "k_proj", "v_proj")).host_indices == 0
+    for release in ("", "0.3.1", "0.5"):
+        new = _litgpt_work(release)
+        assert new.host_indices == 0 and not new.syncs
+    gpu = gpu_from_catalog("a100-40gb")
+    slow, fast = step_time(old, gpu), step_time(_litgpt_work(""), gpu)
+    assert slow.cpu_seconds - fast.cpu_seconds == pytest.approx(32 * 8192 * 0.28e-6)
+
+
+def test_a_cpu_that_waits_for_the_gpu_each_layer_hides_no_collective():
+    """With a synchronization in every layer the CPU waits for that layer's all-gather: FSDP's
+    collectives add to the step instead of hiding behind the CPU's launches."""
+    gpu = gpu_from_catalog("a100-40gb")
+    fsdp = ShardSpec(2, "fsdp")
+    old = step_time(_litgpt_work("0.0", shard=fsdp), gpu)
+    new = step_time(_litgpt_work("", shard=fsdp), gpu)
+    assert new.bound == old.bound == "launch"
+    assert old.breakdown["communication"] > new.breakdown["communication"]
+    assert sum(old.breakdown.values()) == pytest.approx(old.seconds, rel=1e-12)
+    # launch-bound: the CPU's time, then the collectives it waited for
+    assert old.seconds == pytest.approx(old.cpu_seconds + old.breakdown["communication"],
+                                        rel=1e-5)
+    assert new.seconds == pytest.approx(max(new.cpu_seconds, new.gpu_seconds), rel=1e-5)
+
+
+def test_estimate_names_the_old_litgpt_index_rebuild(cli):
+    args = ("estimate", "-m", "llama2-13b", "-r", "8", "-t", "qv", "-b", "1", "-s", "140",
+            "--stack", "litgpt", "--gpu", "a100-40gb")
+    _, old, _ = cli(*args, "--stack-release", "0.0")
+    _, new, _ = cli(*args)
+    assert "rebuilds the q/k/v adapter's index" in old and "rebuilds" not in new
+    code, _, err = cli(*args, "--stack-release", "1.0")
+    assert code == 2 and "--stack-release" in err and "litgpt release" in err
+
+
+# ops that launch no kernel: views, metadata, allocation without a fill
+_NO_KERNEL = {"view", "_unsafe_view", "t", "transpose", "expand", "permute", "reshape", "alias",
+              "detach", "slice", "select", "unsqueeze", "squeeze", "as_strided", "split",
+              "split_with_sizes", "unbind", "chunk", "narrow", "view_as", "_reshape_alias",
+              "lift_fresh", "empty", "empty_like", "empty_strided", "new_empty",
+              "new_empty_strided", "unflatten", "flatten", "movedim", "diagonal"}
+_SEQ = 128
+
+
+def _launch_counter():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in _NO_KERNEL:
+                self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    return Count()
+
+
+def _peft_layer_launches(targets, dropout: float) -> float:
+    """Kernel-launching aten ops of one Llama-2-7B layer, forward and backward, under
+    transformers + PEFT on the meta device (two layers less one), with the attention counted as
+    one fused kernel each way (the meta device runs SDPA's math decomposition)."""
+    import torch
+    import transformers
+
+    def run(layers):
+        cfg = transformers.AutoConfig.for_model(
+            "llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+            num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=32)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(
+                cfg, attn_implementation="sdpa", dtype=torch.bfloat16)
+        if targets:
+            import peft
+
+            model = peft.get_peft_model(model, peft.LoraConfig(
+                r=8, target_modules=list(targets), lora_dropout=dropout))
+        model.train()
+        ids = torch.zeros(1, _SEQ, dtype=torch.long, device="meta")
+        with _launch_counter() as count:
+            model(input_ids=ids).logits.float().sum().backward()
+        return count.ops
+
+    q = torch.zeros(1, 32, _SEQ, 128, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.zeros_like(q, requires_grad=True) for _ in range(2))
+    with _launch_counter() as attention:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+    with _launch_counter() as bare:
+        torch.zeros_like(q, requires_grad=True).sum().backward()
+    return run(2) - run(1) - (attention.ops - bare.ops) + 2
+
+
+def _modelled_layer_launches(model: str, targets, stack: str, dropout: float, **train) -> float:
+    def kernels(layers):
+        spec = replace(resolve_model(model), num_layers=layers)
+        t = TrainSpec(stack=stack, batch_size=1, seq_len=_SEQ, **train)
+        chosen = resolve_targets(spec, LoraSpec(r=8, targets=targets), stack) if targets else ()
+        return step_work(spec, chosen, t, dropout=dropout).kernels
+
+    return kernels(2) - kernels(1)
+
+
+@pytest.mark.parametrize("targets, dropout", [
+    (("q_proj", "v_proj"), 0.05),
+    (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 0.0),
+    (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 0.05),
+    ((), 0.0),
+])
+def test_launches_a_layer_follow_transformers_and_peft(targets, dropout):
+    """The kernels lorasize counts for a layer, forward and backward, against the ops the real
+    transformers + PEFT step dispatches (within 7%): what the launch overhead multiplies."""
+    real = _peft_layer_launches(targets, dropout)
+    method = "lora" if targets else "full"
+    modelled = _modelled_layer_launches("llama2-7b", targets, "hf-peft", dropout, method=method)
+    assert modelled == pytest.approx(real, rel=0.07)
+
+
+def test_launches_a_layer_follow_litgpt():
+    """The same against lit-gpt's own 2023 code (tests/data/litgpt/kernel_counts.json, written by
+    scripts/litgpt_kernel_counts.py with lit-gpt @8641822): q and v in one ``LoRAQKVLinear``, and
+    the list of adapted indices its ``zero_pad`` rebuilds every forward."""
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "litgpt" / "kernel_counts.json")
+                      .read_text())
+    for run in data["runs"]:
+        real = run["forward_ops_per_layer"] + run["backward_ops_per_layer"]
+        modelled = _modelled_layer_launches(run["model"], tuple(run["targets"]), "litgpt", 0.05)
+        assert modelled == pytest.approx(real, rel=0.12), run["model"]
+        spec = resolve_model(run["model"])
+        work = _litgpt_work_for(spec, tuple(run["targets"]))
+        assert work.host_indices == run["lora_ind"] * spec.num_layers, run["model"]
+
+
+def _litgpt_work_for(spec, targets):
+    t = TrainSpec(stack="litgpt", stack_release="0.0", batch_size=1, seq_len=_SEQ)
+    return step_work(spec, resolve_targets(spec, LoraSpec(r=8, targets=targets), "litgpt"), t)

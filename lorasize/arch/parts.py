@@ -121,16 +121,17 @@ def _routers(spec, targets: list, lora) -> list:
 
 
 def adapter_modules(targets, stack: str) -> int:
-    """Adapter modules across the model's copies. litgpt's q, k and v parts of one fused
-    projection are one module (``LoRAQKVLinear``: one stacked A, one B) launching its kernels
-    once; every other adapter is a module of its own."""
+    """Adapter modules across the model's copies. litgpt fuses q, k and v into one projection
+    for every architecture (``CausalSelfAttention.attn``), whose adapters are one module
+    (``LoRAQKVLinear``: one stacked A, one B) launching its kernels once; every other adapter
+    is a module of its own."""
     seen, total = set(), 0
     for target in targets:
         linear = target.linear
         if linear.prefix:
             continue
-        key = (base_path(linear) if stack == "litgpt" and linear.name in QKV_PARTS
-               else linear.path)
+        key = (base_path(linear).rsplit(".", 1)[0] + ".attn"
+               if stack == "litgpt" and linear.name in QKV_PARTS else linear.path)
         if key not in seen:
             seen.add(key)
             total += target.copies

@@ -61,9 +61,9 @@ def predict(s: Sample, p: TimeParams) -> float:
 
 def _keys(p: TimeParams) -> list[tuple[str, str | None]]:
     keys = [(k, None) for k in ("gemm_efficiency", "attention_efficiency", "bandwidth_efficiency",
-                                "dequant_bytes", "gather_us", "comm_overlap", "overlap")]
+                                "dequant_bytes", "gather_us", "comm_overlap", "overlap",
+                                "launch_us")]
     keys += [("comm_efficiency", k) for k in sorted(p.comm_efficiency)]
-    keys += [("launch_us", k) for k in sorted(p.launch_us)]
     return keys
 
 
@@ -78,8 +78,7 @@ def _encode(p: TimeParams, keys) -> list[float]:
 
 
 def _decode(x: list[float], base: TimeParams, keys) -> TimeParams:
-    values, dicts = {}, {"comm_efficiency": dict(base.comm_efficiency),
-                         "launch_us": dict(base.launch_us)}
+    values, dicts = {}, {"comm_efficiency": dict(base.comm_efficiency)}
     for (name, sub), xi in zip(keys, x):
         bounded = name in _EFFICIENCIES or name == "comm_efficiency"
         v = 1 / (1 + math.exp(-xi)) if bounded else math.exp(xi)

@@ -73,15 +73,22 @@ def _fused(row: dict) -> bool:
     return any(m in text for m in FUSED_MARKERS)
 
 
-def _transformers_release(row: dict) -> str:
-    """The transformers release an hf-peft row ran: its source's stated one, else "4" for a
-    row dated before transformers 5 (2026), else the current one."""
-    from .validate import TRANSFORMERS_5_YEAR, _year
+def _stack_release(row: dict, stack: str) -> str:
+    """The release a row's stack ran, where it changes the step: for hf-peft the transformers
+    release, its source's stated one, else "4" for a row dated before transformers 5 (2026);
+    for litgpt "0.0" (lit-gpt's code before its releases) for a row dated before v0.3.1, which
+    stopped rebuilding the q/k/v adapter's index every forward; else the current one."""
+    from ..memory.stacks import LITGPT_INDEX_CACHED_RELEASED
+    from .validate import TRANSFORMERS_5_YEAR, _date, _year
 
     if row["source"] in SOURCE_RELEASES:
         return SOURCE_RELEASES[row["source"]]
     dated = {**row, "notes": f"{row['source']} {row.get('notes', '')}"}
-    return "4" if _year(dated) < TRANSFORMERS_5_YEAR else ""
+    if stack == "hf-peft":
+        return "4" if _year(dated) < TRANSFORMERS_5_YEAR else ""
+    if stack == "litgpt":
+        return "0.0" if _date(dated) < LITGPT_INDEX_CACHED_RELEASED else ""
+    return ""
 
 
 def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
@@ -114,8 +121,8 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                     train = replace(train, grad_checkpointing=True)
                 if "no AMP" in raw.get("notes", ""):
                     train = replace(train, autocast=False)
-                if train.stack == "hf-peft" and not train.stack_release:
-                    train = replace(train, stack_release=_transformers_release(raw))
+                if train.stack in ("hf-peft", "litgpt") and not train.stack_release:
+                    train = replace(train, stack_release=_stack_release(raw, train.stack))
                 if any(m in raw.get("framework", "") for m in NO_KBIT_PREP_MARKERS):
                     train = replace(train, kbit_prep=False, grad_checkpointing=train.checkpointing)
                 gpu = build_gpu(ctx.params)

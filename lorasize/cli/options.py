@@ -165,13 +165,15 @@ def train_options(func):
                           "chunked loss, its own module layout: the parts of a fused q/k/v or "
                           "gate/up each get an adapter)."),
         click.option("--stack-release", default=None, metavar="VERSION",
-                     help="The stack's release, where its memory changed between releases: "
-                          "torchtune 0.1-0.2 quantized only the linears carrying LoRA under "
-                          "QLoRA (0.3 and later quantize every attention and MLP linear), and "
-                          "0.1 built the model on the GPU, whose segments stay reserved; "
+                     help="The stack's release, where its memory or speed changed between "
+                          "releases: torchtune 0.1-0.2 quantized only the linears carrying LoRA "
+                          "under QLoRA (0.3 and later quantize every attention and MLP linear), "
+                          "and 0.1 built the model on the GPU, whose segments stay reserved; "
                           "under hf-peft, the transformers release: before 5.0 a mixture of "
                           "experts is one nn.Linear per expert, which bitsandbytes quantizes "
-                          "(--stack-release 4.46). [default: the current release]"),
+                          "(--stack-release 4.46); litgpt before 0.3.1 (0.0: lit-gpt's 2023 "
+                          "code) rebuilt the q/k/v adapter's index every forward and waited for "
+                          "the GPU there. [default: the current release]"),
         click.option("--kbit-prep/--no-kbit-prep", default=None,
                      help="PEFT prepare_model_for_kbit_training (fp32 upcast of non-quantized "
                           "parameters). [default: on for qlora]"),

@@ -98,6 +98,14 @@ class StackRules:
             14 bytes a weight element (torchtune 0.1.x: ``_setup_model`` builds under
             ``self._device``, pyproject pins ``torchao==0.1``; v0.2.0 moved to torchao 0.3.1):
             :mod:`lorasize.memory.init_programs`.
+        lora_index_rebuilt_before: the first release that no longer rebuilds the fused q/k/v
+            adapter's index tensor in every forward (step time, not memory). lit-gpt and litgpt
+            before v0.3.1 ``LoRAQKVLinear.zero_pad``: ``torch.tensor(self.lora_ind,
+            device=result.device)`` from a Python list of every adapted output index, whenever
+            one of q, k and v has no adapter; the copy to the GPU synchronizes the CPU with it
+            (Lightning-AI/litgpt #1374, 2024-04-29: "avoid copying it (and incurring an
+            expensive cudaStreamSynchronize) every time this method is called"; #770,
+            2024-05-06; both first released in v0.3.1 on 2024-05-08).
     """
 
     quantize_head: bool = False
@@ -118,6 +126,7 @@ class StackRules:
     expert_modules_before: int = 0
     unchunked_loss_releases: tuple[str, ...] = ()
     device_build_releases: tuple[str, ...] = ()
+    lora_index_rebuilt_before: str = ""
 
 
 FP16 = 2
@@ -131,6 +140,10 @@ TORCHTUNE_ALL_NF4_RELEASED = "2024-09-17"
 # v0.2.0 (torchao 0.3.1 instead of 0.1; memory.init_programs models 0.1's build)
 TORCHTUNE_02_RELEASED = "2024-07-16"
 TORCHTUNE_DEVICE_BUILD = ("0.1",)
+# litgpt v0.3.1 (2024-05-08) caches the fused q/k/v adapter's index tensor on each device; lit-gpt
+# before it (2023, no release number: "0.0") and litgpt 0.1-0.3.0 rebuilt it every forward.
+LITGPT_INDEX_CACHED = "0.3.1"
+LITGPT_INDEX_CACHED_RELEASED = "2024-05-08"
 
 # transformers 5.0 (first release candidate December 2025) fused the MoE experts; the hf-peft
 # stack's release is the transformers one (``--stack-release 4.46``).
@@ -144,7 +157,8 @@ STACK_RULES = {
                          dequant_bytes_extra=FP16, fused_qkv_dropout=True,
                          fused_qkv_saves_lora_output=True, v_views_qkv=True, expands_gqa=True,
                          logits_alive=True, lm_head_chunk=LITGPT_LM_HEAD_CHUNK, logits_bytes=FP32,
-                         fused_gelu=True, previous_inputs_alive=True),
+                         fused_gelu=True, previous_inputs_alive=True,
+                         lora_index_rebuilt_before=LITGPT_INDEX_CACHED),
     "torchtune": StackRules(expands_gqa=True, matmul_copies=True,
                            quantize_only_targets_releases=TORCHTUNE_LORA_ONLY_NF4,
                            unchunked_loss_releases=TORCHTUNE_LORA_ONLY_NF4,
@@ -221,6 +235,18 @@ def _in_releases(release: str, releases: tuple[str, ...]) -> bool:
 def unchunked_loss(stack: str, release: str) -> bool:
     """Whether ``stack`` at ``release`` computes the loss on whole fp32 logits."""
     return _in_releases(release, stack_rules(stack).unchunked_loss_releases)
+
+
+def rebuilds_lora_index(stack: str, release: str) -> bool:
+    """Whether ``stack`` at ``release`` (empty: the current one) rebuilds its fused q/k/v
+    adapter's index tensor from a Python list in every forward, synchronizing with the GPU
+    (``StackRules.lora_index_rebuilt_before``)."""
+    before = stack_rules(stack).lora_index_rebuilt_before
+    return bool(release and before) and _version(release) < _version(before)
+
+
+def _version(release: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in release.split("."))
 
 
 def builds_on_device(stack: str, release: str) -> bool:

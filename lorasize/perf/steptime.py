@@ -13,9 +13,12 @@
   its cost per weight is fitted (the kernel is far from the bandwidth's bound).
 - **Communication**: ring collectives over NVLink / Infinity Fabric, PCIe, or (beyond one server
   of 8) the network; each hidden behind the compute of the pass it overlaps, the rest exposed.
-- **Launch overhead**: the CPU issues every kernel (Python, the framework, the CUDA launch);
-  when that takes longer than the GPU's work the step is launch-bound and the difference is
-  the ``overhead`` term.
+- **Launch overhead**: the CPU issues every kernel (Python, the framework, the CUDA launch) at
+  one cost a kernel, whichever framework calls it: frameworks differ in the kernels they launch
+  and in the host work they add (lit-gpt before 0.3.1 builds an index tensor from a Python list
+  in every layer's forward). When the CPU takes longer than the GPU's work the step is
+  launch-bound and the difference is the ``overhead`` term. A framework that waits for the GPU
+  inside every layer (the same lit-gpt) cannot hide a collective behind the CPU's launches.
 
 The breakdown sums to the step. The efficiencies and per-kernel CPU times are
 :class:`TimeParams`, fitted from published throughput (``lorasize/data/timing_params.json``,
@@ -54,6 +57,10 @@ FP32_FALLBACK_RATIO = 16.0
 UVM_LINK_FRACTION = 0.4
 # LLM.int8 dequantizes and runs outlier decomposition: about twice NF4's work per weight.
 INT8_DEQUANT_FACTOR = 2.0
+# CPU microseconds to make a tensor from one Python int (``torch.tensor(list)``): 2.27 ms for
+# 8,192 ints, 275-280 ns each from 2,048 to 16,384 (median of 200, torch 2.13 on an AMD EPYC
+# core, December 2026). The list lit-gpt rebuilt every forward (Lightning-AI/litgpt #770).
+HOST_INDEX_US = 0.28
 BREAKDOWN_KEYS = ("matmuls", "adapter_matmuls", "attention", "memory_bound", "dequantization",
                   "optimizer", "communication", "overhead")
 
@@ -69,7 +76,8 @@ class TimeParams:
         dequant_bytes: seconds per dequantized 4-bit weight, as bytes at the full bandwidth.
         comm_efficiency: fraction of the link's bandwidth a ring collective reaches, per link
             (``nvlink``, ``pcie``, ``network``).
-        launch_us: CPU microseconds per kernel launch, per training stack.
+        launch_us: CPU microseconds per kernel launch (Python, the dispatcher, the CUDA launch),
+            one figure for every training stack: they differ in what they launch.
         gather_us: CPU microseconds each FSDP / ZeRO-3 unit's gather costs beyond its bytes
             (the unit's hooks in Python, stream waits).
         comm_overlap: the share of a pass's compute a collective can hide behind (NCCL kernels
@@ -85,8 +93,7 @@ class TimeParams:
     dequant_bytes: float = 4.5
     comm_efficiency: dict = field(default_factory=lambda: {"nvlink": 0.7, "pcie": 0.5,
                                                            "network": 0.7})
-    launch_us: dict = field(default_factory=lambda: {"hf-peft": 30.0, "torchtune": 30.0,
-                                                     "litgpt": 30.0})
+    launch_us: float = 30.0
     gather_us: float = 100.0
     comm_overlap: float = 0.9
     overlap: float = 1.0
@@ -118,6 +125,8 @@ def load_params(path) -> TimeParams:
             fields[name] = str(data.get("source", path))
             continue
         value = data.get(name) if isinstance(data, dict) else None
+        if name == "launch_us" and isinstance(value, dict):
+            value = value.get("hf-peft")  # files of lorasize <= 0.12 held one figure a stack
         numbers = value.values() if isinstance(value, dict) else [value]
         if value is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                     and v > 0 for v in numbers):
@@ -155,6 +164,8 @@ class Terms:
     kernels: float
     stack: str
     forward_share: float
+    host_seconds: float = 0.0  # the CPU's own work beyond launches (no fitted figure)
+    syncs: bool = False
 
 
 def _gemm_terms(g, gpu: GpuSpec) -> tuple[str, float, float]:
@@ -197,7 +208,8 @@ def terms(work: StepWork, gpu: GpuSpec) -> Terms:
                  memory=work.elementwise_bytes / bw, dequant=work.dequant_weights * factor / bw,
                  optimizer=work.optimizer_bytes / bw / work.grad_accum, comms=tuple(comms),
                  gathers=work.gathers, kernels=work.kernels, stack=work.stack,
-                 forward_share=work.forward_share)
+                 forward_share=work.forward_share,
+                 host_seconds=work.host_indices * HOST_INDEX_US * 1e-6, syncs=work.syncs)
 
 
 def combine(t: Terms, p: TimeParams) -> StepTime:
@@ -220,14 +232,16 @@ def combine(t: Terms, p: TimeParams) -> StepTime:
     exposed = 0.0
     for kind, seconds, hidden_by in t.comms:
         seconds /= p.comm_efficiency.get(kind, 1.0)  # paging: its fraction is in the link
-        hidden = min(seconds, hideable[hidden_by])
+        hidden = 0.0 if t.syncs else min(seconds, hideable[hidden_by])
         hideable[hidden_by] -= hidden
         exposed += seconds - hidden
     parts["communication"] = exposed
     gpu_seconds = compute + exposed
-    cpu_seconds = (t.kernels * p.launch_us.get(t.stack, max(p.launch_us.values()))
-                   + t.gathers * p.gather_us) * 1e-6
-    parts["overhead"] = cpu_seconds - p.overlap * min(cpu_seconds, gpu_seconds)
+    cpu_seconds = (t.kernels * p.launch_us + t.gathers * p.gather_us) * 1e-6 + t.host_seconds
+    # a CPU that waits for the GPU in every layer waits for that layer's collectives too: they
+    # hide behind neither the GPU's compute nor the CPU's launches
+    busy = compute if t.syncs else gpu_seconds
+    parts["overhead"] = cpu_seconds - p.overlap * min(cpu_seconds, busy)
     seconds = sum(parts.values())
     return StepTime(seconds, parts, _bound(parts, compute, streaming), gpu_seconds, cpu_seconds)
 

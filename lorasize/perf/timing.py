@@ -145,12 +145,17 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         step, breakdown, bound, kind = compute + dequant, {"compute": compute,
                                                           "dequantization": dequant}, "compute", "mfu"
     else:
-        from .steptime import step_time
+        from .steptime import HOST_INDEX_US, step_time
         from .work import step_work
 
-        timed = step_time(step_work(model, targets, train, shard, dropout, dora,
-                                    paged_out_bytes), gpu, params)
+        work = step_work(model, targets, train, shard, dropout, dora, paged_out_bytes)
+        timed = step_time(work, gpu, params)
         step, breakdown, bound, kind = timed.seconds, timed.breakdown, timed.bound, "step"
+        if work.host_indices:
+            notes += (f"{train.stack} {train.stack_release} rebuilds the q/k/v adapter's index "
+                      f"from a Python list in every layer's forward and waits for the GPU there: "
+                      f"{work.host_indices * HOST_INDEX_US / 1e3:,.0f} ms of CPU a micro-batch "
+                      f"(litgpt 0.3.1 and later keep it on the GPU)",)
         if paged_out_bytes:
             notes += (f"{paged_out_bytes / 2**30:.1f} GiB of paged optimizer state does not fit "
                       f"on the GPU: each optimizer step migrates it over PCIe and back",)

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..arch.parts import adapter_modules
+from ..arch.parts import QKV_PARTS, adapter_modules
 from ..arch.layout import block_linears, copies, expert_matrix_numel
 from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target, first_adapted_layer
 from ..arch.model import ModelSpec
 from ..memory.sharding import ShardSpec
-from ..memory.stacks import as_built
+from ..memory.stacks import as_built, rebuilds_lora_index
 from ..memory.weights import static_bytes
 from ..specs import TrainSpec
 from ..units import DTYPE_BYTES
@@ -64,12 +64,18 @@ BACKWARD_BYTES_RATIO = 2.0
 # read by PV (2); backward about twice that.
 EAGER_SCORE_BYTES = 22
 # Kernels a decoder layer launches forward (counted from the same modules: 7 per rms norm, 4
-# projections, 10 for rope, 3 for SDPA's layout and kernel, 2 residual adds, 5 for the MLP) and
-# per adapted matrix (dropout, A, B, scale, add), per quantized matrix (dequantize; bitsandbytes
-# 4-bit and 8-bit), per layer norm (1).
+# projections, 10 for rope, 3 for SDPA's layout and kernel, 2 residual adds, 5 for the MLP), per
+# quantized matrix (dequantize; bitsandbytes 4-bit and 8-bit), per layer norm (1). An adapter
+# module launches 6 forward (its input cast, A, B, the scale, the add, the output cast: PEFT's
+# ``lora.Linear.forward`` with ``_cast_input_dtype``) and 9 backward, and its dropout 3 more
+# forward and 1 backward: counted with a TorchDispatchMode over transformers 5.23 + PEFT 0.21
+# (a Llama layer, forward and backward; tests/test_step_time.py recounts them) and matching
+# lit-gpt's ``LoRAQKVLinear`` (9 forward with dropout, tests/data/litgpt/kernel_counts.json).
 LAYER_KERNELS = {"rms_norm": 7, "layer_norm": 1, "projections": 4, "rope": 10, "attention": 3,
                  "residual": 2, "mlp": 5}
-LORA_KERNELS = 5
+LORA_KERNELS = 6
+LORA_BACKWARD_KERNELS = 9
+LORA_DROPOUT_KERNELS = (3, 1)  # forward, backward
 QUANT_KERNELS = 1
 # A mixture-of-experts layer launches more kernels than a dense (Llama) layer, counted with a
 # TorchDispatchMode over Mixtral's and Llama's forward (3 layers against 2, every expert hit; ops
@@ -81,9 +87,12 @@ MOE_FUSED_KERNELS = 19
 MOE_LOOP_ROUTER_KERNELS = 8
 MOE_LOOP_EXPERT_KERNELS = 10
 FUSED_LAYER_KERNELS = 16  # norms, rope and the MLP activation one kernel each
-# Backward launches about twice the forward's kernels (each op's input gradient and, for
-# weights that train, its weight gradient) from autograd's C++ engine.
-BACKWARD_KERNELS_RATIO = 2.0
+# Backward launches about twice the forward's kernels when every weight trains (each op's input
+# gradient and each weight's gradient): 76 against 41 for transformers 5.23's Llama layer, 47
+# against 24 and 73 against 37 for lit-gpt's phi-1.5 and Llama-2 blocks; 1.6 times when the
+# base is frozen (65 against 41: no weight gradients, nor their accumulation).
+BACKWARD_KERNELS_RATIO = 1.85
+FROZEN_BACKWARD_KERNELS_RATIO = 1.6
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,8 @@ class StepWork:
     stack: str
     quant: str
     gathers: float = 0.0  # FSDP / ZeRO-3 unit gathers per micro-batch
+    host_indices: float = 0.0  # Python ints made into a tensor on the CPU per micro-batch
+    syncs: bool = False  # the CPU waits for the GPU inside every layer's forward
     notes: tuple[str, ...] = ()
 
 def decoder_linears(model: ModelSpec):
@@ -314,17 +325,37 @@ def _attention(model: ModelSpec, train: TrainSpec, passes: int,
 FLASH_BACKWARD_RATIO = 2.5
 
 
-def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, passes: int) -> float:
-    """Kernel launches of one micro-batch."""
-    forward = layer_kernels(model, train.fused_kernels) * model.num_layers
+def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, passes: int,
+             dropout: float) -> float:
+    """Kernel launches of one micro-batch: the forward ``passes`` times (the recompute
+    included) and the backward."""
+    layers = layer_kernels(model, train.fused_kernels) * model.num_layers
     if model.num_experts:
-        forward += model.num_layers * (
+        layers += model.num_layers * (
             MOE_LOOP_ROUTER_KERNELS + MOE_LOOP_EXPERT_KERNELS * model.num_experts
             if model.expert_modules else MOE_FUSED_KERNELS)
-    forward += LORA_KERNELS * adapter_modules(targets, train.stack)
-    if train.quantized:
-        forward += QUANT_KERNELS * quantized_weights(model)[1]
-    return forward * (passes + BACKWARD_KERNELS_RATIO)
+    modules = adapter_modules(targets, train.stack)
+    drop_forward, drop_backward = LORA_DROPOUT_KERNELS if dropout else (0, 0)
+    # bitsandbytes dequantizes each 4-bit weight again for the backward's input gradient
+    quant = QUANT_KERNELS * quantized_weights(model)[1] if train.quantized else 0
+    forward = layers + modules * (LORA_KERNELS + drop_forward) + quant
+    ratio = BACKWARD_KERNELS_RATIO if train.method == "full" else FROZEN_BACKWARD_KERNELS_RATIO
+    backward = layers * ratio + modules * (LORA_BACKWARD_KERNELS + drop_backward) + quant
+    return forward * passes + backward
+
+
+def rebuilt_lora_indices(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec) -> int:
+    """Indices a stack that rebuilds its fused q/k/v adapter's index tensor every forward
+    (:func:`lorasize.memory.stacks.rebuilds_lora_index`: lit-gpt, litgpt before 0.3.1) turns from
+    a Python list into a tensor in one forward: ``zero_pad`` lists every output index of the
+    adapted parts, and runs only when one of q, k and v has no adapter."""
+    if not rebuilds_lora_index(train.stack, train.stack_release):
+        return 0
+    parts = {t.linear.name: t for t in targets if t.linear.name in QKV_PARTS}
+    if not parts or len(parts) == len(QKV_PARTS):
+        return 0
+    width = sum(model.q_dim if name == "q_proj" else model.kv_dim for name in parts)
+    return width * max(t.copies for t in parts.values())
 
 
 def _optimizer_bytes(static, train: TrainSpec) -> float:
@@ -409,13 +440,14 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     gathers = 0.0
     if shard.gpus > 1 and shard.sharding in ("fsdp", "fsdp-grad-op", "zero3"):
         gathers = model.num_layers * (1 if shard.sharding == "fsdp-grad-op" else 2)
+    indices = 0 if full else rebuilt_lora_indices(model, targets, train)
     return StepWork(
         tokens=tokens, gathers=gathers, gemms=tuple(gemms), attention_flops=flash,
         elementwise_bytes=elementwise, dequant_weights=quantized * (passes + 1),
         optimizer_bytes=_optimizer_bytes(static, train), grad_accum=train.grad_accum,
-        kernels=_kernels(model, targets if not full else (), train, passes),
+        kernels=_kernels(model, targets if not full else (), train, passes, dropout),
         comms=tuple(_comms(model, static, train, shard)) + (
             (Comm("paging", 2 * paged_out_bytes / train.grad_accum, "none", "paging"),)
             if paged_out_bytes else ()), gpus=shard.gpus,
         forward_share=1 / (passes + 2), stack=train.stack,
-        quant=train.quant_type)
+        quant=train.quant_type, host_indices=indices * passes, syncs=indices > 0)
