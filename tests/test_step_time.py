@@ -375,3 +375,28 @@ def test_launches_a_layer_follow_litgpt():
 def _litgpt_work_for(spec, targets):
     t = TrainSpec(stack="litgpt", stack_release="0.0", batch_size=1, seq_len=_SEQ)
     return step_work(spec, resolve_targets(spec, LoraSpec(r=8, targets=targets), "litgpt"), t)
+
+
+def test_a_short_reduction_runs_below_the_gemm_efficiency():
+    """Each output tile pays a fixed cost (its first operand slices, its result) worth
+    ``gemm_k0`` steps of the reduction: GPT-2's K=768 GEMMs run well below a 7B model's
+    K=4096-8192 ones per FLOP; an fp32 GEMM's slower steps make the same cost relatively
+    smaller."""
+    from lorasize.perf.steptime import Terms, _gemm_terms, combine, default_params
+    from lorasize.perf.work import Gemm
+
+    gpu, p = gpu_from_catalog("a100-80gb"), default_params()
+
+    def per_flop(k, fp32=False):
+        g = Gemm(8192, 2304, k, 1, "base", fp32)
+        t = Terms(gemms=(_gemm_terms(g, gpu),), attention=0.0, memory=0.0, dequant=0.0,
+                  optimizer=0.0, comms=(), gathers=0.0, kernels=0.0, stack="hf-peft",
+                  forward_share=0.5)
+        return combine(t, p).seconds / g.flops
+
+    assert per_flop(768) / per_flop(8192) == pytest.approx(
+        (1 + p.gemm_k0 / 768) / (1 + p.gemm_k0 / 8192))
+    assert per_flop(768) > 1.3 * per_flop(8192)
+    ratio = gpu.bf16_tflops / gpu.fp32_tflops
+    assert per_flop(768, True) / per_flop(8192, True) == pytest.approx(
+        (1 + p.gemm_k0 / (768 * ratio)) / (1 + p.gemm_k0 / (8192 * ratio)))

@@ -62,7 +62,7 @@ def predict(s: Sample, p: TimeParams) -> float:
 def _keys(p: TimeParams) -> list[tuple[str, str | None]]:
     keys = [(k, None) for k in ("gemm_efficiency", "attention_efficiency", "bandwidth_efficiency",
                                 "dequant_bytes", "gather_us", "comm_overlap", "overlap",
-                                "launch_us")]
+                                "launch_us", "gemm_k0")]
     keys += [("comm_efficiency", k) for k in sorted(p.comm_efficiency)]
     return keys
 

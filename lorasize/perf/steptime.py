@@ -71,6 +71,10 @@ class TimeParams:
 
     Attributes:
         gemm_efficiency: fraction of the datasheet bf16 peak large GEMMs reach.
+        gemm_k0: the fixed cost of each output tile (loading its operands' first slices,
+            writing the result), as reduction steps: a GEMM over ``k`` runs ``1 + gemm_k0 / k``
+            times longer than its FLOPs at ``gemm_efficiency`` say (small hidden sizes, rank-r
+            adapter GEMMs).
         attention_efficiency: fraction of the peak flash / memory-efficient attention reaches.
         bandwidth_efficiency: fraction of the datasheet bandwidth memory-bound kernels reach.
         dequant_bytes: seconds per dequantized 4-bit weight, as bytes at the full bandwidth.
@@ -88,6 +92,7 @@ class TimeParams:
     """
 
     gemm_efficiency: float = 0.75
+    gemm_k0: float = 128.0
     attention_efficiency: float = 0.5
     bandwidth_efficiency: float = 0.8
     dequant_bytes: float = 4.5
@@ -151,7 +156,8 @@ class StepTime:
 class Terms:
     """A step's work in seconds on one GPU at efficiency 1: what the fitted figures scale.
 
-    ``gemms`` holds (breakdown key, compute seconds, memory seconds) per GEMM shape;
+    ``gemms`` holds (breakdown key, compute seconds, memory seconds, reduction length) per GEMM
+    shape;
     ``comms`` (link, seconds, hidden by) per collective."""
 
     gemms: tuple
@@ -168,7 +174,7 @@ class Terms:
     syncs: bool = False
 
 
-def _gemm_terms(g, gpu: GpuSpec) -> tuple[str, float, float]:
+def _gemm_terms(g, gpu: GpuSpec) -> tuple[str, float, float, float]:
     sms = gpu.sms or DEFAULT_SMS
     tiles = math.ceil(g.m / TILE) * math.ceil(g.n / TILE) * (g.count if g.what == "attention" else 1)
     util = tiles / (math.ceil(tiles / sms) * sms)
@@ -179,7 +185,9 @@ def _gemm_terms(g, gpu: GpuSpec) -> tuple[str, float, float]:
     element = 4.0 if g.fp32 else 2.0
     memory = element * (g.m * g.k + g.k * g.n + g.m * g.n) * g.count / (gpu.bandwidth_gbps * 1e9)
     key = {"adapter": "adapter_matmuls", "attention": "attention"}.get(g.what, "matmuls")
-    return key, compute, memory
+    # the tile's fixed cost is counted in steps of the bf16 tensor-core mainloop: an fp32 GEMM's
+    # steps are slower by the ratio of the peaks, its fixed cost relatively smaller
+    return key, compute, memory, float(g.k) * (gpu.bf16_tflops / peak)
 
 
 def _link(gpu: GpuSpec, gpus: int, link: str) -> tuple[str, float]:
@@ -216,7 +224,8 @@ def combine(t: Terms, p: TimeParams) -> StepTime:
     """Seconds of a step from its :class:`Terms` and the fitted figures."""
     parts = dict.fromkeys(BREAKDOWN_KEYS, 0.0)
     streaming = 0.0  # GEMM time bound by reading the operands rather than by the FLOPs
-    for key, compute, memory in t.gemms:
+    for key, compute, memory, k in t.gemms:
+        compute *= 1 + p.gemm_k0 / k
         seconds = max(compute / p.gemm_efficiency, memory / p.bandwidth_efficiency)
         parts[key] += seconds
         if memory / p.bandwidth_efficiency > compute / p.gemm_efficiency:
