@@ -137,3 +137,27 @@ def test_gpu_profiles_are_throughput_rows():
     cpu = dict(gpu, device={"kind": "cpu", "name": "x86_64"})
     (row,) = rows_from_profiles([gpu, cpu])
     assert row.measured_tps == 1234.0 and row.gpu.name == "l4" and row.train.seq_len == 512
+
+
+def test_a_timing_file_of_an_earlier_release_still_loads(tmp_path, cli):
+    """Files `calibrate --timing` wrote before one launch cost served every stack held a
+    figure per stack and no ``gemm_k0``: the hf-peft figure is read as the one cost, and no
+    tile cost (the model those figures were fitted under); any other missing figure is named
+    in one line."""
+    from lorasize.perf.steptime import load_params
+
+    shipped = json.loads(PARAMS_FILE.read_text())
+    old = {k: v for k, v in shipped.items() if k != "gemm_k0"}
+    old["launch_us"] = {"hf-peft": 26.1, "torchtune": 30.3, "litgpt": 53.6}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    params = load_params(path)
+    assert params.launch_us == 26.1 and params.gemm_k0 == 0
+    args = ("estimate", "-m", "llama2-7b", "-b", "1", "-s", "128", "--gpu", "a100-80gb",
+            "--timing-params", str(path))
+    code, _, err = cli(*args)
+    assert code == 0, err
+    del old["gather_us"]
+    path.write_text(json.dumps(old))
+    code, _, err = cli(*args)
+    assert code == 2 and "gather_us" in err and len(err.strip().splitlines()) == 1

@@ -130,8 +130,13 @@ def load_params(path) -> TimeParams:
             fields[name] = str(data.get("source", path))
             continue
         value = data.get(name) if isinstance(data, dict) else None
+        # files of earlier releases held a launch cost per stack and no tile cost (their
+        # figures were fitted without one)
         if name == "launch_us" and isinstance(value, dict):
-            value = value.get("hf-peft")  # files of lorasize <= 0.12 held one figure a stack
+            value = value.get("hf-peft")
+        if name == "gemm_k0" and value is None:
+            fields[name] = 0.0
+            continue
         numbers = value.values() if isinstance(value, dict) else [value]
         if value is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                     and v > 0 for v in numbers):
