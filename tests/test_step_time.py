@@ -390,8 +390,7 @@ def test_a_short_reduction_runs_below_the_gemm_efficiency():
     def per_flop(k, fp32=False):
         g = Gemm(8192, 2304, k, 1, "base", fp32)
         t = Terms(gemms=(_gemm_terms(g, gpu),), attention=0.0, memory=0.0, dequant=0.0,
-                  optimizer=0.0, comms=(), gathers=0.0, kernels=0.0, stack="hf-peft",
-                  forward_share=0.5)
+                  optimizer=0.0, comms=(), gathers=0.0, kernels=0.0, forward_share=0.5)
         return combine(t, p).seconds / g.flops
 
     assert per_flop(768) / per_flop(8192) == pytest.approx(

@@ -93,19 +93,17 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
     attention = 4.0 * rows * (context + prompt / 2) * q * model.num_layers  # QK^T and PV
     if engine in BATCHING_ENGINES:
         kernels = GRAPH_KERNELS_PER_LAYER * model.num_layers
-        stack = "hf-peft"
     else:
         layer = layer_kernels(model) + GENERATE_KERNELS_PER_LAYER
         kernels = layer * model.num_layers + GENERATE_KERNELS_PER_TOKEN
         kernels += LORA_KERNELS * sum(u.copies for u in unmerged)
         if quantized:
             kernels += QUANT_KERNELS * quantized_weights(model)[1]
-        stack = "hf-peft"
     dequant = quantized_weights(model)[0] if quantized else 0
     return StepWork(tokens=rows, gemms=tuple(gemms), attention_flops=attention,
                     elementwise_bytes=elementwise, dequant_weights=dequant, optimizer_bytes=0.0,
                     grad_accum=1, kernels=kernels, comms=(), gpus=1,
-                    forward_share=1.0, stack=stack, quant="nf4" if quantized else "none")
+                    forward_share=1.0, quant="nf4" if quantized else "none")
 
 
 def _seconds(work: StepWork, gpu: GpuSpec, params: TimeParams):

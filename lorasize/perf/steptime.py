@@ -173,7 +173,6 @@ class Terms:
     comms: tuple
     gathers: float
     kernels: float
-    stack: str
     forward_share: float
     host_seconds: float = 0.0  # the CPU's own work beyond launches (no fitted figure)
     syncs: bool = False
@@ -220,8 +219,7 @@ def terms(work: StepWork, gpu: GpuSpec) -> Terms:
                  attention=work.attention_flops / (gpu.bf16_tflops * 1e12),
                  memory=work.elementwise_bytes / bw, dequant=work.dequant_weights * factor / bw,
                  optimizer=work.optimizer_bytes / bw / work.grad_accum, comms=tuple(comms),
-                 gathers=work.gathers, kernels=work.kernels, stack=work.stack,
-                 forward_share=work.forward_share,
+                 gathers=work.gathers, kernels=work.kernels, forward_share=work.forward_share,
                  host_seconds=work.host_indices * HOST_INDEX_US * 1e-6, syncs=work.syncs)
 
 

@@ -136,7 +136,6 @@ class StepWork:
     comms: tuple[Comm, ...]
     gpus: int
     forward_share: float  # share of the GEMM and attention work that runs forward
-    stack: str
     quant: str
     gathers: float = 0.0  # FSDP / ZeRO-3 unit gathers per micro-batch
     host_indices: float = 0.0  # Python ints made into a tensor on the CPU per micro-batch
@@ -449,5 +448,5 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         comms=tuple(_comms(model, static, train, shard)) + (
             (Comm("paging", 2 * paged_out_bytes / train.grad_accum, "none", "paging"),)
             if paged_out_bytes else ()), gpus=shard.gpus,
-        forward_share=1 / (passes + 2), stack=train.stack,
-        quant=train.quant_type, host_indices=indices * passes, syncs=indices > 0)
+        forward_share=1 / (passes + 2), quant=train.quant_type, host_indices=indices * passes,
+        syncs=indices > 0)
