@@ -40,6 +40,7 @@ class GpuSpec:
     link: str = "pcie"
     link_gbps: float | None = None
     pcie_gbps: float | None = None
+    matmul_tflops: float | None = None
 
     @classmethod
     def from_entry(cls, entry: dict) -> "GpuSpec":
@@ -51,7 +52,7 @@ class GpuSpec:
             source=entry.get("source", ""), sms=entry.get("sms"),
             fp32_tflops=entry.get("fp32_tflops"),
             link=entry.get("link", "pcie"), link_gbps=entry.get("link_gbps"),
-            pcie_gbps=entry.get("pcie_gbps"),
+            pcie_gbps=entry.get("pcie_gbps"), matmul_tflops=entry.get("matmul_tflops"),
         )
 
 

@@ -91,6 +91,17 @@ def test_rows_read_what_the_frameworks_did(rows):
     assert by_id["litgpt-rt-15"].train.stack_release == "0.0"
     assert by_id["raschka-qlora-nf4"].train.stack_release == "0.0"
     assert by_id["litgpt-hub-07"].train.stack_release == ""
+    # LoRA dropout from each framework's defaults where the flags say none: fsdp_qlora's train.py
+    # 0.1, lit-gpt's finetune/lora.py and litgpt's hub configs 0.05, torchtune's configs 0.0;
+    # a row's own --lora-dropout wins
+    assert by_id["aa-h100-70b-qlora-4gpu"].dropout == 0.1
+    assert by_id["litgpt-rt-24"].dropout == 0.05
+    assert by_id["tt-31-lora-4090"].dropout == 0.0
+    assert by_id["fms-a100-046"].dropout == 0.1
+    # lit-gpt's finetune/lora.py steps the optimizer every 128 samples on each device
+    assert by_id["litgpt-rt-24"].train.grad_accum == 128 // 4
+    assert by_id["litgpt-rt-25"].train.grad_accum == 128
+    assert by_id["tt-31-lora-4090"].train.grad_accum == 1
     skipped = dict(rows[1])
     assert "boft" in skipped["peft-boft-default"]
 

@@ -27,6 +27,15 @@ NO_KBIT_PREP_MARKERS = ("accelerated-peft", "fsdp_qlora train.py")
 # lit-gpt's finetune scripts run FSDP with FSDPStrategy(activation_checkpointing_policy={Block})
 # (finetune/lora.py, 2023-24): checkpointing is on whenever FSDP is.
 CHECKPOINTED_FSDP_MARKERS = ("lit-gpt finetune/lora.py, FSDP",)
+# LoRA dropout a framework applies when a row's flags do not set it (each stack's own default
+# is validate.STACK_DEFAULT_DROPOUT): Answer.AI's fsdp_qlora ``train.py`` @05ed9f2
+# ``lora_dropout: float = 0.1`` (the same since January 2024; its benchmark commands do not
+# override it).
+FRAMEWORK_DROPOUT = {"fsdp_qlora train.py": 0.1}
+# Micro-batches per optimizer step a framework runs when a row's flags do not say: lit-gpt's
+# finetune/lora.py @8641822 ``batch_size = 128``, ``gradient_accumulation_iters = batch_size //
+# micro_batch_size`` on every device (its resource tables and Raschka's runs kept the default).
+FRAMEWORK_GLOBAL_BATCH = {"lit-gpt finetune/lora.py": 128}
 # Sources whose rows apply techniques cumulatively, so a row inherits what the rows before it
 # added, which no flag of its own says:
 # - torchtune's optimisation-flags table (README.md @bd2a0fc7c3): packed, + compile, + chunked
@@ -71,6 +80,17 @@ def _fused(row: dict) -> bool:
         return ROW_FACTS[row["id"]]["kernels"] == "fused"
     text = (row.get("framework", "") + " " + row.get("notes", "").split(";")[0]).lower()
     return any(m in text for m in FUSED_MARKERS)
+
+
+def _dropout(row: dict, given: float, stack: str, stated: bool) -> float:
+    """The row's LoRA dropout: its flag's, else its framework's default, else its stack's."""
+    from .validate import STACK_DEFAULT_DROPOUT
+
+    if stated or row["method"] == "full":
+        return given
+    framework = next((v for m, v in FRAMEWORK_DROPOUT.items() if m in row.get("framework", "")),
+                     None)
+    return framework if framework is not None else STACK_DEFAULT_DROPOUT.get(stack, given)
 
 
 def _stack_release(row: dict, stack: str) -> str:
@@ -125,6 +145,12 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                     train = replace(train, stack_release=_stack_release(raw, train.stack))
                 if any(m in raw.get("framework", "") for m in NO_KBIT_PREP_MARKERS):
                     train = replace(train, kbit_prep=False, grad_checkpointing=train.checkpointing)
+                lora = replace(lora, dropout=_dropout(raw, lora.dropout, train.stack,
+                                                      "--lora-dropout" in args))
+                batch = next((v for m, v in FRAMEWORK_GLOBAL_BATCH.items()
+                              if m in raw.get("framework", "")), None)
+                if batch and "--grad-accum" not in args:
+                    train = replace(train, grad_accum=max(batch // train.batch_size, 1))
                 gpu = build_gpu(ctx.params)
                 targets = resolve_targets(model, lora, train.stack) if train.method != "full" else ()
             except (LorasizeError, ValueError) as exc:

@@ -47,9 +47,9 @@ _MODEL_NAMES = {
     "falcon-7b": "falcon-7b",
 }
 # LoRA dropout a stack applies when a row does not state it: litgpt finetune/lora.py
-# ``lora_dropout: float = 0.05`` (every config_hub/finetune/*/lora.yaml and qlora.yaml sets 0.05 or
-# 0.1; only "> 0" changes memory).
-_DEFAULT_DROPOUT = {"litgpt": 0.05}
+# ``lora_dropout: float = 0.05`` (lit-gpt's finetune/lora.py @8641822 too; every
+# config_hub/finetune/*/lora.yaml and qlora.yaml sets 0.05 or 0.1; only "> 0" changes memory).
+STACK_DEFAULT_DROPOUT = {"litgpt": 0.05}
 _GPU_NAMES = (("a100-80", "a100-80gb"), ("a100", "a100-40gb"), ("a10g", "a10g"), ("l40s", "l40s"),
               ("4090", "rtx-4090"), ("3090", "rtx-3090"), ("h100", "h100-80gb"), ("t4", "t4"),
               ("l4", "l4"), ("v100", "v100-32gb"))
@@ -236,7 +236,7 @@ def row_estimate(row: dict, calibration: Calibration | None = None):
     r = int(row["r"]) if row["r"].strip().isdigit() else 8
     notes = row.get("notes") or ""
     stated = re.search(r"(?:lora_)?dropout\s*=?\s*([0-9]*\.?[0-9]+)", notes)
-    dropout = float(stated.group(1)) if stated else _DEFAULT_DROPOUT.get(stack, 0.0)
+    dropout = float(stated.group(1)) if stated else STACK_DEFAULT_DROPOUT.get(stack, 0.0)
     lora = LoraSpec(r=r, targets=_targets(row["targets"], model) if method in ("lora", "qlora")
                     else ("qv",), dropout=dropout)
     if metric == "trainable_params":

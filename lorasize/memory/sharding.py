@@ -184,6 +184,17 @@ def unit_bytes(model: ModelSpec, train: TrainSpec, static: StaticBytes) -> tuple
     return root, max(static.weights - root, 0) // model.num_layers
 
 
+def frozen_gradient_bytes(model: ModelSpec, train: TrainSpec, static: StaticBytes,
+                          shard: ShardSpec) -> int:
+    """Bytes of the gradients FSDP computes for frozen weights: every decoder layer's, when a
+    stack of :data:`FSDP_FROZEN_GRADIENT_STACKS` wraps each block, LoRA inside, under
+    ``use_orig_params=True`` (the flat parameter requires a gradient, so every view of it gets
+    one; torch ``fsdp/_flat_param.py``, ``_use_unsharded_views``)."""
+    if not shard.fsdp or train.method == "full" or train.stack not in FSDP_FROZEN_GRADIENT_STACKS:
+        return 0
+    return unit_bytes(model, train, static)[1] * model.num_layers
+
+
 def largest_module_params(model: ModelSpec) -> int:
     """Elements of the largest single module (its own parameters, as DeepSpeed's
     ``model_to_params`` counts for ``largest_layer_params``)."""
@@ -281,8 +292,7 @@ def _fsdp(model: ModelSpec, train: TrainSpec, static: StaticBytes,
         gathered = root + FSDP_UNITS_IN_FLIGHT * layer
     # Gradients of every unit with a trainable parameter, whole; under LoRA on a stack that mixes
     # frozen and trainable parameters in a unit, each decoder layer's (the root unit is frozen).
-    frozen = layer * model.num_layers \
-        if train.method != "full" and train.stack in FSDP_FROZEN_GRADIENT_STACKS else 0
+    frozen = frozen_gradient_bytes(model, train, static, shard)
     unsharded = static.gradients + frozen
     gradients = _split(unsharded, n)
     held = unsharded if train.grad_accum > 1 else 0

@@ -70,12 +70,16 @@ class TimeParams:
     """The fitted figures of the step-time model.
 
     Attributes:
-        gemm_efficiency: fraction of the datasheet bf16 peak large GEMMs reach.
+        gemm_efficiency: fraction of the card's measured matmul rate (:func:`matmul_tflops`)
+            a GEMM with a long reduction reaches: 1 by that rate's definition, and not fitted
+            (published throughput cannot tell it from ``gemm_k0``: the fit trades one for the
+            other at an equal loss).
         gemm_k0: the fixed cost of each output tile (loading its operands' first slices,
             writing the result), as reduction steps: a GEMM over ``k`` runs ``1 + gemm_k0 / k``
             times longer than its FLOPs at ``gemm_efficiency`` say (small hidden sizes, rank-r
             adapter GEMMs).
-        attention_efficiency: fraction of the peak flash / memory-efficient attention reaches.
+        attention_efficiency: fraction of the measured matmul rate flash / memory-efficient
+            attention reaches.
         bandwidth_efficiency: fraction of the datasheet bandwidth memory-bound kernels reach.
         dequant_bytes: seconds per dequantized 4-bit weight, as bytes at the full bandwidth.
         comm_efficiency: fraction of the link's bandwidth a ring collective reaches, per link
@@ -91,7 +95,7 @@ class TimeParams:
         source: how the figures were fitted.
     """
 
-    gemm_efficiency: float = 0.75
+    gemm_efficiency: float = 1.0
     gemm_k0: float = 128.0
     attention_efficiency: float = 0.5
     bandwidth_efficiency: float = 0.8
@@ -178,20 +182,41 @@ class Terms:
     syncs: bool = False
 
 
+@lru_cache(maxsize=1)
+def measured_matmul_ratio() -> float:
+    """The median, over the catalog cards with a measured matmul rate, of that rate over the
+    datasheet peak: what a card without a measurement is taken to reach."""
+    from statistics import median
+
+    from ..arch.catalog import gpu_entries
+
+    return median(e["matmul_tflops"] / e["bf16_tflops"] for e in gpu_entries()
+                  if e.get("matmul_tflops") and e.get("bf16_tflops"))
+
+
+def matmul_tflops(gpu: GpuSpec) -> float:
+    """Dense bf16 (fp16 where the card has no bf16) matmul TFLOP/s the card reaches: its
+    measured rate (the catalog's ``matmul_tflops``), else its datasheet peak times
+    :func:`measured_matmul_ratio`. Real clocks differ from the rated boost both ways: GeForce
+    cards run above it, data-center cards under their power cap below it."""
+    return gpu.matmul_tflops or gpu.bf16_tflops * measured_matmul_ratio()
+
+
 def _gemm_terms(g, gpu: GpuSpec) -> tuple[str, float, float, float]:
     sms = gpu.sms or DEFAULT_SMS
     tiles = math.ceil(g.m / TILE) * math.ceil(g.n / TILE) * (g.count if g.what == "attention" else 1)
     util = tiles / (math.ceil(tiles / sms) * sms)
-    if any(int(d) % TENSOR_CORE_MULTIPLE for d in (g.n, g.k)):
+    if any(int(d) % TENSOR_CORE_MULTIPLE for d in ((g.m, g.n) if g.reduces_tokens else (g.n, g.k))):
         util *= MISALIGNED_EFFICIENCY
-    peak = (gpu.fp32_tflops or gpu.bf16_tflops / FP32_FALLBACK_RATIO) if g.fp32 else gpu.bf16_tflops
+    tensor = matmul_tflops(gpu)
+    peak = (gpu.fp32_tflops or gpu.bf16_tflops / FP32_FALLBACK_RATIO) if g.fp32 else tensor
     compute = g.flops / (peak * 1e12 * util)
     element = 4.0 if g.fp32 else 2.0
     memory = element * (g.m * g.k + g.k * g.n + g.m * g.n) * g.count / (gpu.bandwidth_gbps * 1e9)
     key = {"adapter": "adapter_matmuls", "attention": "attention"}.get(g.what, "matmuls")
     # the tile's fixed cost is counted in steps of the bf16 tensor-core mainloop: an fp32 GEMM's
     # steps are slower by the ratio of the peaks, its fixed cost relatively smaller
-    return key, compute, memory, float(g.k) * (gpu.bf16_tflops / peak)
+    return key, compute, memory, float(g.k) * (tensor / peak)
 
 
 def _link(gpu: GpuSpec, gpus: int, link: str) -> tuple[str, float]:
@@ -216,7 +241,7 @@ def terms(work: StepWork, gpu: GpuSpec) -> Terms:
         kind, gbps = _link(gpu, work.gpus, c.link)
         comms.append((kind, c.bytes / (gbps * 1e9), c.hidden_by))
     return Terms(gemms=tuple(_gemm_terms(g, gpu) for g in work.gemms),
-                 attention=work.attention_flops / (gpu.bf16_tflops * 1e12),
+                 attention=work.attention_flops / (matmul_tflops(gpu) * 1e12),
                  memory=work.elementwise_bytes / bw, dequant=work.dequant_weights * factor / bw,
                  optimizer=work.optimizer_bytes / bw / work.grad_accum, comms=tuple(comms),
                  gathers=work.gathers, kernels=work.kernels, forward_share=work.forward_share,

@@ -29,7 +29,7 @@ from ..arch.parts import QKV_PARTS, adapter_modules
 from ..arch.layout import block_linears, copies, expert_matrix_numel
 from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target, first_adapted_layer
 from ..arch.model import ModelSpec
-from ..memory.sharding import ShardSpec
+from ..memory.sharding import ShardSpec, frozen_gradient_bytes
 from ..memory.stacks import as_built, rebuilds_lora_index
 from ..memory.weights import static_bytes
 from ..specs import TrainSpec
@@ -93,6 +93,11 @@ FUSED_LAYER_KERNELS = 16  # norms, rope and the MLP activation one kernel each
 # base is frozen (65 against 41: no weight gradients, nor their accumulation).
 BACKWARD_KERNELS_RATIO = 1.85
 FROZEN_BACKWARD_KERNELS_RATIO = 1.6
+# Gradients of frozen weights under FSDP's use_orig_params=True (lit-gpt's LoRA units,
+# :func:`lorasize.memory.sharding.frozen_gradient_bytes`): the views' gradients are concatenated
+# into the flat parameter's (split's backward: read, write) and accumulated into its ``.grad``
+# across micro-batches (read both, write): five touches of each gradient byte a micro-batch.
+FROZEN_GRADIENT_TOUCHES = 5
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class Gemm:
     count: float
     what: str  # "base", "adapter", "head", "attention"
     fp32: bool = False  # runs on fp32 tensors (no tensor cores under torch's defaults)
+    # a weight's gradient: the reduction runs over the tokens, a strided dimension of both
+    # operands, so only m and n are leading dimensions (their alignment is what counts)
+    reduces_tokens: bool = False
 
     @property
     def flops(self) -> float:
@@ -221,7 +229,10 @@ def _block_output(model: ModelSpec):
 
 
 def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int,
-                  first: int | None, adapted: set[str]) -> list[Gemm]:
+                  first: int | None, adapted: set[str], weight_grads: bool = False
+                  ) -> list[Gemm]:
+    """The base linears' GEMMs; ``weight_grads``: every weight's gradient is computed (full
+    fine-tuning, or frozen weights FSDP gives a gradient)."""
     out = []
     last = _block_output(model)
     skips = _first_layer_skips(model, adapted) if first is not None else set()
@@ -235,8 +246,9 @@ def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int,
         out.append(Gemm(rows, m.out_features, m.in_features, n * per_copy * runs, "base"))
         graded = n if full else _input_gradient_copies(m, n, first, skips)
         out.append(Gemm(rows, m.in_features, m.out_features, graded * per_copy, "base"))
-        if full:
-            out.append(Gemm(m.in_features, m.out_features, rows, n * per_copy, "base"))
+        if full or weight_grads:
+            out.append(Gemm(m.in_features, m.out_features, rows, n * per_copy, "base",
+                            reduces_tokens=True))
     return out
 
 
@@ -267,10 +279,10 @@ def _adapter_gemms(model: ModelSpec, targets: tuple[Target, ...], tokens: int, p
         out += [Gemm(rows, r, lin.in_features, n * passes, "adapter", fp32),
                 Gemm(rows, lin.out_features, r, n * b_runs, "adapter", fp32)]
         out += [Gemm(rows, r, lin.out_features, n, "adapter", fp32),  # B's input gradient
-                Gemm(r, lin.out_features, rows, n, "adapter", fp32),  # B's weight gradient
+                Gemm(r, lin.out_features, rows, n, "adapter", fp32, True),  # B's weight gradient
                 Gemm(rows, lin.in_features, r, n - first_copies * max(lin.experts, 1), "adapter",
                      fp32),  # A's input gradient
-                Gemm(lin.in_features, r, rows, n, "adapter", fp32)]  # A's weight gradient
+                Gemm(lin.in_features, r, rows, n, "adapter", fp32, True)]  # A's weight gradient
     return out
 
 
@@ -325,9 +337,9 @@ FLASH_BACKWARD_RATIO = 2.5
 
 
 def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, passes: int,
-             dropout: float) -> float:
+             dropout: float, weight_grads: bool = False) -> float:
     """Kernel launches of one micro-batch: the forward ``passes`` times (the recompute
-    included) and the backward."""
+    included) and the backward (with every weight's gradient when ``weight_grads``)."""
     layers = layer_kernels(model, train.fused_kernels) * model.num_layers
     if model.num_experts:
         layers += model.num_layers * (
@@ -338,7 +350,8 @@ def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, pa
     # bitsandbytes dequantizes each 4-bit weight again for the backward's input gradient
     quant = QUANT_KERNELS * quantized_weights(model)[1] if train.quantized else 0
     forward = layers + modules * (LORA_KERNELS + drop_forward) + quant
-    ratio = BACKWARD_KERNELS_RATIO if train.method == "full" else FROZEN_BACKWARD_KERNELS_RATIO
+    ratio = BACKWARD_KERNELS_RATIO if train.method == "full" or weight_grads \
+        else FROZEN_BACKWARD_KERNELS_RATIO
     backward = layers * ratio + modules * (LORA_BACKWARD_KERNELS + drop_backward) + quant
     return forward * passes + backward
 
@@ -366,8 +379,10 @@ def _optimizer_bytes(static, train: TrainSpec) -> float:
     return 2 * params + 2 * static.gradients + 2 * state
 
 
-def _comms(model: ModelSpec, static, train: TrainSpec, shard: ShardSpec) -> list[Comm]:
-    """What each GPU sends per micro-batch (ring collectives: (N - 1) / N of the buffer)."""
+def _comms(model: ModelSpec, static, train: TrainSpec, shard: ShardSpec,
+           frozen_grads: float = 0.0) -> list[Comm]:
+    """What each GPU sends per micro-batch (ring collectives: (N - 1) / N of the buffer);
+    ``frozen_grads``: bytes of frozen weights' gradients FSDP reduces as well."""
     n = shard.gpus
     if n <= 1:
         return []
@@ -383,7 +398,8 @@ def _comms(model: ModelSpec, static, train: TrainSpec, shard: ShardSpec) -> list
         out.append(Comm("all-gather", ring * gathered, "forward"))
         if shard.sharding != "fsdp-grad-op":
             out.append(Comm("all-gather", ring * gathered, "backward"))
-        out.append(Comm("reduce-scatter", ring * static.gradients, "backward"))
+        out.append(Comm("reduce-scatter",
+                        ring * (static.gradients + frozen_grads / train.grad_accum), "backward"))
     if shard.offload == "params":
         weights = (static.weights + static.adapter) / n
         out.append(Comm("offload", 2 * weights, "none", "host"))
@@ -412,8 +428,10 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         # every layer computes its input gradients (counted with torch's FlopCounterMode on
         # transformers 5.23 + PEFT 0.21, tests/test_step_time.py)
         first = None
+    static = static_bytes(model, targets if not full else (), train, dora)
+    frozen_grads = frozen_gradient_bytes(model, train, static, shard)
     gemms = _linear_gemms(model, full, tokens, passes, first,
-                          set() if full else {t.linear.path for t in targets})
+                          set() if full else {t.linear.path for t in targets}, frozen_grads > 0)
     gemms.append(Gemm(tokens, model.vocab_size, model.hidden_size, 2 + full, "head"))
     if not full:
         fp32 = not train.autocast and train.adapter_dtype == "fp32" and train.dtype != "fp32"
@@ -427,10 +445,10 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
                                                 for m in inputs) else 0)
     flash, eager = _attention(model, train, passes, max(backward_layers, 0))
     gemms += eager
-    static = static_bytes(model, targets if not full else (), train, dora)
     elementwise = _elementwise_bytes(model, targets if not full else (), train, dropout,
                                      dora and not full, passes)
     elementwise += _eager_score_bytes(model, train, passes)
+    elementwise += FROZEN_GRADIENT_TOUCHES * frozen_grads
     if dora and not full:
         # the weight norm of W + BA each forward: read the weight, write and read the sum in fp32
         elementwise += passes * sum(t.copies * t.linear.in_features * t.linear.out_features
@@ -444,8 +462,9 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         tokens=tokens, gathers=gathers, gemms=tuple(gemms), attention_flops=flash,
         elementwise_bytes=elementwise, dequant_weights=quantized * (passes + 1),
         optimizer_bytes=_optimizer_bytes(static, train), grad_accum=train.grad_accum,
-        kernels=_kernels(model, targets if not full else (), train, passes, dropout),
-        comms=tuple(_comms(model, static, train, shard)) + (
+        kernels=_kernels(model, targets if not full else (), train, passes, dropout,
+                         frozen_grads > 0),
+        comms=tuple(_comms(model, static, train, shard, frozen_grads)) + (
             (Comm("paging", 2 * paged_out_bytes / train.grad_accum, "none", "paging"),)
             if paged_out_bytes else ()), gpus=shard.gpus,
         forward_share=1 / (passes + 2), quant=train.quant_type, host_indices=indices * passes,

@@ -29,6 +29,13 @@ bf16_tflops
     on those cards (FP32 accumulate is what training frameworks use).  Cards
     without bf16 (Turing, Volta) carry their fp16 tensor figure; the note says
     so.  Figures are at the vendor's rated boost clock.
+matmul_tflops
+    MEASURED dense bf16 (fp16 on Turing and Volta) ``torch.matmul`` TFLOP/s: the best square size
+    from 1024 to 10240 (zzc0721/torch-performance-test-data) or the best shape found (Stas
+    Bekman's MAMF finder), median of the card's public entries. Real clocks differ from the
+    rated boost: GeForce cards reach their datasheet figure or more, data-center cards 75-87%
+    of it. The step-time model times GEMMs and attention against it; absent where no
+    measurement was found.
 bandwidth_gbps
     Peak memory bandwidth in GB/s (1e9 bytes/s) from the datasheet.
 fp32_tflops
@@ -72,6 +79,7 @@ GPUS = [
         arch="ampere",
         memory_mib=40960,
         bf16_tflops=312.0,
+        matmul_tflops=264.53,
         bandwidth_gbps=1555.0,
         fp32_tflops=19.5,
         sms=108,
@@ -83,6 +91,10 @@ GPUS = [
             "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf ; "
             "memory_mib: https://github.com/bottlerocket-os/bottlerocket-core-kit/pull/834 "
             "(driver 580, 40960MiB) and https://github.com/modal-labs/modal-client/pull/2797"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'A100 "
+            "40GB' 246.33, 'A100 SXM4 80GB' 264.53; stas00/ml-engineering "
+            "compute/accelerator/README.md @744d01e (MAMF): 'A100 SXM' 271.2 (the same GA100 chip "
+            "and clocks in both memory sizes; median)"
         ),
         note=(
             "SXM4 and PCIe 40GB share these figures (PCIe has lower power limit). "
@@ -104,6 +116,7 @@ GPUS = [
         arch="ampere",
         memory_mib=81920,
         bf16_tflops=312.0,
+        matmul_tflops=264.53,
         bandwidth_gbps=2039.0,
         fp32_tflops=19.5,
         sms=108,
@@ -115,6 +128,10 @@ GPUS = [
             "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf ; "
             "memory_mib: https://github.com/allenai/PeerRead/issues/40 and "
             "https://github.com/NVIDIA/mig-parted/issues/31"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'A100 "
+            "40GB' 246.33, 'A100 SXM4 80GB' 264.53; stas00/ml-engineering "
+            "compute/accelerator/README.md @744d01e (MAMF): 'A100 SXM' 271.2 (the same GA100 chip "
+            "and clocks in both memory sizes; median)"
         ),
         note=(
             "Bandwidth is the SXM4 figure; the 80GB PCIe card (same nvidia-smi total) is "
@@ -182,6 +199,7 @@ GPUS = [
         arch="hopper",
         memory_mib=81559,
         bf16_tflops=989.0,
+        matmul_tflops=794.5,
         bandwidth_gbps=3350.0,
         fp32_tflops=66.9,
         sms=132,
@@ -192,6 +210,9 @@ GPUS = [
             "specs: https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet ; "
             "memory_mib: https://github.com/NVIDIA/nccl/issues/1264 and "
             "https://github.com/wilicc/gpu-burn/issues/114"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'H100 "
+            "80GB HBM3' 797.51, 783.66; stas00/ml-engineering compute/accelerator/README.md "
+            "@744d01e (MAMF): 'H100 SXM' 794.5 (median)"
         ),
         note=(
             "SXM5 part; nvidia-smi names it 'NVIDIA H100 80GB HBM3'. Datasheet 1979 TFLOPS "
@@ -205,6 +226,7 @@ GPUS = [
         arch="hopper",
         memory_mib=81559,
         bf16_tflops=756.0,
+        matmul_tflops=495.93,
         bandwidth_gbps=2000.0,
         fp32_tflops=51.2,
         sms=114,
@@ -216,6 +238,8 @@ GPUS = [
             "https://github.com/qoofyk/LLM_Sizing_Guide/issues/3) ; "
             "memory_mib: 'NVIDIA H100 PCIe ... / 81559MiB' seen in several nvidia-smi printouts "
             "committed to public GitHub repositories (found by text search, no issue URL)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'H100 "
+            "PCIe' 495.93"
         ),
         note="HBM2e, 114 SMs, 350 W. Bandwidth datasheet says 2 TB/s (TechPowerUp lists 2039 GB/s).",
     ),
@@ -226,6 +250,7 @@ GPUS = [
         arch="hopper",
         memory_mib=143771,
         bf16_tflops=989.0,
+        matmul_tflops=792.4,
         bandwidth_gbps=4800.0,
         fp32_tflops=66.9,
         sms=132,
@@ -236,6 +261,9 @@ GPUS = [
             "specs: https://www.nvidia.com/en-us/data-center/h200/ ; "
             "memory_mib: 'NVIDIA H200 ... / 143771MiB' seen in many nvidia-smi printouts "
             "committed to public GitHub repositories (found by text search, no issue URL)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'H200' "
+            "790.29; stas00/ml-engineering compute/accelerator/README.md @744d01e (MAMF): 'H100 "
+            "SXM' 794.5, 'H200 is the same' (median)"
         ),
         note=(
             "SXM part (141 GB HBM3e). Datasheet 1979 TFLOPS bf16 is with sparsity. "
@@ -251,6 +279,7 @@ GPUS = [
         arch="ada",
         memory_mib=23034,
         bf16_tflops=121.0,
+        matmul_tflops=70.89,
         bandwidth_gbps=300.0,
         fp32_tflops=30.3,
         sms=58,
@@ -260,6 +289,7 @@ GPUS = [
             "specs: https://www.nvidia.com/en-us/data-center/l4/ ; "
             "memory_mib: https://github.com/speaches-ai/speaches/pull/438 (0MiB / 23034MiB) and "
             "https://github.com/modal-labs/modal-client/pull/2797"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'L4' 70.89"
         ),
         note="Datasheet 242 TFLOPS bf16 is with sparsity; 121 dense.",
     ),
@@ -270,6 +300,7 @@ GPUS = [
         arch="ada",
         memory_mib=46068,
         bf16_tflops=362.05,
+        matmul_tflops=269.15,
         bandwidth_gbps=864.0,
         fp32_tflops=91.6,
         sms=142,
@@ -279,6 +310,8 @@ GPUS = [
             "specs: https://www.nvidia.com/en-us/data-center/l40s/ ; "
             "memory_mib: https://github.com/akash-network/provider-configs/pull/99 "
             "(memory.total 46068 MiB) and https://github.com/wtdcode/vllm-backport/issues/14"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'L40S' "
+            "269.15"
         ),
         note="Datasheet 733 TFLOPS bf16 is with sparsity; 362.05 dense.",
     ),
@@ -290,6 +323,7 @@ GPUS = [
         arch="turing",
         memory_mib=15360,
         bf16_tflops=65.0,
+        matmul_tflops=41.93,
         bandwidth_gbps=320.0,
         fp32_tflops=8.1,
         sms=40,
@@ -300,6 +334,8 @@ GPUS = [
             "t4-tensor-core-datasheet-951643.pdf ; "
             "memory_mib: https://github.com/modal-labs/modal-client/pull/2797 "
             "(15360MiB; also in countless Colab/Kaggle nvidia-smi printouts)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'Tesla T4"
+            " 16GB' fp16 41.91, 42.71, 41.93 (median; no bf16 on Turing)"
         ),
         note="T4 has no bf16; this is the fp16 (mixed precision) tensor figure.",
     ),
@@ -316,6 +352,7 @@ GPUS = [
         arch="volta",
         memory_mib=16384,
         bf16_tflops=125.0,
+        matmul_tflops=94.84,
         bandwidth_gbps=900.0,
         fp32_tflops=15.7,
         sms=80,
@@ -328,6 +365,8 @@ GPUS = [
             "memory_mib: 'Tesla V100-SXM2-16GB ... / 16384MiB' seen in many nvidia-smi printouts "
             "(driver 535+) committed to public GitHub repositories (no issue URL); "
             "older drivers print 16160MiB (https://github.com/4paradigm/k8s-vgpu-scheduler/issues/7)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'Tesla "
+            "V100-SXM2-16GB' fp16 94.84 (no bf16 on Volta)"
         ),
         note=(
             "V100 has no bf16; this is the fp16 tensor figure for SXM2 (the PCIe card is "
@@ -346,6 +385,7 @@ GPUS = [
         arch="volta",
         memory_mib=32768,
         bf16_tflops=125.0,
+        matmul_tflops=94.84,
         bandwidth_gbps=900.0,
         fp32_tflops=15.7,
         sms=80,
@@ -358,6 +398,8 @@ GPUS = [
             "memory_mib: https://github.com/Wan-Video/Wan2.1/issues/5 "
             "(driver 525, 308MiB / 32768MiB); older drivers print 32480MiB "
             "(https://github.com/godweiyang/GrabGPU/issues/5)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'Tesla "
+            "V100-SXM2-16GB' fp16 94.84 (the same GV100 chip; no bf16 on Volta)"
         ),
         note=(
             "V100 has no bf16; fp16 tensor figure for SXM2 (PCIe 112 TFLOPS). "
@@ -372,6 +414,7 @@ GPUS = [
         arch="ampere",
         memory_mib=49140,
         bf16_tflops=154.8,
+        matmul_tflops=123.34,
         bandwidth_gbps=768.0,
         fp32_tflops=38.7,
         sms=84,
@@ -382,6 +425,8 @@ GPUS = [
             "(RTX A6000: bf16 FP32-accumulate 154.8 / 309.7 sparse) and "
             "https://www.nvidia.com/en-us/design-visualization/rtx-a6000/ ; "
             "memory_mib: https://github.com/noonghunna/club-3090/issues/1047 (49140 MiB)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'RTX "
+            "A6000' 123.34"
         ),
         note="Professional card: FP32-accumulate runs at full rate, unlike GeForce.",
     ),
@@ -422,6 +467,7 @@ GPUS = [
         arch="ampere",
         memory_mib=24576,
         bf16_tflops=71.0,
+        matmul_tflops=76.58,
         bandwidth_gbps=936.2,
         fp32_tflops=35.6,
         sms=82,
@@ -432,6 +478,8 @@ GPUS = [
             "(RTX 3090: bf16 FP32-accumulate 71 / 142 sparse) ; "
             "memory_mib: https://github.com/noonghunna/club-3090/issues/1127 and "
             "https://github.com/noonghunna/club-3090/issues/751 (24576MiB)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'GeForce "
+            "RTX 3090' 76.58, 'GeForce RTX 3090 24GB' 76.68, 'RTX 3090 24GB' 76.34 (median)"
         ),
         note="bf16 with FP32 accumulate (GeForce half rate); fp16 with fp16 accumulate is 142 dense.",
     ),
@@ -466,6 +514,7 @@ GPUS = [
         arch="ada",
         memory_mib=24564,
         bf16_tflops=165.2,
+        matmul_tflops=165.26,
         bandwidth_gbps=1008.0,
         fp32_tflops=82.6,
         sms=128,
@@ -476,6 +525,9 @@ GPUS = [
             "(RTX 4090: bf16 FP32-accumulate 165.2 / 330.4 sparse) ; "
             "memory_mib: https://github.com/vllm-project/vllm/issues/7553 and "
             "https://github.com/RLinf/RLinf/issues/255 (24564MiB)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: the 24 GB"
+            " RTX 4090 entries 165.71, 164.81, 163.09, 170.06, 173.31, 162.39 (median; 48 GB and "
+            "4090D variants left out)"
         ),
         note="bf16 with FP32 accumulate (GeForce half rate); fp16 with fp16 accumulate is 330.3 dense.",
     ),
@@ -487,6 +539,7 @@ GPUS = [
         arch="blackwell",
         memory_mib=32607,
         bf16_tflops=209.5,
+        matmul_tflops=238.04,
         bandwidth_gbps=1792.0,
         fp32_tflops=104.8,
         sms=170,
@@ -496,6 +549,8 @@ GPUS = [
             "specs: https://images.nvidia.com/aem-dam/Solutions/geforce/blackwell/"
             "nvidia-rtx-blackwell-gpu-architecture.pdf ; "
             "memory_mib: https://github.com/noonghunna/club-3090/issues/617 (492MiB / 32607MiB)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'RTX 5090"
+            " 32GB' 236.03, 242.18, 'GeForce RTX 5090' 221.65, 240.05 (median)"
         ),
         note=(
             "bf16 with FP32 accumulate (GeForce half rate): 170 SMs x 2.407 GHz x 512 = 209.5 "
@@ -511,6 +566,7 @@ GPUS = [
         arch="blackwell",
         memory_mib=183359,
         bf16_tflops=2250.0,
+        matmul_tflops=1720.5,
         bandwidth_gbps=8000.0,
         fp32_tflops=80.0,
         sms=148,
@@ -521,6 +577,9 @@ GPUS = [
             "specs: https://www.nvidia.com/en-us/data-center/hgx/ (HGX B200: 4.5 PFLOPS bf16 "
             "sparse per GPU) ; "
             "memory_mib: https://github.com/NVIDIA/TensorRT-LLM/issues/10278 (166593MiB / 183359MiB)"
+            " ; matmul_tflops: zzc0721/torch-performance-test-data database.md @9d82827: 'B200 "
+            "180GB' 1696.03; stas00/ml-engineering compute/accelerator/README.md @744d01e (MAMF): "
+            "'B200 SXM' 1745.0 (median)"
         ),
         note=(
             "Datasheet bandwidth 8 TB/s; the driver-reported bus width gives 7.68 TB/s "
@@ -535,6 +594,7 @@ GPUS = [
         arch="cdna3",
         memory_mib=196592,
         bf16_tflops=1307.4,
+        matmul_tflops=668.4,
         bandwidth_gbps=5300.0,
         fp32_tflops=163.4,
         sms=304,
@@ -545,6 +605,8 @@ GPUS = [
             "specs: https://www.amd.com/en/products/accelerators/instinct/mi300/mi300x.html ; "
             "memory_mib: https://github.com/ROCm/legacy-rocm-build/issues/4750 "
             "(rocm-smi --showmeminfo vram: 206141652992 bytes = 196592 MiB)"
+            " ; matmul_tflops: stas00/ml-engineering compute/accelerator/README.md @744d01e "
+            "(MAMF): 'AMD MI300X' 668.4 (ROCm 6.3, PYTORCH_TUNABLEOP_ENABLED=1)"
         ),
         note=(
             "Total from rocm-smi (no nvidia-smi). 192 GiB HBM3 is 196608 MiB; rocm-smi reports "
