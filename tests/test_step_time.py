@@ -491,7 +491,8 @@ def test_fsdp_units_mixing_frozen_and_trained_weights_compute_the_frozen_gradien
 
 def test_a_weight_gradient_over_an_odd_token_count_keeps_its_tensor_cores():
     """A weight's gradient reduces over the tokens, a strided dimension of both operands, so
-    500 tokens (4 x 125) leave its leading dimensions aligned; a vocabulary of 50,257 does not."""
+    500 tokens (4 x 125) leave its leading dimensions aligned; a vocabulary of 50,257 does not,
+    under tensor cores; fp32 GEMMs do without them."""
     from lorasize.perf.steptime import _gemm_terms, matmul_tflops
     from lorasize.perf.work import Gemm
 
@@ -504,6 +505,10 @@ def test_a_weight_gradient_over_an_odd_token_count_keeps_its_tensor_cores():
     head = Gemm(512, 50257, 768, 1, "head")
     padded = Gemm(512, 50304, 768, 1, "head")
     assert _gemm_terms(head, gpu)[1] > 3 * _gemm_terms(padded, gpu)[1]
+    # the rule is the tensor cores': an fp32 GEMM (CUDA cores) of rank 10 pays nothing for it
+    rank10 = Gemm(4096, 10, 3072, 1, "adapter", True)
+    rank16 = Gemm(4096, 16, 3072, 1, "adapter", True)
+    assert _gemm_terms(rank10, gpu)[1] == pytest.approx(_gemm_terms(rank16, gpu)[1] * 10 / 16)
 
 
 def test_gemms_run_at_the_rate_the_card_is_measured_at():

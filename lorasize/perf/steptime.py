@@ -206,7 +206,10 @@ def _gemm_terms(g, gpu: GpuSpec) -> tuple[str, float, float, float]:
     sms = gpu.sms or DEFAULT_SMS
     tiles = math.ceil(g.m / TILE) * math.ceil(g.n / TILE) * (g.count if g.what == "attention" else 1)
     util = tiles / (math.ceil(tiles / sms) * sms)
-    if any(int(d) % TENSOR_CORE_MULTIPLE for d in ((g.m, g.n) if g.reduces_tokens else (g.n, g.k))):
+    leading = (g.m, g.n) if g.reduces_tokens else (g.n, g.k)
+    # the alignment rule is the tensor cores': an fp32 GEMM (torch's allow_tf32=False default)
+    # runs on the CUDA cores whatever its shape
+    if not g.fp32 and any(int(d) % TENSOR_CORE_MULTIPLE for d in leading):
         util *= MISALIGNED_EFFICIENCY
     tensor = matmul_tflops(gpu)
     peak = (gpu.fp32_tflops or gpu.bf16_tflops / FP32_FALLBACK_RATIO) if g.fp32 else tensor
