@@ -148,6 +148,11 @@ def test_models_and_gpus_catalogs(cli):
     assert {"a100-40gb", "a100-80gb", "h100-80gb", "h200", "l4", "t4", "a10g", "l40s", "rtx-3090",
             "rtx-4090", "v100-32gb", "mi300x"} <= gpus
     assert "llama2-7b" in cli("models")[1] and "rtx-4090" in cli("gpus")[1]
+    # the measured matmul rate beside the datasheet's: an RTX 4090 at its peak, an A10G unmeasured
+    table = {line.split()[0]: line.split() for line in cli("gpus")[1].splitlines()[2:]}
+    assert "measured" in cli("gpus")[1]
+    assert table["rtx-4090"][-3:] == ["165.2", "165.26", "1008"]
+    assert table["a10g"][-2:] == ["-", "600"]
 
 
 def test_inspect_real_adapter(cli, tmp_path):

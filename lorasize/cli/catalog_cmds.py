@@ -47,7 +47,12 @@ def models(as_json: bool) -> int:
 @click.command()
 @output_options
 def gpus(as_json: bool) -> int:
-    """List the catalog GPUs: memory as nvidia-smi reports it, bf16 TFLOP/s, bandwidth.
+    """List the catalog GPUs: memory, datasheet and measured TFLOP/s, bandwidth.
+
+    Memory is the total nvidia-smi reports; "bf16 TFLOP/s" the datasheet's dense peak;
+    "measured" the bf16 matmul rate the card is measured to reach in public benchmarks, which
+    the step-time model times GEMMs against ("-" where none is published: the datasheet times
+    the median ratio of the measured cards).
 
     \b
     Example:
@@ -60,6 +65,7 @@ def gpus(as_json: bool) -> int:
         return 0
     click.echo(table(
         [(r["name"], f"{r['memory_mib']:,} MiB", format_bytes(r["memory_bytes"], "GiB"), r["arch"],
-          f"{r['bf16_tflops']:g}", f"{r['bandwidth_gbps']:g}") for r in rows],
-        ("name", "memory", "", "arch", "bf16 TFLOP/s", "GB/s"), "lrrlrr"))
+          f"{r['bf16_tflops']:g}", f"{r['matmul_tflops']:g}" if r.get("matmul_tflops") else "-",
+          f"{r['bandwidth_gbps']:g}") for r in rows],
+        ("name", "memory", "", "arch", "bf16 TFLOP/s", "measured", "GB/s"), "lrrlrrr"))
     return 0
