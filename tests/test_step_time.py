@@ -531,3 +531,11 @@ def test_gemms_run_at_the_rate_the_card_is_measured_at():
     assert len(measured) >= 10 and measured[0] <= measured_matmul_ratio() <= measured[-1]
     custom = GpuSpec("custom", 24 << 30, bf16_tflops=100.0, bandwidth_gbps=1000.0)
     assert matmul_tflops(custom) == pytest.approx(100.0 * measured_matmul_ratio())
+    # the user hears when the rate is the stand-in
+    spec = resolve_model("llama2-7b")
+    train = TrainSpec(batch_size=4, seq_len=512)
+    targets = resolve_targets(spec, LoraSpec(r=8), "hf-peft")
+    unmeasured = training_time(spec, targets, train, gpu_from_catalog("a10g")).notes
+    measured = training_time(spec, targets, train, gpu_from_catalog("rtx-4090")).notes
+    assert any("no published matmul measurement for a10g" in n for n in unmeasured)
+    assert not any("matmul measurement" in n for n in measured)

@@ -145,12 +145,16 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         step, breakdown, bound, kind = compute + dequant, {"compute": compute,
                                                           "dequantization": dequant}, "compute", "mfu"
     else:
-        from .steptime import HOST_INDEX_US, step_time
+        from .steptime import HOST_INDEX_US, measured_matmul_ratio, step_time
         from .work import step_work
 
         work = step_work(model, targets, train, shard, dropout, dora, paged_out_bytes)
         timed = step_time(work, gpu, params)
         step, breakdown, bound, kind = timed.seconds, timed.breakdown, timed.bound, "step"
+        if not gpu.matmul_tflops:
+            notes += (f"no published matmul measurement for {gpu.name}: its GEMMs are timed at "
+                      f"{measured_matmul_ratio():.0%} of its datasheet bf16 peak, the median of "
+                      f"the measured cards ('lorasize gpus')",)
         if work.host_indices:
             notes += (f"{train.stack} {train.stack_release} rebuilds the q/k/v adapter's index "
                       f"from a Python list in every layer's forward and waits for the GPU there: "
