@@ -28,7 +28,7 @@ NO_KBIT_PREP_MARKERS = ("accelerated-peft", "fsdp_qlora train.py")
 # (finetune/lora.py, 2023-24): checkpointing is on whenever FSDP is.
 CHECKPOINTED_FSDP_MARKERS = ("lit-gpt finetune/lora.py, FSDP",)
 # LoRA dropout a framework applies when a row's flags do not set it (each stack's own default
-# is validate.STACK_DEFAULT_DROPOUT): Answer.AI's fsdp_qlora ``train.py`` @05ed9f2
+# is memory.stacks.STACK_DEFAULT_DROPOUT): Answer.AI's fsdp_qlora ``train.py`` @05ed9f2
 # ``lora_dropout: float = 0.1`` (the same since January 2024; its benchmark commands do not
 # override it).
 FRAMEWORK_DROPOUT = {"fsdp_qlora train.py": 0.1}
@@ -82,14 +82,18 @@ def _fused(row: dict) -> bool:
     return any(m in text for m in FUSED_MARKERS)
 
 
+def _framework_default(row: dict, defaults: dict):
+    """The value of ``defaults`` whose marker the row's framework column names, or None."""
+    return next((v for m, v in defaults.items() if m in row.get("framework", "")), None)
+
+
 def _dropout(row: dict, given: float, stack: str, stated: bool) -> float:
     """The row's LoRA dropout: its flag's, else its framework's default, else its stack's."""
-    from .validate import STACK_DEFAULT_DROPOUT
+    from ..memory.stacks import STACK_DEFAULT_DROPOUT
 
     if stated or row["method"] == "full":
         return given
-    framework = next((v for m, v in FRAMEWORK_DROPOUT.items() if m in row.get("framework", "")),
-                     None)
+    framework = _framework_default(row, FRAMEWORK_DROPOUT)
     return framework if framework is not None else STACK_DEFAULT_DROPOUT.get(stack, given)
 
 
@@ -147,8 +151,7 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                     train = replace(train, kbit_prep=False, grad_checkpointing=train.checkpointing)
                 lora = replace(lora, dropout=_dropout(raw, lora.dropout, train.stack,
                                                       "--lora-dropout" in args))
-                batch = next((v for m, v in FRAMEWORK_GLOBAL_BATCH.items()
-                              if m in raw.get("framework", "")), None)
+                batch = _framework_default(raw, FRAMEWORK_GLOBAL_BATCH)
                 if batch and "--grad-accum" not in args:
                     train = replace(train, grad_accum=max(batch // train.batch_size, 1))
                 gpu = build_gpu(ctx.params)

@@ -26,7 +26,8 @@ from ..estimate import Calibration, estimate
 from ..arch.lora import LoraSpec, resolve_targets, trainable_params
 from ..arch.model import ModelSpec
 from ..memory.sharding import grad_accum_from_row, sharding_from_row
-from ..memory.stacks import TORCHTUNE_02_RELEASED, TORCHTUNE_ALL_NF4_RELEASED
+from ..memory.stacks import (STACK_DEFAULT_DROPOUT, TORCHTUNE_02_RELEASED,
+                             TORCHTUNE_ALL_NF4_RELEASED)
 from ..specs import TrainSpec
 
 REQUIRED_COLUMNS = ("id", "source", "model", "task", "stack", "method", "base_precision",
@@ -46,10 +47,6 @@ _MODEL_NAMES = {
     "tinyllama-1.1b": "tinyllama-1.1b", "gemma-7b": "gemma-7b", "gemma-2b": "gemma-2b",
     "falcon-7b": "falcon-7b",
 }
-# LoRA dropout a stack applies when a row does not state it: litgpt finetune/lora.py
-# ``lora_dropout: float = 0.05`` (lit-gpt's finetune/lora.py @8641822 too; every
-# config_hub/finetune/*/lora.yaml and qlora.yaml sets 0.05 or 0.1; only "> 0" changes memory).
-STACK_DEFAULT_DROPOUT = {"litgpt": 0.05}
 _GPU_NAMES = (("a100-80", "a100-80gb"), ("a100", "a100-40gb"), ("a10g", "a10g"), ("l40s", "l40s"),
               ("4090", "rtx-4090"), ("3090", "rtx-3090"), ("h100", "h100-80gb"), ("t4", "t4"),
               ("l4", "l4"), ("v100", "v100-32gb"))

@@ -184,13 +184,19 @@ def unit_bytes(model: ModelSpec, train: TrainSpec, static: StaticBytes) -> tuple
     return root, max(static.weights - root, 0) // model.num_layers
 
 
-def frozen_gradient_bytes(model: ModelSpec, train: TrainSpec, static: StaticBytes,
-                          shard: ShardSpec) -> int:
-    """Bytes of the gradients FSDP computes for frozen weights: every decoder layer's, when a
-    stack of :data:`FSDP_FROZEN_GRADIENT_STACKS` wraps each block, LoRA inside, under
+def grads_frozen_weights(train: TrainSpec, shard: ShardSpec) -> bool:
+    """Whether FSDP computes gradients for frozen weights: LoRA on a stack of
+    :data:`FSDP_FROZEN_GRADIENT_STACKS`, which wraps each block, LoRA inside, under
     ``use_orig_params=True`` (the flat parameter requires a gradient, so every view of it gets
     one; torch ``fsdp/_flat_param.py``, ``_use_unsharded_views``)."""
-    if not shard.fsdp or train.method == "full" or train.stack not in FSDP_FROZEN_GRADIENT_STACKS:
+    return shard.fsdp and train.method != "full" and train.stack in FSDP_FROZEN_GRADIENT_STACKS
+
+
+def frozen_gradient_bytes(model: ModelSpec, train: TrainSpec, static: StaticBytes,
+                          shard: ShardSpec) -> int:
+    """Bytes of the gradients FSDP computes for frozen weights (:func:`grads_frozen_weights`):
+    every decoder layer's."""
+    if not grads_frozen_weights(train, shard):
         return 0
     return unit_bytes(model, train, static)[1] * model.num_layers
 
@@ -334,9 +340,9 @@ def shard_notes(train: TrainSpec, shard: ShardSpec) -> tuple[str, ...]:
         notes.append("gradient accumulation under FSDP no_sync keeps every unit's whole, "
                      "unsharded gradient until the last micro-batch (accelerate's "
                      "sync_each_batch=True trades that memory for communication)")
-    if shard.fsdp and train.method != "full" and train.stack in FSDP_FROZEN_GRADIENT_STACKS:
+    if grads_frozen_weights(train, shard):
         notes.append(f"{train.stack} wraps each block with LoRA inside under use_orig_params=True: "
-                     "FSDP keeps gradients for its frozen weights too")
+                     "FSDP computes and keeps gradients for its frozen weights too")
     if train.quantized and shard.stage == 3:
         notes.append("sharding 4-bit weights needs bnb_4bit_quant_storage equal to the compute "
                      "dtype (e.g. torch.bfloat16); quantization constants stay whole on every GPU")

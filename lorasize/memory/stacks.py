@@ -150,6 +150,12 @@ LITGPT_INDEX_CACHED_RELEASED = "2024-05-08"
 TRANSFORMERS_5_MAJOR = 5
 TRANSFORMERS_FUSED_EXPERTS_MAJOR = TRANSFORMERS_5_MAJOR
 
+# LoRA dropout a stack's recipes apply when a measurement does not state it: litgpt
+# finetune/lora.py ``lora_dropout: float = 0.05`` (lit-gpt's finetune/lora.py @8641822 too; every
+# config_hub/finetune/*/lora.yaml and qlora.yaml sets 0.05 or 0.1); torchtune's configs and PEFT's
+# LoraConfig 0.0.
+STACK_DEFAULT_DROPOUT = {"litgpt": 0.05}
+
 STACK_RULES = {
     "hf-peft": StackRules(expert_modules_before=TRANSFORMERS_FUSED_EXPERTS_MAJOR,
                           matmul_copies=True),

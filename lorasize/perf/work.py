@@ -229,10 +229,9 @@ def _block_output(model: ModelSpec):
 
 
 def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int,
-                  first: int | None, adapted: set[str], weight_grads: bool = False
-                  ) -> list[Gemm]:
+                  first: int | None, adapted: set[str], weight_grads: bool) -> list[Gemm]:
     """The base linears' GEMMs; ``weight_grads``: every weight's gradient is computed (full
-    fine-tuning, or frozen weights FSDP gives a gradient)."""
+    fine-tuning, or frozen weights FSDP gives a gradient: ``step_work``)."""
     out = []
     last = _block_output(model)
     skips = _first_layer_skips(model, adapted) if first is not None else set()
@@ -246,7 +245,7 @@ def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int,
         out.append(Gemm(rows, m.out_features, m.in_features, n * per_copy * runs, "base"))
         graded = n if full else _input_gradient_copies(m, n, first, skips)
         out.append(Gemm(rows, m.in_features, m.out_features, graded * per_copy, "base"))
-        if full or weight_grads:
+        if weight_grads:
             out.append(Gemm(m.in_features, m.out_features, rows, n * per_copy, "base",
                             reduces_tokens=True))
     return out
@@ -337,7 +336,7 @@ FLASH_BACKWARD_RATIO = 2.5
 
 
 def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, passes: int,
-             dropout: float, weight_grads: bool = False) -> float:
+             dropout: float, weight_grads: bool) -> float:
     """Kernel launches of one micro-batch: the forward ``passes`` times (the recompute
     included) and the backward (with every weight's gradient when ``weight_grads``)."""
     layers = layer_kernels(model, train.fused_kernels) * model.num_layers
@@ -350,8 +349,7 @@ def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, pa
     # bitsandbytes dequantizes each 4-bit weight again for the backward's input gradient
     quant = QUANT_KERNELS * quantized_weights(model)[1] if train.quantized else 0
     forward = layers + modules * (LORA_KERNELS + drop_forward) + quant
-    ratio = BACKWARD_KERNELS_RATIO if train.method == "full" or weight_grads \
-        else FROZEN_BACKWARD_KERNELS_RATIO
+    ratio = BACKWARD_KERNELS_RATIO if weight_grads else FROZEN_BACKWARD_KERNELS_RATIO
     backward = layers * ratio + modules * (LORA_BACKWARD_KERNELS + drop_backward) + quant
     return forward * passes + backward
 
@@ -430,8 +428,9 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         first = None
     static = static_bytes(model, targets if not full else (), train, dora)
     frozen_grads = frozen_gradient_bytes(model, train, static, shard)
+    weight_grads = full or frozen_grads > 0  # every base weight's gradient is computed
     gemms = _linear_gemms(model, full, tokens, passes, first,
-                          set() if full else {t.linear.path for t in targets}, frozen_grads > 0)
+                          set() if full else {t.linear.path for t in targets}, weight_grads)
     gemms.append(Gemm(tokens, model.vocab_size, model.hidden_size, 2 + full, "head"))
     if not full:
         fp32 = not train.autocast and train.adapter_dtype == "fp32" and train.dtype != "fp32"
@@ -463,7 +462,7 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         elementwise_bytes=elementwise, dequant_weights=quantized * (passes + 1),
         optimizer_bytes=_optimizer_bytes(static, train), grad_accum=train.grad_accum,
         kernels=_kernels(model, targets if not full else (), train, passes, dropout,
-                         frozen_grads > 0),
+                         weight_grads),
         comms=tuple(_comms(model, static, train, shard, frozen_grads)) + (
             (Comm("paging", 2 * paged_out_bytes / train.grad_accum, "none", "paging"),)
             if paged_out_bytes else ()), gpus=shard.gpus,
