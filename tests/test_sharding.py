@@ -220,6 +220,25 @@ def test_fsdp_accumulation_holds_unsharded_gradients():
     assert one_step.held_gradients == 0
 
 
+def test_torchtune_fsdp_accumulates_sharded_gradients():
+    """torchtune's recipes never call no_sync: FSDP2 reduce-scatters every micro-batch, so no
+    whole gradient is held, and each micro-batch sends the whole gradient; under no_sync (the
+    other stacks) one micro-batch in grad_accum sends it."""
+    from lorasize.perf.work import step_work
+
+    model = model_from_catalog("llama2-7b")
+    shard = ShardSpec(8, "fsdp")
+    scatter = {}
+    for stack in ("torchtune", "hf-peft"):
+        train = replace(FULL, grad_accum=4, stack=stack)
+        static = static_bytes(model, (), train)
+        held = shard_static(model, train, static, shard).held_gradients
+        assert held == (0 if stack == "torchtune" else static.gradients)
+        comms = step_work(model, (), train, shard).comms
+        scatter[stack] = next(c.bytes for c in comms if c.what == "reduce-scatter")
+    assert scatter["torchtune"] == pytest.approx(4 * scatter["hf-peft"])
+
+
 def test_sharding_from_row_needs_a_named_sharding():
     with pytest.raises(LorasizeError, match="num_gpus"):
         sharding_from_row({"num_gpus": "4", "notes": "four GPUs"})

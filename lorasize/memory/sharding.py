@@ -73,6 +73,10 @@ FSDP_UNITS_IN_FLIGHT = 2
 # GradientAccumulationPlugin with its default ``sync_each_batch=False``), and FSDP keeps each
 # unit's gradient unsharded until the synchronising micro-batch (torch FSDP ``no_sync`` docs: "FSDP
 # will accumulate the full model gradients (instead of gradient shards)").
+# torchtune's distributed recipes (lora_finetune_distributed.py, full_finetune_distributed.py
+# @bd2a0fc7c) never call ``no_sync`` or ``set_requires_gradient_sync``: FSDP2 reduce-scatters every
+# micro-batch's gradients and accumulates them sharded.
+FSDP_SYNC_EACH_MICRO_BATCH_STACKS = ("torchtune",)
 # Stacks whose FSDP units mix frozen and trainable parameters: lit-gpt wraps each ``Block`` (LoRA
 # inside) with ``use_orig_params=True``, and then "the gradient memory usage will be higher than
 # expected (namely, equivalent to not freezing those parameters)" (torch FullyShardedDataParallel
@@ -182,6 +186,14 @@ def unit_bytes(model: ModelSpec, train: TrainSpec, static: StaticBytes) -> tuple
         top += head.weight_numel + (head.out_features if head.bias else 0)
     root = top * other
     return root, max(static.weights - root, 0) // model.num_layers
+
+
+def accumulates_unsharded(train: TrainSpec, shard: ShardSpec) -> bool:
+    """Whether FSDP runs the micro-batches before an optimizer step under ``no_sync``: each unit
+    keeps its whole gradient and reduce-scatters once per step (every stack but
+    :data:`FSDP_SYNC_EACH_MICRO_BATCH_STACKS`, which reduce-scatters every micro-batch)."""
+    return (shard.fsdp and train.grad_accum > 1
+            and train.stack not in FSDP_SYNC_EACH_MICRO_BATCH_STACKS)
 
 
 def grads_frozen_weights(train: TrainSpec, shard: ShardSpec) -> bool:
@@ -301,7 +313,7 @@ def _fsdp(model: ModelSpec, train: TrainSpec, static: StaticBytes,
     frozen = frozen_gradient_bytes(model, train, static, shard)
     unsharded = static.gradients + frozen
     gradients = _split(unsharded, n)
-    held = unsharded if train.grad_accum > 1 else 0
+    held = unsharded if accumulates_unsharded(train, shard) else 0
     if not held and (train.method == "full" or frozen):
         # A unit's unsharded gradient lives until its reduce-scatter.
         gathered += layer
@@ -336,10 +348,13 @@ def shard_notes(train: TrainSpec, shard: ShardSpec) -> tuple[str, ...]:
     if shard.sharding == "zero3":
         notes.append("ZeRO-3 keeps parameters under stage3_param_persistence_threshold (1e5 "
                      "elements) whole on every GPU: not counted")
-    if shard.fsdp and train.grad_accum > 1:
+    if accumulates_unsharded(train, shard):
         notes.append("gradient accumulation under FSDP no_sync keeps every unit's whole, "
                      "unsharded gradient until the last micro-batch (accelerate's "
                      "sync_each_batch=True trades that memory for communication)")
+    elif shard.fsdp and train.grad_accum > 1:
+        notes.append(f"{train.stack} reduce-scatters every micro-batch's gradients under FSDP "
+                     "and accumulates them sharded (no no_sync)")
     if grads_frozen_weights(train, shard):
         notes.append(f"{train.stack} wraps each block with LoRA inside under use_orig_params=True: "
                      "FSDP computes and keeps gradients for its frozen weights too")

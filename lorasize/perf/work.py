@@ -29,7 +29,7 @@ from ..arch.parts import QKV_PARTS, adapter_modules
 from ..arch.layout import block_linears, copies, expert_matrix_numel
 from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target, first_adapted_layer
 from ..arch.model import ModelSpec
-from ..memory.sharding import ShardSpec, frozen_gradient_bytes
+from ..memory.sharding import ShardSpec, accumulates_unsharded, frozen_gradient_bytes
 from ..memory.stacks import as_built, rebuilds_lora_index
 from ..memory.weights import static_bytes
 from ..specs import TrainSpec
@@ -396,8 +396,11 @@ def _comms(model: ModelSpec, static, train: TrainSpec, shard: ShardSpec,
         out.append(Comm("all-gather", ring * gathered, "forward"))
         if shard.sharding != "fsdp-grad-op":
             out.append(Comm("all-gather", ring * gathered, "backward"))
-        out.append(Comm("reduce-scatter",
-                        ring * (static.gradients + frozen_grads / train.grad_accum), "backward"))
+        # FSDP under no_sync reduce-scatters once per optimizer step; ZeRO-3, and FSDP on a
+        # stack without no_sync, every micro-batch.
+        syncs = train.grad_accum if accumulates_unsharded(train, shard) else 1
+        out.append(Comm("reduce-scatter", ring * (static.gradients + frozen_grads) / syncs,
+                        "backward"))
     if shard.offload == "params":
         weights = (static.weights + static.adapter) / n
         out.append(Comm("offload", 2 * weights, "none", "host"))
