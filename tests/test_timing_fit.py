@@ -12,7 +12,7 @@ import pytest
 from lorasize.calibrate.timing_fit import (HELD_OUT_SOURCES, errors, fit_shipped, print_report,
                                            report, samples)
 from lorasize.calibrate.timing_rows import ALL_CONFIDENCES, load_rows
-from lorasize.measurements import TIMING
+from lorasize.measurements import TIMING, TIMING_ADDED
 from lorasize import resolve_model
 from lorasize.perf.steptime import PARAMS_FILE, default_params
 
@@ -27,7 +27,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def loso():
-    return report(TIMING)
+    return report(TIMING, TIMING_ADDED)
 
 
 def test_shipped_figures_are_the_fit_of_timing_csv():
@@ -44,6 +44,22 @@ def test_shipped_figures_are_the_fit_of_timing_csv():
     assert not {s.source for s in batch} & set(HELD_OUT_SOURCES)
 
 
+def test_rows_gathered_after_the_fit_are_never_fitted(loso):
+    """timing_added.csv: sources of their own, read by the report, never by the fit."""
+    import csv
+
+    with TIMING.open(encoding="utf-8") as shared, TIMING_ADDED.open(encoding="utf-8") as added:
+        shared_sources = {r["source"] for r in csv.DictReader(shared)}
+        added_rows = list(csv.DictReader(added))
+    assert added_rows and not {r["source"] for r in added_rows} & shared_sources
+    _, batch = fit_shipped(TIMING)
+    assert not {s.id for s in batch} & {r["id"] for r in added_rows}
+    reported = {e["id"] for e in loso["held_out"]["errors"]}
+    expressed = {r["id"] for r in added_rows
+                 if r["confidence"] in ("high", "medium") and r["lorasize_args"].strip()}
+    assert expressed <= reported
+
+
 def test_leave_one_source_out_errors_have_not_grown(capsys, loso):
     data = loso
     with capsys.disabled():
@@ -51,6 +67,7 @@ def test_leave_one_source_out_errors_have_not_grown(capsys, loso):
         print_report(data)
     bar = json.loads(BAR.read_text())
     assert data["loso"]["rows"] >= bar["rows"]
+    assert data["held_out"]["rows"] >= bar["held_out_rows"]
     assert data["loso"]["median_abs_error"] <= bar["loso_median"] + GROWTH
     assert data["loso"]["p90_abs_error"] <= bar["loso_p90"] + GROWTH
     assert data["held_out"]["median_abs_error"] <= bar["held_out_median"] + GROWTH

@@ -234,24 +234,35 @@ def implied_mfu(row: TimingRow) -> float:
         row.gpu.bf16_tflops * 1e12)
 
 
-def report(path) -> dict:
+def report(path, added=None) -> dict:
     """Leave-one-source-out errors on the rows of confidence high and medium (figures fitted to
-    every other source, low-confidence rows included), and the held-out sources' errors with the
-    shipped figures."""
+    every other source, low-confidence rows included), and the never-fitted rows' errors with the
+    shipped figures: the held-out sources of ``path`` and every row of ``added`` (rows gathered
+    after the fit, :data:`lorasize.measurements.TIMING_ADDED`; none when it is missing)."""
     from ..perf.steptime import default_params
 
     rows, skipped = load_rows(path, ALL_CONFIDENCES)
-    by_id = {r.id: r for r in rows}
+    late = []
+    if added and Path(added).exists():
+        late, late_skipped = load_rows(added, ALL_CONFIDENCES)
+        skipped = skipped + late_skipped
+    by_id = {r.id: r for r in rows + late}
+    if len(by_id) < len(rows) + len(late):
+        raise ValueError(f"{added} repeats a row id of {path}")
+    if {r.source for r in late} & {r.source for r in rows}:
+        raise ValueError(f"{added} has a source of {path}: its rows would not be unseen")
     batch = samples(rows)
     seen = [s for s in batch if s.source not in HELD_OUT_SOURCES]
     loso = leave_one_source_out(seen)
     reported = [s for s in seen if by_id[s.id].confidence in CONFIDENCES]
-    held = [s for s in batch if s.source in HELD_OUT_SOURCES
-            and by_id[s.id].confidence in CONFIDENCES]
+    held = [s for s in batch if s.source in HELD_OUT_SOURCES] + samples(late)
+    held = [s for s in held if by_id[s.id].confidence in CONFIDENCES]
     held_errors = errors(held, default_params())
-    sources = {}
+    sources, held_sources = {}, {}
     for s in reported:
         sources.setdefault(s.source, []).append(loso[s.id])
+    for s in held:
+        held_sources.setdefault(s.source, []).append(held_errors[s.id])
     return {
         "rows": [{"id": s.id, "source": s.source, "measured": s.measured,
                   "error": loso[s.id], "implied_mfu": implied_mfu(by_id[s.id])}
@@ -259,6 +270,7 @@ def report(path) -> dict:
         "loso": summary([loso[s.id] for s in reported]),
         "sources": {k: summary(v) for k, v in sorted(sources.items())},
         "held_out": {**summary(list(held_errors.values())),
+                     "sources": {k: summary(v) for k, v in sorted(held_sources.items())},
                      "errors": [{"id": s.id, "source": s.source, "error": held_errors[s.id]}
                                 for s in held]},
         "skipped": skipped,
@@ -281,24 +293,35 @@ def print_report(data: dict) -> None:
           f"{pct(o['median_abs_error']):>7s} {pct(o['p90_abs_error']):>7s}")
     h = data["held_out"]
     if h["rows"]:
-        print(f"{'never fitted (held-out sources, shipped figures)':70s} {h['rows']:4d} "
+        print("\nnever fitted: held-out sources and rows gathered after the fit (shipped figures)")
+        for name, stats in h.get("sources", {}).items():
+            print(f"{name[:70]:70s} {stats['rows']:4d} {pct(stats['median_abs_error']):>7s} "
+                  f"{pct(stats['p90_abs_error']):>7s}")
+        print(f"{'all never fitted (confidence high and medium)':70s} {h['rows']:4d} "
               f"{pct(h['median_abs_error']):>7s} {pct(h['p90_abs_error']):>7s}")
     print(f"\nimplausible for the hardware (implied MFU > {IMPLAUSIBLE_MFU:g}): "
           f"{', '.join(data['implausible']) or 'none'}")
-    print(f"skipped: {', '.join(i for i, _ in data['skipped'])}")
+    import textwrap
+
+    skipped = data["skipped"]
+    print(textwrap.fill(f"skipped ({len(skipped)}: no flags, or a setup lorasize cannot express): "
+                        + ", ".join(i for i, _ in skipped), width=100))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..measurements import TIMING
+    from ..measurements import TIMING, TIMING_ADDED
 
     parser = argparse.ArgumentParser(prog="python -m lorasize.calibrate.timing_fit")
     parser.add_argument("--measurements", default=str(TIMING))
+    parser.add_argument("--added", default=str(TIMING_ADDED),
+                        help="rows gathered after the fit: reported with the held-out sources, "
+                             "never fitted")
     parser.add_argument("--out", default=str(PARAMS_FILE))
     parser.add_argument("--report", action="store_true",
                         help="print the leave-one-source-out error table; write nothing")
     args = parser.parse_args(argv)
     if args.report:
-        print_report(report(args.measurements))
+        print_report(report(args.measurements, args.added))
         return 0
     fitted, _ = fit_shipped(args.measurements)
     write_params(fitted, args.out)

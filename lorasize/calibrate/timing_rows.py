@@ -115,6 +115,17 @@ def _stack_release(row: dict, stack: str) -> str:
     return ""
 
 
+def _models_beside(argv: list[str], folder: Path) -> list[str]:
+    """``argv`` with a relative ``-m``/``--model`` path that exists beside the file made absolute
+    (a row may name a config.json kept next to it, e.g. ``-m configs/mpt-7b-foundry``)."""
+    out = list(argv)
+    for i, word in enumerate(out[:-1]):
+        if word in ("-m", "--model") and not Path(out[i + 1]).is_absolute() \
+                and (folder / out[i + 1]).exists():
+            out[i + 1] = str(folder / out[i + 1])
+    return out
+
+
 def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
               ) -> tuple[list[TimingRow], list[tuple[str, str]]]:
     """The rows of ``path`` lorasize can express, and (id, reason) for those it skips."""
@@ -134,7 +145,8 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                 tps = float(raw["tps_per_gpu"])
                 # the group's own context settings: click caches the help option on the command
                 # from the first context made, which docs/cli.md renders
-                ctx = estimate.make_context("estimate", shlex.split(args),
+                argv = _models_beside(shlex.split(args), Path(path).resolve().parent)
+                ctx = estimate.make_context("estimate", argv,
                                             help_option_names=["-h", "--help"])
                 model, lora, train = build_specs(ctx, ctx.params)
                 train = replace(train, kernels="fused" if _fused(raw) else "eager")
