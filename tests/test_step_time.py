@@ -539,3 +539,25 @@ def test_gemms_run_at_the_rate_the_card_is_measured_at():
     measured = training_time(spec, targets, train, gpu_from_catalog("rtx-4090")).notes
     assert any("no published matmul measurement for a10g" in n for n in unmeasured)
     assert not any("matmul measurement" in n for n in measured)
+
+
+def test_zero3_gathers_each_module_with_parameters_every_pass():
+    """DeepSpeed ZeRO-3 fetches every submodule's own parameters before its forward (the
+    recompute included) and its backward, on one GPU too; FSDP a decoder layer at a time."""
+    from lorasize.arch.catalog import model_from_catalog
+    from lorasize.arch.lora import LoraSpec, resolve_targets
+    from lorasize.memory.sharding import ShardSpec
+    from lorasize.perf.work import step_work
+
+    model = model_from_catalog("qwen1.5-1.8b")  # 24 layers, 7 linears and 2 norms each
+    full = TrainSpec(method="full", grad_checkpointing=True)
+    modules = 24 * (7 + 2) + 2 + 1  # embeddings, final norm, head
+    assert step_work(model, (), full, ShardSpec(1, "zero3")).gathers == 3 * modules
+    no_gc = TrainSpec(method="full")
+    assert step_work(model, (), no_gc, ShardSpec(4, "zero3")).gathers == 2 * modules
+    lora = TrainSpec(method="lora", grad_checkpointing=True)
+    targets = resolve_targets(model, LoraSpec(r=8, targets=("all",)), "hf-peft")
+    assert step_work(model, targets, lora, ShardSpec(1, "zero3")).gathers == \
+        3 * (modules + 24 * 7 * 2)  # each adapter's A and B
+    assert step_work(model, (), full, ShardSpec(4, "fsdp")).gathers == 2 * 24
+    assert step_work(model, (), full, ShardSpec(1, "fsdp")).gathers == 0

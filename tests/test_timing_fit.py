@@ -123,6 +123,21 @@ def test_rows_read_what_the_frameworks_did(rows):
     assert "boft" in skipped["peft-boft-default"]
 
 
+def test_rows_gathered_later_read_what_the_frameworks_did():
+    """timing_added.csv: llm-foundry's MPT runs its fused cross-entropy and one-kernel norms;
+    a row's -m names a config kept beside the file; Qwen's LoRA rows are plain PEFT."""
+    added, skipped = load_rows(TIMING_ADDED, ALL_CONFIDENCES)
+    by_id = {r.id: r for r in added}
+    foundry = by_id["fdy-a100-80gb-7b-s2048-mb6"]
+    assert foundry.train.kernels == "fused"
+    assert foundry.model.name == "mpt-7b-foundry" and foundry.model.model_type == "mpt"
+    assert foundry.shard.sharding == "fsdp" and foundry.shard.gpus == 8
+    assert by_id["qwen1-7b-lora-256"].train.kernels == "eager"
+    assert by_id["qwen1-7b-lora-256"].train.grad_accum == 8
+    # GPTQ bases and tensor parallelism are not expressible: kept, with the reason
+    assert "qlora" in dict(skipped)["qwen1-7b-qlora-256"]
+
+
 def test_calibrate_timing_fits_a_users_rows_and_estimate_reads_them(tmp_path, cli):
     """`calibrate --timing CSV` fits the figures to the user's own throughput rows (here the
     fms-acceleration rows alone), `estimate --timing-params` uses them; bad files are one line."""

@@ -18,7 +18,11 @@ from ..errors import LorasizeError
 from ..gpu import GpuSpec
 
 # Words in the framework column (or the notes' list of techniques) that mean fused kernels.
-FUSED_MARKERS = ("fused ops", "liger", "te,", "torch.compile", "+ torch.compile")
+# llm-foundry's MPT computes its loss with flash-attn's fused cross-entropy kernel by default
+# (llmfoundry/models/mpt/modeling_mpt.py @b2a43a1477: ``om_model_config.get('loss_fn',
+# 'fused_crossentropy')``) and its benchmarks set ``norm_type: low_precision_layernorm`` (one
+# bf16 kernel) and Triton attention (scripts/train/benchmarking/submit_benchmarks.py @same).
+FUSED_MARKERS = ("fused ops", "liger", "te,", "torch.compile", "+ torch.compile", "llm-foundry")
 # Frameworks that load the quantized base themselves, without PEFT's
 # prepare_model_for_kbit_training upcast: fms-acceleration's accelerated-peft plugins ("fix
 # upcasting (resulting in slowdown)", plugins/accelerated-peft/README.md) and Answer.AI's

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..arch.parts import QKV_PARTS, adapter_modules
-from ..arch.layout import block_linears, copies, expert_matrix_numel
+from ..arch.layout import block_linears, copies, expert_matrix_numel, top_params
 from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target, first_adapted_layer
 from ..arch.model import ModelSpec
 from ..memory.sharding import ShardSpec, accumulates_unsharded, frozen_gradient_bytes
@@ -149,6 +149,10 @@ class StepWork:
     host_indices: float = 0.0  # Python ints made into a tensor on the CPU per micro-batch
     syncs: bool = False  # the CPU waits for the GPU inside every layer's forward
     notes: tuple[str, ...] = ()
+
+# A pre-norm decoder layer's norms (input and post-attention); q/k norms add two.
+ZERO3_NORMS_PER_LAYER = 2
+
 
 def decoder_linears(model: ModelSpec):
     """Block linears the text step runs (a multimodal card's vision tower is not run)."""
@@ -409,6 +413,29 @@ def _comms(model: ModelSpec, static, train: TrainSpec, shard: ShardSpec,
     return out
 
 
+def _gathers(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, shard: ShardSpec,
+             passes: int, dora: bool) -> float:
+    """Parameter gathers of one micro-batch, each with its host-side cost (hooks, waits).
+
+    FSDP gathers a wrapped unit (a decoder layer) at a time: in forward and again in backward
+    (FULL_SHARD; the recompute runs inside the backward's gather), once under SHARD_GRAD_OP.
+    DeepSpeed ZeRO-3 hooks every submodule (deepspeed 0.19.8 ``parameter_offload.py``,
+    ``_register_deepspeed_module``) and fetches each one's own parameters before its forward,
+    the recomputed one included, and again before its backward (``pre_sub_module_forward_function``
+    / ``pre_sub_module_backward_function`` -> ``PartitionedParameterCoordinator.fetch_sub_module``),
+    on one GPU as well: a gather per module that holds parameters (every linear, each adapter's A
+    and B, DoRA's magnitude, the norms, the embeddings and the head) and pass."""
+    if shard.sharding == "zero3":
+        linears = sum(copies(model, m) for m in decoder_linears(model))
+        norms = model.num_layers * (ZERO3_NORMS_PER_LAYER + (2 if model.qk_norm else 0))
+        adapters = adapter_modules(targets, train.stack) * (2 + dora)
+        modules = linears + norms + adapters + len(top_params(model)) + 1
+        return float(modules * (passes + 1))
+    if shard.gpus > 1 and shard.fsdp:
+        return float(model.num_layers * (1 if shard.sharding == "fsdp-grad-op" else 2))
+    return 0.0
+
+
 def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
               shard: ShardSpec | None = None, dropout: float = 0.0, dora: bool = False,
               paged_out_bytes: float = 0.0) -> StepWork:
@@ -456,9 +483,7 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         elementwise += passes * sum(t.copies * t.linear.in_features * t.linear.out_features
                                     * (DTYPE_BYTES[train.dtype] + 8) for t in targets)
     quantized = quantized_weights(model)[0] if train.quantized else 0
-    gathers = 0.0
-    if shard.gpus > 1 and shard.sharding in ("fsdp", "fsdp-grad-op", "zero3"):
-        gathers = model.num_layers * (1 if shard.sharding == "fsdp-grad-op" else 2)
+    gathers = _gathers(model, targets if not full else (), train, shard, passes, dora)
     indices = 0 if full else rebuilt_lora_indices(model, targets, train)
     return StepWork(
         tokens=tokens, gathers=gathers, gemms=tuple(gemms), attention_flops=flash,
