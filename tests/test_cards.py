@@ -301,3 +301,24 @@ def test_a_probe_that_kbit_prep_breaks_names_the_flag(cli):
     refuses them: the real step fails too, and the message says how to estimate it."""
     code, _, err = cli("estimate", "-m", "deepseek-v2-lite", "--method", "qlora", "-t", "all")
     assert code == 2 and "--no-kbit-prep" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("model,norm", [
+    # torch's LayerNorm, with its bias (gpt_bigcode) or without (MPT: ``norm_1.bias = None``)
+    ("gpt_bigcode-santacoder", "layer"),
+    ("mpt", "layer"),
+    # weight-only norms written as the model's own ops: Cohere's mean-subtracting one, RMSNorm
+    ("c4ai-command-r7b-12-2024", "rms"),
+    ("gemma3-270m-it", "rms"),
+])
+def test_a_cards_norm_is_its_kernel_and_the_model_reads_it(model, norm):
+    """The step's elementwise bytes and launches follow the model's norm: one LayerNorm kernel
+    or the ops of a weight-only norm written in Python."""
+    from lorasize import resolve_model
+    from lorasize.measurements import FOLDER
+
+    spec = resolve_model(str(FOLDER / "configs" / "mpt-125m-foundry") if model == "mpt"
+                         else model)
+    assert spec.card is not None
+    assert spec.card.kinds[0].traits["norm"] == norm
+    assert spec.norm == norm

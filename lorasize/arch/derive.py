@@ -332,8 +332,12 @@ def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam]
                     and p.numel in (hidden, 2 * hidden) and p not in qk}
     traits["norms"] = len(norm_modules)
     norm_biases = [p for p in params if p.kind == "norm" and p.path.endswith(".bias")]
-    traits["norm"] = "layer" if norm_biases else "rms"
     norm_module = next((layer.get_submodule(n) for n in sorted(norm_modules)), None)
+    # torch's LayerNorm is one kernel with or without its bias (MPT drops the bias:
+    # modeling_mpt.py ``self.norm_1.bias = None``); other weight-only norms are the model's own
+    # elementwise ops, RMSNorm's pattern
+    traits["norm"] = ("layer" if norm_biases or isinstance(norm_module, torch.nn.LayerNorm)
+                      else "rms")
     traits["norm_plus_one"] = _norm_plus_one(norm_module)
     experts = [m for m in linears if m.experts]
     mlp_linears = [m for m in linears if m.group == "mlp" and not m.experts]

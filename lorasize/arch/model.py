@@ -144,7 +144,10 @@ class ModelSpec:
             num_experts=int(dims.get("num_experts") or 0),
             experts_per_token=int(dims.get("experts_per_token") or 0),
             lm_head_bias=card.head.bias, dtype=dtype, source=source, hf_config=dict(config),
-            card=card, derived=derived)
+            card=card, derived=derived,
+            # the first kind's norm stands for the model where one number is read (the step's
+            # elementwise bytes and launches); memory reads each kind's own
+            norm=str(card.kinds[0].traits.get("norm", "rms")) if card.kinds else "rms")
 
     @classmethod
     def from_file(cls, path: str | Path, name: str | None = None,
