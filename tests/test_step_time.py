@@ -297,32 +297,42 @@ def _launch_counter():
     return Count()
 
 
-def _peft_layer_launches(targets, dropout: float) -> float:
+def _peft_layer_launches(targets, dropout: float, fp32_adapters: bool = True,
+                         autocast: bool = False) -> float:
     """Kernel-launching aten ops of one Llama-2-7B layer, forward and backward, under
-    transformers + PEFT on the meta device (two layers less one), with the attention counted as
-    one fused kernel each way (the meta device runs SDPA's math decomposition)."""
+    transformers + PEFT (two layers less one), with the attention counted as one fused kernel
+    each way: on the meta device (it runs SDPA's math decomposition), or, under autocast, at a
+    tenth of the width on the CPU (autocast has no meta kernels; the ops do not depend on the
+    width). ``fp32_adapters``: PEFT's ``autocast_adapter_dtype``."""
     import torch
     import transformers
 
+    device, scale = ("cpu", 8) if autocast else ("meta", 1)
+    heads = 32 // scale
+
     def run(layers):
         cfg = transformers.AutoConfig.for_model(
-            "llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-            num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=32)
-        with torch.device("meta"):
+            "llama", vocab_size=32000 // scale, hidden_size=4096 // scale,
+            intermediate_size=11008 // scale, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=heads)
+        with torch.device(device):
             model = transformers.AutoModelForCausalLM.from_config(
                 cfg, attn_implementation="sdpa", dtype=torch.bfloat16)
         if targets:
             import peft
 
             model = peft.get_peft_model(model, peft.LoraConfig(
-                r=8, target_modules=list(targets), lora_dropout=dropout))
+                r=8, target_modules=list(targets), lora_dropout=dropout),
+                autocast_adapter_dtype=fp32_adapters)
         model.train()
-        ids = torch.zeros(1, _SEQ, dtype=torch.long, device="meta")
+        ids = torch.zeros(1, _SEQ, dtype=torch.long, device=device)
         with _launch_counter() as count:
-            model(input_ids=ids).logits.float().sum().backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = model(input_ids=ids).logits.float().sum()
+            loss.backward()
         return count.ops
 
-    q = torch.zeros(1, 32, _SEQ, 128, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    q = torch.zeros(1, heads, _SEQ, 128, device=device, dtype=torch.bfloat16, requires_grad=True)
     k, v = (torch.zeros_like(q, requires_grad=True) for _ in range(2))
     with _launch_counter() as attention:
         torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
@@ -341,18 +351,26 @@ def _modelled_layer_launches(model: str, targets, stack: str, dropout: float, **
     return kernels(2) - kernels(1)
 
 
-@pytest.mark.parametrize("targets, dropout", [
-    (("q_proj", "v_proj"), 0.05),
-    (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 0.0),
-    (("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), 0.05),
-    ((), 0.0),
+_ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.mark.parametrize("targets, dropout, fp32_adapters, autocast", [
+    (("q_proj", "v_proj"), 0.05, True, False),
+    (_ALL, 0.0, True, False),
+    (_ALL, 0.05, True, False),
+    ((), 0.0, True, False),
+    # adapters in the model's dtype cast nothing; fp32 ones under autocast cast their weights too
+    (_ALL, 0.0, False, False),
+    (_ALL, 0.05, True, True),
 ])
-def test_launches_a_layer_follow_transformers_and_peft(targets, dropout):
+def test_launches_a_layer_follow_transformers_and_peft(targets, dropout, fp32_adapters, autocast):
     """The kernels lorasize counts for a layer, forward and backward, against the ops the real
     transformers + PEFT step dispatches (within 7%): what the launch overhead multiplies."""
-    real = _peft_layer_launches(targets, dropout)
+    real = _peft_layer_launches(targets, dropout, fp32_adapters, autocast)
     method = "lora" if targets else "full"
-    modelled = _modelled_layer_launches("llama2-7b", targets, "hf-peft", dropout, method=method)
+    modelled = _modelled_layer_launches(
+        "llama2-7b", targets, "hf-peft", dropout, method=method, autocast=autocast,
+        adapter_train_dtype="fp32" if fp32_adapters else "bf16")
     assert modelled == pytest.approx(real, rel=0.07)
 
 

@@ -66,16 +66,22 @@ EAGER_SCORE_BYTES = 22
 # Kernels a decoder layer launches forward (counted from the same modules: 7 per rms norm, 4
 # projections, 10 for rope, 3 for SDPA's layout and kernel, 2 residual adds, 5 for the MLP), per
 # quantized matrix (dequantize; bitsandbytes 4-bit and 8-bit), per layer norm (1). An adapter
-# module launches 6 forward (its input cast, A, B, the scale, the add, the output cast: PEFT's
-# ``lora.Linear.forward`` with ``_cast_input_dtype``) and 9 backward, and its dropout 3 more
+# module launches 4 forward (A, B, the scale, the add: PEFT's ``lora.Linear.forward``,
+# torchtune's ``LoRALinear.forward``) and 6 backward; PEFT's adapters in another dtype than the
+# model's (fp32, its ``autocast_adapter_dtype=True`` default) add the input's cast to theirs and
+# the output's back (``_cast_input_dtype``, ``result.to``: 2 forward, 3 backward), and autocast
+# then casts A's and B's weights to the compute dtype (2 forward, 1 backward); its dropout 3 more
 # forward and 1 backward: counted with a TorchDispatchMode over transformers 5.23 + PEFT 0.21
-# (a Llama layer, forward and backward; tests/test_step_time.py recounts them) and matching
-# lit-gpt's ``LoRAQKVLinear`` (9 forward with dropout, tests/data/litgpt/kernel_counts.json).
+# (a Llama layer, forward and backward; tests/test_step_time.py recounts them). lit-gpt's
+# ``LoRAQKVLinear`` pads B's output into the whole q/k/v width (``zero_pad``): 6 forward and 9
+# backward (9 forward with dropout, tests/data/litgpt/kernel_counts.json).
 LAYER_KERNELS = {"rms_norm": 7, "layer_norm": 1, "projections": 4, "rope": 10, "attention": 3,
                  "residual": 2, "mlp": 5}
-LORA_KERNELS = 6
-LORA_BACKWARD_KERNELS = 9
-LORA_DROPOUT_KERNELS = (3, 1)  # forward, backward
+LORA_KERNELS = (4, 6)  # forward, backward
+LORA_CAST_KERNELS = (2, 3)
+LORA_AUTOCAST_KERNELS = (2, 1)
+LITGPT_LORA_KERNELS = (6, 9)
+LORA_DROPOUT_KERNELS = (3, 1)
 QUANT_KERNELS = 1
 # A mixture-of-experts layer launches more kernels than a dense (Llama) layer, counted with a
 # TorchDispatchMode over Mixtral's and Llama's forward (3 layers against 2, every expert hit; ops
@@ -349,13 +355,29 @@ def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, pa
             MOE_LOOP_ROUTER_KERNELS + MOE_LOOP_EXPERT_KERNELS * model.num_experts
             if model.expert_modules else MOE_FUSED_KERNELS)
     modules = adapter_modules(targets, train.stack)
-    drop_forward, drop_backward = LORA_DROPOUT_KERNELS if dropout else (0, 0)
+    lora_forward, lora_backward = _adapter_kernels(train)
+    if dropout:
+        lora_forward += LORA_DROPOUT_KERNELS[0]
+        lora_backward += LORA_DROPOUT_KERNELS[1]
     # bitsandbytes dequantizes each 4-bit weight again for the backward's input gradient
     quant = QUANT_KERNELS * quantized_weights(model)[1] if train.quantized else 0
-    forward = layers + modules * (LORA_KERNELS + drop_forward) + quant
+    forward = layers + modules * lora_forward + quant
     ratio = BACKWARD_KERNELS_RATIO if weight_grads else FROZEN_BACKWARD_KERNELS_RATIO
-    backward = layers * ratio + modules * (LORA_BACKWARD_KERNELS + drop_backward) + quant
+    backward = layers * ratio + modules * lora_backward + quant
     return forward * passes + backward
+
+
+def _adapter_kernels(train: TrainSpec) -> tuple[int, int]:
+    """Kernels an adapter module launches (forward, backward), its dropout aside."""
+    if train.stack == "litgpt":
+        return LITGPT_LORA_KERNELS
+    forward, backward = LORA_KERNELS
+    if train.stack == "hf-peft" and train.adapter_dtype != train.dtype:
+        forward, backward = forward + LORA_CAST_KERNELS[0], backward + LORA_CAST_KERNELS[1]
+        if train.autocast:
+            forward += LORA_AUTOCAST_KERNELS[0]
+            backward += LORA_AUTOCAST_KERNELS[1]
+    return forward, backward
 
 
 def rebuilt_lora_indices(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec) -> int:
