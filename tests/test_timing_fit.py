@@ -133,6 +133,9 @@ def test_rows_gathered_later_read_what_the_frameworks_did():
     assert foundry.model.name == "mpt-7b-foundry" and foundry.model.model_type == "mpt"
     assert foundry.shard.sharding == "fsdp" and foundry.shard.gpus == 8
     assert by_id["qwen1-7b-lora-256"].train.kernels == "eager"
+    # a row's own --kernels wins over its framework column
+    assert by_id["ltth-fsdp-thunder-nvfuser"].train.kernels == "fused"
+    assert by_id["ltth-fsdp-eager"].train.kernels == "eager"
     assert by_id["qwen1-7b-lora-256"].train.grad_accum == 8
     # GPTQ bases and tensor parallelism are not expressible: kept, with the reason
     assert "qlora" in dict(skipped)["qwen1-7b-qlora-256"]

@@ -153,7 +153,8 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                 ctx = estimate.make_context("estimate", argv,
                                             help_option_names=["-h", "--help"])
                 model, lora, train = build_specs(ctx, ctx.params)
-                train = replace(train, kernels="fused" if _fused(raw) else "eager")
+                if "--kernels" not in args:  # a row's own flag says it; else its framework
+                    train = replace(train, kernels="fused" if _fused(raw) else "eager")
                 vocab = ROW_FACTS.get(raw["id"], {}).get("vocab_size")
                 if vocab:
                     model = replace(model, vocab_size=vocab)
