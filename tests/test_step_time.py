@@ -579,3 +579,21 @@ def test_zero3_gathers_each_module_with_parameters_every_pass():
         3 * (modules + 24 * 7 * 2)  # each adapter's A and B
     assert step_work(model, (), full, ShardSpec(4, "fsdp")).gathers == 2 * 24
     assert step_work(model, (), full, ShardSpec(1, "fsdp")).gathers == 0
+
+
+def test_zero3_fetches_are_named_with_fsdps_throughput():
+    """A ZeRO-3 step whose module-by-module fetches cost a notable share says how many, their CPU
+    time and what FSDP (a layer's gather at a time) reaches on the same GPUs; a long step whose
+    fetches hide behind the GPU says nothing."""
+    from lorasize.perf.timing import training_time
+
+    model, gpu = resolve_model("qwen1.5-1.8b"), gpu_from_catalog("a100-80gb")
+    short = TrainSpec(method="full", seq_len=256, grad_checkpointing=True)
+    timed = training_time(model, (), short, gpu, shard=ShardSpec(1, "zero3"))
+    note = next(n for n in timed.notes if "ZeRO-3 fetches" in n)
+    assert "657 fetches" in note  # (24 layers x 9 + 3) modules x 3 passes
+    fsdp = float(note.rsplit(": ", 1)[1].split()[0].replace(",", ""))
+    assert fsdp > timed.tokens_per_s
+    long = TrainSpec(method="full", seq_len=8192, batch_size=4, grad_checkpointing=True)
+    timed = training_time(model, (), long, gpu, shard=ShardSpec(8, "zero3"))
+    assert not any("ZeRO-3 fetches" in n for n in timed.notes)

@@ -163,6 +163,9 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         if paged_out_bytes:
             notes += (f"{paged_out_bytes / 2**30:.1f} GiB of paged optimizer state does not fit "
                       f"on the GPU: each optimizer step migrates it over PCIe and back",)
+        if shard is not None and shard.sharding == "zero3":
+            notes += _zero3_note(model, targets, train, gpu, shard, dropout, dora, params, work,
+                                 timed)
         if bound == "launch":
             notes += (_launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed),)
         elif bound == "communication" and shard is not None and train.method != "full" \
@@ -184,6 +187,27 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
             usd = hours * usd_per_gpu_hour
     return TrainingTime(per_token, tokens_per_s, step, mfu, hours, usd, train.grad_accum, steps,
                         breakdown, bound, notes, kind)
+
+
+# The share of a step the host's ZeRO-3 fetches must reach before the step's notes name them.
+ZERO3_FETCH_NOTE_SHARE = 0.1
+
+
+def _zero3_note(model, targets, train, gpu, shard, dropout, dora, params, work, timed) -> tuple:
+    """Where DeepSpeed ZeRO-3's module-by-module fetches cost a notable share of the step: how
+    many, their CPU time, and FSDP's throughput (a layer's gather at a time) on the same GPUs."""
+    from .steptime import default_params, step_time
+    from .work import step_work
+
+    cpu = work.gathers * (params or default_params()).gather_us * 1e-6
+    if cpu < ZERO3_FETCH_NOTE_SHARE * timed.seconds:
+        return ()
+    fsdp = replace(shard, sharding="fsdp", offload="params" if shard.offload == "params" else "none")
+    seconds = step_time(step_work(model, targets, train, fsdp, dropout, dora), gpu, params).seconds
+    return (f"DeepSpeed ZeRO-3 fetches every module's parameters before its forward, recompute and "
+            f"backward: {work.gathers:,.0f} fetches, {cpu * 1e3:,.0f} ms of CPU a micro-batch; "
+            f"FSDP gathers a layer at a time: {train.tokens / seconds:,.0f} tokens/s per GPU with "
+            f"--sharding fsdp",)
 
 
 def _launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed) -> str:
