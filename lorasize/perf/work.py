@@ -156,6 +156,7 @@ class StepWork:
     syncs: bool = False  # the CPU waits for the GPU inside every layer's forward
     notes: tuple[str, ...] = ()
 
+
 # A pre-norm decoder layer's norms (input and post-attention); q/k norms add two.
 ZERO3_NORMS_PER_LAYER = 2
 
