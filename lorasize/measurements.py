@@ -3,9 +3,9 @@
 Copied from the project's shared measurement set: ``measured.csv`` (memory, parameter counts,
 adapter sizes), ``timing.csv`` (training throughput) and ``serving.csv`` (multi-adapter serving),
 each with an evidence file quoting the source of every row; their columns are documented in the
-folder's README.md. ``timing_added.csv`` holds throughput rows gathered later from other sources,
-in the same columns, kept out of every fit. ``validate`` and ``calibrate`` read them by default, so the accuracy figures
-in the README can be reproduced from any install.
+folder's README.md. ``timing_added.csv`` holds throughput rows gathered later from other
+sources, in the same columns, kept out of every fit. ``validate`` and ``calibrate`` read them by
+default, so the accuracy figures in the README can be reproduced from any install.
 """
 
 from __future__ import annotations

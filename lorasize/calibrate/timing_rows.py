@@ -133,7 +133,7 @@ def _models_beside(argv: list[str], folder: Path) -> list[str]:
 def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
               ) -> tuple[list[TimingRow], list[tuple[str, str]]]:
     """The rows of ``path`` lorasize can express, and (id, reason) for those it skips."""
-    from ..cli.estimate_cmd import build_gpu, build_shard, build_specs, estimate
+    from ..cli.estimate_cmd import _given, build_gpu, build_shard, build_specs, estimate
     from ..arch.lora import resolve_targets
 
     rows, skipped = [], []
@@ -153,7 +153,7 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                 ctx = estimate.make_context("estimate", argv,
                                             help_option_names=["-h", "--help"])
                 model, lora, train = build_specs(ctx, ctx.params)
-                if "--kernels" not in args:  # a row's own flag says it; else its framework
+                if not _given(ctx, "kernels"):  # a row's own flag says it; else its framework
                     train = replace(train, kernels="fused" if _fused(raw) else "eager")
                 vocab = ROW_FACTS.get(raw["id"], {}).get("vocab_size")
                 if vocab:
@@ -167,9 +167,9 @@ def load_rows(path: str | Path, confidences: tuple[str, ...] = CONFIDENCES
                 if any(m in raw.get("framework", "") for m in NO_KBIT_PREP_MARKERS):
                     train = replace(train, kbit_prep=False, grad_checkpointing=train.checkpointing)
                 lora = replace(lora, dropout=_dropout(raw, lora.dropout, train.stack,
-                                                      "--lora-dropout" in args))
+                                                      _given(ctx, "lora_dropout")))
                 batch = _framework_default(raw, FRAMEWORK_GLOBAL_BATCH)
-                if batch and "--grad-accum" not in args:
+                if batch and not _given(ctx, "grad_accum"):
                     train = replace(train, grad_accum=max(batch // train.batch_size, 1))
                 gpu = build_gpu(ctx.params)
                 targets = resolve_targets(model, lora, train.stack) if train.method != "full" else ()

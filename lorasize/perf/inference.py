@@ -28,7 +28,7 @@ from ..arch.model import ModelSpec
 from ..gpu import GpuSpec
 from ..serving.serve import kv_cache_bytes
 from .steptime import TimeParams, combine, default_params, terms
-from .work import (EAGER_TOUCHES, LORA_CAST_KERNELS, LORA_KERNELS, QUANT_KERNELS, Gemm, StepWork,
+from .work import (EAGER_TOUCHES, QUANT_KERNELS, Gemm, StepWork, adapter_kernels,
                    decoder_linears, layer_bytes, layer_kernels, quantized_weights)
 
 BATCHING_ENGINES = ("vllm", "sglang", "lorax")
@@ -96,10 +96,9 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
     else:
         layer = layer_kernels(model) + GENERATE_KERNELS_PER_LAYER
         kernels = layer * model.num_layers + GENERATE_KERNELS_PER_TOKEN
-        # PeftModel.from_pretrained keeps the adapters fp32 on a 16-bit base
-        # (autocast_adapter_dtype=True), and generate runs without autocast: the input's and
-        # the output's casts
-        lora = LORA_KERNELS[0] + (LORA_CAST_KERNELS[0] if dtype != "fp32" else 0)
+        # PeftModel.from_pretrained keeps the adapters fp32 (autocast_adapter_dtype=True), and
+        # generate runs without autocast
+        lora, _ = adapter_kernels("hf-peft", "fp32", dtype, autocast=False)
         kernels += lora * sum(u.copies for u in unmerged)
         if quantized:
             kernels += QUANT_KERNELS * quantized_weights(model)[1]

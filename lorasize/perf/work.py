@@ -356,7 +356,8 @@ def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, pa
             MOE_LOOP_ROUTER_KERNELS + MOE_LOOP_EXPERT_KERNELS * model.num_experts
             if model.expert_modules else MOE_FUSED_KERNELS)
     modules = adapter_modules(targets, train.stack)
-    lora_forward, lora_backward = _adapter_kernels(train)
+    lora_forward, lora_backward = adapter_kernels(train.stack, train.adapter_dtype, train.dtype,
+                                                  train.autocast)
     if dropout:
         lora_forward += LORA_DROPOUT_KERNELS[0]
         lora_backward += LORA_DROPOUT_KERNELS[1]
@@ -368,14 +369,16 @@ def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, pa
     return forward * passes + backward
 
 
-def _adapter_kernels(train: TrainSpec) -> tuple[int, int]:
-    """Kernels an adapter module launches (forward, backward), its dropout aside."""
-    if train.stack == "litgpt":
+def adapter_kernels(stack: str, adapter_dtype: str, dtype: str, autocast: bool
+                    ) -> tuple[int, int]:
+    """Kernels an adapter module launches (forward, backward), its dropout aside: PEFT's casts
+    where the adapters' dtype is not the model's, their weights' too under autocast."""
+    if stack == "litgpt":
         return LITGPT_LORA_KERNELS
     forward, backward = LORA_KERNELS
-    if train.stack == "hf-peft" and train.adapter_dtype != train.dtype:
+    if stack == "hf-peft" and adapter_dtype != dtype:
         forward, backward = forward + LORA_CAST_KERNELS[0], backward + LORA_CAST_KERNELS[1]
-        if train.autocast:
+        if autocast:
             forward += LORA_AUTOCAST_KERNELS[0]
             backward += LORA_AUTOCAST_KERNELS[1]
     return forward, backward
