@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from lorasize.calibrate.timing_fit import (HELD_OUT_SOURCES, errors, fit_shipped, print_report,
-                                           report, samples)
+from lorasize.calibrate.timing_fit import (HELD_OUT_SOURCES, _Batch, errors, fit_shipped,
+                                           print_report, report, samples)
 from lorasize.calibrate.timing_rows import ALL_CONFIDENCES, load_rows
 from lorasize.measurements import TIMING, TIMING_ADDED
 from lorasize import resolve_model
-from lorasize.perf.steptime import PARAMS_FILE, default_params
+from lorasize.perf.steptime import PARAMS_FILE, TimeParams, combine, default_params
 
 BAR = Path(__file__).resolve().parent.parent / "benchmarks" / "timing_accuracy.json"
 GROWTH = 0.02  # two points
@@ -42,6 +42,21 @@ def test_shipped_figures_are_the_fit_of_timing_csv():
             assert shipped[key] == pytest.approx(value, rel=1e-3, abs=1e-5), (
                 f"regenerate: python -m lorasize.calibrate.timing_fit ({key})")
     assert not {s.source for s in batch} & set(HELD_OUT_SOURCES)
+
+
+@pytest.mark.parametrize("params", [
+    default_params(), TimeParams(),
+    TimeParams(comm_overlap=0.3, overlap=0.2, launch_us=80.0, gather_us=400.0, gemm_k0=900.0,
+               comm_efficiency={"nvlink": 0.4, "pcie": 0.3, "network": 0.2})])
+def test_the_fits_vectorized_seconds_are_combines(rows, params):
+    """The fit's numpy loss computes exactly what combine() does, row by row: collectives that
+    hide or not, syncing CPUs, launch-bound rows, every published row of both files."""
+    late, _ = load_rows(TIMING_ADDED, ALL_CONFIDENCES)
+    batch = samples(rows[0] + late)
+    assert any(s.terms.comms for s in batch) and any(s.terms.syncs for s in batch)
+    vectorized = _Batch(batch).seconds(params)
+    for s, seconds in zip(batch, vectorized):
+        assert seconds == pytest.approx(combine(s.terms, params).seconds, rel=1e-12), s.id
 
 
 def test_rows_gathered_after_the_fit_are_never_fitted(loso):
