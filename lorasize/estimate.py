@@ -38,7 +38,8 @@ from .arch.safetensors_format import DTYPE_TO_SAFETENSORS, PEFT_METADATA, file_b
 from .memory.calibrated import Calibration, default_calibration
 from .memory.sharding import ShardSpec, shard_notes, shard_static
 from .memory.init_programs import applies, build_replay, training_reserved
-from .memory.stacks import EXPERT_MODULE_MODEL_TYPES, as_built, builds_on_device, stack_rules
+from .memory.stacks import (EXPERT_MODULE_MODEL_TYPES, as_built, builds_on_device,
+                            expands_gqa_for_attention, stack_rules)
 from .specs import ServeSpec, TrainSpec
 from .units import DTYPE_BYTES, format_bytes, round_up
 from .memory.weights import StaticBytes, static_bytes
@@ -185,7 +186,8 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     # what one layer of each kind saves, by part
     parts = [act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
                                        attn=train.attn, full=full, dropout=dropout,
-                                       stack=train.stack, quantized=train.quantized, dora=dora)
+                                       stack=train.stack, quantized=train.quantized, dora=dora,
+                                       release=train.stack_release)
              for view in views]
     kinds = [(_layers_needing_grad(model, view, targets, full),
               *_probed_bytes(measured, view, dt, tokens))
@@ -232,8 +234,9 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     expert_gradient = d * last_expert.linear.weight_numel if last_expert else 0
     temporaries = max(transient, dequant, expert_gradient,
                       delta_weight_transient_bytes(targets, dt.adapter))
-    attention_transient = act.attention_backward_transient(model, dt, train.batch_size,
-                                                           train.seq_len, train.attn) \
+    attention_transient = act.attention_backward_transient(
+        model, dt, train.batch_size, train.seq_len, train.attn,
+        expands_gqa_for_attention(train.stack, train.stack_release)) \
         if model.card is None else 0
     if attention_transient:
         up_to_attention = _layer_up_to(views, None, dt, train, dropout, dora) * tokens
@@ -411,7 +414,8 @@ def _layer_up_to(views, at: Target | None, dt, train: TrainSpec, dropout: bool,
         return act.layer_bytes_per_token(view.spec, targets, dt, seq_len=train.seq_len,
                                          attn=train.attn, full=train.method == "full",
                                          dropout=dropout, stack=train.stack,
-                                         quantized=train.quantized, dora=dora)
+                                         quantized=train.quantized, dora=dora,
+                                         release=train.stack_release)
 
     layer = saved(view.targets)
     if at is None or at.linear.group == "attn":
@@ -793,7 +797,9 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
         notes.append("with lm_head as a target PEFT also saves the whole output embedding in the "
                      "adapter file")
     activation_bytes = 4 if train.upcasts_to_fp32 else int(DTYPE_BYTES[train.dtype])
-    if train.attn == "sdpa" and act.sdpa_backend(model, activation_bytes) == "math":
+    if train.attn == "sdpa" and act.sdpa_backend(
+            model, activation_bytes,
+            expands_gqa_for_attention(train.stack, train.stack_release)) == "math":
         notes.append("attention runs on PyTorch's math kernel (fp32 activations with grouped-query "
                      "heads suit neither flash nor memory-efficient attention): it keeps the "
                      "seq x seq probabilities of every layer")

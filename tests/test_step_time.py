@@ -129,6 +129,64 @@ def test_eager_attention_is_slower_than_flash_at_long_sequences():
     assert eager.breakdown["memory_bound"] > flash.breakdown["memory_bound"]
 
 
+def test_attention_after_kbit_prep_without_autocast_is_the_kernel_sdpa_gets(monkeypatch):
+    """Without autocast, PEFT's prepare_model_for_kbit_training leaves q, k and v fp32, and
+    transformers 5 hands grouped-query k and v to SDPA unrepeated: CUDA's dispatcher (the trace's
+    emulation of it) then takes the math kernel. Checked on the real model: SDPA's own inputs,
+    on the meta device."""
+    import peft
+    import torch
+    import torch.nn.functional as F
+    import transformers
+
+    from lorasize import ModelSpec
+    from lorasize.perf.work import attention_kernel
+    from lorasize.trace.emulation import sdpa_kernel
+
+    config = dict(TINY, num_hidden_layers=1)
+    cfg = transformers.AutoConfig.for_model(**{k: v for k, v in config.items()
+                                               if k != "architectures"})
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa",
+                                                              dtype=torch.bfloat16)
+    model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    seen, real = [], F.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, **kwargs):
+        seen.append(sdpa_kernel(query.element_size(), query.size(-1),
+                                key.size(-3) != query.size(-3), attn_mask is not None))
+        return real(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model(input_ids=torch.zeros(1, 16, dtype=torch.long, device="meta"))
+    spec = ModelSpec.from_hf_config(config, name="tiny")
+    assert seen == [attention_kernel(spec, TrainSpec(method="qlora", autocast=False))] == ["math"]
+    # transformers 4.53 and earlier repeated k and v first (repeat_kv): the memory-efficient
+    # kernel, which takes fp32; autocast casts SDPA's inputs to 16 bits: flash
+    assert attention_kernel(spec, TrainSpec(method="qlora", autocast=False,
+                                            stack_release="4.53")) == "efficient"
+    assert attention_kernel(spec, TrainSpec(method="qlora")) == "flash"
+
+
+def test_fp32_attention_and_head_after_kbit_prep_without_autocast_cost_time():
+    """The math kernel's fp32 GEMMs over the whole s x s (no causal skipping) on the CUDA cores
+    and its score traffic, the memory-efficient kernel at its fp32 speed, and the fp32 head."""
+    kw = dict(model="llama3-8b", method="qlora", batch_size=2, seq_len=8192,
+              grad_checkpointing=True)
+    flash = _timed(**kw)
+    math_kernel = _timed(autocast=False, **kw)
+    efficient = _timed(autocast=False, stack_release="4.53", **kw)
+    assert math_kernel.breakdown["attention"] > 5 * flash.breakdown["attention"]
+    assert math_kernel.breakdown["memory_bound"] > flash.breakdown["memory_bound"] + 1.0
+    assert efficient.breakdown["attention"] == pytest.approx(
+        4.0 * flash.breakdown["attention"], rel=1e-9)
+    assert efficient.breakdown["matmuls"] > flash.breakdown["matmuls"]  # the fp32 head
+    spec = resolve_model("llama3-8b")
+    head = [g for g in step_work(spec, (), TrainSpec(autocast=False, **{
+        k: v for k, v in kw.items() if k != "model"})).gemms if g.what == "head"]
+    assert head and all(g.fp32 for g in head)
+
+
 def test_fused_kernels_cut_memory_bound_work():
     eager = _timed(batch_size=4, seq_len=4096, grad_checkpointing=True)
     fused = _timed(batch_size=4, seq_len=4096, grad_checkpointing=True, kernels="fused")

@@ -51,7 +51,8 @@ from ..arch.families import FAMILY_TABLE
 from ..arch.layout import block_linears, block_params
 from ..arch.lora import Target
 from ..arch.model import ModelSpec
-from .stacks import loss_in_compute_dtype, runs_transformers_4, stack_rules, unchunked_loss
+from .stacks import (expands_gqa_for_attention, loss_in_compute_dtype, runs_transformers_4,
+                     stack_rules, unchunked_loss)
 
 FP32 = 4
 BOOL = 1
@@ -218,17 +219,19 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
     return total
 
 
-def sdpa_backend(spec: ModelSpec, compute_bytes: int) -> str:
+def sdpa_backend(spec: ModelSpec, compute_bytes: int, expands_gqa: bool = False) -> str:
     """The kernel ``scaled_dot_product_attention`` picks on a CUDA GPU (sm80+), torch 2.13.
 
     Flash attention takes 16-bit inputs, head_dim <= 256 and grouped-query heads; the
     memory-efficient kernel also takes fp32 but not grouped-query heads
-    (``check_batch_size_and_num_heads_dense<false>`` in ``sdp_utils.cpp``); anything else falls
-    to the math kernel, which materialises the seq x seq probabilities.
+    (``check_batch_size_and_num_heads_dense<false>`` in ``sdp_utils.cpp``), so it runs them when
+    the stack repeats k and v to every query head first (``expands_gqa``:
+    :func:`lorasize.memory.stacks.expands_gqa_for_attention`); anything else falls to the math
+    kernel, which materialises the seq x seq probabilities.
     """
     if compute_bytes == 2 and spec.head_dim <= 256:
         return "flash"
-    if spec.num_heads == spec.num_kv_heads:
+    if spec.num_heads == spec.num_kv_heads or expands_gqa:
         return "efficient"
     return "math"
 
@@ -272,13 +275,14 @@ def first_layer_unsaved_bytes_per_token(spec: ModelSpec, targets: tuple[Target, 
 def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, *,
                           seq_len: int, attn: str, full: bool, dropout: bool,
                           stack: str = "hf-peft", quantized: bool = False,
-                          dora: bool = False) -> LayerActivations:
+                          dora: bool = False, release: str = "") -> LayerActivations:
     """Bytes per token one decoder layer keeps for backward (no checkpointing).
 
     ``stack`` applies that stack's rules (:mod:`lorasize.memory.stacks`); ``quantized``: the block's
     linears are quantized (QLoRA).
     """
     rules = stack_rules(stack)
+    expands = expands_gqa_for_attention(stack, release)
     d, h, q, kv, inter = dt.compute, spec.hidden_size, spec.q_dim, spec.kv_dim, spec.intermediate_size
     v_extra = 0
     if rules.expands_gqa:
@@ -320,7 +324,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         # fp32 log-sum-exp per head.
         half = min(d, 2)
         attention = half * (q + kv + kv + q) + FP32 * heads
-    elif sdpa_backend(spec, d) == "math":
+    elif sdpa_backend(spec, d, expands) == "math":
         # PyTorch's math kernel: the scaled q, the scaled and repeated k, the repeated v and the
         # fp32 probabilities (aten _scaled_dot_product_attention_math).
         attention = 3 * d * q + d * heads * seq_len
@@ -359,7 +363,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
     # the flash and memory-efficient kernels keep their output; eager attention and the math
     # kernel (fp32 or masked grouped-query inputs) do not
     kernel_saves_output = attn == "flash" or (attn == "sdpa"
-                                              and sdpa_backend(spec, dt.compute) != "math")
+                                              and sdpa_backend(spec, dt.compute, expands) != "math")
     lora = 0 if full else _lora_bytes(spec, targets, dt, dropout,
                                       attn_output_saved=kernel_saves_output,
                                       dora=dora,
@@ -556,13 +560,14 @@ def eager_mask_bytes(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int, attn
 
 
 def attention_backward_transient(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int,
-                                 attn: str) -> int:
+                                 attn: str, expands_gqa: bool = False) -> int:
     """Bytes of the s x s matrices an attention backward makes when the kernel materialises the
     probabilities (eager attention, and SDPA's math kernel, taken when fp32 activations meet
     grouped-query heads): ``softmax_backward_data`` writes the scores' gradient while the
     probabilities' gradient is alive, two heads x s x s matrices in the activations' dtype
     (aten ``_scaled_dot_product_attention_math``, transformers ``eager_attention_forward``)."""
-    if attn == "eager" or (attn == "sdpa" and sdpa_backend(spec, dt.compute) == "math"):
+    if attn == "eager" or (attn == "sdpa"
+                           and sdpa_backend(spec, dt.compute, expands_gqa) == "math"):
         return 2 * dt.compute * batch * spec.num_heads * seq_len * seq_len
     return 0
 

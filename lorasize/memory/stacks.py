@@ -150,6 +150,13 @@ LITGPT_INDEX_CACHED_RELEASED = "2024-05-08"
 TRANSFORMERS_5_MAJOR = 5
 TRANSFORMERS_FUSED_EXPERTS_MAJOR = TRANSFORMERS_5_MAJOR
 
+# transformers 4.54.0 hands grouped-query k and v to SDPA as they are (``enable_gqa=True`` when
+# there is no mask, ``use_gqa_in_sdpa`` in ``integrations/sdpa_attention.py``; huggingface/
+# transformers#39412, merged 2025-07-16); 4.53.0 and earlier ``repeat_kv`` them to every query
+# head first (both wheels read). Which kernel fp32 attention gets depends on it: the
+# memory-efficient kernel takes fp32 but not grouped heads.
+TRANSFORMERS_SDPA_GQA = "4.54"
+
 # LoRA dropout a stack's recipes apply when a measurement does not state it: litgpt
 # finetune/lora.py ``lora_dropout: float = 0.05`` (lit-gpt's finetune/lora.py @8641822 too; every
 # config_hub/finetune/*/lora.yaml and qlora.yaml sets 0.05 or 0.1); torchtune's configs and PEFT's
@@ -181,6 +188,21 @@ def quantizes_only_targets(stack: str, release: str) -> bool:
     """Whether QLoRA on ``stack`` at ``release`` (``0.2.1``; empty: the current one) quantizes
     only the linears that carry LoRA."""
     return _in_releases(release, stack_rules(stack).quantize_only_targets_releases)
+
+
+def _version(release: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in release.split(".") if part.isdigit())
+
+
+def expands_gqa_for_attention(stack: str, release: str) -> bool:
+    """Whether ``stack`` at ``release`` (empty: the current one) repeats grouped-query k and v to
+    every query head before SDPA: litgpt and torchtune always (``StackRules.expands_gqa``), the
+    transformers releases before :data:`TRANSFORMERS_SDPA_GQA` too (hf-peft's release "4", a
+    row dated before transformers 5 without a stated release, counts as one of them)."""
+    if stack_rules(stack).expands_gqa:
+        return True
+    return stack == "hf-peft" and bool(release) and \
+        _version(release) < _version(TRANSFORMERS_SDPA_GQA)
 
 
 def builds_expert_modules(stack: str, release: str) -> bool:

@@ -63,6 +63,17 @@ BACKWARD_BYTES_RATIO = 2.0
 # mask added (r2 r2 w2), softmax in fp32 (r2 w4, r4 w2: transformers' eager_attention_forward),
 # read by PV (2); backward about twice that.
 EAGER_SCORE_BYTES = 22
+# The same on fp32 scores (eager attention or SDPA's math kernel on fp32 activations): the
+# scores written (4), the mask added (r4 r4 w4), softmax with no cast on either side (r4 w4),
+# read by PV (4).
+FP32_SCORE_BYTES = 28
+# PyTorch's memory-efficient attention on fp32 inputs, sm80 and later, runs CUTLASS tensor cores
+# in 3xTF32 (``OpMultiplyAddFastF32``, three TF32 MMAs a product: aten ``mem_eff_attention/
+# gemm_kernel_utils.h`` ``DefaultGemmType<ArchTag, float>``). Its time over the 16-bit kernel's,
+# as xformers (the kernel's origin) measured it on an A100: forward 13,158 us against 3,090 us
+# at B=64, M=1024, H=16, K=128 (4.3x; facebookresearch/xformers#587), backward 2,335 us against
+# 613 us at B=384, M=197, K=88 (3.8x; #467).
+FP32_EFFICIENT_SLOWDOWN = 4.0
 # Kernels a decoder layer launches forward (counted from the same modules: 7 per rms norm, 4
 # projections, 10 for rope, 3 for SDPA's layout and kernel, 2 residual adds, 5 for the MLP), per
 # quantized matrix (dequantize; bitsandbytes 4-bit and 8-bit), per layer norm (1). An adapter
@@ -240,9 +251,11 @@ def _block_output(model: ModelSpec):
 
 
 def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int,
-                  first: int | None, adapted: set[str], weight_grads: bool) -> list[Gemm]:
+                  first: int | None, adapted: set[str], weight_grads: bool,
+                  fp32: bool = False) -> list[Gemm]:
     """The base linears' GEMMs; ``weight_grads``: every weight's gradient is computed (full
-    fine-tuning, or frozen weights FSDP gives a gradient: ``step_work``)."""
+    fine-tuning, or frozen weights FSDP gives a gradient: ``step_work``); ``fp32``: an fp32
+    model without autocast."""
     out = []
     last = _block_output(model)
     skips = _first_layer_skips(model, adapted) if first is not None else set()
@@ -253,11 +266,11 @@ def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int,
         # the block's output linear is not recomputed unless an adapter reads what it computes
         # first (PEFT runs the base layer before the adapter)
         runs = 1 if last is not None and m.path == last.path and m.path not in adapted else passes
-        out.append(Gemm(rows, m.out_features, m.in_features, n * per_copy * runs, "base"))
+        out.append(Gemm(rows, m.out_features, m.in_features, n * per_copy * runs, "base", fp32))
         graded = n if full else _input_gradient_copies(m, n, first, skips)
-        out.append(Gemm(rows, m.in_features, m.out_features, graded * per_copy, "base"))
+        out.append(Gemm(rows, m.in_features, m.out_features, graded * per_copy, "base", fp32))
         if weight_grads:
-            out.append(Gemm(m.in_features, m.out_features, rows, n * per_copy, "base",
+            out.append(Gemm(m.in_features, m.out_features, rows, n * per_copy, "base", fp32,
                             reduces_tokens=True))
     return out
 
@@ -318,28 +331,54 @@ def _elementwise_bytes(model: ModelSpec, targets: tuple[Target, ...], train: Tra
                            + t["loss"] * model.vocab_size)
 
 
-def _eager_score_bytes(model: ModelSpec, train: TrainSpec, passes: int) -> float:
-    """Eager attention's score and probability traffic (b x heads x s x s per layer)."""
-    if train.attn != "eager":
+def activations_fp32(train: TrainSpec) -> bool:
+    """Whether the step's activations are fp32: no autocast, on an fp32 model or after
+    ``prepare_model_for_kbit_training`` (the residual stream is fp32 and bitsandbytes returns
+    each matmul in its input's dtype, so q, k and v are fp32 too). Autocast casts SDPA's and every
+    linear's inputs to the compute dtype."""
+    return not train.autocast and (train.dtype == "fp32" or train.upcasts_to_fp32)
+
+
+def attention_kernel(model: ModelSpec, train: TrainSpec) -> str:
+    """The attention kernel a step runs: ``eager``, ``flash`` (flash-attn 2 casts fp32 q, k, v to
+    16 bits, transformers ``_flash_attention_forward``), or SDPA's choice on the step's
+    activations (:func:`lorasize.memory.activations.sdpa_backend`)."""
+    from ..memory.activations import sdpa_backend
+    from ..memory.stacks import expands_gqa_for_attention
+
+    if train.attn != "sdpa":
+        return train.attn
+    return sdpa_backend(model, 4 if activations_fp32(train) else 2,
+                        expands_gqa_for_attention(train.stack, train.stack_release))
+
+
+def _score_bytes(model: ModelSpec, train: TrainSpec, passes: int) -> float:
+    """The score and probability traffic of a kernel that materialises them (eager attention,
+    SDPA's math kernel): b x heads x s x s per layer."""
+    if attention_kernel(model, train) not in ("eager", "math"):
         return 0.0
     scores = train.batch_size * model.num_heads * train.seq_len ** 2 * model.num_layers
-    return EAGER_SCORE_BYTES * scores * (passes + BACKWARD_BYTES_RATIO)
+    per_score = FP32_SCORE_BYTES if activations_fp32(train) else EAGER_SCORE_BYTES
+    return per_score * scores * (passes + BACKWARD_BYTES_RATIO)
 
 
 def _attention(model: ModelSpec, train: TrainSpec, passes: int,
                backward_layers: int) -> tuple[float, list[Gemm]]:
-    """Flash / memory-efficient kernel FLOPs, or eager attention's batched GEMMs; the backward
-    runs in ``backward_layers`` layers (those whose attention has something trainable
-    upstream)."""
+    """Flash / memory-efficient kernel FLOPs (in bf16 tensor-core time), or the batched GEMMs of
+    a kernel that materialises the scores (eager attention, SDPA's math kernel: fp32 ones on the
+    CUDA cores, torch's ``allow_tf32=False`` default); the backward runs in ``backward_layers``
+    layers (those whose attention has something trainable upstream)."""
     b, s, d = train.batch_size, train.seq_len, model.head_dim
     heads, layers = model.num_heads, model.num_layers
-    if train.attn == "eager":
+    kernel, fp32 = attention_kernel(model, train), activations_fp32(train)
+    if kernel in ("eager", "math"):
         # QK^T and PV over the full s x s forward; backward two GEMMs for each
         per = b * heads
-        return 0.0, [Gemm(s, s, d, per * layers * 2 * passes, "attention"),
-                     Gemm(s, d, s, per * backward_layers * 4, "attention")]
+        return 0.0, [Gemm(s, s, d, per * layers * 2 * passes, "attention", fp32),
+                     Gemm(s, d, s, per * backward_layers * 4, "attention", fp32)]
     forward = 4.0 * b * s * s * d * heads / 2  # causal: half of the products
-    return forward * (layers * passes + backward_layers * FLASH_BACKWARD_RATIO), []
+    slowdown = FP32_EFFICIENT_SLOWDOWN if kernel == "efficient" and fp32 else 1.0
+    return slowdown * forward * (layers * passes + backward_layers * FLASH_BACKWARD_RATIO), []
 
 
 # FlashAttention-2's backward: five GEMMs against the forward's two (the scores recomputed).
@@ -486,10 +525,14 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     frozen_grads = frozen_gradient_bytes(model, train, static, shard)
     weight_grads = full or frozen_grads > 0  # every base weight's gradient is computed
     gemms = _linear_gemms(model, full, tokens, passes, first,
-                          set() if full else {t.linear.path for t in targets}, weight_grads)
-    gemms.append(Gemm(tokens, model.vocab_size, model.hidden_size, 2 + full, "head"))
+                          set() if full else {t.linear.path for t in targets}, weight_grads,
+                          fp32=not train.autocast and train.dtype == "fp32")
+    # an fp32 head (kbit preparation's, or an fp32 model's) runs on the CUDA cores unless autocast
+    # casts it to the compute dtype
+    gemms.append(Gemm(tokens, model.vocab_size, model.hidden_size, 2 + full, "head",
+                      not train.autocast and train.head_dtype == "fp32"))
     if not full:
-        fp32 = not train.autocast and train.adapter_dtype == "fp32" and train.dtype != "fp32"
+        fp32 = not train.autocast and train.adapter_dtype == "fp32"
         gemms += _adapter_gemms(model, targets, tokens, passes, fp32, first)
     backward_layers = model.num_layers
     if first is not None:
@@ -502,7 +545,7 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     gemms += eager
     elementwise = _elementwise_bytes(model, targets if not full else (), train, dropout,
                                      dora and not full, passes)
-    elementwise += _eager_score_bytes(model, train, passes)
+    elementwise += _score_bytes(model, train, passes)
     elementwise += FROZEN_GRADIENT_TOUCHES * frozen_grads
     if dora and not full:
         # the weight norm of W + BA each forward: read the weight, write and read the sum in fp32
