@@ -19,3 +19,6 @@ TIMING = FOLDER / "timing.csv"
 # outside the shared set (evidence in timing_added_evidence.md): never fitted, only reported.
 TIMING_ADDED = FOLDER / "timing_added.csv"
 SERVING = FOLDER / "serving.csv"
+# Serving figures gathered later from other sources (evidence in serving_added_evidence.md): none
+# shaped the serving model; `python -m lorasize.calibrate.serving_check` reports them.
+SERVING_ADDED = FOLDER / "serving_added.csv"

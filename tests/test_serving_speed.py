@@ -54,7 +54,7 @@ def test_slora_one_unmerged_adapter_against_the_base(published, concurrency):
     unmerged r=8 adapter 1.892 req/s (same offered load, saturated)."""
     measured = float(published["slora-a10g-30"]["value"]) / float(published["slora-a10g-29"]["value"])
     t = _perf(8, "a10g", engine="vllm", concurrency=concurrency, adapters=1, prompt_tokens=260,
-              context=390).throughput_tokens_per_s
+              context=390, output_tokens=260).throughput_tokens_per_s
     assert t["adapters"] / t["base"] == pytest.approx(measured, rel=0.15)
     assert t["adapters"] < t["base"]
 
@@ -65,7 +65,7 @@ def test_slora_throughput_as_adapters_grow(published, row, adapters):
     """slora-t3-01..04: S-LoRA's throughput with 100, 1,000 and 2,000 r=8 adapters over its
     throughput with 5 (A100-80GB, 10 req/s offered): the ratio within 15%."""
     measured = float(published[row]["value"]) / float(published["slora-t3-01"]["value"])
-    kw = dict(engine="vllm", concurrency=32, prompt_tokens=260, context=390)
+    kw = dict(engine="vllm", concurrency=32, prompt_tokens=260, context=390, output_tokens=260)
     five = _perf(8, "a100-80gb", adapters=5, **kw).throughput_tokens_per_s["adapters"]
     many = _perf(8, "a100-80gb", adapters=adapters, **kw).throughput_tokens_per_s["adapters"]
     assert many / five == pytest.approx(measured, rel=0.15)

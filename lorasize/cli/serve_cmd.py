@@ -209,6 +209,8 @@ def serve(ctx: click.Context, as_json: bool, **p) -> int:
         data["fleet"] = fleet
     performance = _performance(p, model, result, train, gpu, capacity) \
         if capacity.adapters > 0 else None
+    if performance is None and spec.engine in PAGED_ENGINES:
+        performance = _performance_paged(p, model, lora, train, gpu, spec)
     data["performance"] = performance.to_dict() if performance else None
     data["fits"] = capacity.adapters > 0
     if as_json:
@@ -244,6 +246,50 @@ def _check_engine_rank(spec: ServeSpec, lora, train) -> None:
                             f"{rank}: give --max-lora-rank {lora.r} or more", source="--max-lora-rank")
 
 
+# Engines whose KV cache is a pool of pages filled by the sequences actually running: when the
+# pool cannot hold --concurrency sequences of --max-seq-len, their schedulers run as many as it
+# holds and queue the rest (vLLM's and SGLang's block managers; LoRAX is built on TGI's paged
+# attention) rather than refusing to start.
+PAGED_ENGINES = ("vllm", "sglang", "lorax")
+
+
+def _performance_paged(p: dict, model, lora, train, gpu, spec):
+    """Performance at the most sequences of ``--max-seq-len`` the paged KV pool holds beside the
+    base and one adapter, when ``--concurrency`` of them do not fit: what the engine's scheduler
+    runs at once. None when not even one does."""
+    from dataclasses import replace
+
+    from ..estimate import estimate as run_estimate
+
+    length, asked = p["max_seq_len"], max(p["concurrency"], 1)
+    if length < 1:
+        return None
+
+    def fitted(n):
+        result = run_estimate(model, lora, train, gpu=gpu, serve=replace(spec, kv_tokens=n * length))
+        return result if result.serving.adapters > 0 else None
+
+    low, high, best = 1, asked - 1, None
+    while low <= high:  # the largest concurrency that fits
+        mid = (low + high) // 2
+        result = fitted(mid)
+        if result:
+            low, best = mid + 1, (mid, result)
+        else:
+            high = mid - 1
+    if best is None:
+        return None
+    held, result = best
+    perf = _performance(dict(p, concurrency=held, batch=min(p["batch"], held)), model, result,
+                        train, gpu, result.serving)
+    if perf is None:
+        return None
+    note = (f"{spec.engine}'s KV pool holds {held} sequences of {length:,} tokens beside the base "
+            f"and an adapter, not {asked}: its scheduler runs {held} at once and queues the "
+            f"rest; throughput at {held}")
+    return replace(perf, notes=perf.notes + (note,))
+
+
 def _performance(p: dict, model, result, train, gpu, capacity):
     """Decode latency, prefill, throughput and load time (lorasize.perf.inference)."""
     from ..perf.inference import serving_performance
@@ -258,7 +304,8 @@ def _performance(p: dict, model, result, train, gpu, capacity):
     return serving_performance(
         model, result.targets, gpu, engine=p["engine"].lower(), batch=p["batch"],
         concurrency=max(p["concurrency"], 1), adapters=resident, prompt_tokens=p["prompt_tokens"],
-        context=p["prompt_tokens"] + p["output_tokens"] // 2, quantized=train.quantized,
+        context=p["prompt_tokens"] + p["output_tokens"] // 2,
+        output_tokens=p["output_tokens"], quantized=train.quantized,
         dtype=train.dtype, adapter_bytes=result.adapter_file_bytes)
 
 

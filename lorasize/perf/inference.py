@@ -116,7 +116,8 @@ def _seconds(work: StepWork, gpu: GpuSpec, params: TimeParams):
 def serving_performance(model: ModelSpec, targets: tuple[Target, ...], gpu: GpuSpec, *,
                         engine: str = "peft", batch: int = 1, concurrency: int = 1,
                         adapters: int = 1, prompt_tokens: int = 512, context: int = 512,
-                        quantized: bool = False, dtype: str = "bf16", adapter_bytes: int = 0,
+                        output_tokens: int = 256, quantized: bool = False, dtype: str = "bf16",
+                        adapter_bytes: int = 0,
                         params: TimeParams | None = None) -> ServingPerformance | None:
     """Decode latency, prefill, throughput and load time on ``gpu``; None when the GPU's
     throughput or bandwidth is unknown.
@@ -126,6 +127,9 @@ def serving_performance(model: ModelSpec, targets: tuple[Target, ...], gpu: GpuS
         concurrency: requests in flight for the throughput.
         adapters: distinct resident adapters the requests spread over.
         prompt_tokens: prompt length (prefill); context: cached tokens each decode step reads.
+        output_tokens: tokens generated per request: the throughput counts them over the whole
+            run, each request's prefill included (an engine's scheduler spends steps on
+            prefills between decode steps).
         adapter_bytes: one adapter's file, for the load time.
     """
     from ..serving.hotswap import swap_seconds
@@ -144,15 +148,27 @@ def serving_performance(model: ModelSpec, targets: tuple[Target, ...], gpu: GpuS
         latency[f"batch_{b}"] = {"base": 1e3 * decode(b, True, which=()).seconds,
                                  "merged": 1e3 * decode(b, True).seconds,
                                  "unmerged": 1e3 * decode(b, False).seconds}
-    prefill = _seconds(forward_work(model, targets, prompt_tokens, 0, prompt=prompt_tokens,
-                                    **kw), gpu, p).seconds
-    base = concurrency / decode(concurrency, True, which=()).seconds
+    def prefill_seconds(which=targets):
+        work = forward_work(model, which, prompt_tokens, 0, prompt=prompt_tokens, **kw)
+        return _seconds(work, gpu, p).seconds
+
+    prefill = prefill_seconds()
+
+    def generated_per_second(rows, step, prefill_s):
+        """Tokens generated per second by ``rows`` requests decoding together, each request's
+        prefill (one prompt's forward, as batched prefills cost) in the run's time."""
+        out = max(output_tokens, 1)
+        return rows * out / (out * step + rows * prefill_s)
+
+    base = generated_per_second(concurrency, decode(concurrency, True, which=()).seconds,
+                                prefill_seconds(()))
     n = max(1, min(adapters, concurrency))
     if engine in BATCHING_ENGINES:
-        with_adapters = concurrency / decode(concurrency, False, n).seconds
+        with_adapters = generated_per_second(concurrency, decode(concurrency, False, n).seconds,
+                                             prefill)
     else:  # one adapter a forward: n batches of concurrency / n requests, one after another
         share = max(1, concurrency // n)
-        with_adapters = share * n / (n * decode(share, False).seconds)
+        with_adapters = generated_per_second(share, decode(share, False).seconds, prefill)
     timed = decode(batch, False)
     notes = []
     if timed.bound == "launch":
