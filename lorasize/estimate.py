@@ -187,7 +187,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     parts = [act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
                                        attn=train.attn, full=full, dropout=dropout,
                                        stack=train.stack, quantized=train.quantized, dora=dora,
-                                       release=train.stack_release)
+                                       release=train.stack_release, autocast=train.autocast)
              for view in views]
     kinds = [(_layers_needing_grad(model, view, targets, full),
               *_probed_bytes(measured, view, dt, tokens))
@@ -236,7 +236,7 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
                       delta_weight_transient_bytes(targets, dt.adapter))
     attention_transient = act.attention_backward_transient(
         model, dt, train.batch_size, train.seq_len, train.attn,
-        expands_gqa_for_attention(train.stack, train.stack_release)) \
+        expands_gqa_for_attention(train.stack, train.stack_release), train.autocast) \
         if model.card is None else 0
     if attention_transient:
         up_to_attention = _layer_up_to(views, None, dt, train, dropout, dora) * tokens
@@ -415,7 +415,7 @@ def _layer_up_to(views, at: Target | None, dt, train: TrainSpec, dropout: bool,
                                          attn=train.attn, full=train.method == "full",
                                          dropout=dropout, stack=train.stack,
                                          quantized=train.quantized, dora=dora,
-                                         release=train.stack_release)
+                                         release=train.stack_release, autocast=train.autocast)
 
     layer = saved(view.targets)
     if at is None or at.linear.group == "attn":
@@ -798,7 +798,7 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
                      "adapter file")
     activation_bytes = 4 if train.upcasts_to_fp32 else int(DTYPE_BYTES[train.dtype])
     if train.attn == "sdpa" and act.sdpa_backend(
-            model, activation_bytes,
+            model, act.sdpa_input_bytes(activation_bytes, train.autocast),
             expands_gqa_for_attention(train.stack, train.stack_release)) == "math":
         notes.append("attention runs on PyTorch's math kernel (fp32 activations with grouped-query "
                      "heads suit neither flash nor memory-efficient attention): it keeps the "

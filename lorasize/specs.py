@@ -97,7 +97,10 @@ class TrainSpec:
             partitioner saves, measured on the real layer under fake tensors (needs torch).
         autocast: mixed-precision autocast runs the matmuls (transformers' Trainer with
             ``bf16=True``); False: a plain loop on a 16-bit model, where fp32 adapter weights
-            (PEFT's default) compute in fp32. Step time only.
+            (PEFT's default) compute in fp32, and after kbit preparation SDPA gets fp32 inputs.
+            Step time, and the attention kernel's memory (autocast casts SDPA's inputs to 16
+            bits: :func:`lorasize.memory.activations.sdpa_input_bytes`); the rest of the memory
+            model is the step without it, as the trace runs it.
         recast_embeddings: after ``prepare_model_for_kbit_training``, the embeddings and the head
             go back to the compute dtype and the norms stay fp32, and autocast runs the head in
             the compute dtype: TRL's ``SFTTrainer`` with ``bf16=True`` up to its 0.1x releases

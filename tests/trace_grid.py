@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from dataclasses import replace
 
 from lorasize import LoraSpec, ModelSpec, TrainSpec, estimate, resolve_model
 from lorasize.memory.allocator import cublas_workspace_bytes
@@ -100,8 +101,9 @@ def within(traced: list[tuple], tolerance: float) -> None:
 def compare(spec: ModelSpec, lora: LoraSpec, train: TrainSpec, traced: dict) -> dict:
     """Estimate against trace for one cell: ``{component: (estimate, trace, relative error)}``.
 
-    The estimate's allocated bytes lose the cuBLAS workspace, which the trace cannot see."""
-    e = estimate(spec, lora, train)
+    The estimate's allocated bytes lose the cuBLAS workspace, which the trace cannot see, and it
+    is the step without autocast, as traced."""
+    e = estimate(spec, lora, replace(train, autocast=False))
     rows = {"total": (e.allocated_bytes - cublas_workspace_bytes(None), traced["peak_bytes"])}
     for category, components in STATE_COMPONENTS:
         rows[category] = (sum(e.breakdown[c] for c in components),

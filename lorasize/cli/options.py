@@ -192,7 +192,8 @@ def train_options(func):
                           "torch; torchtune's compile: True)."),
         click.option("--autocast/--no-autocast", default=True, show_default=True,
                      help="Mixed-precision autocast (the Trainer's bf16=True); without it PEFT's "
-                          "fp32 adapters compute in fp32. Step time only."),
+                          "fp32 adapters compute in fp32, and after kbit prep attention gets fp32 "
+                          "inputs (no flash kernel). Step time, and attention's memory."),
     ])(func)
 
 

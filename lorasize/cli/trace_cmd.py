@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 
 import click
@@ -64,7 +66,8 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
     refuse_other_transformers(model, train, "trace")
     recipe, given = recipe_used(ctx)
     traced = run_trace(model, lora, train).to_dict()
-    est = run_estimate(model, lora, train)
+    # the trace runs no autocast (CPU fake tensors): the estimate it is held to is that step's
+    est = run_estimate(model, lora, replace(train, autocast=False))
     rows = compare(traced, est)
     estimated_peak = est.allocated_bytes - cublas_workspace_bytes(None)
     estimated_reserved = est.reserved_bytes - cublas_workspace_bytes(None)

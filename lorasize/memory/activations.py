@@ -236,6 +236,14 @@ def sdpa_backend(spec: ModelSpec, compute_bytes: int, expands_gqa: bool = False)
     return "math"
 
 
+def sdpa_input_bytes(compute_bytes: int, autocast: bool) -> int:
+    """Bytes per element of what SDPA receives: CUDA's autocast casts its inputs to the 16-bit
+    compute dtype (``KERNEL_CUDA(scaled_dot_product_attention, lower_precision_fp)``, aten
+    ``autocast_mode.cpp``), so fp32 activations (after kbit preparation) meet flash attention
+    there; without autocast they stay as they are."""
+    return min(compute_bytes, 2) if autocast else compute_bytes
+
+
 def _parallel_shared_input(spec: ModelSpec) -> bool:
     """GPT-NeoX's parallel residual normalises the same input twice: it is saved once."""
     return bool(_traits(spec).get("parallel_shared_input")) \
@@ -275,7 +283,8 @@ def first_layer_unsaved_bytes_per_token(spec: ModelSpec, targets: tuple[Target, 
 def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, *,
                           seq_len: int, attn: str, full: bool, dropout: bool,
                           stack: str = "hf-peft", quantized: bool = False,
-                          dora: bool = False, release: str = "") -> LayerActivations:
+                          dora: bool = False, release: str = "",
+                          autocast: bool = False) -> LayerActivations:
     """Bytes per token one decoder layer keeps for backward (no checkpointing).
 
     ``stack`` applies that stack's rules (:mod:`lorasize.memory.stacks`); ``quantized``: the block's
@@ -324,12 +333,13 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         # fp32 log-sum-exp per head.
         half = min(d, 2)
         attention = half * (q + kv + kv + q) + FP32 * heads
-    elif sdpa_backend(spec, d, expands) == "math":
+    elif sdpa_backend(spec, sdpa_input_bytes(d, autocast), expands) == "math":
         # PyTorch's math kernel: the scaled q, the scaled and repeated k, the repeated v and the
         # fp32 probabilities (aten _scaled_dot_product_attention_math).
         attention = 3 * d * q + d * heads * seq_len
     else:
-        attention = d * q + d * kv + d * kv + d * q + FP32 * heads
+        a = sdpa_input_bytes(d, autocast)  # autocast's 16-bit copies are what the kernel saves
+        attention = a * q + a * kv + a * kv + a * q + FP32 * heads
         if full and traits.get("cat_rope"):
             attention += d * q  # o_proj's input is a contiguous copy of the kernel's output
     attention += v_extra
@@ -363,7 +373,8 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
     # the flash and memory-efficient kernels keep their output; eager attention and the math
     # kernel (fp32 or masked grouped-query inputs) do not
     kernel_saves_output = attn == "flash" or (attn == "sdpa"
-                                              and sdpa_backend(spec, dt.compute, expands) != "math")
+                                              and sdpa_backend(spec, sdpa_input_bytes(
+                                                  dt.compute, autocast), expands) != "math")
     lora = 0 if full else _lora_bytes(spec, targets, dt, dropout,
                                       attn_output_saved=kernel_saves_output,
                                       dora=dora,
@@ -560,14 +571,15 @@ def eager_mask_bytes(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int, attn
 
 
 def attention_backward_transient(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int,
-                                 attn: str, expands_gqa: bool = False) -> int:
+                                 attn: str, expands_gqa: bool = False,
+                                 autocast: bool = False) -> int:
     """Bytes of the s x s matrices an attention backward makes when the kernel materialises the
     probabilities (eager attention, and SDPA's math kernel, taken when fp32 activations meet
     grouped-query heads): ``softmax_backward_data`` writes the scores' gradient while the
     probabilities' gradient is alive, two heads x s x s matrices in the activations' dtype
     (aten ``_scaled_dot_product_attention_math``, transformers ``eager_attention_forward``)."""
-    if attn == "eager" or (attn == "sdpa"
-                           and sdpa_backend(spec, dt.compute, expands_gqa) == "math"):
+    if attn == "eager" or (attn == "sdpa" and sdpa_backend(
+            spec, sdpa_input_bytes(dt.compute, autocast), expands_gqa) == "math"):
         return 2 * dt.compute * batch * spec.num_heads * seq_len * seq_len
     return 0
 
