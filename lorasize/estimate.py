@@ -802,7 +802,8 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
             expands_gqa_for_attention(train.stack, train.stack_release)) == "math":
         notes.append("attention runs on PyTorch's math kernel (fp32 activations with grouped-query "
                      "heads suit neither flash nor memory-efficient attention): it keeps the "
-                     "seq x seq probabilities of every layer")
+                     "seq x seq probabilities of every layer and runs them off the tensor cores; "
+                     "autocast (the Trainer's bf16=True) or --attn flash runs flash attention")
     if any(t.linear.experts for t in targets) and not model.expert_modules:
         notes.append("PEFT adapts MoE experts by building W + BA for every expert on each forward "
                      "and keeping it for backward: a copy of the expert weights per layer "

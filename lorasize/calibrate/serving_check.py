@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import shlex
-import statistics
 from pathlib import Path
+
+from .timing_fit import summary
 
 CONFIDENCES = ("high", "medium")
 _LEVELS = ("high", "medium", "low")  # a pair is as confident as its less confident row
@@ -45,9 +45,11 @@ def _serve(argv: list[str]) -> dict:
 
     from ..cli import main
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        main(["serve", *argv, "--json"])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["serve", *argv, "--json"])
+    if code not in (0, 1):  # 1: does not fit, with the figures it could give
+        raise ValueError(f"lorasize serve {shlex.join(argv)}: {err.getvalue().strip()}")
     return json.loads(out.getvalue())
 
 
@@ -122,14 +124,6 @@ def report(path) -> dict:
                                          if a["confidence"] in CONFIDENCES]),
             "ratio_summary": summary([r["error"] for r in ratios
                                       if r["confidence"] in CONFIDENCES])}
-
-
-def summary(errs: list[float]) -> dict:
-    a = sorted(abs(e) for e in errs)
-    if not a:
-        return {"rows": 0}
-    p90 = a[min(len(a) - 1, math.ceil(0.9 * len(a)) - 1)]
-    return {"rows": len(a), "median_abs_error": statistics.median(a), "p90_abs_error": p90}
 
 
 def print_report(data: dict) -> None:
