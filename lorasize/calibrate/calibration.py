@@ -112,14 +112,15 @@ def calibrate_from_measurements(csv_path: str | Path) -> tuple[Calibration, dict
 
 
 def _profile_specs(config: dict):
-    """The model, LoRA and training specs a profile's ``config`` records."""
+    """The model, LoRA and training specs a profile's ``config`` records; the profiler's loop
+    runs no autocast (:func:`lorasize.profile.runner`), so neither does the step it records."""
     from ..arch.lora import LoraSpec
     from ..arch.model import ModelSpec
     from ..specs import TrainSpec
 
     model = ModelSpec.from_hf_config(config["model"]["hf_config"], name=config["model"]["name"])
     lora = LoraSpec(**dict(config["lora"], targets=tuple(config["lora"]["targets"])))
-    return model, lora, TrainSpec(**config["train"])
+    return model, lora, TrainSpec(**dict(config["train"], autocast=False))
 
 
 def profile_points(profiles: list[dict]) -> tuple[list, list, list]:

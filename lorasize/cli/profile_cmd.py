@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import os
 import re
@@ -118,7 +120,8 @@ def profile(ctx: click.Context, steps: int, warmup: int, device: str, adapters: 
     if m["oom"]:
         click.echo(f"out of memory: recorded in {path}")
         return 1
-    est = run_estimate(model, lora, train)
+    # the profiler's loop runs no autocast: the estimate it is held to is that step's
+    est = run_estimate(model, lora, replace(train, autocast=False))
     expected = est.allocated_bytes
     if data["device"]["kind"] == "cpu":
         expected -= cublas_workspace_bytes(None)  # no cuBLAS workspace on the CPU
