@@ -39,6 +39,11 @@ def test_unseen_serving_rows_come_from_other_sources(checked):
 
     assert not sources(SERVING) & sources(SERVING_ADDED)
     assert not checked["unanswered"]  # every expressible row gets a figure
+    # every figure quotes its source
+    evidence = SERVING_ADDED.with_name("serving_added_evidence.md").read_text(encoding="utf-8")
+    with SERVING_ADDED.open(newline="", encoding="utf-8") as handle:
+        ids = [row["id"] for row in csv.DictReader(handle)]
+    assert len(ids) == len(set(ids)) and all(f"\n## {i}\n" in evidence for i in ids)
 
 
 def test_a_batch_one_rate_faster_than_the_bandwidth_is_named(checked):
