@@ -93,8 +93,8 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
                                        for k, v in traced["phase_peaks"].items()),
            "at the peak: " + ", ".join(f"{k} {format_bytes(v)}"
                                        for k, v in traced["breakdown"].items() if v),
-           f"estimate (without cuBLAS workspace): {format_bytes(estimated_peak)} ({error:+.2f}%) "
-           f"at {est.peak_moment}",
+           f"estimate (without cuBLAS workspace, without autocast, as traced): "
+           f"{format_bytes(estimated_peak)} ({error:+.2f}%) at {est.peak_moment}",
            *_fake_accumulation_note(model, train, traced),
            f"reserved, the traced steps replayed through the caching allocator: "
            f"{format_bytes(traced['reserved_bytes'])} (estimate: "
