@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -117,6 +118,29 @@ def test_serve_cli_vllm_flags_and_fleet(cli):
     # Seed 004's arithmetic: 1,000 bf16 Llama-2-7B copies need about 350 A100-40GB.
     assert 300 <= full["gpus"] <= 360
     assert fleet["LoRA, every adapter resident"]["gpus"] < full["gpus"] / 50
+
+
+def test_fleet_with_traffic_needs_the_gpus_that_generate_it(cli):
+    """Without --rps the fleet is sized by memory (the comparison seed 004 made); with it, each
+    option needs at least the GPUs whose throughput generates --rps requests of --output-tokens
+    tokens: the LoRA option's throughput is serve's own figure for the same setting."""
+    from lorasize.serving.fleet import gpus_for_load
+
+    assert gpus_for_load(200, 256, 1000.0) == 52 and gpus_for_load(1, 256, None) == 0
+    args = ["serve", "-m", "llama2-7b", "-r", "16", "-t", "attn", "-g", "a100-40gb",
+            "--customers", "1000", "--requests", "2000", "--engine", "vllm", "--concurrency", "32",
+            "--max-seq-len", "768", "--prompt-tokens", "512", "--output-tokens", "256", "--json"]
+    quiet = json.loads(cli(*args)[1])
+    busy = json.loads(cli(*args, "--rps", "200")[1])
+
+    def lora(data):
+        return next(f for f in data["fleet"] if f["approach"].startswith("LoRA"))
+
+    generated = busy["performance"]["throughput_tokens_per_s"]["adapters"]
+    assert lora(busy)["gpus"] == math.ceil(200 * 256 / generated) > lora(quiet)["gpus"]
+    assert "200 req/s" in lora(busy)["detail"] and "req/s" not in lora(quiet)["detail"]
+    full = [f for f in busy["fleet"] if f["approach"].startswith("full")]
+    assert full == [f for f in quiet["fleet"] if f["approach"].startswith("full")]  # memory-bound
 
 
 @pytest.mark.parametrize("args,flag", [

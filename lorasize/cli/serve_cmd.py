@@ -9,7 +9,8 @@ import click
 
 from ..errors import LorasizeError
 from ..estimate import estimate as run_estimate
-from ..serving.fleet import DEFAULT_USD_PER_GPU_HOUR, gpus_for, models_per_gpu, option
+from ..serving.fleet import (DEFAULT_USD_PER_GPU_HOUR, gpus_for, gpus_for_load,
+                             models_per_gpu, option)
 from ..serving.hotswap import (DEFAULT_DISK_BYTES_PER_S, DEFAULT_H2D_BYTES_PER_S, DEFAULT_REQUESTS,
                        DEFAULT_SEED, parse_traffic, simulate_lru, smallest_slots, swap_seconds)
 from ..plan.render import render_estimate, table
@@ -18,7 +19,7 @@ from ..plan.solve import SOLVABLE, solve
 from ..specs import ENGINES, ServeSpec, TrainSpec
 from ..units import format_bytes
 from ..memory.weights import static_bytes
-from .estimate_cmd import build_gpu, build_shard, build_specs
+from .estimate_cmd import _given, build_gpu, build_shard, build_specs
 from .options import (base_options, lora_options, model_options, output_options, recipe_option,
                       recipe_used, shard_options,
                       train_options)
@@ -57,7 +58,9 @@ def _serve_options(func):
                      help="Adapters in the fleet (N), for hot swapping."),
         click.option("--traffic", default=None, metavar="LAW",
                      help="Popularity of the adapters: zipf:S, uniform, or a CSV of request counts."),
-        click.option("--rps", type=float, default=1.0, show_default=True, help="Requests per second."),
+        click.option("--rps", type=float, default=1.0, show_default=True,
+                     help="Requests per second: to the adapters of the hot-swap simulation, and "
+                          "the whole fleet's load with --customers."),
         click.option("--slots", type=int, default=None,
                      help="Resident adapters (K). [default: as many as fit]"),
         click.option("--hit-rate", type=float, default=0.95, show_default=True,
@@ -126,7 +129,9 @@ def _hot_swap(p: dict, capacity) -> dict | None:
     }
 
 
-def _fleet(p: dict, model, lora, train, gpu, serve) -> list[dict] | None:
+def _fleet(p: dict, model, lora, train, gpu, serve, loaded: bool = False) -> list[dict] | None:
+    """The fleet options on the GPUs that hold the models, and with ``--rps`` given (``loaded``)
+    on at least the GPUs that generate that traffic."""
     if p["customers"] is None:
         return None
     _positive(p["customers"], "--customers")
@@ -141,14 +146,25 @@ def _fleet(p: dict, model, lora, train, gpu, serve) -> list[dict] | None:
                                  serve=serve)
     qlora_capacity = run_estimate(model, lora, TrainSpec(method="qlora", dtype=train.dtype),
                                   gpu=gpu, serve=serve)
+
+    def sized(approach, memory_gpus, detail, tokens_per_s):
+        """The option on the more GPUs of what holds it and what serves ``--rps``."""
+        load = gpus_for_load(p["rps"], p["output_tokens"], tokens_per_s) if loaded else 0
+        if load > memory_gpus:
+            detail += (f"; {load:,} GPUs generate {p['rps']:g} req/s of {p['output_tokens']:,} "
+                       f"tokens at {tokens_per_s:,.0f} tokens/s each")
+        return option(approach, max(memory_gpus, load), price, detail)
+
+    speed = _fleet_speeds(p, model, small, lora_capacity, qlora_capacity, train, gpu) \
+        if loaded else dict.fromkeys(("full", "small", "lora", "qlora"))
     options = [
-        option(f"full fine-tuning of {model.name}", gpus_for(models, models_per_gpu(full_bytes, gpu)),
-               price, f"{format_bytes(full_bytes, 'GiB')} per model"),
-        option(f"full fine-tuning of {small.name}", gpus_for(models, models_per_gpu(small_bytes, gpu)),
-               price, f"{format_bytes(small_bytes, 'GiB')} per model"),
-        option("LoRA, every adapter resident", math.ceil(models / max(lora_capacity.adapters_fit, 1))
-               if lora_capacity.adapters_fit else models, price,
-               f"{lora_capacity.adapters_fit:,} adapters per GPU"),
+        sized(f"full fine-tuning of {model.name}", gpus_for(models, models_per_gpu(full_bytes, gpu)),
+              f"{format_bytes(full_bytes, 'GiB')} per model", speed["full"]),
+        sized(f"full fine-tuning of {small.name}", gpus_for(models, models_per_gpu(small_bytes, gpu)),
+              f"{format_bytes(small_bytes, 'GiB')} per model", speed["small"]),
+        sized("LoRA, every adapter resident", math.ceil(models / max(lora_capacity.adapters_fit, 1))
+              if lora_capacity.adapters_fit else models,
+              f"{lora_capacity.adapters_fit:,} adapters per GPU", speed["lora"]),
     ]
     traffic = p["traffic"] or "zipf:1.1"
     popularity = parse_traffic(traffic, models) if traffic.startswith(("zipf:", "uniform")) else \
@@ -156,10 +172,33 @@ def _fleet(p: dict, model, lora, train, gpu, serve) -> list[dict] | None:
     slots_per_gpu = max(qlora_capacity.adapters_fit or 0, 1)
     recommended = smallest_slots(popularity, p["hit_rate"], popularity.adapters, p["requests"], p["seed"])
     needed = recommended.slots if recommended else popularity.adapters
-    options.append(option(f"QLoRA, hot swapping ({traffic}, hit rate {p['hit_rate']:g})",
-                          math.ceil(needed / slots_per_gpu), price,
-                          f"{needed:,} resident slots, {slots_per_gpu:,} per GPU"))
+    options.append(sized(f"QLoRA, hot swapping ({traffic}, hit rate {p['hit_rate']:g})",
+                         math.ceil(needed / slots_per_gpu),
+                         f"{needed:,} resident slots, {slots_per_gpu:,} per GPU", speed["qlora"]))
     return [o.to_dict() for o in options]
+
+
+def _fleet_speeds(p: dict, model, small, lora_capacity, qlora_capacity, train, gpu) -> dict:
+    """Tokens one GPU generates a second for each fleet option at ``--concurrency``
+    (lorasize.perf.inference): a full copy serves its own requests (no batching across copies),
+    the LoRA options batch the resident adapters on the engine."""
+    from ..perf.inference import serving_performance
+
+    kw = dict(engine=p["engine"].lower(), concurrency=max(p["concurrency"], 1),
+              prompt_tokens=max(p["prompt_tokens"], 1),
+              context=p["prompt_tokens"] + p["output_tokens"] // 2,
+              output_tokens=max(p["output_tokens"], 1), dtype=train.dtype)
+
+    def throughput(spec, targets, key, **extra):
+        perf = serving_performance(spec, targets, gpu, **kw, **extra)
+        return perf.throughput_tokens_per_s[key] if perf else None
+
+    targets = lora_capacity.targets
+    return {"full": throughput(model, (), "base"), "small": throughput(small, (), "base"),
+            "lora": throughput(model, targets, "adapters",
+                               adapters=max(lora_capacity.adapters_fit, 1)),
+            "qlora": throughput(model, targets, "adapters", quantized=True,
+                                adapters=max(qlora_capacity.adapters_fit, 1))}
 
 
 @click.command()
@@ -204,7 +243,7 @@ def serve(ctx: click.Context, as_json: bool, **p) -> int:
     swap = _hot_swap(p, capacity)
     if swap:
         data.update(swap)
-    fleet = _fleet(p, model, lora, train, gpu, spec)
+    fleet = _fleet(p, model, lora, train, gpu, spec, loaded=_given(ctx, "rps"))
     if fleet:
         data["fleet"] = fleet
     performance = _performance(p, model, result, train, gpu, capacity) \

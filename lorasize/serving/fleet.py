@@ -8,7 +8,9 @@ made by hand for 1,000 customers, seed 004):
 3. LoRA with every adapter resident next to one 16-bit base per GPU;
 4. QLoRA with hot swapping: a 4-bit base and the resident slots a target hit rate needs.
 
-Cost = GPUs x price per GPU-hour x hours per month. The default price is the one implied by the
+GPUs = the more of what holds the models (memory) and what generates the fleet's traffic
+(``--rps`` requests of ``--output-tokens`` tokens a second over each option's serving
+throughput: :func:`gpus_for_load`). Cost = GPUs x price per GPU-hour x hours per month. The default price is the one implied by the
 seed's figures (350 A100-40GB for about $1M a month: about $4 per GPU-hour).
 """
 
@@ -49,6 +51,14 @@ def gpus_for(models: int, per_gpu: float) -> int:
     if per_gpu >= 1:
         return math.ceil(models / math.floor(per_gpu))
     return models * math.ceil(1 / per_gpu)
+
+
+def gpus_for_load(rps: float, output_tokens: int, tokens_per_s: float | None) -> int:
+    """GPUs that generate ``rps`` requests of ``output_tokens`` tokens a second when one GPU
+    generates ``tokens_per_s`` (its serving throughput, prefills included); 0 when unknown."""
+    if not tokens_per_s or rps <= 0:
+        return 0
+    return math.ceil(rps * output_tokens / tokens_per_s)
 
 
 def option(approach: str, gpus: int, usd_per_gpu_hour: float, detail: str) -> FleetOption:
