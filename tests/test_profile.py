@@ -102,6 +102,10 @@ def test_inference_profile_adapter_memory_matches_the_serving_model(cli, tiny_mo
     assert set(inference["prefill_seconds"]) == set(inference["decode_ms_per_token"]) == {
         "base", "unmerged", "merged"}
     assert all(v > 0 for v in inference["prefill_seconds"].values())
+    # one request's throughput, as serve reports it at --concurrency 1 (prefill included)
+    for key, run in (("base", "base"), ("adapters", "unmerged")):
+        assert inference["throughput_tokens_per_s"][key] == pytest.approx(
+            4 / inference["generate_seconds"][run], rel=0.05)
     assert len(list(out.glob("*.json"))) == 1
     assert not list(scratch.glob("lorasize-adapter-*"))
 

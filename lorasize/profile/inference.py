@@ -6,8 +6,8 @@ under different names; the memory after each load gives the per-adapter slope (l
 which the serving model (``lorasize.serving.serve.adapter_resident_bytes``) predicts. Generation latency
 for N new tokens is taken on the base alone, with the adapter unmerged, and merged (the published
 measurement found unmerged LoRA 45% slower than merged), with the prompt's forward (prefill)
-timed apart, so the decode time per token is (generate - prefill) / (N - 1): the quantities
-``serve`` predicts (``lorasize.perf.inference``).
+timed apart, so the decode time per token is (generate - prefill) / (N - 1), and one request's
+throughput is N / generate: the quantities ``serve`` predicts (``lorasize.perf.inference``).
 """
 
 from __future__ import annotations
@@ -110,4 +110,7 @@ def profile_inference(model: ModelSpec, lora: LoraSpec, train: TrainSpec, adapte
         "decode_ms_per_token": {
             k: round(1e3 * max(total - prefill[k], 0.0) / max(new_tokens - 1, 1), 4)
             for k, total in (("base", base_only), ("unmerged", unmerged), ("merged", merged))},
+        # serve's throughput at --concurrency 1: tokens generated a second, the prefill included
+        "throughput_tokens_per_s": {"base": round(new_tokens / base_only, 3),
+                                    "adapters": round(new_tokens / unmerged, 3)},
     }
