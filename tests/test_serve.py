@@ -139,8 +139,52 @@ def test_fleet_with_traffic_needs_the_gpus_that_generate_it(cli):
     generated = busy["performance"]["throughput_tokens_per_s"]["adapters"]
     assert lora(busy)["gpus"] == math.ceil(200 * 256 / generated) > lora(quiet)["gpus"]
     assert "200 req/s" in lora(busy)["detail"] and "req/s" not in lora(quiet)["detail"]
-    full = [f for f in busy["fleet"] if f["approach"].startswith("full")]
-    assert full == [f for f in quiet["fleet"] if f["approach"].startswith("full")]  # memory-bound
+    for loaded, alone in zip(busy["fleet"][:2], quiet["fleet"][:2]):  # full copies: memory-bound
+        assert loaded["gpus"] == alone["gpus"] == loaded["memory_gpus"] > loaded["traffic_gpus"]
+        assert alone["traffic_gpus"] is None
+    assert lora(busy)["traffic_gpus"] == lora(busy)["gpus"] > lora(busy)["memory_gpus"]
+    assert lora(busy)["tokens_per_s_per_gpu"] == pytest.approx(generated, rel=1e-3)
+
+
+def test_a_fleet_option_no_adapter_fits_is_named_not_priced(cli):
+    """vLLM asked for 64 sequences of 768 tokens on an A100-40GB: no adapter fits beside them,
+    so every-adapter-resident LoRA cannot be priced (it used to read 1,000 GPUs at 0 adapters
+    each)."""
+    code, out, _ = cli("serve", "-m", "llama2-7b", "-r", "16", "-t", "attn", "-g", "a100-40gb",
+                       "--customers", "1000", "--requests", "2000", "--engine", "vllm",
+                       "--concurrency", "64", "--max-seq-len", "768", "--json")
+    lora = next(f for f in json.loads(out)["fleet"] if f["approach"].startswith("LoRA"))
+    assert code == 1 and lora["gpus"] is None and lora["usd_per_month"] is None
+    assert "no adapter fits" in lora["detail"]
+
+
+def test_lorax_keeps_its_adapter_pool_beside_the_base_and_kv_cache(cli):
+    """LoRAX reserves --adapter-memory-fraction of the GPU for adapters only where the base and
+    the KV cache leave room: a 70B base on an L4 does not fit at all (it used to report five
+    adapters resident and exit 0)."""
+    code, out, err = cli("serve", "-m", "llama2-70b", "-r", "16", "-t", "all", "-g", "l4",
+                         "--engine", "lorax", "--concurrency", "8", "--max-seq-len", "2048",
+                         "--json")
+    assert code == 1 and json.loads(out)["adapters_fit"] == 0 and "does not fit l4" in err
+    code, out, _ = cli("serve", "-m", "llama2-7b", "-r", "16", "-t", "attn", "-g", "a100-80gb",
+                       "--engine", "lorax", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["free_bytes"] == int(0.1 * data["gpu_memory_bytes"])
+
+
+def test_a_pool_that_holds_no_sequence_says_so(cli):
+    code, out, err = cli("serve", "-m", "llama2-7b", "-r", "16", "-t", "attn", "-g", "a100-40gb",
+                         "--engine", "vllm", "--concurrency", "2", "--max-seq-len", "200000",
+                         "--json")
+    assert code == 1 and json.loads(out)["performance"] is None
+    assert "cannot hold one sequence of 200,000 tokens" in err
+
+
+@pytest.mark.parametrize("rps", ["inf", "nan", "-5", "0"])
+def test_fleet_traffic_must_be_a_rate(cli, rps):
+    code, _, err = cli("serve", "-m", "llama2-7b", "-g", "a100-40gb", "--customers", "10",
+                       "--rps", rps)
+    assert code == 2 and err.count("\n") == 1 and "--rps" in err
 
 
 @pytest.mark.parametrize("args,flag", [

@@ -30,7 +30,7 @@ CONFIDENCES = ("high", "medium")
 _LEVELS = ("high", "medium", "low")  # a pair is as confident as its less confident row
 # (row, row it is divided by): the same source, GPU and load, one with adapters and one without
 PAIRS = (("vllm11267-lora1", "vllm11267-base"), ("vllm11267-lora4", "vllm11267-base"),
-         ("vllm11267-lora4", "vllm11267-lora1"), ("vllm10062-base", "vllm10062-lora"),
+         ("vllm11267-lora4", "vllm11267-lora1"), ("vllm10062-lora", "vllm10062-base"),
          ("lorax333-lora", "lorax333-base"))
 
 

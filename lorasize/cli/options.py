@@ -171,7 +171,9 @@ def train_options(func):
                           "and 0.1 built the model on the GPU, whose segments stay reserved; "
                           "under hf-peft, the transformers release: before 5.0 a mixture of "
                           "experts is one nn.Linear per expert, which bitsandbytes quantizes "
-                          "(--stack-release 4.46); litgpt before 0.3.1 (0.0: lit-gpt's 2023 "
+                          "(--stack-release 4.46), and before 4.54 grouped-query k and v are "
+                          "repeated before SDPA (fp32 attention then takes the memory-efficient "
+                          "kernel, not the math one); litgpt before 0.3.1 (0.0: lit-gpt's 2023 "
                           "code) rebuilt the q/k/v adapter's index every forward and waited for "
                           "the GPU there. [default: the current release]"),
         click.option("--kbit-prep/--no-kbit-prep", default=None,

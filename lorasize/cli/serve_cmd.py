@@ -59,8 +59,9 @@ def _serve_options(func):
         click.option("--traffic", default=None, metavar="LAW",
                      help="Popularity of the adapters: zipf:S, uniform, or a CSV of request counts."),
         click.option("--rps", type=float, default=1.0, show_default=True,
-                     help="Requests per second: to the adapters of the hot-swap simulation, and "
-                          "the whole fleet's load with --customers."),
+                     help="Requests per second: to the adapters of the hot-swap simulation; with "
+                          "--customers, given, the whole fleet's load (not given, the fleet is "
+                          "sized by memory alone)."),
         click.option("--slots", type=int, default=None,
                      help="Resident adapters (K). [default: as many as fit]"),
         click.option("--hit-rate", type=float, default=0.95, show_default=True,
@@ -92,8 +93,8 @@ def _serve_options(func):
 
 
 def _positive(value, flag: str) -> None:
-    if value is not None and value <= 0:
-        raise LorasizeError(f"must be above 0, got {value}", source=flag)
+    if value is not None and not (0 < value < math.inf):
+        raise LorasizeError(f"must be a number above 0, got {value}", source=flag)
 
 
 def _hot_swap(p: dict, capacity) -> dict | None:
@@ -137,6 +138,8 @@ def _fleet(p: dict, model, lora, train, gpu, serve, loaded: bool = False) -> lis
     _positive(p["customers"], "--customers")
     _positive(p["tasks"], "--tasks")
     _positive(p["usd_per_gpu_hour"], "--usd-per-gpu-hour")
+    if loaded:
+        _positive(p["rps"], "--rps")
     models = p["customers"] * p["tasks"]
     price = p["usd_per_gpu_hour"]
     full_bytes = static_bytes(model, (), TrainSpec(dtype=train.dtype)).weights
@@ -148,12 +151,17 @@ def _fleet(p: dict, model, lora, train, gpu, serve, loaded: bool = False) -> lis
                                   gpu=gpu, serve=serve)
 
     def sized(approach, memory_gpus, detail, tokens_per_s):
-        """The option on the more GPUs of what holds it and what serves ``--rps``."""
+        """The option on the more GPUs of what holds it and what serves ``--rps``; none where
+        not one adapter fits beside the base and the KV cache asked (``memory_gpus`` None)."""
+        if memory_gpus is None:
+            return option(approach, None, price, "no adapter fits beside the base and the KV "
+                          "cache asked (--concurrency x --max-seq-len)")
         load = gpus_for_load(p["rps"], p["output_tokens"], tokens_per_s) if loaded else 0
         if load > memory_gpus:
-            detail += (f"; {load:,} GPUs generate {p['rps']:g} req/s of {p['output_tokens']:,} "
-                       f"tokens at {tokens_per_s:,.0f} tokens/s each")
-        return option(approach, max(memory_gpus, load), price, detail)
+            detail += (f"; {load:,} GPUs generate {p['rps']:,.6g} req/s of "
+                       f"{p['output_tokens']:,} tokens at {tokens_per_s:,.0f} tokens/s each")
+        return option(approach, max(memory_gpus, load), price, detail, memory_gpus=memory_gpus,
+                      traffic_gpus=load if loaded else None, tokens_per_s=tokens_per_s)
 
     speed = _fleet_speeds(p, model, small, lora_capacity, qlora_capacity, train, gpu) \
         if loaded else dict.fromkeys(("full", "small", "lora", "qlora"))
@@ -162,18 +170,18 @@ def _fleet(p: dict, model, lora, train, gpu, serve, loaded: bool = False) -> lis
               f"{format_bytes(full_bytes, 'GiB')} per model", speed["full"]),
         sized(f"full fine-tuning of {small.name}", gpus_for(models, models_per_gpu(small_bytes, gpu)),
               f"{format_bytes(small_bytes, 'GiB')} per model", speed["small"]),
-        sized("LoRA, every adapter resident", math.ceil(models / max(lora_capacity.adapters_fit, 1))
-              if lora_capacity.adapters_fit else models,
+        sized("LoRA, every adapter resident", math.ceil(models / lora_capacity.adapters_fit)
+              if lora_capacity.adapters_fit else None,
               f"{lora_capacity.adapters_fit:,} adapters per GPU", speed["lora"]),
     ]
     traffic = p["traffic"] or "zipf:1.1"
     popularity = parse_traffic(traffic, models) if traffic.startswith(("zipf:", "uniform")) else \
         parse_traffic(traffic, None)
-    slots_per_gpu = max(qlora_capacity.adapters_fit or 0, 1)
+    slots_per_gpu = qlora_capacity.adapters_fit
     recommended = smallest_slots(popularity, p["hit_rate"], popularity.adapters, p["requests"], p["seed"])
     needed = recommended.slots if recommended else popularity.adapters
     options.append(sized(f"QLoRA, hot swapping ({traffic}, hit rate {p['hit_rate']:g})",
-                         math.ceil(needed / slots_per_gpu),
+                         math.ceil(needed / slots_per_gpu) if slots_per_gpu else None,
                          f"{needed:,} resident slots, {slots_per_gpu:,} per GPU", speed["qlora"]))
     return [o.to_dict() for o in options]
 
@@ -248,9 +256,11 @@ def serve(ctx: click.Context, as_json: bool, **p) -> int:
         data["fleet"] = fleet
     performance = _performance(p, model, result, train, gpu, capacity) \
         if capacity.adapters > 0 else None
-    if performance is None and spec.engine in PAGED_ENGINES:
-        performance = _performance_paged(p, model, lora, train, gpu, spec)
+    running, reason = (max(p["concurrency"], 1) if performance else None), None
+    if performance is None and spec.engine in PAGED_ENGINES and capacity.adapters == 0:
+        performance, running, reason = _performance_paged(p, model, lora, train, gpu, spec)
     data["performance"] = performance.to_dict() if performance else None
+    data["concurrency_running"] = running
     data["fits"] = capacity.adapters > 0
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -265,6 +275,8 @@ def serve(ctx: click.Context, as_json: bool, **p) -> int:
             message = (f"no adapter fits {gpu.name}: the base ({format_bytes(capacity.base_bytes, 'GiB')}) "
                        f"and KV cache ({format_bytes(capacity.kv_cache_bytes, 'GiB')}) leave no room "
                        f"for one adapter ({format_bytes(capacity.adapter_bytes)})")
+        if reason:
+            message += f" ({reason})"
         click.echo(message, err=True)
         return 1
     return 0
@@ -292,41 +304,45 @@ def _check_engine_rank(spec: ServeSpec, lora, train) -> None:
 PAGED_ENGINES = ("vllm", "sglang", "lorax")
 
 
-def _performance_paged(p: dict, model, lora, train, gpu, spec):
-    """Performance at the most sequences of ``--max-seq-len`` the paged KV pool holds beside the
-    base and one adapter, when ``--concurrency`` of them do not fit: what the engine's scheduler
-    runs at once. None when not even one does."""
+def _held_concurrency(p: dict, model, lora, train, gpu, spec):
+    """The most sequences of ``--max-seq-len`` (below ``--concurrency``) a paged KV pool holds
+    beside the base and one adapter, with the estimate there; None when not even one does."""
     from dataclasses import replace
-
-    from ..estimate import estimate as run_estimate
 
     length, asked = p["max_seq_len"], max(p["concurrency"], 1)
     if length < 1:
         return None
-
-    def fitted(n):
-        result = run_estimate(model, lora, train, gpu=gpu, serve=replace(spec, kv_tokens=n * length))
-        return result if result.serving.adapters > 0 else None
-
     low, high, best = 1, asked - 1, None
     while low <= high:  # the largest concurrency that fits
         mid = (low + high) // 2
-        result = fitted(mid)
-        if result:
+        result = run_estimate(model, lora, train, gpu=gpu, serve=replace(spec, kv_tokens=mid * length))
+        if result.serving.adapters > 0:
             low, best = mid + 1, (mid, result)
         else:
             high = mid - 1
+    return best
+
+
+def _performance_paged(p: dict, model, lora, train, gpu, spec):
+    """Performance at the most sequences of ``--max-seq-len`` the paged KV pool holds beside the
+    base and one adapter, when ``--concurrency`` of them do not fit: what the engine's scheduler
+    runs at once. Returns (performance, sequences running, why there is none)."""
+    from dataclasses import replace
+
+    length, asked = p["max_seq_len"], max(p["concurrency"], 1)
+    best = _held_concurrency(p, model, lora, train, gpu, spec)
     if best is None:
-        return None
+        return None, None, (f"{spec.engine}'s KV pool cannot hold one sequence of {length:,} "
+                            f"tokens beside the base and an adapter" if length >= 1 else None)
     held, result = best
     perf = _performance(dict(p, concurrency=held, batch=min(p["batch"], held)), model, result,
                         train, gpu, result.serving)
     if perf is None:
-        return None
-    note = (f"{spec.engine}'s KV pool holds {held} sequences of {length:,} tokens beside the base "
-            f"and an adapter, not {asked}: its scheduler runs {held} at once and queues the "
-            f"rest; throughput at {held}")
-    return replace(perf, notes=perf.notes + (note,))
+        return None, None, None
+    note = (f"{spec.engine}'s KV pool holds {held:,} sequences of {length:,} tokens beside the "
+            f"base and an adapter, not {asked:,}: its scheduler runs {held:,} at once and queues "
+            f"the rest; the speed is at {held:,} (--concurrency {held:,} fits)")
+    return replace(perf, notes=perf.notes + (note,)), held, None
 
 
 def _performance(p: dict, model, result, train, gpu, capacity):
@@ -387,8 +403,10 @@ def _render_serve(d: dict) -> str:
     if d.get("performance"):
         out += _render_performance(d["performance"], d["engine"])
     if "fleet" in d:
-        out += ["", table([(f["approach"], str(f["gpus"]), f"${f['usd_per_month']:,.0f}", f["detail"])
-                           for f in d["fleet"]], ("approach", "GPUs", "per month", "detail"), "lrrl")]
+        out += ["", table([(f["approach"], "-" if f["gpus"] is None else f"{f['gpus']:,}",
+                            "-" if f["usd_per_month"] is None else f"${f['usd_per_month']:,.0f}",
+                            f["detail"]) for f in d["fleet"]],
+                          ("approach", "GPUs", "per month", "detail"), "lrrl")]
     return "\n".join(out)
 
 

@@ -31,13 +31,22 @@ class FleetOption:
     """One way to serve the fleet."""
 
     approach: str
-    gpus: int
-    usd_per_month: float
+    gpus: int | None  # None: it cannot be served this way (the detail says why)
+    usd_per_month: float | None
     detail: str
+    memory_gpus: int | None = None  # the GPUs that hold the models
+    traffic_gpus: int | None = None  # the GPUs that generate --rps (None: no traffic given)
+    tokens_per_s: float | None = None  # one GPU's serving throughput
 
     def to_dict(self) -> dict:
-        return {"approach": self.approach, "gpus": self.gpus,
-                "usd_per_month": round(self.usd_per_month, 2), "detail": self.detail}
+        out = {"approach": self.approach, "gpus": self.gpus,
+               "usd_per_month": None if self.usd_per_month is None
+               else round(self.usd_per_month, 2), "detail": self.detail,
+               "memory_gpus": self.memory_gpus if self.memory_gpus is not None else self.gpus,
+               "traffic_gpus": self.traffic_gpus}
+        if self.tokens_per_s is not None:
+            out["tokens_per_s_per_gpu"] = round(self.tokens_per_s, 1)
+        return out
 
 
 def models_per_gpu(model_bytes: int, gpu: GpuSpec, context_bytes: int = DEFAULT_CUDA_CONTEXT_BYTES) -> float:
@@ -61,5 +70,7 @@ def gpus_for_load(rps: float, output_tokens: int, tokens_per_s: float | None) ->
     return math.ceil(rps * output_tokens / tokens_per_s)
 
 
-def option(approach: str, gpus: int, usd_per_gpu_hour: float, detail: str) -> FleetOption:
-    return FleetOption(approach, gpus, gpus * usd_per_gpu_hour * HOURS_PER_MONTH, detail)
+def option(approach: str, gpus: int | None, usd_per_gpu_hour: float, detail: str,
+           **sizing) -> FleetOption:
+    usd = None if gpus is None else gpus * usd_per_gpu_hour * HOURS_PER_MONTH
+    return FleetOption(approach, gpus, usd, detail, **sizing)

@@ -18,7 +18,8 @@ training-only step). The KV cache holds ``2 * layers * kv_heads * head_dim`` val
   sglang/srt/lora/mem_pool.py): the same kind of preallocated pool at the largest rank, for the
   target modules only.
 - ``lorax`` (``--adapter-memory-fraction``, default 0.1): a fixed fraction of GPU memory holds
-  adapters at their own size in the model dtype; the rest are offloaded to host memory.
+  adapters at their own size in the model dtype, where the base, the KV cache and the context
+  leave room for it (none when they do not fit); the rest are offloaded to host memory.
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def serving_capacity(model: ModelSpec, targets: tuple[Target, ...], train: Train
     engine = serve.engine
     if engine == "lorax":
         one = adapter_resident_bytes(targets, train.dtype, dora)
-        free = int(serve.adapter_memory_fraction * gpu.memory_bytes)
+        # its adapter pool, where the base, the KV cache and the context leave room for it
+        rest = gpu.memory_bytes - context_bytes - base_bytes - kv - workspace
+        free = max(0, min(int(serve.adapter_memory_fraction * gpu.memory_bytes), rest))
         flags = (f"--adapter-memory-fraction {serve.adapter_memory_fraction:g}",)
         return ServingCapacity(free // one if one else 0, one, base_bytes, kv, free, engine, flags)
     if engine in ("vllm", "sglang"):
