@@ -110,3 +110,29 @@ def test_serve_json_has_performance(cli):
 def test_serve_refuses_full_fine_tuning_in_one_line(cli):
     code, out, err = cli("serve", "-m", "llama2-7b", "--method", "full", "-g", "a100-80gb")
     assert code == 2 and "--method" in err and "Traceback" not in err + out
+
+
+def test_a_four_bit_base_decodes_through_the_fused_kernel_at_small_batches():
+    """bitsandbytes (0.50, pinned) runs inference on a 4-bit weight through its fused gemm_4bit
+    kernel up to its floor of rows, reading the packed weight; above it the model counts the
+    dequantized copy. Read from the installed package's source (its CUDA ops do not import on a
+    CPU build of torch)."""
+    import re
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    from lorasize.perf.inference import BNB_FUSED_MAX_ROWS, forward_work
+
+    ops = Path(find_spec("bitsandbytes").submodule_search_locations[0]) / "backends/cuda/ops.py"
+    floor = re.search(r"_GEMM_4BIT_CUSTOM_FLOOR_M = (\d+)", ops.read_text())
+    assert floor and int(floor.group(1)) == BNB_FUSED_MAX_ROWS
+    spec = resolve_model("llama2-7b")
+    one = forward_work(spec, (), BNB_FUSED_MAX_ROWS, 512, quantized=True, engine="vllm")
+    many = forward_work(spec, (), BNB_FUSED_MAX_ROWS + 1, 512, quantized=True, engine="vllm")
+    assert one.dequant_weights == 0 < many.dequant_weights
+    assert all(g.weight_bytes for g in one.gemms if g.what == "base")
+    nf4 = _perf(8, "a100-80gb", engine="vllm", quantized=True).decode_ms_per_token["batch_1"]
+    bf16 = _perf(8, "a100-80gb", engine="vllm").decode_ms_per_token["batch_1"]
+    # a quarter of the weight bytes and then some (the block constants, the KV cache, the rest)
+    assert 0.25 * bf16["base"] < nf4["base"] < 0.5 * bf16["base"]
+

@@ -39,6 +39,15 @@ GRAPH_KERNELS_PER_LAYER = 1
 # stopping criteria, the cache update (two cat kernels a layer) and the next-input bookkeeping.
 GENERATE_KERNELS_PER_TOKEN = 30
 GENERATE_KERNELS_PER_LAYER = 2
+# bitsandbytes 0.50 runs inference on a 4-bit weight (no gradient) through its fused
+# ``gemm_4bit`` kernel, which reads the packed weight and dequantizes in registers, whenever the
+# input has at most this many rows (``_GEMM_4BIT_CUSTOM_FLOOR_M``, ``backends/cuda/ops.py``);
+# above it a per-card heuristic often dequantizes the whole weight first, which is what is
+# counted there.
+BNB_FUSED_MAX_ROWS = 4
+# bytes a weight element is read at by the fused kernel: NF4's half byte and its fp32 absolute
+# maximum per block of 64 (bitsandbytes' default blocksize)
+NF4_READ_BYTES = 0.5 + 4 / 64
 
 
 @dataclass(frozen=True)
@@ -70,14 +79,16 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
     prompt's), each request reading ``context`` cached tokens, with ``adapters`` distinct
     adapters in the batch (none when ``merged`` or ``targets`` is empty)."""
     gemms = []
+    fused = quantized and rows <= BNB_FUSED_MAX_ROWS  # no dequantized copy of any weight
     for m in decoder_linears(model):
         n = copies(model, m)
+        read = NF4_READ_BYTES if fused and m.quantizable else None
         if m.experts:
             touched = min(m.experts, rows * max(model.experts_per_token, 1))
             gemms.append(Gemm(rows * max(model.experts_per_token, 1) / touched, m.out_features,
-                              m.in_features, n * touched, "base"))
+                              m.in_features, n * touched, "base", weight_bytes=read))
         else:
-            gemms.append(Gemm(rows, m.out_features, m.in_features, n, "base"))
+            gemms.append(Gemm(rows, m.out_features, m.in_features, n, "base", weight_bytes=read))
     gemms.append(Gemm(rows / prompt, model.vocab_size, model.hidden_size, 1, "head"))
     unmerged = () if merged else tuple(t for t in targets if not t.linear.prefix)
     per_adapter = rows / max(adapters, 1)
@@ -100,9 +111,9 @@ def forward_work(model: ModelSpec, targets: tuple[Target, ...], rows: int, conte
         # generate runs without autocast
         lora, _ = adapter_kernels("hf-peft", "fp32", dtype, autocast=False)
         kernels += lora * sum(u.copies for u in unmerged)
-        if quantized:
+        if quantized and not fused:
             kernels += QUANT_KERNELS * quantized_weights(model)[1]
-    dequant = quantized_weights(model)[0] if quantized else 0
+    dequant = quantized_weights(model)[0] if quantized and not fused else 0
     return StepWork(tokens=rows, gemms=tuple(gemms), attention_flops=attention,
                     elementwise_bytes=elementwise, dequant_weights=dequant, optimizer_bytes=0.0,
                     grad_accum=1, kernels=kernels, comms=(), gpus=1,

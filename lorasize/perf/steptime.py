@@ -215,7 +215,9 @@ def _gemm_terms(g, gpu: GpuSpec) -> tuple[str, float, float, float]:
     peak = (gpu.fp32_tflops or gpu.bf16_tflops / FP32_FALLBACK_RATIO) if g.fp32 else tensor
     compute = g.flops / (peak * 1e12 * util)
     element = 4.0 if g.fp32 else 2.0
-    memory = element * (g.m * g.k + g.k * g.n + g.m * g.n) * g.count / (gpu.bandwidth_gbps * 1e9)
+    weight = element if g.weight_bytes is None else g.weight_bytes
+    memory = (element * (g.m * g.k + g.m * g.n) + weight * g.k * g.n) * g.count / (
+        gpu.bandwidth_gbps * 1e9)
     key = {"adapter": "adapter_matmuls", "attention": "attention"}.get(g.what, "matmuls")
     # the tile's fixed cost is counted in steps of the bf16 tensor-core mainloop: an fp32 GEMM's
     # steps are slower by the ratio of the peaks, its fixed cost relatively smaller

@@ -130,6 +130,9 @@ class Gemm:
     # a weight's gradient: the reduction runs over the tokens, a strided dimension of both
     # operands, so only m and n are leading dimensions (their alignment is what counts)
     reduces_tokens: bool = False
+    # bytes an element of the (k x n) weight is read at, where not the GEMM's own dtype: a 4-bit
+    # weight read by bitsandbytes' fused kernel
+    weight_bytes: float | None = None
 
     @property
     def flops(self) -> float:
