@@ -6,6 +6,8 @@ kernel. Memory and step time read the same rule."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
@@ -45,3 +47,13 @@ def test_memory_and_time_agree_on_the_kernel(autocast, kernel):
         assert e.allocated_bytes < without.allocated_bytes - square / 2
     else:
         assert e.breakdown["temporaries"] >= square
+
+
+def test_without_autocast_the_advice_names_it(cli):
+    code, out, _ = cli("estimate", "-m", "llama3-8b", "--method", "qlora", "-r", "16", "-t", "all",
+                       "-s", "8192", "-b", "1", "--gpu", "a100-40gb", "--no-autocast", "--json")
+    data = json.loads(out)
+    assert code == 1 and any(s.startswith("--autocast") for s in data["suggestions"])
+    code, out, _ = cli("estimate", "-m", "llama3-8b", "--method", "qlora", "-r", "16", "-t", "all",
+                       "-s", "8192", "-b", "1", "--gpu", "a100-40gb", "--json")
+    assert code == 0 and json.loads(out)["suggestions"] == []

@@ -241,7 +241,8 @@ def _timing_params(p: dict):
 
 
 def _suggestions(model, lora, train, gpu) -> list[str]:
-    """The nearest settings that fit: a smaller batch or sequence, or checkpointing."""
+    """The nearest settings that fit: a smaller batch or sequence, checkpointing, quantization,
+    or autocast."""
     from dataclasses import replace
 
     from ..plan.solve import solve
@@ -260,6 +261,9 @@ def _suggestions(model, lora, train, gpu) -> list[str]:
         quantized = replace(train, method="qlora", quant=None)
         if run_estimate(model, lora, quantized, gpu=gpu).fits:
             found.append("--method qlora")
+    if not train.autocast and run_estimate(model, lora, replace(train, autocast=True),
+                                           gpu=gpu).fits:
+        found.append("--autocast (the Trainer's bf16=True: flash attention on fp32 activations)")
     if not found:
         found.append("nothing smaller in batch, sequence, checkpointing or quantization is "
                      "enough on one GPU")
