@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lorasize.calibrate.serving_check import report
+from lorasize.calibrate.serving_check import print_report, report
 from lorasize.measurements import SERVING, SERVING_ADDED
 
 BAR = Path(__file__).resolve().parent.parent / "benchmarks" / "serving_accuracy.json"
@@ -23,7 +23,10 @@ def checked():
     return report(SERVING_ADDED)
 
 
-def test_unseen_serving_errors_have_not_grown(checked):
+def test_unseen_serving_errors_have_not_grown(capsys, checked):
+    with capsys.disabled():  # the table, in every CI log
+        print()
+        print_report(checked)
     bar = json.loads(BAR.read_text())
     for kind in ("ratio", "absolute"):
         s = checked[f"{kind}_summary"]
