@@ -796,10 +796,9 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
     if any(t.linear.group == "head" for t in targets):
         notes.append("with lm_head as a target PEFT also saves the whole output embedding in the "
                      "adapter file")
-    activation_bytes = 4 if train.upcasts_to_fp32 else int(DTYPE_BYTES[train.dtype])
-    if train.attn == "sdpa" and act.sdpa_backend(
-            model, act.sdpa_input_bytes(activation_bytes, train.autocast),
-            expands_gqa_for_attention(train.stack, train.stack_release)) == "math":
+    from .perf.work import attention_kernel  # the kernel step time and memory both read
+
+    if attention_kernel(model, train) == "math":
         notes.append("attention runs on PyTorch's math kernel (fp32 activations with grouped-query "
                      "heads suit neither flash nor memory-efficient attention): it keeps the "
                      "seq x seq probabilities of every layer and runs them off the tensor cores; "

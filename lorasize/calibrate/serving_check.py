@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lorasize.calibrate.serving_check")
     parser.add_argument("--measurements", default=str(SERVING_ADDED))
     args = parser.parse_args(argv)
+    if not Path(args.measurements).is_file():
+        parser.exit(2, f"{parser.prog}: error: --measurements: no such file: {args.measurements}\n")
     print_report(report(args.measurements))
     return 0
 

@@ -386,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true",
                         help="print the leave-one-source-out error table; write nothing")
     args = parser.parse_args(argv)
+    if not Path(args.measurements).is_file():
+        parser.exit(2, f"{parser.prog}: error: --measurements: no such file: {args.measurements}\n")
     if args.report:
         print_report(report(args.measurements, args.added))
         return 0

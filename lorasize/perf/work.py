@@ -346,12 +346,13 @@ def attention_kernel(model: ModelSpec, train: TrainSpec) -> str:
     """The attention kernel a step runs: ``eager``, ``flash`` (flash-attn 2 casts fp32 q, k, v to
     16 bits, transformers ``_flash_attention_forward``), or SDPA's choice on the step's
     activations (:func:`lorasize.memory.activations.sdpa_backend`)."""
-    from ..memory.activations import sdpa_backend
+    from ..memory.activations import sdpa_backend, sdpa_input_bytes
     from ..memory.stacks import expands_gqa_for_attention
 
     if train.attn != "sdpa":
         return train.attn
-    return sdpa_backend(model, 4 if activations_fp32(train) else 2,
+    activations = 4 if train.dtype == "fp32" or train.upcasts_to_fp32 else 2
+    return sdpa_backend(model, sdpa_input_bytes(activations, train.autocast),
                         expands_gqa_for_attention(train.stack, train.stack_release))
 
 
