@@ -113,6 +113,7 @@ class Estimate:
             "targets": sorted({t.linear.name for t in self.targets}),
             "stack": self.train.stack,
             "stack_release": self.train.stack_release or None,
+            "bnb_release": self.train.bnb_release or None,
             "trainable_params": self.trainable_params,
             "base_params": self.base_params,
             "trainable_percent": round(self.trainable_percent, 4),

@@ -114,6 +114,11 @@ class TrainSpec:
             q/k/v adapter's index every forward, ``StackRules.lora_index_rebuilt_before``);
             empty: its current release. Set by
             ``validate`` and the timing fit from a measurement's date, and by ``--stack-release``.
+        bnb_release: the bitsandbytes release, where it changes the step: before 0.47 a 4-bit
+            layer computes in its input's dtype when that is fp32 or bf16, whatever compute
+            dtype it was given (:func:`lorasize.memory.quant.computes_in_input_dtype`); empty:
+            the current release. Set by the timing fit from a measurement's stated release or
+            date, and by ``--bnb-release``.
     """
 
     method: str = "lora"
@@ -134,6 +139,7 @@ class TrainSpec:
     autocast: bool = True
     stack_release: str = ""
     recast_embeddings: bool = False
+    bnb_release: str = ""
 
     def __post_init__(self) -> None:
         _choice(self.stack, STACKS, "--stack")
@@ -150,6 +156,9 @@ class TrainSpec:
                                 f"{self.stack_release!r}", source="--stack-release")
         if self.stack_release:
             _release(self.stack, self.stack_release)
+        if self.bnb_release and not re.fullmatch(r"0(\.\d+){1,2}", self.bnb_release):
+            raise LorasizeError(f"expected a bitsandbytes release such as 0.45.0, got "
+                                f"{self.bnb_release!r}", source="--bnb-release")
         if self.adapter_train_dtype is not None:
             _choice(self.adapter_train_dtype, ADAPTER_DTYPES, "--adapter-train-dtype")
         quant = self.quant_type
@@ -183,6 +192,20 @@ class TrainSpec:
         if self.kbit_prep is None:
             return self.quantized and self.stack == "hf-peft"
         return self.kbit_prep and self.quantized
+
+    @property
+    def dequantizes_to_fp32(self) -> bool:
+        """Whether each 4-bit base weight is dequantized to fp32: bitsandbytes before 0.47
+        follows its fp32 input (:func:`lorasize.memory.quant.computes_in_input_dtype`), which
+        kbit preparation's fp32 residual stream hands it (``MatMul4Bit.forward``:
+        ``dequantize_4bit(B).to(A.dtype)``, a 16-bit weight and its fp32 copy at once). Under
+        autocast the GEMM itself still runs in 16 bits. torchtune's NF4 is torchao's, which
+        dequantizes to the weight's dtype; on an fp32 model the compute dtype is fp32 anyway."""
+        from .memory.quant import computes_in_input_dtype
+
+        return (self.quant_type in ("nf4", "fp4") and self.stack != "torchtune"
+                and self.upcasts_to_fp32 and self.dtype != "fp32"
+                and computes_in_input_dtype(self.bnb_release))
 
     @property
     def head_dtype(self) -> str:

@@ -176,6 +176,11 @@ def train_options(func):
                           "kernel, not the math one); litgpt before 0.3.1 (0.0: lit-gpt's 2023 "
                           "code) rebuilt the q/k/v adapter's index every forward and waited for "
                           "the GPU there. [default: the current release]"),
+        click.option("--bnb-release", default=None, metavar="VERSION",
+                     help="The bitsandbytes release, where its speed changed: before 0.47 a "
+                          "4-bit layer computes in its input's dtype, so after kbit prep "
+                          "without autocast every base matmul runs in fp32 (--bnb-release "
+                          "0.45.0). [default: the current release]"),
         click.option("--kbit-prep/--no-kbit-prep", default=None,
                      help="PEFT prepare_model_for_kbit_training (fp32 upcast of non-quantized "
                           "parameters). [default: on for qlora]"),

@@ -26,6 +26,22 @@ CODE_DYNAMIC_VALUES = 256  # create_dynamic_map(): the 8-bit code of the double-
 FP32_BYTES = 4
 
 QUANT_TYPES = ("nf4", "fp4", "int8")
+# bitsandbytes before 0.47 set a 4-bit layer's compute dtype from its first input when that is
+# fp32 or bf16, whatever compute dtype the layer was given: ``Linear4bit.__init__`` set
+# ``compute_type_is_set = False`` and ``forward`` then ran ``set_compute_type(x)`` ("the input is
+# in a dtype that is safe to compute in, we switch to this type", bitsandbytes 0.45.0 and 0.46.1
+# wheels, ``nn/modules.py``). 0.47.0 (wheel built 2025-08-11) keeps a given compute dtype
+# (``compute_type_is_set = False if compute_dtype is None else True``; bitsandbytes PR #1623).
+# So before 0.47 an fp32 input (kbit preparation without autocast) dequantizes each weight to
+# fp32 and multiplies in fp32 (``MatMul4Bit.forward``: ``dequantize_4bit(B).to(A.dtype)``).
+BNB_COMPUTE_DTYPE_KEPT = "0.47"
+
+
+def computes_in_input_dtype(bnb_release: str) -> bool:
+    """Whether bitsandbytes at ``bnb_release`` (empty: the current one) computes a 4-bit layer
+    in its input's dtype (fp32 or bf16) rather than the compute dtype it was given."""
+    version = tuple(int(part) for part in bnb_release.split(".") if part.isdigit())
+    return bool(bnb_release) and version < tuple(map(int, BNB_COMPUTE_DTYPE_KEPT.split(".")))
 
 
 @dataclass(frozen=True)

@@ -273,10 +273,6 @@ def rebuilds_lora_index(stack: str, release: str) -> bool:
     return bool(release and before) and _version(release) < _version(before)
 
 
-def _version(release: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in release.split("."))
-
-
 def builds_on_device(stack: str, release: str) -> bool:
     """Whether ``stack`` at ``release`` builds and quantizes the model on the GPU with torchao
     0.1 (``StackRules.device_build_releases``)."""

@@ -127,6 +127,8 @@ def static_bytes(spec: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         optimizer += OptimizerBytes(sum(block(_numel(shape) * param_bytes) * count
                                         for shape, count in importance_state_shapes(targets)))
     dequant_per_element = int(DTYPE_BYTES[train.dtype]) + rules.dequant_bytes_extra
+    if train.dequantizes_to_fp32:  # bitsandbytes before 0.47: the 16-bit weight's fp32 copy
+        dequant_per_element += int(DTYPE_BYTES["fp32"])
     if builds_on_device(train.stack, train.stack_release):
         from .init_programs import dequant_peak_per_element  # torchao 0.1's dequantization
 

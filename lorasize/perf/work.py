@@ -258,7 +258,8 @@ def _linear_gemms(model: ModelSpec, full: bool, tokens: int, passes: int,
                   fp32: bool = False) -> list[Gemm]:
     """The base linears' GEMMs; ``weight_grads``: every weight's gradient is computed (full
     fine-tuning, or frozen weights FSDP gives a gradient: ``step_work``); ``fp32``: an fp32
-    model without autocast."""
+    model without autocast, or a 4-bit base bitsandbytes dequantizes to fp32 with no autocast
+    to cast it back (``TrainSpec.dequantizes_to_fp32``)."""
     out = []
     last = _block_output(model)
     skips = _first_layer_skips(model, adapted) if first is not None else set()
@@ -530,7 +531,8 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     weight_grads = full or frozen_grads > 0  # every base weight's gradient is computed
     gemms = _linear_gemms(model, full, tokens, passes, first,
                           set() if full else {t.linear.path for t in targets}, weight_grads,
-                          fp32=not train.autocast and train.dtype == "fp32")
+                          fp32=not train.autocast and train.dtype == "fp32"
+                          or train.dequantizes_to_fp32 and not train.autocast)
     # an fp32 head (kbit preparation's, or an fp32 model's) runs on the CUDA cores unless autocast
     # casts it to the compute dtype
     gemms.append(Gemm(tokens, model.vocab_size, model.hidden_size, 2 + full, "head",

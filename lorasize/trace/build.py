@@ -20,6 +20,7 @@ from ..errors import LorasizeError
 from ..arch.lora import LoraSpec, resolve_targets
 from ..arch.model import ModelSpec
 from ..specs import TrainSpec
+from ..memory.quant import computes_in_input_dtype
 
 # bitsandbytes logs a warning at import on CPU-only machines (an optional kernels package);
 # lorasize's output stays its own.
@@ -93,6 +94,9 @@ def _standin_class():
                                 state2=nested)
 
         def forward(self, x):
+            if not self.compute_type_is_set:  # bitsandbytes before 0.47 (quantize_linears)
+                self.set_compute_type(x)
+                self.compute_type_is_set = True
             input_dtype = x.dtype
             out = bnb.matmul_4bit(x.to(self.compute_dtype), self.weight, bias=None,
                                   quant_state=self._state())
@@ -140,8 +144,12 @@ def quantize_linears(model: torch.nn.Module, train: TrainSpec, real_bnb: bool = 
             if convert is not None and id(child) not in convert:
                 continue
             if type(child) is torch.nn.Linear and child is not output:
-                setattr(parent, name, standin(child, TORCH_DTYPES[train.dtype], train.quant_type,
-                                              train.double_quant))
+                layer = standin(child, TORCH_DTYPES[train.dtype], train.quant_type,
+                                train.double_quant)
+                # bitsandbytes before 0.47 set the compute dtype from the first input (fp32 or
+                # bf16) whatever it was given: Linear4bit's own set_compute_type runs in forward
+                layer.compute_type_is_set = not computes_in_input_dtype(train.bnb_release)
+                setattr(parent, name, layer)
                 replaced += 1
     model.is_loaded_in_4bit = True
     return replaced
