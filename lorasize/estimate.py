@@ -523,11 +523,13 @@ def estimate(model: ModelSpec, lora: LoraSpec | None = None, train: TrainSpec | 
     lora = lora or LoraSpec()
     train = train or TrainSpec()
     attention_note: tuple[str, ...] = ()
-    if act.runs_attention(model, train.attn) != train.attn:
-        train = replace(train, attn=act.runs_attention(model, train.attn))
-        attention_note = (f"{model.name}: transformers has no SDPA path for this family "
-                          f"(attention soft-capping), so it runs eager attention: estimated with "
-                          f"--attn eager (flash-attn 2 supports it: --attn flash)",)
+    runs = act.runs_attention(model, train.attn, train.stack, train.stack_release)
+    if runs != train.attn:
+        train = replace(train, attn=runs)
+        attention_note = (f"{model.name}: transformers has no SDPA path for this model "
+                          f"(Gemma 2's soft-capping, gpt-oss's attention sinks), so it runs eager "
+                          f"attention: estimated with --attn eager (flash-attn 2 supports it: "
+                          f"--attn flash)",)
     if calibration is None:
         calibration = default_calibration()
     model = as_built(model, train)

@@ -276,6 +276,20 @@ def _cfg(config, *keys, default=None):
     return default
 
 
+# Model types whose eager attention takes its softmax in the compute dtype, with no fp32 copy:
+# gpt-oss (transformers 5.23 ``modeling_gpt_oss.eager_attention_forward``: ``F.softmax(
+# combined_logits, dim=-1, dtype=combined_logits.dtype)``, the sink column concatenated first).
+SOFTMAX_IN_COMPUTE_DTYPE = frozenset({"gpt_oss"})
+# Model types whose experts run their own activation, not the config's ``hidden_act``: gpt-oss's
+# clamped SwiGLU (``GptOssExperts._apply_gate``; its config says "silu").
+ACTIVATION_BY_MODEL_TYPE = {"gpt_oss": "gpt_oss_swiglu"}
+
+
+def _model_type(model) -> str:
+    text = getattr(model.config, "text_config", None) or model.config
+    return str(getattr(text, "model_type", ""))
+
+
 def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam],
                 layer_type: str | None) -> dict[str, Any]:
     """What the activation formulas need of one kind of layer, read from its weights and
@@ -364,10 +378,16 @@ def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam]
     else:
         traits["mlp"] = "none"
         traits["intermediate"] = 0
-    traits["act"] = str(_cfg(text, "hidden_act", "hidden_activation", "activation_function",
-                             default="silu"))
+    traits["act"] = ACTIVATION_BY_MODEL_TYPE.get(_model_type(model)) or str(
+        _cfg(text, "hidden_act", "hidden_activation", "activation_function", default="silu"))
     if _cfg(text, "attn_logit_softcapping") is not None:
         traits["softcap"] = True
+    if traits["mixer"] == "attention" and _model_type(model) in SOFTMAX_IN_COMPUTE_DTYPE:
+        traits["softmax_in_compute_dtype"] = True
+    if traits["mixer"] == "attention" and not getattr(model, "_supports_sdpa", True):
+        # no SDPA path (gpt-oss's attention sinks: GptOssPreTrainedModel._supports_sdpa =
+        # False): from_pretrained runs eager attention unless told flash or flex
+        traits["no_sdpa"] = True
     return traits
 
 

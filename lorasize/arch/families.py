@@ -53,9 +53,11 @@ FAMILY_TABLE: dict[str, Family] = {
     # Gemma's RMSNorm scales by (1 + w) (its fp32 normalised input is what the multiply saves).
     "gemma": Family("llama", True, traits={**_GATED, "norm_plus_one": True}),
     # Gemma 2 soft-caps its attention logits, which SDPA cannot: transformers 5 has no SDPA path
-    # for it (Gemma2PreTrainedModel, _supports_sdpa = False) and runs eager attention by default.
+    # for it (Gemma2PreTrainedModel, _supports_sdpa = False) and runs eager attention by default;
+    # transformers 4 ran SDPA without the soft-capping (_supports_sdpa = True in the 4.49.0 and
+    # 4.57.0 wheels).
     "gemma2": Family("gemma2", True, traits={**_GATED, "norm_plus_one": True, "softcap": True,
-                                             "no_sdpa": True}),
+                                             "no_sdpa_since": 5}),
     "mixtral": Family("mixtral", False, traits={"mlp": "moe", "act": "silu"}),
     # GPT-2's and Phi-2's "gelu_new" is Python (NewGELUActivation): it saves four tensors.
     "phi": Family("phi", False, qkv_bias_default=True, norm="layer",

@@ -66,7 +66,10 @@ TORCHTUNE_UNCHUNKED_LOSS_COPIES = 4
 # Per-token bytes saved by each activation function, in units of d * I (see module docstring):
 # silu / gelu / gelu_pytorch_tanh save their input; GPT-2 and Phi-2 "gelu_new" is written in
 # Python (transformers activations.NewGELUActivation) and saves x, tanh(.), 0.5x and 1 + tanh(.).
-_ACT_FUNCTION_SAVES = {"gelu_new": 4}  # by the activation's name (NewGELUActivation)
+# gpt-oss's clamped SwiGLU (transformers 5.23 ``GptOssExperts._apply_gate``) keeps the whole
+# gate/up output (the clamps save their strided inputs: the "2" of gate and up) and saves the
+# clamped gate, sigmoid(alpha * gate), up + 1 and their product: 4 (the layer probe agrees).
+_ACT_FUNCTION_SAVES = {"gelu_new": 4, "gpt_oss_swiglu": 4}  # by the activation's name
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash", "eager")
 
 
@@ -104,10 +107,16 @@ def _norm_bytes(spec: ModelSpec, dt: Dtypes, width: int, full: bool) -> int:
     return FP32 * width + FP32 + (dt.norm_out * width if full else 0)
 
 
-def runs_attention(spec: ModelSpec, attn: str) -> str:
+def runs_attention(spec: ModelSpec, attn: str, stack: str = "hf-peft", release: str = "") -> str:
     """The attention implementation transformers actually runs for ``attn``: a model without an
-    SDPA path (the ``no_sdpa`` trait) falls back to eager, as ``from_pretrained`` does."""
-    return "eager" if attn == "sdpa" and _traits(spec).get("no_sdpa") else attn
+    SDPA path falls back to eager, as ``from_pretrained`` does: the ``no_sdpa`` trait (gpt-oss's
+    attention sinks, every release), or ``no_sdpa_since`` a transformers major release (Gemma 2's
+    soft-capping: 5) where ``stack`` at ``release`` runs a later one."""
+    kinds = [k.traits for k in spec.card.kinds] if spec.card is not None and spec.kind is None \
+        else [_traits(spec)]
+    lacks = any(t.get("no_sdpa") or (t.get("no_sdpa_since")
+                                     and not runs_transformers_4(stack, release)) for t in kinds)
+    return "eager" if attn == "sdpa" and lacks else attn
 
 
 def _traits(spec: ModelSpec) -> dict:
@@ -219,21 +228,51 @@ def _lora_bytes(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtypes, dropou
     return total
 
 
-def sdpa_backend(spec: ModelSpec, compute_bytes: int, expands_gqa: bool = False) -> str:
+def sdpa_backend(spec: ModelSpec, compute_bytes: int, expands_gqa: bool = False,
+                 masked: bool = False) -> str:
     """The kernel ``scaled_dot_product_attention`` picks on a CUDA GPU (sm80+), torch 2.13.
 
-    Flash attention takes 16-bit inputs, head_dim <= 256 and grouped-query heads; the
-    memory-efficient kernel also takes fp32 but not grouped-query heads
-    (``check_batch_size_and_num_heads_dense<false>`` in ``sdp_utils.cpp``), so it runs them when
-    the stack repeats k and v to every query head first (``expands_gqa``:
-    :func:`lorasize.memory.stacks.expands_gqa_for_attention`); anything else falls to the math
-    kernel, which materialises the seq x seq probabilities.
+    Flash attention takes 16-bit inputs, head_dim <= 256 and grouped-query heads, and no
+    explicit mask; the memory-efficient kernel also takes fp32 and masks but not grouped-query
+    heads (``check_batch_size_and_num_heads_dense<false>`` in ``sdp_utils.cpp``), so it runs them
+    when the stack repeats k and v to every query head first (``expands_gqa``:
+    :func:`lorasize.memory.stacks.expands_gqa_for_attention`; transformers does whenever it
+    passes a mask, ``use_gqa_in_sdpa``); anything else falls to the math kernel, which
+    materialises the seq x seq probabilities. ``masked``: SDPA gets a mask
+    (:func:`sliding_mask`).
     """
-    if compute_bytes == 2 and spec.head_dim <= 256:
+    if compute_bytes == 2 and spec.head_dim <= FLASH_MAX_HEAD_DIM and not masked:
         return "flash"
-    if spec.num_heads == spec.num_kv_heads or expands_gqa:
+    if spec.num_heads == spec.num_kv_heads or expands_gqa or repeats_kv_itself(spec, masked):
         return "efficient"
     return "math"
+
+
+# The widest head flash attention takes (``check_head_dim_size_flash`` in ``sdp_utils.cpp``).
+FLASH_MAX_HEAD_DIM = 256
+
+
+def repeats_kv_itself(spec: ModelSpec, masked: bool) -> bool:
+    """Whether transformers 5 repeats grouped k and v to every query head before SDPA where it
+    could pass them grouped: with a mask, or heads wider than flash takes (``use_gqa_in_sdpa``:
+    ``attention_mask is None and key.shape[-1] == value.shape[-1] <= 256``)."""
+    return masked or spec.head_dim > FLASH_MAX_HEAD_DIM
+
+
+def sliding_mask(spec: ModelSpec, seq_len: int, attn: str = "sdpa") -> bool:
+    """Whether SDPA gets an explicit mask in this kind of layer: a sliding-window layer at a
+    sequence at least as long as its window, where transformers cannot leave the masking to
+    SDPA's ``is_causal`` (masking_utils ``_ignore_causal_mask_sdpa``: ``kv_length >=
+    local_attention_size``; checked on the real model in ``tests/test_sliding_mask.py``)."""
+    window = sliding_window(spec)
+    return attn == "sdpa" and bool(window) and seq_len >= window
+
+
+def sliding_window(spec: ModelSpec) -> int | None:
+    """Keys each query of this kind of layer attends at most (a card's ``sliding_attention``
+    kind), or None."""
+    window = _traits(spec).get("sliding_window")
+    return int(window) if window else None
 
 
 def sdpa_input_bytes(compute_bytes: int, autocast: bool) -> int:
@@ -300,6 +339,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         v_extra = d * (q + kv)  # the saved v keeps the whole fused q/k/v output alive
     heads = spec.num_heads
     traits = _traits(spec)
+    masked = sliding_mask(spec, seq_len, attn)
     gemma_norm = bool(traits.get("norm_plus_one"))
     norms = _norm_count(spec) * _norm_bytes(spec, dt, h, full and not gemma_norm)
     if full and gemma_norm:
@@ -333,13 +373,21 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         # fp32 log-sum-exp per head.
         half = min(d, 2)
         attention = half * (q + kv + kv + q) + FP32 * heads
-    elif sdpa_backend(spec, sdpa_input_bytes(d, autocast), expands) == "math":
+    elif sdpa_backend(spec, sdpa_input_bytes(d, autocast), expands, masked) == "math":
         # PyTorch's math kernel: the scaled q, the scaled and repeated k, the repeated v and the
         # fp32 probabilities (aten _scaled_dot_product_attention_math).
         attention = 3 * d * q + d * heads * seq_len
     else:
         a = sdpa_input_bytes(d, autocast)  # autocast's 16-bit copies are what the kernel saves
+        if repeats_kv_itself(spec, masked) and spec.num_kv_heads > 1:
+            # the kernel saves transformers' repeated k and v: copies, unless one head is
+            # expanded (a view: repeat_kv's reshape keeps its zero stride)
+            kv = q
         attention = a * q + a * kv + a * kv + a * q + FP32 * heads
+        if masked:
+            # SDPA turns the boolean mask into a float bias of q's dtype
+            # (``convert_boolean_attn_mask``), which the kernel saves for its backward: b x s x s
+            attention += a * seq_len
         if full and traits.get("cat_rope"):
             attention += d * q  # o_proj's input is a contiguous copy of the kernel's output
     attention += v_extra
@@ -374,7 +422,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
     # kernel (fp32 or masked grouped-query inputs) do not
     kernel_saves_output = attn == "flash" or (attn == "sdpa"
                                               and sdpa_backend(spec, sdpa_input_bytes(
-                                                  dt.compute, autocast), expands) != "math")
+                                                  dt.compute, autocast), expands, masked) != "math")
     lora = 0 if full else _lora_bytes(spec, targets, dt, dropout,
                                       attn_output_saved=kernel_saves_output,
                                       dora=dora,

@@ -344,46 +344,78 @@ def activations_fp32(train: TrainSpec) -> bool:
 
 
 def attention_kernel(model: ModelSpec, train: TrainSpec) -> str:
-    """The attention kernel a step runs: ``eager``, ``flash`` (flash-attn 2 casts fp32 q, k, v to
-    16 bits, transformers ``_flash_attention_forward``), or SDPA's choice on the step's
-    activations (:func:`lorasize.memory.activations.sdpa_backend`)."""
-    from ..memory.activations import sdpa_backend, sdpa_input_bytes
+    """The attention kernel a step runs in ``model`` (one kind of layer, or a model whose layers
+    are alike): ``eager`` (also where transformers has no SDPA path for the model), ``flash``
+    (flash-attn 2 casts fp32 q, k, v to 16 bits, transformers ``_flash_attention_forward``), or
+    SDPA's choice on the step's activations and mask
+    (:func:`lorasize.memory.activations.sdpa_backend`, :func:`~lorasize.memory.activations.
+    sliding_mask`)."""
+    from ..memory.activations import runs_attention, sdpa_backend, sdpa_input_bytes, sliding_mask
     from ..memory.stacks import expands_gqa_for_attention
 
-    if train.attn != "sdpa":
-        return train.attn
+    attn = runs_attention(model, train.attn, train.stack, train.stack_release)
+    if attn != "sdpa":
+        return attn
     activations = 4 if train.dtype == "fp32" or train.upcasts_to_fp32 else 2
     return sdpa_backend(model, sdpa_input_bytes(activations, train.autocast),
-                        expands_gqa_for_attention(train.stack, train.stack_release))
+                        expands_gqa_for_attention(train.stack, train.stack_release),
+                        sliding_mask(model, train.seq_len))
+
+
+def _kinds(model: ModelSpec) -> list[ModelSpec]:
+    """One spec per kind of decoder layer (its heads, head width, window, layer count)."""
+    from ..memory.activations import kind_views
+
+    return [view.spec for view in kind_views(model, ())]
 
 
 def _score_bytes(model: ModelSpec, train: TrainSpec, passes: int) -> float:
     """The score and probability traffic of a kernel that materialises them (eager attention,
     SDPA's math kernel): b x heads x s x s per layer."""
-    if attention_kernel(model, train) not in ("eager", "math"):
-        return 0.0
-    scores = train.batch_size * model.num_heads * train.seq_len ** 2 * model.num_layers
     per_score = FP32_SCORE_BYTES if activations_fp32(train) else EAGER_SCORE_BYTES
+    scores = sum(train.batch_size * kind.num_heads * train.seq_len ** 2 * kind.num_layers
+                 for kind in _kinds(model) if attention_kernel(kind, train) in ("eager", "math"))
     return per_score * scores * (passes + BACKWARD_BYTES_RATIO)
+
+
+def attended_pairs(seq_len: int, window: int | None, causal: bool = True) -> float:
+    """(query, key) pairs a fused kernel computes in one sequence of one head: the causal half of
+    the square, only the last ``window`` keys where flash-attn 2 takes a sliding window
+    (``window_size``: every row attends at most ``window`` keys), the whole square where a mask
+    stands in for causality (the memory-efficient kernel skips no tile of an explicit mask)."""
+    if not causal:
+        return float(seq_len * seq_len)
+    if window and seq_len > window:
+        return window * (window + 1) / 2 + (seq_len - window) * window
+    return seq_len * seq_len / 2
 
 
 def _attention(model: ModelSpec, train: TrainSpec, passes: int,
                backward_layers: int) -> tuple[float, list[Gemm]]:
     """Flash / memory-efficient kernel FLOPs (in bf16 tensor-core time), or the batched GEMMs of
     a kernel that materialises the scores (eager attention, SDPA's math kernel: fp32 ones on the
-    CUDA cores, torch's ``allow_tf32=False`` default); the backward runs in ``backward_layers``
-    layers (those whose attention has something trainable upstream)."""
-    b, s, d = train.batch_size, train.seq_len, model.head_dim
-    heads, layers = model.num_heads, model.num_layers
-    kernel, fp32 = attention_kernel(model, train), activations_fp32(train)
-    if kernel in ("eager", "math"):
-        # QK^T and PV over the full s x s forward; backward two GEMMs for each
-        per = b * heads
-        return 0.0, [Gemm(s, s, d, per * layers * 2 * passes, "attention", fp32),
-                     Gemm(s, d, s, per * backward_layers * 4, "attention", fp32)]
-    forward = 4.0 * b * s * s * d * heads / 2  # causal: half of the products
-    slowdown = FP32_EFFICIENT_SLOWDOWN if kernel == "efficient" and fp32 else 1.0
-    return slowdown * forward * (layers * passes + backward_layers * FLASH_BACKWARD_RATIO), []
+    CUDA cores, torch's ``allow_tf32=False`` default), kind by kind of layer; the backward runs
+    in ``backward_layers`` layers (those whose attention has something trainable upstream),
+    spread over the kinds by their share of the layers."""
+    from ..memory.activations import sliding_mask, sliding_window
+
+    b, s, fp32 = train.batch_size, train.seq_len, activations_fp32(train)
+    flops, gemms = 0.0, []
+    for kind in _kinds(model):
+        layers, d, heads = kind.num_layers, kind.head_dim, kind.num_heads
+        back = backward_layers * layers / model.num_layers
+        kernel = attention_kernel(kind, train)
+        if kernel in ("eager", "math"):
+            # QK^T and PV over the full s x s forward; backward two GEMMs for each
+            gemms += [Gemm(s, s, d, b * heads * layers * 2 * passes, "attention", fp32),
+                      Gemm(s, d, s, b * heads * back * 4, "attention", fp32)]
+            continue
+        window = sliding_window(kind) if kernel == "flash" and train.attn == "flash" else None
+        pairs = attended_pairs(s, window, causal=not sliding_mask(kind, s, train.attn))
+        forward = 4.0 * b * pairs * d * heads
+        slowdown = FP32_EFFICIENT_SLOWDOWN if kernel == "efficient" and fp32 else 1.0
+        flops += slowdown * forward * (layers * passes + back * FLASH_BACKWARD_RATIO)
+    return flops, gemms
 
 
 # FlashAttention-2's backward: five GEMMs against the forward's two (the scores recomputed).
