@@ -5,6 +5,8 @@ backward; gpt-oss has no SDPA path at all and runs eager attention."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
@@ -98,3 +100,23 @@ def test_sliding_layers_cost_the_attention_their_kernel_computes():
     sdpa, flash = (training_time(llama, llama_targets, TrainSpec(seq_len=8192, attn=a), gpu)
                    for a in ("sdpa", "flash"))
     assert sdpa.breakdown["attention"] == flash.breakdown["attention"]
+
+
+def test_gemma4_moe_layer_runs_its_dense_mlp_and_router_norm_beside_the_experts():
+    """Gemma 4's MoE layers run the layer's own gated MLP beside the experts (``mlp`` and
+    ``experts`` in ``Gemma4TextDecoderLayer.forward``) and a router that normalises its input in
+    fp32 (``Gemma4TextRouter.norm``): both are in what a layer keeps."""
+    from lorasize.memory.activations import Dtypes, layer_bytes_per_token
+
+    spec = resolve_model("gemma4-26b-a4b")
+    kind = kind_views(spec, ())[0].spec
+    traits = kind.kind.traits
+    assert traits["shared_intermediate"] == 2112 and traits["router_norm"]
+    dt = Dtypes(compute=2, residual=2, norm_out=2, adapter=4)
+    kept = layer_bytes_per_token(kind, (), dt, seq_len=512, attn="sdpa", full=False,
+                                 dropout=False).mlp
+    without = replace(kind, kind=replace(kind.kind, traits={**traits, "shared_intermediate": 0,
+                                                             "router_norm": False}))
+    bare = layer_bytes_per_token(without, (), dt, seq_len=512, attn="sdpa", full=False,
+                                 dropout=False).mlp
+    assert kept - bare == 3 * 2 * 2112 + 4 * kind.hidden_size  # gate, up, gelu(gate); fp32 copy

@@ -290,6 +290,11 @@ def _model_type(model) -> str:
     return str(getattr(text, "model_type", ""))
 
 
+def _router_norm(router) -> bool:
+    """Whether a router normalises its input itself (Gemma 4's ``Gemma4TextRouter.norm``)."""
+    return any("Norm" in type(m).__name__ for m in router.children())
+
+
 def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam],
                 layer_type: str | None) -> dict[str, Any]:
     """What the activation formulas need of one kind of layer, read from its weights and
@@ -363,7 +368,10 @@ def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam]
         traits["intermediate"] = down.in_features if down.out_features == hidden else down.out_features
         traits["experts"] = down.experts
         traits["top_k"] = int(_cfg(text, *_MOE_TOPK_KEYS, default=1))
-        shared = [m for m in mlp_linears if "shared" in m.path and m.path.endswith(("up_proj", "gate_proj"))]
+        # a dense gated MLP every token runs beside the experts: a shared expert (Qwen2-MoE,
+        # DeepSeek, Llama 4) or the layer's own MLP (Gemma 4's ``mlp`` beside ``experts``)
+        shared = [m for m in mlp_linears if m.in_features == hidden
+                  and m.path.endswith(("up_proj", "gate_proj"))]
         traits["shared_intermediate"] = shared[0].out_features if shared else 0
     elif mlp_linears:
         # Gated when two projections read the hidden state at the same width (gate/up, w1/w3),
@@ -382,6 +390,9 @@ def kind_traits(model, layer, linears: list[CardLinear], params: list[CardParam]
         _cfg(text, "hidden_act", "hidden_activation", "activation_function", default="silu"))
     if _cfg(text, "attn_logit_softcapping") is not None:
         traits["softcap"] = True
+    if experts and any(_router_norm(child) for name, child in layer.named_modules()
+                       if name.rsplit(".", 1)[-1] == "router"):
+        traits["router_norm"] = True
     if traits["mixer"] == "attention" and _model_type(model) in SOFTMAX_IN_COMPUTE_DTYPE:
         traits["softmax_in_compute_dtype"] = True
     if traits["mixer"] == "attention" and not getattr(model, "_supports_sdpa", True):

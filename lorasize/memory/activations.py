@@ -405,6 +405,10 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         # output (saved by the multiply by the routing weight) and int64 token / slot indices;
         # per token the router's fp32 softmax, top-k indices and values, and their sum.
         mlp = k * (mlp + d * h + FP32 + 2 * INDEX) + FP32 * spec.num_experts + k * (INDEX + FP32) + FP32
+        if traits.get("router_norm") and dt.residual != FP32:
+            # a router that normalises its input itself (Gemma 4's Gemma4TextRouter.norm): its
+            # RMSNorm runs on an fp32 copy, which its pow and multiply save
+            mlp += FP32 * h
         if full:
             mlp += k * (d * h + d * inter)  # each expert's gathered input and down_proj input
     elif full:
