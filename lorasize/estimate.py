@@ -114,6 +114,7 @@ class Estimate:
             "stack": self.train.stack,
             "stack_release": self.train.stack_release or None,
             "bnb_release": self.train.bnb_release or None,
+            "padded": self.train.padded,
             "trainable_params": self.trainable_params,
             "base_params": self.base_params,
             "trainable_percent": round(self.trainable_percent, 4),
@@ -188,14 +189,16 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
     parts = [act.layer_bytes_per_token(view.spec, view.targets, dt, seq_len=train.seq_len,
                                        attn=train.attn, full=full, dropout=dropout,
                                        stack=train.stack, quantized=train.quantized, dora=dora,
-                                       release=train.stack_release, autocast=train.autocast)
+                                       release=train.stack_release, autocast=train.autocast,
+                                       padded=train.padded)
              for view in views]
     kinds = [(_layers_needing_grad(model, view, targets, full),
               *_probed_bytes(measured, view, dt, tokens))
              if _kind_name(view) in measured["kinds"] else
              (view.layers, layer.total, act.layer_constant_bytes(view.spec, view.targets, dt))
              for view, layer in zip(views, parts)]
-    mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn)
+    mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn,
+                                train.padded, train.stack, train.stack_release)
     # LoHa/LoKr delta weights (AdaLoRA's A * E) kept for the input's gradient (lora.py).
     delta = input_grad_saved_bytes(model, targets, dt.adapter, dora_dropout=dora and dropout)
     all_layers = sum(n * (layer * tokens + constant) for n, layer, constant in kinds) \
@@ -416,7 +419,8 @@ def _layer_up_to(views, at: Target | None, dt, train: TrainSpec, dropout: bool,
                                          attn=train.attn, full=train.method == "full",
                                          dropout=dropout, stack=train.stack,
                                          quantized=train.quantized, dora=dora,
-                                         release=train.stack_release, autocast=train.autocast)
+                                         release=train.stack_release, autocast=train.autocast,
+                                         padded=train.padded)
 
     layer = saved(view.targets)
     if at is None or at.linear.group == "attn":
@@ -806,6 +810,11 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
                      "heads suit neither flash nor memory-efficient attention): it keeps the "
                      "seq x seq probabilities of every layer and runs them off the tensor cores; "
                      "autocast (the Trainer's bf16=True) or --attn flash runs flash attention")
+    if train.padded and train.attn == "sdpa":
+        notes.append("padded batches: SDPA gets a mask in every layer, so it runs the "
+                     "memory-efficient kernel over the whole seq x seq (no causal skipping) and "
+                     "keeps a float copy of the mask per layer; packing (or --attn flash, which "
+                     "unpads) avoids both")
     if any(t.linear.experts for t in targets) and not model.expert_modules:
         notes.append("PEFT adapts MoE experts by building W + BA for every expert on each forward "
                      "and keeping it for backward: a copy of the expert weights per layer "

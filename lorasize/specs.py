@@ -119,6 +119,10 @@ class TrainSpec:
             dtype it was given (:func:`lorasize.memory.quant.computes_in_input_dtype`); empty:
             the current release. Set by the timing fit from a measurement's stated release or
             date, and by ``--bnb-release``.
+        padded: each micro-batch carries an attention mask with padding in it (a collator that
+            pads to the sequence length): under SDPA every layer gets an explicit mask
+            (:func:`lorasize.memory.activations.sdpa_mask`). Off: packed or equal-length
+            sequences, whose all-ones mask transformers drops.
     """
 
     method: str = "lora"
@@ -140,6 +144,7 @@ class TrainSpec:
     stack_release: str = ""
     recast_embeddings: bool = False
     bnb_release: str = ""
+    padded: bool = False
 
     def __post_init__(self) -> None:
         _choice(self.stack, STACKS, "--stack")
@@ -156,6 +161,9 @@ class TrainSpec:
                                 f"{self.stack_release!r}", source="--stack-release")
         if self.stack_release:
             _release(self.stack, self.stack_release)
+        if self.padded and self.stack != "hf-peft":
+            raise LorasizeError("models transformers' attention masks; torchtune and litgpt mask "
+                                "padding in their own code", source="--padded")
         if self.bnb_release and not re.fullmatch(r"0(\.\d+){1,2}", self.bnb_release):
             raise LorasizeError(f"expected a bitsandbytes release such as 0.45.0, got "
                                 f"{self.bnb_release!r}", source="--bnb-release")

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
-from lorasize.memory.activations import kind_views, sliding_mask, sliding_window
+from lorasize.memory.activations import kind_views, sdpa_mask, sliding_window
 from lorasize.perf.work import attended_pairs, attention_kernel
 from lorasize.trace import trace_many
 
@@ -48,13 +48,13 @@ def test_transformers_masks_a_sliding_layer_where_the_rule_says(seq_len, monkeyp
     views = [v.spec for v in kind_views(spec, ())]
     window = next(sliding_window(v) for v in views if sliding_window(v))
     # the catalog's rule at the same distance from its own window
-    assert sliding == sliding_mask(views[0], window + seq_len - WINDOW) == (seq_len >= WINDOW)
+    assert sliding == sdpa_mask(views[0], window + seq_len - WINDOW) == (seq_len >= WINDOW)
     assert sliding_repeated == sliding  # a mask: transformers repeats grouped k and v itself
-    assert not full and not any(sliding_mask(v, 10 ** 6) for v in views if not sliding_window(v))
-    assert not sliding_mask(views[0], 10 ** 6, attn="flash")  # flash-attn 2 takes the window
+    assert not full and not any(sdpa_mask(v, 10 ** 6) for v in views if not sliding_window(v))
+    assert not sdpa_mask(views[0], 10 ** 6, attn="flash")  # flash-attn 2 takes the window
 
 
-def test_trace_agrees_on_sliding_masks_and_on_gpt_oss_eager_attention():
+def test_trace_agrees_on_sdpa_masks_and_on_gpt_oss_eager_attention():
     """gemma3-270m-it at 2,048 tokens (window 512: 15 masked layers, each keeping a 2 x s x s
     float mask) and gpt-oss-20b at 1,024 (eager, softmax in bf16, its clamped SwiGLU experts):
     1.3% and 9.4% under the trace before these were modelled."""
@@ -120,3 +120,52 @@ def test_gemma4_moe_layer_runs_its_dense_mlp_and_router_norm_beside_the_experts(
     bare = layer_bytes_per_token(without, (), dt, seq_len=512, attn="sdpa", full=False,
                                  dropout=False).mlp
     assert kept - bare == 3 * 2 * 2112 + 4 * kind.hidden_size  # gate, up, gelu(gate); fp32 copy
+
+
+MID_LLAMA = dict(model_type="llama", vocab_size=1024, hidden_size=1024, intermediate_size=2816,
+                 num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
+                 architectures=["LlamaForCausalLM"])
+
+
+def test_padded_batches_keep_a_mask_per_layer_as_the_trace_does():
+    """A batch whose attention mask has padding in it: every layer's SDPA gets a mask (the trace
+    passes one; transformers 5 builds a boolean 4-D mask, SDPA a float copy per layer that the
+    memory-efficient kernel keeps, with k and v repeated)."""
+    from lorasize import ModelSpec
+
+    spec = ModelSpec.from_hf_config(MID_LLAMA, name="mid-llama")
+    lora = LoraSpec(r=16, targets=("all",))
+    trains = [TrainSpec(seq_len=2048, batch_size=2, autocast=False, grad_checkpointing=True,
+                        padded=padded) for padded in (False, True)]
+    traced = []
+    for outcome in trace_many([(spec, lora, t) for t in trains]):
+        assert outcome["ok"], outcome.get("error")
+        traced.append(outcome["result"]["peak_bytes"])
+    estimated = [estimate(spec, lora, t).allocated_bytes for t in trains]
+    assert estimated[1] == pytest.approx(traced[1], rel=0.005)
+    assert estimated[1] - estimated[0] == pytest.approx(traced[1] - traced[0], rel=0.25)
+
+
+def test_padded_batches_cost_the_whole_square_and_say_so(cli):
+    import json
+
+    from lorasize.arch.catalog import gpu_from_catalog
+    from lorasize.arch.lora import resolve_targets
+    from lorasize.perf.timing import training_time
+
+    spec = resolve_model("llama3-8b")
+    targets = resolve_targets(spec, LoraSpec(r=16, targets=("all",)))
+    gpu = gpu_from_catalog("a100-80gb")
+
+    def attention(**kw) -> float:
+        return training_time(spec, targets, TrainSpec(seq_len=4096, **kw), gpu).breakdown[
+            "attention"]
+
+    assert attention(padded=True) == pytest.approx(2 * attention(), rel=1e-9)
+    assert attention(padded=True, attn="flash") == attention(attn="flash")
+    args = ("estimate", "-m", "llama3-8b", "-s", "4096", "-b", "2", "--json")
+    code, out, _ = cli(*args, "--padded")
+    data = json.loads(out)
+    assert code == 0 and data["padded"] and any("padded batches" in n for n in data["notes"])
+    code, _, err = cli(*args, "--padded", "--stack", "torchtune")
+    assert code == 2 and "--padded" in err and len(err.strip().splitlines()) == 1

@@ -85,7 +85,7 @@ def build_specs(ctx: click.Context, p: dict):
         grad_accum=1 if p.get("grad_accum") is None else p["grad_accum"],
         kernels=(p.get("kernels") or "eager").lower(), autocast=p.get("autocast", True),
         stack_release=(p.get("stack_release") or "").strip(),
-        bnb_release=(p.get("bnb_release") or "").strip(),
+        bnb_release=(p.get("bnb_release") or "").strip(), padded=bool(p.get("padded")),
     )
     return model, lora, train
 

@@ -176,6 +176,12 @@ def train_options(func):
                           "kernel, not the math one); litgpt before 0.3.1 (0.0: lit-gpt's 2023 "
                           "code) rebuilt the q/k/v adapter's index every forward and waited for "
                           "the GPU there. [default: the current release]"),
+        click.option("--padded/--no-padded", default=False, show_default=True,
+                     help="Micro-batches carry an attention mask with padding in it (a collator "
+                          "that pads to --seq-len, not packing): SDPA then gets a mask in every "
+                          "layer, so it runs the memory-efficient kernel over the whole s x s "
+                          "and, under transformers 5, keeps a float copy of the mask per layer. "
+                          "hf-peft only."),
         click.option("--bnb-release", default=None, metavar="VERSION",
                      help="The bitsandbytes release, where its speed changed: before 0.47 a "
                           "4-bit layer computes in its input's dtype, so after kbit prep "

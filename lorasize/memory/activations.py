@@ -239,7 +239,7 @@ def sdpa_backend(spec: ModelSpec, compute_bytes: int, expands_gqa: bool = False,
     :func:`lorasize.memory.stacks.expands_gqa_for_attention`; transformers does whenever it
     passes a mask, ``use_gqa_in_sdpa``); anything else falls to the math kernel, which
     materialises the seq x seq probabilities. ``masked``: SDPA gets a mask
-    (:func:`sliding_mask`).
+    (:func:`sdpa_mask`).
     """
     if compute_bytes == 2 and spec.head_dim <= FLASH_MAX_HEAD_DIM and not masked:
         return "flash"
@@ -259,13 +259,16 @@ def repeats_kv_itself(spec: ModelSpec, masked: bool) -> bool:
     return masked or spec.head_dim > FLASH_MAX_HEAD_DIM
 
 
-def sliding_mask(spec: ModelSpec, seq_len: int, attn: str = "sdpa") -> bool:
-    """Whether SDPA gets an explicit mask in this kind of layer: a sliding-window layer at a
-    sequence at least as long as its window, where transformers cannot leave the masking to
-    SDPA's ``is_causal`` (masking_utils ``_ignore_causal_mask_sdpa``: ``kv_length >=
+def sdpa_mask(spec: ModelSpec, seq_len: int, attn: str = "sdpa", padded: bool = False) -> bool:
+    """Whether SDPA gets an explicit mask in this kind of layer: every layer of a padded batch
+    (``TrainSpec.padded``), and a sliding-window layer at a sequence at least as long as its
+    window, where transformers cannot leave the masking to SDPA's ``is_causal`` (masking_utils
+    ``_ignore_causal_mask_sdpa``: a padding mask with a zero, or ``kv_length >=
     local_attention_size``; checked on the real model in ``tests/test_sliding_mask.py``)."""
+    if attn != "sdpa":
+        return False
     window = sliding_window(spec)
-    return attn == "sdpa" and bool(window) and seq_len >= window
+    return padded or (bool(window) and seq_len >= window)
 
 
 def sliding_window(spec: ModelSpec) -> int | None:
@@ -323,7 +326,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
                           seq_len: int, attn: str, full: bool, dropout: bool,
                           stack: str = "hf-peft", quantized: bool = False,
                           dora: bool = False, release: str = "",
-                          autocast: bool = False) -> LayerActivations:
+                          autocast: bool = False, padded: bool = False) -> LayerActivations:
     """Bytes per token one decoder layer keeps for backward (no checkpointing).
 
     ``stack`` applies that stack's rules (:mod:`lorasize.memory.stacks`); ``quantized``: the block's
@@ -339,7 +342,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
         v_extra = d * (q + kv)  # the saved v keeps the whole fused q/k/v output alive
     heads = spec.num_heads
     traits = _traits(spec)
-    masked = sliding_mask(spec, seq_len, attn)
+    masked = sdpa_mask(spec, seq_len, attn, padded)
     gemma_norm = bool(traits.get("norm_plus_one"))
     norms = _norm_count(spec) * _norm_bytes(spec, dt, h, full and not gemma_norm)
     if full and gemma_norm:
@@ -384,9 +387,10 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
             # expanded (a view: repeat_kv's reshape keeps its zero stride)
             kv = q
         attention = a * q + a * kv + a * kv + a * q + FP32 * heads
-        if masked:
-            # SDPA turns the boolean mask into a float bias of q's dtype
+        if masked and not runs_transformers_4(stack, release):
+            # SDPA turns transformers 5's boolean mask into a float bias of q's dtype
             # (``convert_boolean_attn_mask``), which the kernel saves for its backward: b x s x s
+            # (transformers 4's own masks were float already, one for every layer)
             attention += a * seq_len
         if full and traits.get("cat_rope"):
             attention += d * q  # o_proj's input is a contiguous copy of the kernel's output
@@ -617,9 +621,17 @@ def loss_chunk_bytes(spec: ModelSpec, stack: str, compute: int, batch: int, seq_
     return (rules.logits_bytes or compute) * spec.vocab_size * batch * min(rules.lm_head_chunk, seq_len)
 
 
-def eager_mask_bytes(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int, attn: str) -> int:
-    """The 4-D causal mask eager attention builds once per forward."""
-    return dt.compute * batch * seq_len * seq_len if attn == "eager" else 0
+def eager_mask_bytes(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int, attn: str,
+                     padded: bool = False, stack: str = "hf-peft", release: str = "") -> int:
+    """The 4-D mask a forward builds once: eager attention's causal one, and under SDPA where a
+    layer gets a mask (:func:`sdpa_mask`) transformers 5's boolean one (transformers 4's was
+    float, in the compute dtype)."""
+    if attn == "eager":
+        return dt.compute * batch * seq_len * seq_len
+    if not any(sdpa_mask(view.spec, seq_len, attn, padded) for view in kind_views(spec, ())):
+        return 0
+    width = dt.compute if runs_transformers_4(stack, release) else BOOL
+    return width * batch * seq_len * seq_len
 
 
 def attention_backward_transient(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int,

@@ -349,8 +349,8 @@ def attention_kernel(model: ModelSpec, train: TrainSpec) -> str:
     (flash-attn 2 casts fp32 q, k, v to 16 bits, transformers ``_flash_attention_forward``), or
     SDPA's choice on the step's activations and mask
     (:func:`lorasize.memory.activations.sdpa_backend`, :func:`~lorasize.memory.activations.
-    sliding_mask`)."""
-    from ..memory.activations import runs_attention, sdpa_backend, sdpa_input_bytes, sliding_mask
+    sdpa_mask`)."""
+    from ..memory.activations import runs_attention, sdpa_backend, sdpa_input_bytes, sdpa_mask
     from ..memory.stacks import expands_gqa_for_attention
 
     attn = runs_attention(model, train.attn, train.stack, train.stack_release)
@@ -359,7 +359,7 @@ def attention_kernel(model: ModelSpec, train: TrainSpec) -> str:
     activations = 4 if train.dtype == "fp32" or train.upcasts_to_fp32 else 2
     return sdpa_backend(model, sdpa_input_bytes(activations, train.autocast),
                         expands_gqa_for_attention(train.stack, train.stack_release),
-                        sliding_mask(model, train.seq_len))
+                        sdpa_mask(model, train.seq_len, padded=train.padded))
 
 
 def _kinds(model: ModelSpec) -> list[ModelSpec]:
@@ -397,7 +397,7 @@ def _attention(model: ModelSpec, train: TrainSpec, passes: int,
     CUDA cores, torch's ``allow_tf32=False`` default), kind by kind of layer; the backward runs
     in ``backward_layers`` layers (those whose attention has something trainable upstream),
     spread over the kinds by their share of the layers."""
-    from ..memory.activations import sliding_mask, sliding_window
+    from ..memory.activations import sdpa_mask, sliding_window
 
     b, s, fp32 = train.batch_size, train.seq_len, activations_fp32(train)
     flops, gemms = 0.0, []
@@ -411,7 +411,7 @@ def _attention(model: ModelSpec, train: TrainSpec, passes: int,
                       Gemm(s, d, s, b * heads * back * 4, "attention", fp32)]
             continue
         window = sliding_window(kind) if kernel == "flash" and train.attn == "flash" else None
-        pairs = attended_pairs(s, window, causal=not sliding_mask(kind, s, train.attn))
+        pairs = attended_pairs(s, window, causal=not sdpa_mask(kind, s, train.attn, train.padded))
         forward = 4.0 * b * pairs * d * heads
         slowdown = FP32_EFFICIENT_SLOWDOWN if kernel == "efficient" and fp32 else 1.0
         flops += slowdown * forward * (layers * passes + back * FLASH_BACKWARD_RATIO)

@@ -29,7 +29,8 @@ from ..files import read_yaml, write_atomic
 from ..units import BYTES_PER_GIB, format_bytes
 
 _TRAIN_KEYS = {"method", "quant", "double_quant", "dtype", "optimizer", "batch_size", "seq_len",
-               "grad_checkpointing", "attn", "kbit_prep", "stack", "stack_release", "bnb_release"}
+               "grad_checkpointing", "attn", "kbit_prep", "stack", "stack_release", "bnb_release",
+               "padded"}
 
 
 @dataclass(frozen=True)

@@ -64,13 +64,20 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
                                        allocator=CachingAllocator())
             tracker.track_model(network)
             tracker.add(ids, "inputs")
+            padding = {}
+            if train.padded:
+                padding["attention_mask"] = torch.ones_like(ids)
+                padding["attention_mask"][:, train.seq_len // 2:] = 0
+                tracker.add(padding["attention_mask"], "inputs")
             steps = []
             with tracker:
                 for _ in range(TRACED_STEPS):
                     tracker.reset_peak()
                     for _ in range(train.grad_accum):  # gradients accumulate across micro-batches
                         tracker.phase = "forward"
-                        loss = network(input_ids=ids, labels=ids).loss  # outputs dropped, as Trainer does
+                        # outputs dropped, as Trainer does; a padded batch's mask (under fake
+                        # tensors transformers cannot read it, so it builds the 4-D mask)
+                        loss = network(input_ids=ids, labels=ids, **padding).loss
                         tracker.phase = "backward"
                         loss.backward()
                         del loss
