@@ -169,3 +169,14 @@ def test_padded_batches_cost_the_whole_square_and_say_so(cli):
     assert code == 0 and data["padded"] and any("padded batches" in n for n in data["notes"])
     code, _, err = cli(*args, "--padded", "--stack", "torchtune")
     assert code == 2 and "--padded" in err and len(err.strip().splitlines()) == 1
+
+
+def test_trace_and_profile_feed_a_padded_batch_its_mask():
+    import torch
+
+    from lorasize.trace.run import step_inputs
+
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    assert set(step_inputs(ids, TrainSpec(seq_len=8))) == {"input_ids", "labels"}
+    mask = step_inputs(ids, TrainSpec(seq_len=8, padded=True))["attention_mask"]
+    assert mask.shape == ids.shape and mask[:, :4].all() and not mask[:, 4:].any()

@@ -185,7 +185,7 @@ def _rank_measure(job: dict, rank: int, local_rank: int, world: int) -> dict:
     import torch
 
     from ..trace.build import TORCH_DTYPES, build
-    from ..trace.run import _optimizer
+    from ..trace.run import _optimizer, step_inputs
     from .backends import CudaBackend, TrackerBackend
     from .runner import _device, finish, run_steps
 
@@ -213,7 +213,8 @@ def _rank_measure(job: dict, rank: int, local_rank: int, world: int) -> dict:
     torch.manual_seed(1 + rank)  # each rank its own batch, as a data-parallel sampler gives
     ids = torch.randint(0, model.vocab_size, (train.batch_size, train.seq_len), device=device)
     optimizer = _optimizer(train, [p for p in network.parameters() if p.requires_grad])
-    step_times = run_steps(network, optimizer, ids, backend, measurements, job["steps"],
+    step_times = run_steps(network, optimizer, step_inputs(ids, train), backend, measurements,
+                           job["steps"],
                            job["warmup"], sync=torch.cuda.synchronize if cuda else None,
                            grad_accum=train.grad_accum, no_sync=_no_sync(network, job["sharding"]))
     finish(measurements, step_times, train.tokens * train.grad_accum)

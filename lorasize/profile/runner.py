@@ -59,7 +59,7 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
     import torch
 
     from ..trace.build import build
-    from ..trace.run import _optimizer
+    from ..trace.run import _optimizer, step_inputs
 
     torch.manual_seed(0)
     backend = CudaBackend() if device == "cuda" else None  # fail before the slow build
@@ -92,7 +92,8 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
                                 source="--memory-snapshot")
         torch.cuda.memory._record_memory_history(max_entries=100_000)
     try:
-        step_times = run_steps(network, optimizer, ids, backend, measurements, steps, warmup,
+        step_times = run_steps(network, optimizer, step_inputs(ids, train), backend,
+                               measurements, steps, warmup,
                                sync=torch.cuda.synchronize if device == "cuda" else None,
                                grad_accum=train.grad_accum)
     finally:
@@ -112,9 +113,10 @@ def profile_training(model: ModelSpec, lora: LoraSpec, train: TrainSpec, steps: 
             "device": _device(backend), "config": config, "measurements": measurements}
 
 
-def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, warmup: int,
-              sync=None, grad_accum: int = 1, no_sync=None) -> list[float]:
-    """Run ``warmup + steps`` training steps, each phase measured by ``backend``.
+def run_steps(network, optimizer, inputs: dict, backend, measurements: dict, steps: int,
+              warmup: int, sync=None, grad_accum: int = 1, no_sync=None) -> list[float]:
+    """Run ``warmup + steps`` training steps on ``inputs`` (a micro-batch's keyword arguments:
+    :func:`lorasize.trace.run.step_inputs`), each phase measured by ``backend``.
 
     Each step runs ``grad_accum`` micro-batches (forward and backward, gradients accumulating)
     before the optimizer; ``no_sync(final)`` is called before each micro-batch (data parallel:
@@ -141,7 +143,7 @@ def run_steps(network, optimizer, ids, backend, measurements: dict, steps: int, 
                         micro += 1
                         if no_sync is not None:
                             no_sync(micro == grad_accum)
-                        loss = network(input_ids=ids, labels=ids).loss
+                        loss = network(**inputs).loss
                     elif phase == "backward":
                         loss.backward()
                         del loss

@@ -37,6 +37,17 @@ def _optimizer(train: TrainSpec, params):
                         f"yet", source="--optimizer")
 
 
+def step_inputs(ids, train: TrainSpec) -> dict:
+    """A micro-batch's keyword arguments: the tokens as labels too, and for a padded batch
+    (``TrainSpec.padded``) an attention mask whose second half is padding."""
+    inputs = {"input_ids": ids, "labels": ids}
+    if train.padded:
+        mask = torch.ones_like(ids)
+        mask[:, train.seq_len // 2:] = 0
+        inputs["attention_mask"] = mask
+    return inputs
+
+
 def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True,
                round_to: int = MIN_BLOCK_BYTES, emulate: bool = True,
                real_bnb: bool = False, reentrant: bool = False) -> TraceResult:
@@ -63,21 +74,16 @@ def trace_step(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = 
             tracker = LiveBytesTracker(round_to=round_to, workspace=workspace if emulate else None,
                                        allocator=CachingAllocator())
             tracker.track_model(network)
-            tracker.add(ids, "inputs")
-            padding = {}
-            if train.padded:
-                padding["attention_mask"] = torch.ones_like(ids)
-                padding["attention_mask"][:, train.seq_len // 2:] = 0
-                tracker.add(padding["attention_mask"], "inputs")
+            inputs = step_inputs(ids, train)
+            for tensor in {id(t): t for t in inputs.values()}.values():
+                tracker.add(tensor, "inputs")
             steps = []
             with tracker:
                 for _ in range(TRACED_STEPS):
                     tracker.reset_peak()
                     for _ in range(train.grad_accum):  # gradients accumulate across micro-batches
                         tracker.phase = "forward"
-                        # outputs dropped, as Trainer does; a padded batch's mask (under fake
-                        # tensors transformers cannot read it, so it builds the 4-D mask)
-                        loss = network(input_ids=ids, labels=ids, **padding).loss
+                        loss = network(**inputs).loss  # outputs dropped, as Trainer does
                         tracker.phase = "backward"
                         loss.backward()
                         del loss
