@@ -346,3 +346,34 @@ def test_a_scenario_names_the_stacks_release(tmp_path):
     code, out, _ = run_cli("check", str(write(tmp_path, text)))
     rows = {r.split()[0]: r for r in data_rows(out)}
     assert code == 1 and rows["now"].split()[-1] == "ok" and "ok" not in rows["old"].split()
+
+
+def test_scenario_keys_reach_the_estimate_as_its_flags(tmp_path):
+    """autocast, kernels, padded and bnb_release are estimate flags: a scenario takes them and
+    gets what `estimate` gives for the same flags."""
+    import json
+
+    text = """\
+        scenarios:
+          masked:
+            model: llama3-8b
+            method: qlora
+            r: 16
+            targets: all
+            seq_len: 4096
+            batch_size: 2
+            autocast: false
+            padded: true
+            bnb_release: 0.45
+            budget: fits a100-80gb
+        """
+    code, out, err = run_cli("check", str(write(tmp_path, text)), "--json")
+    assert code == 0, err
+    peak = json.loads(out)["results"][0]["value_bytes"]
+    code, est, _ = run_cli("estimate", "-m", "llama3-8b", "--method", "qlora", "-r", "16", "-t",
+                           "all", "-s", "4096", "-b", "2", "--no-autocast", "--padded",
+                           "--bnb-release", "0.45", "--json")
+    assert peak == json.loads(est)["train_peak_bytes"]
+    code, _, err = run_cli("check", str(write(tmp_path, text.replace("padded: true",
+                                                                    "padded: maybe"))))
+    assert code == 2 and "padded" in err

@@ -171,3 +171,15 @@ def test_the_sequence_chart_marks_the_models_positions(tmp_path):
     chart = next(f for f in build_figures(load_plan(plan))
                  if f.layout.title.text == "Memory against sequence length")
     assert not any("positions" in (a.text or "") for a in chart.layout.annotations)
+
+
+def test_a_plan_takes_the_estimates_training_flags(tmp_path):
+    """autocast, kernels, padded, bnb_release, grad_accum and the adapters' training dtype are
+    estimate flags a plan's training section passes on."""
+    path = tmp_path / "plan.yaml"
+    path.write_text("model: llama3-8b\ngpus: [a100-80gb]\ntraining:\n  autocast: false\n"
+                    "  padded: true\n  kernels: fused\n  grad_accum: 4\n  bnb_release: '0.45'\n"
+                    "  adapter_train_dtype: bf16\n")
+    train = load_plan(path).train
+    assert (train.autocast, train.padded, train.kernels, train.grad_accum, train.bnb_release,
+            train.adapter_train_dtype) == (False, True, "fused", 4, "0.45", "bf16")

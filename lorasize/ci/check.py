@@ -50,6 +50,7 @@ _SPEC_KEYS: dict[str, tuple[str, object]] = {
     "gpu_mem": ("str", None), "adapter_train_dtype": ("str", None), "grad_accum": ("int", 1),
     "gpus": ("int", 1), "sharding": ("str", "none"), "offload": ("str", "none"),
     "stack_release": ("str", ""), "bnb_release": ("str", ""), "padded": ("bool", False),
+    "autocast": ("bool", True), "kernels": ("str", "eager"),
 }
 _OTHER_KEYS = ("budget", "baseline", "baseline_trace", "description", "recipe")
 _FITS = re.compile(r"^fits(?:\s+(?P<gpu>[\w.\-]+?))?(?:\s+with\s+(?P<headroom>.+?)\s+headroom)?$",
@@ -290,7 +291,8 @@ def _scenario(name: str, name_node, node, path: str, tolerance: float | None) ->
             kbit_prep=p["kbit_prep"], stack=p["stack"].lower(),
             adapter_train_dtype=p["adapter_train_dtype"].lower() if p["adapter_train_dtype"] else None,
             grad_accum=p["grad_accum"], stack_release=str(p["stack_release"] or "").strip(),
-            bnb_release=str(p["bnb_release"] or "").strip(), padded=p["padded"])
+            bnb_release=str(p["bnb_release"] or "").strip(), padded=p["padded"],
+            autocast=p["autocast"], kernels=p["kernels"].lower())
         shard = ShardSpec(p["gpus"], p["sharding"].lower(), p["offload"].lower())
         gpu = gpu_from_catalog(p["gpu"]) if p["gpu"] else None
         if p["gpu_mem"]:

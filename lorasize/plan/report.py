@@ -30,7 +30,7 @@ from ..units import BYTES_PER_GIB, format_bytes
 
 _TRAIN_KEYS = {"method", "quant", "double_quant", "dtype", "optimizer", "batch_size", "seq_len",
                "grad_checkpointing", "attn", "kbit_prep", "stack", "stack_release", "bnb_release",
-               "padded"}
+               "padded", "autocast", "kernels", "adapter_train_dtype", "grad_accum"}
 
 
 @dataclass(frozen=True)
