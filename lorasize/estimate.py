@@ -810,6 +810,11 @@ def _notes(model: ModelSpec, lora: LoraSpec, train: TrainSpec,
                      "heads suit neither flash nor memory-efficient attention): it keeps the "
                      "seq x seq probabilities of every layer and runs them off the tensor cores; "
                      "autocast (the Trainer's bf16=True) or --attn flash runs flash attention")
+    if train.dequantizes_to_fp32:
+        notes.append(f"bitsandbytes {train.bnb_release} computes each 4-bit layer in its input's "
+                     f"dtype, fp32 after kbit preparation: every weight is dequantized to fp32"
+                     + ("" if train.autocast else " and multiplied off the tensor cores")
+                     + "; bitsandbytes 0.47 or later keeps bnb_4bit_compute_dtype")
     if train.padded and train.attn == "sdpa":
         notes.append("padded batches: SDPA gets a mask in every layer, so it runs the "
                      "memory-efficient kernel over the whole seq x seq (no causal skipping) and "
