@@ -180,3 +180,24 @@ def test_trace_and_profile_feed_a_padded_batch_its_mask():
     assert set(step_inputs(ids, TrainSpec(seq_len=8))) == {"input_ids", "labels"}
     mask = step_inputs(ids, TrainSpec(seq_len=8, padded=True))["attention_mask"]
     assert mask.shape == ids.shape and mask[:, :4].all() and not mask[:, 4:].any()
+
+
+def test_a_mistral_config_with_a_window_slides_every_layer():
+    """Mistral (and Mixtral) slide every layer when the config sets ``sliding_window``
+    (Mistral-7B-v0.1: 4,096): the same mask, kept per layer, as a card's sliding layers."""
+    from lorasize import ModelSpec
+
+    specs = [ModelSpec.from_hf_config({**MID_LLAMA, "model_type": "mistral",
+                                       "architectures": ["MistralForCausalLM"],
+                                       "sliding_window": window}, name="mid-mistral")
+             for window in (None, 256)]
+    assert [sliding_window(s) for s in specs] == [None, 256]
+    lora = LoraSpec(r=16, targets=("all",))
+    train = TrainSpec(seq_len=1024, batch_size=2, autocast=False)
+    traced = []
+    for outcome in trace_many([(s, lora, train) for s in specs]):
+        assert outcome["ok"], outcome.get("error")
+        traced.append(outcome["result"]["peak_bytes"])
+    estimated = [estimate(s, lora, train).allocated_bytes for s in specs]
+    assert estimated[1] == pytest.approx(traced[1], rel=0.01)
+    assert estimated[1] - estimated[0] == pytest.approx(traced[1] - traced[0], rel=0.25)

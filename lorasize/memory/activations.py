@@ -271,10 +271,19 @@ def sdpa_mask(spec: ModelSpec, seq_len: int, attn: str = "sdpa", padded: bool = 
     return padded or (bool(window) and seq_len >= window)
 
 
+# Hand-written families whose every layer slides when the config sets ``sliding_window``
+# (transformers 5.23 ``MistralModel.forward`` and ``MixtralModel.forward``: ``mask_function =
+# create_causal_mask if self.config.sliding_window is None else
+# create_sliding_window_causal_mask``; Mistral-7B-v0.1 sets 4,096).
+CONFIG_WINDOW_FAMILIES = frozenset({"mistral", "mixtral"})
+
+
 def sliding_window(spec: ModelSpec) -> int | None:
     """Keys each query of this kind of layer attends at most (a card's ``sliding_attention``
-    kind), or None."""
+    kind, or a :data:`CONFIG_WINDOW_FAMILIES` config's ``sliding_window``), or None."""
     window = _traits(spec).get("sliding_window")
+    if spec.kind is None and spec.model_type in CONFIG_WINDOW_FAMILIES:
+        window = (spec.hf_config or {}).get("sliding_window")
     return int(window) if window else None
 
 
