@@ -197,8 +197,8 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
              if _kind_name(view) in measured["kinds"] else
              (view.layers, layer.total, act.layer_constant_bytes(view.spec, view.targets, dt))
              for view, layer in zip(views, parts)]
-    mask = act.eager_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn,
-                                train.padded, train.stack, train.stack_release)
+    mask = act.attention_mask_bytes(model, dt, train.batch_size, train.seq_len, train.attn,
+                                    train.padded, train.stack, train.stack_release)
     # LoHa/LoKr delta weights (AdaLoRA's A * E) kept for the input's gradient (lora.py).
     delta = input_grad_saved_bytes(model, targets, dt.adapter, dora_dropout=dora and dropout)
     all_layers = sum(n * (layer * tokens + constant) for n, layer, constant in kinds) \

@@ -162,8 +162,9 @@ class TrainSpec:
         if self.stack_release:
             _release(self.stack, self.stack_release)
         if self.padded and self.stack != "hf-peft":
-            raise LorasizeError("models transformers' attention masks; torchtune and litgpt mask "
-                                "padding in their own code", source="--padded")
+            raise LorasizeError("is for --stack hf-peft (transformers' attention masks); "
+                                "torchtune and litgpt mask padding in their own code",
+                                source="--padded")
         if self.bnb_release and not re.fullmatch(r"0(\.\d+){1,2}", self.bnb_release):
             raise LorasizeError(f"expected a bitsandbytes release such as 0.45.0, got "
                                 f"{self.bnb_release!r}", source="--bnb-release")

@@ -83,6 +83,9 @@ def test_charts_use_the_same_numbers_as_estimate():
     ("model: llama2-7b\ngpus: []\n", "gpus"),
     ("model: llama2-7b\ngpus: [a100-40gb]\ntraining:\n  ranks: [0]\n", "training.ranks"),
     ("model: llama2-7b\ngpus: [a100-40gb]\ntraining:\n  warp: 9\n", "training.warp"),
+    ("model: llama2-7b\ngpus: [a100-40gb]\ntraining:\n  padded: sure\n", "training.padded"),
+    ("model: llama2-7b\ngpus: [a100-40gb]\ntraining:\n  seq_len: long\n", "training.seq_len"),
+    ("model: llama2-7b\ngpus: [a100-40gb]\ntraining:\n  bnb_release: 9.9\n", "--bnb-release"),
     ("model: llama2-7b\ngpus: [a100-40gb]\nserving:\n  adapters: 0\n", "serving.adapters"),
     ("model: llama2-7b\ngpus: [nope-gpu]\n", "nope-gpu"),
 ])
@@ -178,7 +181,7 @@ def test_a_plan_takes_the_estimates_training_flags(tmp_path):
     estimate flags a plan's training section passes on."""
     path = tmp_path / "plan.yaml"
     path.write_text("model: llama3-8b\ngpus: [a100-80gb]\ntraining:\n  autocast: false\n"
-                    "  padded: true\n  kernels: fused\n  grad_accum: 4\n  bnb_release: '0.45'\n"
+                    "  padded: true\n  kernels: fused\n  grad_accum: 4\n  bnb_release: 0.45\n"
                     "  adapter_train_dtype: bf16\n")
     train = load_plan(path).train
     assert (train.autocast, train.padded, train.kernels, train.grad_accum, train.bnb_release,

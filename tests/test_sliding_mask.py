@@ -12,7 +12,8 @@ import pytest
 from lorasize import LoraSpec, TrainSpec, estimate, resolve_model
 from lorasize.memory.activations import kind_views, sdpa_mask, sliding_window
 from lorasize.perf.work import attended_pairs, attention_kernel
-from lorasize.trace import trace_many
+
+from trace_grid import peaks
 
 WINDOW = 8
 
@@ -61,10 +62,9 @@ def test_trace_agrees_on_sdpa_masks_and_on_gpt_oss_eager_attention():
     lora = LoraSpec(r=16, targets=("all",))
     cases = [(resolve_model("gemma3-270m-it"), lora, TrainSpec(seq_len=2048, autocast=False)),
              (resolve_model("gpt-oss-20b"), lora, TrainSpec(seq_len=1024, autocast=False))]
-    for (spec, lora_, train), outcome in zip(cases, trace_many(cases)):
-        assert outcome["ok"], outcome.get("error")
-        traced = outcome["result"]["peak_bytes"]
-        assert estimate(spec, lora_, train).allocated_bytes == pytest.approx(traced, rel=0.005)
+    traced, estimated = peaks(cases)
+    for case, peak, estimated_peak in zip(cases, traced, estimated):
+        assert estimated_peak == pytest.approx(peak, rel=0.005), case[0].name
 
 
 def test_gpt_oss_runs_eager_attention_and_says_so():
@@ -137,11 +137,7 @@ def test_padded_batches_keep_a_mask_per_layer_as_the_trace_does():
     lora = LoraSpec(r=16, targets=("all",))
     trains = [TrainSpec(seq_len=2048, batch_size=2, autocast=False, grad_checkpointing=True,
                         padded=padded) for padded in (False, True)]
-    traced = []
-    for outcome in trace_many([(spec, lora, t) for t in trains]):
-        assert outcome["ok"], outcome.get("error")
-        traced.append(outcome["result"]["peak_bytes"])
-    estimated = [estimate(spec, lora, t).allocated_bytes for t in trains]
+    traced, estimated = peaks([(spec, lora, t) for t in trains])
     assert estimated[1] == pytest.approx(traced[1], rel=0.005)
     assert estimated[1] - estimated[0] == pytest.approx(traced[1] - traced[0], rel=0.25)
 
@@ -194,10 +190,6 @@ def test_a_mistral_config_with_a_window_slides_every_layer():
     assert [sliding_window(s) for s in specs] == [None, 256]
     lora = LoraSpec(r=16, targets=("all",))
     train = TrainSpec(seq_len=1024, batch_size=2, autocast=False)
-    traced = []
-    for outcome in trace_many([(s, lora, train) for s in specs]):
-        assert outcome["ok"], outcome.get("error")
-        traced.append(outcome["result"]["peak_bytes"])
-    estimated = [estimate(s, lora, train).allocated_bytes for s in specs]
+    traced, estimated = peaks([(s, lora, train) for s in specs])
     assert estimated[1] == pytest.approx(traced[1], rel=0.01)
     assert estimated[1] - estimated[0] == pytest.approx(traced[1] - traced[0], rel=0.25)

@@ -153,3 +153,14 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def peaks(cases) -> tuple[list[int], list[int]]:
+    """The traced (one subprocess) and estimated peak bytes of each ``(spec, lora, train)``."""
+    from lorasize.trace import trace_many
+
+    traced = []
+    for outcome in trace_many(list(cases)):
+        assert outcome["ok"], outcome.get("error")
+        traced.append(outcome["result"]["peak_bytes"])
+    return traced, [estimate(*case).allocated_bytes for case in cases]

@@ -235,21 +235,36 @@ def _tolerance(node, path: str, field_name: str) -> float:
     return float(match.group(1)) / 100
 
 
-def _typed(key: str, node, path: str, scenario: str):
+def value_problem(key: str, raw) -> str | None:
+    """What is wrong with ``raw`` as the value of the estimate option ``key`` (``must be an
+    integer``), or None: the one type rule of check scenarios and report plans."""
     kind = _SPEC_KEYS[key][0]
-    raw = ye.value(node) if ye.is_scalar(node) else None
-    if key in ("stack_release", "bnb_release") and isinstance(raw, float):
-        raw = str(getattr(node, "value", raw))  # stack-release: 0.1 (YAML reads a float)
     ok = {"str": isinstance(raw, (str, int)) and not isinstance(raw, bool),
           "int": isinstance(raw, int) and not isinstance(raw, bool),
           "number": isinstance(raw, (int, float)) and not isinstance(raw, bool),
           "bool": isinstance(raw, bool)}[kind]
-    if raw is None and _SPEC_KEYS[key][1] is None and kind != "str":
-        ok = True
-    if not ok:
+    if ok or (raw is None and _SPEC_KEYS[key][1] is None and kind != "str"):
+        return None
+    words = {"str": "a name", "int": "an integer", "number": "a number", "bool": "true or false"}
+    return f"must be {words[kind]}"
+
+
+def release_text(key: str, raw, text: str | None = None):
+    """A release YAML read as a number (``stack_release: 0.1``) as the text it was written as
+    (``text``, where the reader kept it), else as given."""
+    if key in ("stack_release", "bnb_release") and isinstance(raw, float):
+        return text if text is not None else str(raw)
+    return raw
+
+
+def _typed(key: str, node, path: str, scenario: str):
+    kind = _SPEC_KEYS[key][0]
+    raw = ye.value(node) if ye.is_scalar(node) else None
+    raw = release_text(key, raw, getattr(node, "value", None))
+    problem = value_problem(key, raw)
+    if problem:
         shown = raw if ye.is_scalar(node) else "a " + type(node).__name__.replace("Node", "").lower()
-        words = {"str": "a name", "int": "an integer", "number": "a number", "bool": "true or false"}
-        raise LorasizeError(f"scenario '{scenario}': {key}: must be {words[kind]}, got {shown!r}",
+        raise LorasizeError(f"scenario '{scenario}': {key}: {problem}, got {shown!r}",
                             source=_where(path, node))
     return str(raw) if kind == "str" and raw is not None else raw
 

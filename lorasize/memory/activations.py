@@ -630,7 +630,7 @@ def loss_chunk_bytes(spec: ModelSpec, stack: str, compute: int, batch: int, seq_
     return (rules.logits_bytes or compute) * spec.vocab_size * batch * min(rules.lm_head_chunk, seq_len)
 
 
-def eager_mask_bytes(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int, attn: str,
+def attention_mask_bytes(spec: ModelSpec, dt: Dtypes, batch: int, seq_len: int, attn: str,
                      padded: bool = False, stack: str = "hf-peft", release: str = "") -> int:
     """The 4-D mask a forward builds once: eager attention's causal one, and under SDPA where a
     layer gets a mask (:func:`sdpa_mask`) transformers 5's boolean one (transformers 4's was

@@ -40,8 +40,9 @@ BNB_COMPUTE_DTYPE_KEPT = "0.47"
 def computes_in_input_dtype(bnb_release: str) -> bool:
     """Whether bitsandbytes at ``bnb_release`` (empty: the current one) computes a 4-bit layer
     in its input's dtype (fp32 or bf16) rather than the compute dtype it was given."""
-    version = tuple(int(part) for part in bnb_release.split(".") if part.isdigit())
-    return bool(bnb_release) and version < tuple(map(int, BNB_COMPUTE_DTYPE_KEPT.split(".")))
+    from .stacks import release_tuple
+
+    return bool(bnb_release) and release_tuple(bnb_release) < release_tuple(BNB_COMPUTE_DTYPE_KEPT)
 
 
 @dataclass(frozen=True)

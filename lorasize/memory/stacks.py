@@ -190,7 +190,8 @@ def quantizes_only_targets(stack: str, release: str) -> bool:
     return _in_releases(release, stack_rules(stack).quantize_only_targets_releases)
 
 
-def _version(release: str) -> tuple[int, ...]:
+def release_tuple(release: str) -> tuple[int, ...]:
+    """``0.47.1`` as ``(0, 47, 1)``: releases compare as tuples."""
     return tuple(int(part) for part in release.split(".") if part.isdigit())
 
 
@@ -202,7 +203,7 @@ def expands_gqa_for_attention(stack: str, release: str) -> bool:
     if stack_rules(stack).expands_gqa:
         return True
     return stack == "hf-peft" and bool(release) and \
-        _version(release) < _version(TRANSFORMERS_SDPA_GQA)
+        release_tuple(release) < release_tuple(TRANSFORMERS_SDPA_GQA)
 
 
 def builds_expert_modules(stack: str, release: str) -> bool:
@@ -270,7 +271,7 @@ def rebuilds_lora_index(stack: str, release: str) -> bool:
     adapter's index tensor from a Python list in every forward, synchronizing with the GPU
     (``StackRules.lora_index_rebuilt_before``)."""
     before = stack_rules(stack).lora_index_rebuilt_before
-    return bool(release and before) and _version(release) < _version(before)
+    return bool(release and before) and release_tuple(release) < release_tuple(before)
 
 
 def builds_on_device(stack: str, release: str) -> bool:

@@ -563,8 +563,8 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     weight_grads = full or frozen_grads > 0  # every base weight's gradient is computed
     gemms = _linear_gemms(model, full, tokens, passes, first,
                           set() if full else {t.linear.path for t in targets}, weight_grads,
-                          fp32=not train.autocast and train.dtype == "fp32"
-                          or train.dequantizes_to_fp32 and not train.autocast)
+                          fp32=not train.autocast and (train.dtype == "fp32"
+                                                       or train.dequantizes_to_fp32))
     # an fp32 head (kbit preparation's, or an fp32 model's) runs on the CUDA cores unless autocast
     # casts it to the compute dtype
     gemms.append(Gemm(tokens, model.vocab_size, model.hidden_size, 2 + full, "head",

@@ -150,6 +150,13 @@ def _parse_plan(data: dict) -> Plan:
     unknown = set(training) - _TRAIN_KEYS
     if unknown:
         raise LorasizeError(f"unknown key 'training.{sorted(unknown)[0]}'")
+    from ..ci.check import release_text, value_problem  # the scenarios' type rule
+
+    for key, value in list(training.items()):
+        training[key] = value = release_text(key, value)
+        problem = value_problem(key, value)
+        if problem:
+            raise LorasizeError(f"'training.{key}': {problem}, got {value!r}")
     train = TrainSpec(**training)
     serving = dict(data.get("serving") or {})
     serve_lora = LoraSpec(r=int(serving.get("r", 16)), targets=split_targets(serving.get("targets", "all")))
