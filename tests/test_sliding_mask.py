@@ -85,7 +85,8 @@ def test_sliding_layers_cost_the_attention_their_kernel_computes():
     assert attended_pairs(8, 2) == 3 + 6 * 2 and attended_pairs(8, 2, causal=False) == 64
     spec = resolve_model("gemma3-270m-it")
     targets = resolve_targets(spec, LoraSpec(r=16, targets=("all",)))
-    gpu = gpu_from_catalog("h100-80gb")
+    # an Ampere card, where flash-attn 2 and SDPA's kernels are native code alike
+    gpu = gpu_from_catalog("a100-80gb")
 
     def attention(attn: str, seq_len: int) -> float:
         train = TrainSpec(seq_len=seq_len, attn=attn, grad_checkpointing=True)
@@ -157,7 +158,10 @@ def test_padded_batches_cost_the_whole_square_and_say_so(cli):
         return training_time(spec, targets, TrainSpec(seq_len=4096, **kw), gpu).breakdown[
             "attention"]
 
-    assert attention(padded=True) == pytest.approx(2 * attention(), rel=1e-9)
+    from lorasize.perf.work import EFFICIENT_SLOWDOWN
+
+    # the whole square, on the memory-efficient kernel
+    assert attention(padded=True) == pytest.approx(2 * EFFICIENT_SLOWDOWN * attention(), rel=1e-9)
     assert attention(padded=True, attn="flash") == attention(attn="flash")
     args = ("estimate", "-m", "llama3-8b", "-s", "4096", "-b", "2", "--json")
     code, out, _ = cli(*args, "--padded")

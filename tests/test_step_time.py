@@ -12,9 +12,9 @@ from lorasize import LoraSpec, TrainSpec, gpu_from_catalog, resolve_model
 from lorasize.arch.layout import block_linears
 from lorasize.arch.lora import resolve_targets
 from lorasize.memory.sharding import ShardSpec
-from lorasize.perf.steptime import BREAKDOWN_KEYS, step_time
+from lorasize.perf.steptime import BREAKDOWN_KEYS, ampere_kernel_slowdown, step_time
 from lorasize.perf.timing import training_time
-from lorasize.perf.work import step_work
+from lorasize.perf.work import EFFICIENT_SLOWDOWN, FP32_EFFICIENT_SLOWDOWN, step_work
 
 TINY = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=512,
             hidden_size=128, intermediate_size=344, num_hidden_layers=3, num_attention_heads=4,
@@ -179,7 +179,7 @@ def test_fp32_attention_and_head_after_kbit_prep_without_autocast_cost_time():
     assert math_kernel.breakdown["attention"] > 5 * flash.breakdown["attention"]
     assert math_kernel.breakdown["memory_bound"] > flash.breakdown["memory_bound"] + 1.0
     assert efficient.breakdown["attention"] == pytest.approx(
-        4.0 * flash.breakdown["attention"], rel=1e-9)
+        FP32_EFFICIENT_SLOWDOWN * EFFICIENT_SLOWDOWN * flash.breakdown["attention"], rel=1e-9)
     assert efficient.breakdown["matmuls"] > flash.breakdown["matmuls"]  # the fp32 head
     spec = resolve_model("llama3-8b")
     head = [g for g in step_work(spec, (), TrainSpec(autocast=False, **{
@@ -655,3 +655,34 @@ def test_zero3_fetches_are_named_with_fsdps_throughput():
     long = TrainSpec(method="full", seq_len=8192, batch_size=4, grad_checkpointing=True)
     timed = training_time(model, (), long, gpu, shard=ShardSpec(8, "zero3"))
     assert not any("ZeRO-3 fetches" in n for n in timed.notes)
+
+
+def test_hopper_runs_flash_attn_2_and_the_memory_efficient_kernel_as_ampere_code():
+    """flash-attn 2's package reaches a smaller share of an H100's matmul rate than of an
+    A100's (335 against 201 TFLOPS, on cards about 3x apart); SDPA's unmasked kernel on Hopper
+    (cuDNN's, torch 2.11 and later) does not pay it."""
+    slowdown = ampere_kernel_slowdown("hopper")
+    assert 1.5 < slowdown < 2.2
+    assert ampere_kernel_slowdown("ampere") == ampere_kernel_slowdown("ada") == 1.0
+    kw = dict(model="llama3-8b", batch_size=1, seq_len=8192, grad_checkpointing=True)
+    for gpu, expected in (("h100-80gb", slowdown), ("a100-80gb", 1.0)):
+        fa2 = _timed(gpu=gpu, attn="flash", **kw).breakdown["attention"]
+        sdpa = _timed(gpu=gpu, attn="sdpa", **kw).breakdown["attention"]
+        assert fa2 == pytest.approx(expected * sdpa, rel=1e-9)
+
+
+def test_a_padded_batch_runs_the_memory_efficient_kernel_and_reads_its_mask_per_head():
+    """A mask sends SDPA to the memory-efficient kernel: its FLOPs at that kernel's slowdown
+    over the whole square, and the mask read once a head forward (twice with the recompute) and
+    backward, plus transformers 5's float copy of its boolean mask in every layer."""
+    spec = resolve_model("llama3-8b")
+    kw = dict(batch_size=2, seq_len=4096, grad_checkpointing=True)
+    packed = step_work(spec, (), TrainSpec(**kw))
+    padded = step_work(spec, (), TrainSpec(padded=True, **kw))
+    b, s, layers, heads = 2, 4096, spec.num_layers, spec.num_heads
+    assert padded.attention_flops == pytest.approx(
+        EFFICIENT_SLOWDOWN * 2 * packed.attention_flops, rel=1e-9)  # the whole square
+    reads = 2 * b * heads * s * s * layers * (2 + 1)
+    converts = (1 + 2) * b * s * s * layers * 2
+    assert padded.elementwise_bytes - packed.elementwise_bytes == pytest.approx(
+        reads + converts, rel=1e-9)

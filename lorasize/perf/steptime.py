@@ -61,6 +61,15 @@ INT8_DEQUANT_FACTOR = 2.0
 # 8,192 ints, 275-280 ns each from 2,048 to 16,384 (median of 200, torch 2.13 on an AMD EPYC
 # core, December 2026). The list lit-gpt rebuilt every forward (Lightning-AI/litgpt #770).
 HOST_INDEX_US = 0.28
+# FlashAttention-2, forward and backward, head dim 128, 8k tokens, no causal mask: 201 TFLOPS on
+# an A100 80GB, 335 on an H100 SXM (the flash-attention README's benchmark figures,
+# assets/flash2_a100_fwd_bwd_benchmark.png and flash2_h100_fwd_bwd_benchmark.png,
+# Dao-AILab/flash-attention @4f285b35, July 2023). Hopper runs FA2's Ampere code "using no special
+# instructions" (FA2 paper, section 4.1; "only 35% utilization on the H100", FA3 paper's
+# abstract), so against each card's matmul rate Hopper's attention reaches a smaller share than
+# Ampere's: :func:`ampere_kernel_slowdown`. No such figure for other architectures (Ada runs the
+# kernels natively; Blackwell unmeasured): they keep Ampere's share.
+FA2_TFLOPS = {"ampere": ("a100-80gb", 201.0), "hopper": ("h100-80gb", 335.0)}
 BREAKDOWN_KEYS = ("matmuls", "adapter_matmuls", "attention", "memory_bound", "dequantization",
                   "optimizer", "communication", "overhead")
 
@@ -202,6 +211,23 @@ def matmul_tflops(gpu: GpuSpec) -> float:
     return gpu.matmul_tflops or gpu.bf16_tflops * measured_matmul_ratio()
 
 
+@lru_cache(maxsize=None)
+def ampere_kernel_slowdown(arch: str | None) -> float:
+    """How much longer an attention kernel written for Ampere (flash-attn 2, SDPA's
+    memory-efficient kernel) takes on ``arch`` than its FLOPs at the attention efficiency of the
+    card's matmul rate say: FlashAttention-2's share of the matmul rate on an A100 over its share
+    on the architecture's reference card (:data:`FA2_TFLOPS`); 1 where there is no figure."""
+    from ..arch.catalog import gpu_from_catalog
+
+    if arch not in FA2_TFLOPS or arch == "ampere":
+        return 1.0
+
+    def share(name: str, tflops: float) -> float:
+        return tflops / matmul_tflops(gpu_from_catalog(name))
+
+    return share(*FA2_TFLOPS["ampere"]) / share(*FA2_TFLOPS[arch])
+
+
 def _gemm_terms(g, gpu: GpuSpec) -> tuple[str, float, float, float]:
     sms = gpu.sms or DEFAULT_SMS
     tiles = math.ceil(g.m / TILE) * math.ceil(g.n / TILE) * (g.count if g.what == "attention" else 1)
@@ -246,7 +272,8 @@ def terms(work: StepWork, gpu: GpuSpec) -> Terms:
         kind, gbps = _link(gpu, work.gpus, c.link)
         comms.append((kind, c.bytes / (gbps * 1e9), c.hidden_by))
     return Terms(gemms=tuple(_gemm_terms(g, gpu) for g in work.gemms),
-                 attention=work.attention_flops / (matmul_tflops(gpu) * 1e12),
+                 attention=(work.attention_flops + (ampere_kernel_slowdown(gpu.arch) - 1)
+                            * work.ampere_attention_flops) / (matmul_tflops(gpu) * 1e12),
                  memory=work.elementwise_bytes / bw, dequant=work.dequant_weights * factor / bw,
                  optimizer=work.optimizer_bytes / bw / work.grad_accum, comms=tuple(comms),
                  gathers=work.gathers, kernels=work.kernels, forward_share=work.forward_share,

@@ -166,6 +166,13 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         if shard is not None and shard.sharding == "zero3":
             notes += _zero3_note(model, targets, train, gpu, shard, dropout, dora, params, work,
                                  timed)
+        native = _hopper_native_seconds(work, gpu, params)
+        if native is not None and step - native > HOPPER_NOTE_SHARE * step:
+            notes += (f"{gpu.name} runs flash-attn 2 and SDPA's memory-efficient kernel as "
+                      f"Ampere code (no Hopper instructions): {(step - native) / step:.0%} of "
+                      f"this step. A Hopper attention kernel (SDPA's cuDNN one, which torch 2.11 "
+                      f"and later pick with no mask; flash-attn 3) would run "
+                      f"{train.tokens / native:,.0f} tokens/s",)
         if bound == "launch":
             notes += (_launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed),)
         elif bound == "communication" and shard is not None and train.method != "full" \
@@ -187,6 +194,20 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
             usd = hours * usd_per_gpu_hour
     return TrainingTime(per_token, tokens_per_s, step, mfu, hours, usd, train.grad_accum, steps,
                         breakdown, bound, notes, kind)
+
+
+# The share of a step the Ampere attention kernels' Hopper penalty must reach before the notes
+# name it.
+HOPPER_NOTE_SHARE = 0.05
+
+
+def _hopper_native_seconds(work, gpu: GpuSpec, params) -> float | None:
+    """The step's seconds were its Ampere attention kernels Hopper-native (None: no penalty)."""
+    from .steptime import ampere_kernel_slowdown, step_time
+
+    if not work.ampere_attention_flops or ampere_kernel_slowdown(gpu.arch) == 1.0:
+        return None
+    return step_time(replace(work, ampere_attention_flops=0.0), gpu, params).seconds
 
 
 # The share of a step the host's ZeRO-3 fetches must reach before the step's notes name them.

@@ -167,6 +167,7 @@ class StepWork:
     quant: str
     gathers: float = 0.0  # FSDP / ZeRO-3 unit gathers per micro-batch
     host_indices: float = 0.0  # Python ints made into a tensor on the CPU per micro-batch
+    ampere_attention_flops: float = 0.0  # of attention_flops, run by kernels written for Ampere
     syncs: bool = False  # the CPU waits for the GPU inside every layer's forward
     notes: tuple[str, ...] = ()
 
@@ -390,17 +391,32 @@ def attended_pairs(seq_len: int, window: int | None, causal: bool = True) -> flo
     return seq_len * seq_len / 2
 
 
+@dataclass(frozen=True)
+class AttentionWork:
+    """What a micro-batch's attention asks: kernel FLOPs in FlashAttention-2's time (the
+    memory-efficient kernel's counted at its slowdown), the share of them run by kernels written
+    for Ampere (:data:`AMPERE_KERNELS`), the batched GEMMs of kernels that materialise the scores,
+    and the bytes a masked memory-efficient kernel moves for its mask."""
+
+    flops: float = 0.0
+    ampere_flops: float = 0.0
+    gemms: tuple[Gemm, ...] = ()
+    mask_bytes: float = 0.0
+
+
 def _attention(model: ModelSpec, train: TrainSpec, passes: int,
-               backward_layers: int) -> tuple[float, list[Gemm]]:
+               backward_layers: int) -> AttentionWork:
     """Flash / memory-efficient kernel FLOPs (in bf16 tensor-core time), or the batched GEMMs of
     a kernel that materialises the scores (eager attention, SDPA's math kernel: fp32 ones on the
     CUDA cores, torch's ``allow_tf32=False`` default), kind by kind of layer; the backward runs
     in ``backward_layers`` layers (those whose attention has something trainable upstream),
     spread over the kinds by their share of the layers."""
     from ..memory.activations import sdpa_mask, sliding_window
+    from ..memory.stacks import runs_transformers_4
 
     b, s, fp32 = train.batch_size, train.seq_len, activations_fp32(train)
-    flops, gemms = 0.0, []
+    flops = ampere = mask = 0.0
+    gemms = []
     for kind in _kinds(model):
         layers, d, heads = kind.num_layers, kind.head_dim, kind.num_heads
         back = backward_layers * layers / model.num_layers
@@ -411,11 +427,41 @@ def _attention(model: ModelSpec, train: TrainSpec, passes: int,
                       Gemm(s, d, s, b * heads * back * 4, "attention", fp32)]
             continue
         window = sliding_window(kind) if kernel == "flash" and train.attn == "flash" else None
-        pairs = attended_pairs(s, window, causal=not sdpa_mask(kind, s, train.attn, train.padded))
+        masked = sdpa_mask(kind, s, train.attn, train.padded)
+        pairs = attended_pairs(s, window, causal=not masked)
         forward = 4.0 * b * pairs * d * heads
-        slowdown = FP32_EFFICIENT_SLOWDOWN if kernel == "efficient" and fp32 else 1.0
-        flops += slowdown * forward * (layers * passes + back * FLASH_BACKWARD_RATIO)
-    return flops, gemms
+        slowdown = 1.0
+        if kernel == "efficient":
+            slowdown = EFFICIENT_SLOWDOWN * (FP32_EFFICIENT_SLOWDOWN if fp32 else 1.0)
+        kernel_flops = slowdown * forward * (layers * passes + back * FLASH_BACKWARD_RATIO)
+        flops += kernel_flops
+        if kernel == "efficient" or train.attn in AMPERE_KERNELS:
+            ampere += kernel_flops
+        if masked and kernel == "efficient":
+            width = 4 if fp32 else 2
+            # the kernel reads the (b, 1, s, s) mask once for every head (broadcast by stride,
+            # each head's blocks run in their own waves), forward and backward
+            mask += width * b * heads * s * s * (layers * passes + back)
+            if not runs_transformers_4(train.stack, train.stack_release):
+                # transformers 5 passes a boolean mask; SDPA turns it into a float one in every
+                # layer (``convert_boolean_attn_mask``: read 1 byte, write the float)
+                mask += (1 + width) * b * s * s * layers * passes
+    return AttentionWork(flops, ampere, tuple(gemms), mask)
+
+
+# The memory-efficient (CUTLASS, xformers') kernel against FlashAttention-2, forward and backward
+# on an A100, head dim 128, 8k tokens, no causal mask: 97 against 201 TFLOPS (the
+# flash-attention README's "xformers" and "FlashAttention-2" bars, assets/
+# flash2_a100_fwd_bwd_benchmark.png, Dao-AILab/flash-attention @4f285b35, July 2023; the paper,
+# section 4.1: FA2 is "around 2x faster than ... FlashAttention in xformers (the 'cutlass'
+# implementation)").
+EFFICIENT_SLOWDOWN = 201 / 97
+# Attention kernels written for Ampere (sm80) that Hopper runs as they are: flash-attn 2's
+# package (``--attn flash``) and SDPA's memory-efficient kernel (aten mem_eff_attention
+# generate_kernels.py: "Sm80 kernels support up to Sm100"). SDPA's unmasked choice on Hopper is
+# cuDNN's Hopper kernel from torch 2.11 (sdp_utils.cpp ``check_prefer_cudnn_attention``, gated
+# on the bundled cuDNN > 9.15; transformers #48163), not counted here.
+AMPERE_KERNELS = ("flash",)
 
 
 # FlashAttention-2's backward: five GEMMs against the forward's two (the scores recomputed).
@@ -579,11 +625,11 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
         backward_layers -= first + (1 if inputs and all(m.path in skips for m in inputs)
                                     and not any(m.path in {t.linear.path for t in targets}
                                                 for m in inputs) else 0)
-    flash, eager = _attention(model, train, passes, max(backward_layers, 0))
-    gemms += eager
+    attention = _attention(model, train, passes, max(backward_layers, 0))
+    gemms += attention.gemms
     elementwise = _elementwise_bytes(model, targets if not full else (), train, dropout,
                                      dora and not full, passes)
-    elementwise += _score_bytes(model, train, passes)
+    elementwise += _score_bytes(model, train, passes) + attention.mask_bytes
     elementwise += FROZEN_GRADIENT_TOUCHES * frozen_grads
     if dora and not full:
         # the weight norm of W + BA each forward: read the weight, write and read the sum in fp32
@@ -593,7 +639,8 @@ def step_work(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec,
     gathers = _gathers(model, targets if not full else (), train, shard, passes, dora)
     indices = 0 if full else rebuilt_lora_indices(model, targets, train)
     return StepWork(
-        tokens=tokens, gathers=gathers, gemms=tuple(gemms), attention_flops=flash,
+        tokens=tokens, gathers=gathers, gemms=tuple(gemms), attention_flops=attention.flops,
+        ampere_attention_flops=attention.ampere_flops,
         elementwise_bytes=elementwise, dequant_weights=quantized * (passes + 1),
         optimizer_bytes=_optimizer_bytes(static, train), grad_accum=train.grad_accum,
         kernels=_kernels(model, targets if not full else (), train, passes, dropout,
