@@ -245,3 +245,23 @@ def test_a_real_adapter_config_gives_the_flags_written_by_hand(cli, name, case, 
     code, hand, err = cli("estimate", *case["adapter_flags"], *extra, *context, "--json")
     assert code == 0, err
     assert json.loads(out) == json.loads(hand)
+
+
+@pytest.mark.parametrize("text,padded", [
+    ("model_name_or_path: m\nper_device_train_batch_size: 4\nmax_length: 512\n", True),
+    ("model_name_or_path: m\nper_device_train_batch_size: 1\nmax_length: 512\n", None),
+    ("model_name_or_path: m\nper_device_train_batch_size: 4\nmax_length: 512\npacking: true\n",
+     None),
+    ("model_name_or_path: m\nper_device_train_batch_size: 4\nmax_length: 512\n"
+     "padding_free: true\n", None),
+    ("base_model: m\nmicro_batch_size: 1\nsequence_len: 512\n", True),
+    ("base_model: m\nmicro_batch_size: 1\nsequence_len: 512\npad_to_sequence_len: false\n", None),
+    ("base_model: m\nmicro_batch_size: 2\nsequence_len: 512\npad_to_sequence_len: false\n", True),
+    ("base_model: m\nmicro_batch_size: 2\nsequence_len: 512\nsample_packing: true\n", None),
+])
+def test_a_recipe_that_pads_gives_sdpa_its_mask(tmp_path, text, padded):
+    """TRL pads to the batch's longest sample (one sample: no padding); axolotl to a multiple
+    of 64 unless pad_to_sequence_len is false; packing and padding_free do not pad."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    assert read_recipe(str(path)).options().get("padded") is padded

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..errors import LorasizeError
 from .optimizers import read_optimizer
-from .recipe import (ZERO_STAGES, Recipe, RecipeBuilder, deepspeed_sharding, json_beside)
+from .recipe import (ZERO_STAGES, Recipe, RecipeBuilder, deepspeed_sharding, json_beside,
+                     padded)
 
 SRC = "axolotl@067b021"
 SCHEMA = f"{SRC} src/axolotl/utils/schemas"
@@ -179,6 +180,12 @@ def _batch(b: RecipeBuilder) -> None:
     else:
         b.note("sequence_len is a ceiling without sample_packing: batches pad to their longest "
                "sample; the estimate is the worst case")
+    if not b.get("sample_packing") and not b.get("batch_flattening"):
+        # pad_to_sequence_len unset pads to a multiple of 64, set to the sequence length: one
+        # sample is padded too; only pad_to_sequence_len: false pads to the batch's longest
+        padded(b, f"{SRC} src/axolotl/core/builders/causal.py:383-393, 598-600 "
+               "(DataCollatorForSeq2Seq pads the attention_mask with zeros, "
+               "utils/collators/batching.py:104)", single=b.get("pad_to_sequence_len") is not False)
     (b.read if b.given("num_epochs") else b.assume)(
         "epochs", float(b.get("num_epochs", 1.0)), "num_epochs" if b.given("num_epochs")
         else f"{SCHEMA}/training.py:267")

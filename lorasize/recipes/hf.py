@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .optimizers import read_optimizer
-from .recipe import Recipe, RecipeBuilder, deepspeed_sharding, json_beside
+from .recipe import Recipe, RecipeBuilder, deepspeed_sharding, json_beside, padded
 
 TF = "transformers 5.23.0 training_args.py"
 TRL = "trl@f2cd577 trl/trainer/sft_config.py"
@@ -200,6 +200,9 @@ def _batch(b: RecipeBuilder, trl: bool) -> None:
     elif trl:
         b.note("max_length is a ceiling: without packing, batches pad to their longest sample; "
                "the estimate is the worst case")
+        if not b.get("padding_free"):
+            padded(b, f"{TRL_TRAINER}:504-505 (the collator pads each batch's attention_mask "
+                   "with zeros to its longest sample)")
     liger = b.get("use_liger_kernel") or b.get("use_liger")
     if trl and str(b.get("loss_type", "chunked_nll")) == "chunked_nll" and not liger:
         b.skip("loss_type", "TRL's default chunked_nll (trl@f2cd577 sft_config.py:334-336) computes the output head on non-ignored tokens in "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import LorasizeError
 from .optimizers import read_optimizer
-from .recipe import (ZERO_STAGES, Recipe, RecipeBuilder, deepspeed_sharding,
+from .recipe import (ZERO_STAGES, Recipe, RecipeBuilder, deepspeed_sharding, padded,
                      json_beside)
 
 SRC = "LLaMA-Factory@ff6d4d1"
@@ -191,6 +191,9 @@ def _batch(b: RecipeBuilder) -> None:
     else:
         b.note("cutoff_len is a ceiling: LLaMA-Factory pads each SFT batch to its longest sample "
                "(train/sft/workflow.py:62-65); the estimate is the worst case")
+        padded(b, f"{SRC} src/llamafactory/train/sft/workflow.py:62-65 (transformers' "
+               "DataCollatorForSeq2Seq pads the attention_mask with zeros, to a multiple of 8 "
+               "in training)", single=True)
 
 
 def _kernels(b: RecipeBuilder) -> None:

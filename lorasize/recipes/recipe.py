@@ -280,3 +280,13 @@ def deepspeed_sharding(config: dict) -> tuple[str, str]:
     offload = "params" if device("offload_param") == "cpu" else (
         "optimizer" if device("offload_optimizer") == "cpu" else "none")
     return ZERO_STAGES.get(stage, "zero3"), offload
+
+
+def padded(b: RecipeBuilder, source: str, single: bool = False) -> None:
+    """The framework's collator pads each batch with a zero-padded attention mask (``source``):
+    SDPA then gets a mask in every layer (``--padded``). Padding to the longest sample leaves one
+    sample a batch unpadded, so a batch size of 1 (read or assumed before this) sets nothing;
+    ``single``: the collator also pads to a multiple of a length, so one sample is padded too."""
+    batch = b.settings.get("batch_size")
+    if single or (batch is not None and int(batch.value) > 1):
+        b.assume("padded", True, source)
