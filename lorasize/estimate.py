@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from .memory import activations as act
 from .memory.allocator import SMALL_SEGMENT_BYTES, block, cublas_workspace_bytes
 from .errors import LorasizeError
-from .gpu import GpuSpec
+from .gpu import PRE_AMPERE, GpuSpec
 from .arch.layout import block_linears, copy_layers, head_linear, module_path, top_params
 from .arch.lora import (LoraSpec, Target, delta_weight_transient_bytes, dora_forward_transient, first_adapted_layer,
                         input_grad_saved_bytes, resolve_targets, shared_tensors)
@@ -264,7 +264,9 @@ def _activation_moments(model: ModelSpec, targets: tuple[Target, ...], lora: Lor
         recompute = one_layer + mask \
             - min(act.input_norm_alias_bytes_per_token(view.spec, dt) for view in views) * tokens
         moments = {
-            "loss backward": {"activations": kept, "logits": logits, "temporaries": 0},
+            # the attention mask the forward built lives until the last layer's backward (the
+            # checkpointed layers hold it as an input)
+            "loss backward": {"activations": kept + mask, "logits": logits, "temporaries": 0},
             # the head's and the final norm's saved tensors are freed before any layer's backward
             "layer backward (recompute)": {
                 "activations": kept - top - delta.head + recompute, "logits": 0,
@@ -735,10 +737,6 @@ def _compiled_layers(model: ModelSpec, lora: LoraSpec,
                       f"Inductor's partitioner keeps (the real layer compiled on fake tensors"
                       f"{where})",)
 
-
-# Architectures before Ampere have no bf16 tensor cores, and flash-attn 2 needs Ampere or newer
-# (flash-attn's README: "Ampere, Ada, or Hopper GPUs"; NVIDIA's Turing and Volta whitepapers).
-PRE_AMPERE = ("volta", "turing")
 
 
 def hardware_notes(train: TrainSpec, gpu: GpuSpec | None) -> tuple[str, ...]:

@@ -9,6 +9,11 @@ from .errors import LorasizeError
 from .units import BYTES_PER_MIB, parse_bytes
 
 
+# Architectures before Ampere have no bf16 tensor cores, and flash-attn 2 needs Ampere or newer
+# (flash-attn's README: "Ampere, Ada, or Hopper GPUs"; NVIDIA's Turing and Volta whitepapers).
+PRE_AMPERE = ("volta", "turing")
+
+
 @dataclass(frozen=True)
 class GpuSpec:
     """One GPU model.

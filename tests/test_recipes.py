@@ -88,7 +88,12 @@ def test_the_command_line_wins_and_says_so(cli):
     setting = next(s for s in data["recipe"]["settings"] if s["option"] == "r")
     assert setting["overridden"] and setting["value"] == 32
     code, out, err = cli("estimate", "--recipe", str(path), "--r", "4")
-    assert "--r (given)" in out and "recipe: 32" in out
+    assert "--r 4 (given)" in out and "over the recipe's --r 32" in out
+    # a switch reads as the flag given, and the recipe's as its flag
+    path = RECIPES / "hf" / "trl__examples__cli_configs__example_config.yaml"
+    code, out, err = cli("estimate", "--recipe", str(path), "-m", "llama3-8b", "--no-padded")
+    assert code in (0, 1), err
+    assert "--no-padded (given)" in out and "over the recipe's --padded," in out
 
 
 def test_assumed_values_name_the_framework_code(cli):
@@ -265,3 +270,14 @@ def test_a_recipe_that_pads_gives_sdpa_its_mask(tmp_path, text, padded):
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
     assert read_recipe(str(path)).options().get("padded") is padded
+
+
+def test_an_error_about_a_flag_the_recipe_set_says_so(cli, tmp_path):
+    path = tmp_path / "lf.yaml"
+    path.write_text("model_name_or_path: m\nfinetuning_type: lora\ncutoff_len: 512\n")
+    code, _, err = cli("estimate", "--recipe", str(path), "-m", "llama3-8b", "--stack", "litgpt")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--padded:" in err and f"the recipe {path} set --padded: give --no-padded" in err
+    code, _, err = cli("estimate", "--recipe", str(path), "-m", "llama3-8b", "--stack", "litgpt",
+                       "--padded")
+    assert code == 2 and "the recipe" not in err

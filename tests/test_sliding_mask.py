@@ -135,12 +135,19 @@ def test_padded_batches_keep_a_mask_per_layer_as_the_trace_does():
     from lorasize import ModelSpec
 
     spec = ModelSpec.from_hf_config(MID_LLAMA, name="mid-llama")
+    # a large vocabulary puts the peak at the loss's backward, where the boolean mask the
+    # forward built is still alive (the checkpointed layers hold it)
+    wide = ModelSpec.from_hf_config({**MID_LLAMA, "vocab_size": 65536, "num_hidden_layers": 4},
+                                    name="wide-vocab-llama")
     lora = LoraSpec(r=16, targets=("all",))
-    trains = [TrainSpec(seq_len=2048, batch_size=2, autocast=False, grad_checkpointing=True,
-                        padded=padded) for padded in (False, True)]
-    traced, estimated = peaks([(spec, lora, t) for t in trains])
-    assert estimated[1] == pytest.approx(traced[1], rel=0.005)
-    assert estimated[1] - estimated[0] == pytest.approx(traced[1] - traced[0], rel=0.25)
+    cases = [(model, lora, TrainSpec(seq_len=seq, batch_size=2, autocast=False,
+                                     grad_checkpointing=True, padded=padded))
+             for model, seq in ((spec, 2048), (wide, 4096)) for padded in (False, True)]
+    traced, estimated = peaks(cases)
+    for i in (1, 3):
+        assert estimated[i] == pytest.approx(traced[i], rel=0.005)
+        assert estimated[i] - estimated[i - 1] == pytest.approx(traced[i] - traced[i - 1],
+                                                                rel=0.25)
 
 
 def test_padded_batches_cost_the_whole_square_and_say_so(cli):

@@ -686,3 +686,21 @@ def test_a_padded_batch_runs_the_memory_efficient_kernel_and_reads_its_mask_per_
     converts = (1 + 2) * b * s * s * layers * 2
     assert padded.elementwise_bytes - packed.elementwise_bytes == pytest.approx(
         reads + converts, rel=1e-9)
+
+
+def test_attention_notes_name_a_faster_setting_with_its_own_time():
+    """flash-attn 2 on Hopper: --attn sdpa's own throughput, and only where SDPA exists and is
+    faster (not on an A100; not for Gemma 2, which has no SDPA path); a padded SDPA batch: the
+    packed and flash-attn 2 throughputs."""
+    kw = dict(model="llama3-8b", batch_size=2, seq_len=8192, grad_checkpointing=True)
+    flash = _timed(gpu="h100-80gb", attn="flash", **kw)
+    sdpa = _timed(gpu="h100-80gb", attn="sdpa", **kw)
+    assert sdpa.tokens_per_s > flash.tokens_per_s
+    assert any(f"would run {sdpa.tokens_per_s:,.0f} tokens/s" in n for n in flash.notes)
+    assert not any("Ampere kernels" in n for n in _timed(gpu="a100-80gb", attn="flash", **kw).notes)
+    gemma = _timed(gpu="h100-80gb", attn="flash", **{**kw, "model": "gemma2-9b", "batch_size": 1})
+    assert not any("Ampere kernels" in n for n in gemma.notes)
+    padded = _timed(gpu="h100-80gb", attn="sdpa", padded=True, **kw)
+    assert any(f"packed (no mask) {sdpa.tokens_per_s:,.0f}" in n
+               and f"--attn flash (which unpads) {flash.tokens_per_s:,.0f}" in n
+               for n in padded.notes)

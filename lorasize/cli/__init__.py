@@ -27,6 +27,30 @@ def defer_note(text: str) -> None:
     _DEFERRED_NOTES.append(text)
 
 
+# The recipe --recipe read in this run (set while the flags are parsed), so that an error about
+# a flag the recipe set, and the command line did not, can say where the value came from.
+_RECIPES: list = []
+
+
+def recipe_read(recipe) -> None:
+    _RECIPES.append(recipe)
+
+
+def _recipe_origin(exc: LorasizeError, args: list[str]) -> str:
+    """`` (the recipe FILE set --flag: ...)`` where ``exc`` names a flag the recipe set and the
+    command line did not give; else empty."""
+    flag = exc.source or ""
+    if not _RECIPES or not flag.startswith("--"):
+        return ""
+    recipe, option = _RECIPES[-1], flag[2:].replace("-", "_")
+    setting = next((s for s in recipe.settings if s.option == option), None)
+    negated = "--no-" + flag[2:]
+    if setting is None or any(a in (flag, negated) or a.startswith(flag + "=") for a in args):
+        return ""
+    fix = negated if setting.value is True else f"{flag} VALUE"
+    return f" (the recipe {recipe.path} set {setting.flag}: give {fix} to override it)"
+
+
 # Each command's module, imported only when that command runs (or help lists them): a cold
 # `lorasize estimate` loads none of report, profile, check, calibrate, trace or serve.
 COMMANDS = {
@@ -81,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; never lets a traceback reach the user."""
     args = sys.argv[1:] if argv is None else list(argv)
     _DEFERRED_NOTES.clear()
+    _RECIPES.clear()
     try:
         result = cli.main(args=args, prog_name="lorasize", standalone_mode=False)
         for note in _DEFERRED_NOTES:
@@ -93,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(_one_line(f"{command}: error: {exc.format_message()}"), err=True)
         return EXIT_USAGE
     except LorasizeError as exc:
-        click.echo(_one_line(f"lorasize: error: {exc}"), err=True)
+        click.echo(_one_line(f"lorasize: error: {exc}{_recipe_origin(exc, args)}"), err=True)
         return EXIT_USAGE
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -151,7 +151,8 @@ def estimate(ctx: click.Context, as_json: bool, **p) -> int:
         if recipe is not None:
             from ..recipes import render_recipe
 
-            click.echo(render_recipe(recipe, given, {q.name for q in ctx.command.params}) + "\n")
+            click.echo(render_recipe(recipe, given, {q.name for q in ctx.command.params},
+                                     ctx.params) + "\n")
         click.echo(render_estimate(result))
         if suggestions:
             click.echo(f"To fit {gpu.name}: " + "; or ".join(suggestions))

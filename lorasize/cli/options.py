@@ -52,7 +52,10 @@ def _read_recipe(ctx: click.Context, param, value):
         return value
     from ..recipes import read_recipe
 
+    from . import recipe_read
+
     recipe = read_recipe(value)
+    recipe_read(recipe)
     names = {p.name for p in ctx.command.params}
     ctx.default_map = {**(ctx.default_map or {}),
                        **{k: v for k, v in recipe.options().items() if k in names}}

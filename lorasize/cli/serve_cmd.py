@@ -444,7 +444,8 @@ def fit(ctx: click.Context, field: str, headroom: float, as_json: bool, **p) -> 
     if recipe is not None and not as_json:
         from ..recipes import render_recipe
 
-        click.echo(render_recipe(recipe, given, {q.name for q in ctx.command.params}) + "\n")
+        click.echo(render_recipe(recipe, given, {q.name for q in ctx.command.params},
+                                 ctx.params) + "\n")
     if field == "fastest":
         return _fastest(model, lora, train, gpu, headroom, shard, as_json)
     value, result = solve(model, lora, train, gpu, field, headroom, shard)

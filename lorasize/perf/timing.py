@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from ..gpu import GpuSpec
+from ..gpu import PRE_AMPERE, GpuSpec
 from ..arch.layout import block_linears, copies
 from ..memory.sharding import ShardSpec
 from ..memory.stacks import as_built
@@ -166,13 +166,8 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         if shard is not None and shard.sharding == "zero3":
             notes += _zero3_note(model, targets, train, gpu, shard, dropout, dora, params, work,
                                  timed)
-        native = _hopper_native_seconds(work, gpu, params)
-        if native is not None and step - native > HOPPER_NOTE_SHARE * step:
-            notes += (f"{gpu.name} runs flash-attn 2 and SDPA's memory-efficient kernel as "
-                      f"Ampere code (no Hopper instructions): {(step - native) / step:.0%} of "
-                      f"this step. A Hopper attention kernel (SDPA's cuDNN one, which torch 2.11 "
-                      f"and later pick with no mask; flash-attn 3) would run "
-                      f"{train.tokens / native:,.0f} tokens/s",)
+        notes += _attention_notes(model, targets, train, gpu, shard, dropout, dora, params,
+                                  timed.seconds)
         if bound == "launch":
             notes += (_launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed),)
         elif bound == "communication" and shard is not None and train.method != "full" \
@@ -196,18 +191,39 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
                         breakdown, bound, notes, kind)
 
 
-# The share of a step the Ampere attention kernels' Hopper penalty must reach before the notes
-# name it.
-HOPPER_NOTE_SHARE = 0.05
+# The share of a step another attention setting must save before the notes name it.
+ATTENTION_NOTE_SHARE = 0.05
 
 
-def _hopper_native_seconds(work, gpu: GpuSpec, params) -> float | None:
-    """The step's seconds were its Ampere attention kernels Hopper-native (None: no penalty)."""
+def _attention_notes(model, targets, train, gpu, shard, dropout, dora, params, step) -> tuple:
+    """What the attention setting costs where another would be notably faster, each alternative
+    timed as a step of its own: flash-attn 2 on Hopper (its Ampere code) against SDPA, whose
+    unmasked kernel there is cuDNN's; a padded SDPA batch (the memory-efficient kernel over the
+    whole square, and its mask's traffic) against packing and against flash-attn 2, which
+    unpads."""
     from .steptime import ampere_kernel_slowdown, step_time
+    from .work import step_work
 
-    if not work.ampere_attention_flops or ampere_kernel_slowdown(gpu.arch) == 1.0:
-        return None
-    return step_time(replace(work, ampere_attention_flops=0.0), gpu, params).seconds
+    def rate(changed: TrainSpec) -> float | None:
+        seconds = step_time(step_work(model, targets, changed, shard, dropout, dora), gpu,
+                            params).seconds
+        return changed.tokens / seconds if seconds < (1 - ATTENTION_NOTE_SHARE) * step else None
+
+    if train.attn == "flash" and ampere_kernel_slowdown(gpu.arch) > 1.0:
+        sdpa = rate(replace(train, attn="sdpa"))
+        if sdpa:
+            return (f"{gpu.name} runs flash-attn 2's Ampere kernels (no Hopper instructions): "
+                    f"--attn sdpa, whose unmasked kernel on Hopper is cuDNN's (torch 2.11 and "
+                    f"later), would run {sdpa:,.0f} tokens/s",)
+    if train.padded and train.attn == "sdpa":
+        packed = rate(replace(train, padded=False))
+        flash = rate(replace(train, attn="flash")) if gpu.arch not in PRE_AMPERE else None
+        options = [f"packed (no mask) {packed:,.0f}" if packed else "",
+                   f"--attn flash (which unpads) {flash:,.0f}" if flash else ""]
+        if any(options):
+            return ("what the padding costs in time: tokens/s "
+                    + ", ".join(o for o in options if o),)
+    return ()
 
 
 # The share of a step the host's ZeRO-3 fetches must reach before the step's notes name them.

@@ -175,7 +175,8 @@ def _batch(b: RecipeBuilder) -> None:
     (b.read if b.given("sequence_len") else b.assume)(
         "seq_len", int(b.get("sequence_len", 512)), "sequence_len" if b.given("sequence_len")
         else f"{SCHEMA}/config.py:665-670")
-    if b.get("sample_packing") or b.get("pad_to_sequence_len"):
+    pad_to_length = b.get("pad_to_sequence_len")  # read whatever sample_packing says
+    if b.get("sample_packing") or pad_to_length:
         b.note("sample_packing / pad_to_sequence_len: every row is sequence_len tokens")
     else:
         b.note("sequence_len is a ceiling without sample_packing: batches pad to their longest "
@@ -183,9 +184,13 @@ def _batch(b: RecipeBuilder) -> None:
     if not b.get("sample_packing") and not b.get("batch_flattening"):
         # pad_to_sequence_len unset pads to a multiple of 64, set to the sequence length: one
         # sample is padded too; only pad_to_sequence_len: false pads to the batch's longest
-        padded(b, f"{SRC} src/axolotl/core/builders/causal.py:383-393, 598-600 "
-               "(DataCollatorForSeq2Seq pads the attention_mask with zeros, "
-               "utils/collators/batching.py:104)", single=b.get("pad_to_sequence_len") is not False)
+        collator = (f"{SRC} src/axolotl/core/builders/causal.py:383-393, 598-600 "
+                    "(DataCollatorForSeq2Seq pads the attention_mask with zeros, "
+                    "utils/collators/batching.py:104)")
+        if pad_to_length:
+            b.read("padded", True, f"pad_to_sequence_len ({collator})")
+        else:
+            padded(b, collator, single=pad_to_length is None)
     (b.read if b.given("num_epochs") else b.assume)(
         "epochs", float(b.get("num_epochs", 1.0)), "num_epochs" if b.given("num_epochs")
         else f"{SCHEMA}/training.py:267")

@@ -197,12 +197,11 @@ def _batch(b: RecipeBuilder, trl: bool) -> None:
         b.skip("sequence length", "the arguments do not fix it: give --seq-len")
     if b.get("packing"):
         b.note("packing: every sequence is max_length tokens")
-    elif trl:
+    elif trl and not b.get("padding_free"):
         b.note("max_length is a ceiling: without packing, batches pad to their longest sample; "
                "the estimate is the worst case")
-        if not b.get("padding_free"):
-            padded(b, f"{TRL_TRAINER}:504-505 (the collator pads each batch's attention_mask "
-                   "with zeros to its longest sample)")
+        padded(b, f"{TRL_TRAINER}:504-505 (the collator pads each batch's attention_mask "
+               "with zeros to its longest sample)")
     liger = b.get("use_liger_kernel") or b.get("use_liger")
     if trl and str(b.get("loss_type", "chunked_nll")) == "chunked_nll" and not liger:
         b.skip("loss_type", "TRL's default chunked_nll (trl@f2cd577 sft_config.py:334-336) computes the output head on non-ignored tokens in "

@@ -172,14 +172,15 @@ def load_mapping(path: str | Path, source: str = "--recipe") -> dict:
     return data
 
 
-def render_recipe(recipe: Recipe, given: tuple[str, ...] = (), used: set[str] | None = None
-                  ) -> str:
+def render_recipe(recipe: Recipe, given: tuple[str, ...] = (), used: set[str] | None = None,
+                  values: dict | None = None) -> str:
     """What the recipe set, as the flags it stands for, each with where it came from.
 
     Args:
         recipe: the recipe read.
-        given: options the command line set (they win; the recipe's value is shown beside).
+        given: options the command line set (they win; the recipe's flag is shown beside).
         used: the options the command has; the others are listed as not used here.
+        values: the command's option values, to print a given flag as it was given.
     """
     rows = []
     for s in recipe.settings:
@@ -187,8 +188,10 @@ def render_recipe(recipe: Recipe, given: tuple[str, ...] = (), used: set[str] | 
             continue
         origin = ("assumed: " if s.assumed else "") + s.origin
         if s.option in given:
-            origin = f"command line wins (recipe: {s.value}; {origin})"
-            rows.append(("--" + s.option.replace("_", "-") + " (given)", origin))
+            origin = f"command line wins over the recipe's {s.flag}, {origin}"
+            flag = flag_of(s.option, values[s.option]) if values and s.option in values \
+                else "--" + s.option.replace("_", "-")
+            rows.append((flag + " (given)", origin))
         else:
             rows.append((s.flag, origin))
     width = max((len(flag) for flag, _ in rows), default=0)
