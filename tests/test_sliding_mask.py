@@ -55,6 +55,44 @@ def test_transformers_masks_a_sliding_layer_where_the_rule_says(seq_len, monkeyp
     assert not sdpa_mask(views[0], 10 ** 6, attn="flash")  # flash-attn 2 takes the window
 
 
+@pytest.mark.parametrize("model_type,extra", [
+    ("phi3", {"pad_token_id": 0}), ("starcoder2", {}), ("mistral", {}),
+    ("qwen3_moe", {"use_sliding_window": True}), ("qwen3_moe", {"use_sliding_window": False})])
+def test_a_config_window_masks_every_layer_where_the_rule_says(model_type, extra, monkeypatch):
+    """Families that slide every layer when their config sets ``sliding_window``, built by
+    transformers on the meta device: SDPA gets a mask at the window's length, not below it
+    (Qwen3-MoE only with ``use_sliding_window``); the rule reads the same config."""
+    import torch
+    import torch.nn.functional as F
+    import transformers
+
+    from lorasize import ModelSpec
+
+    config = dict(model_type=model_type, vocab_size=64, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                  sliding_window=WINDOW, **extra)
+    if model_type == "qwen3_moe":
+        # dense layers only: the mask is the model's, the experts do not matter here
+        config.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      mlp_only_layers=[0, 1])
+    built = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(built, attn_implementation="sdpa")
+    seen, real = [], F.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, **kwargs):
+        seen.append(attn_mask is not None)
+        return real(query, key, value, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    spec = ModelSpec.from_hf_config(config, name=f"tiny-{model_type}")
+    for seq_len in (WINDOW - 1, WINDOW):
+        seen.clear()
+        model(input_ids=torch.zeros(1, seq_len, dtype=torch.long, device="meta"))
+        assert set(seen) == {sdpa_mask(spec, seq_len)}
+    assert sdpa_mask(spec, WINDOW) == extra.get("use_sliding_window", True)
+
+
 def test_trace_agrees_on_sdpa_masks_and_on_gpt_oss_eager_attention():
     """gemma3-270m-it at 2,048 tokens (window 512: 15 masked layers, each keeping a 2 x s x s
     float mask) and gpt-oss-20b at 1,024 (eager, softmax in bf16, its clamped SwiGLU experts):

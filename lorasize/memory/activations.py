@@ -271,11 +271,13 @@ def sdpa_mask(spec: ModelSpec, seq_len: int, attn: str = "sdpa", padded: bool = 
     return padded or (bool(window) and seq_len >= window)
 
 
-# Hand-written families whose every layer slides when the config sets ``sliding_window``
-# (transformers 5.23 ``MistralModel.forward`` and ``MixtralModel.forward``: ``mask_function =
-# create_causal_mask if self.config.sliding_window is None else
-# create_sliding_window_causal_mask``; Mistral-7B-v0.1 sets 4,096).
-CONFIG_WINDOW_FAMILIES = frozenset({"mistral", "mixtral"})
+# Families whose every layer slides when the config sets ``sliding_window`` (transformers 5.23
+# ``MistralModel.forward``, and the same line in Mixtral's, Phi-3's, PhiMoE's, Starcoder2's and
+# Qwen3-MoE's: ``mask_function = create_causal_mask if self.config.sliding_window is None else
+# create_sliding_window_causal_mask``; Mistral-7B-v0.1 sets 4,096, Phi-3-mini-4k 2,047;
+# Qwen3-MoE's config drops it unless ``use_sliding_window``, ``configuration_qwen3_moe.py``).
+CONFIG_WINDOW_FAMILIES = frozenset({"mistral", "mixtral", "phi3", "phimoe", "starcoder2",
+                                    "qwen3_moe"})
 
 
 def sliding_window(spec: ModelSpec) -> int | None:
@@ -283,7 +285,9 @@ def sliding_window(spec: ModelSpec) -> int | None:
     kind, or a :data:`CONFIG_WINDOW_FAMILIES` config's ``sliding_window``), or None."""
     window = _traits(spec).get("sliding_window")
     if spec.kind is None and spec.model_type in CONFIG_WINDOW_FAMILIES:
-        window = (spec.hf_config or {}).get("sliding_window")
+        config = spec.hf_config or {}
+        window = None if config.get("use_sliding_window") is False else \
+            config.get("sliding_window")
     return int(window) if window else None
 
 

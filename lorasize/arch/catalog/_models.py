@@ -384,7 +384,7 @@ MODELS = [
             model_type="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192,
             num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
             max_position_embeddings=4096, attention_bias=False, tie_word_embeddings=False,
-            torch_dtype="bfloat16",
+            torch_dtype="bfloat16", sliding_window=2047,  # config.json's: every layer slides
         ),
     ),  # total 3,821,079,552 (meta build, transformers 5.23.0)
     # ------------------------------------------------------------------------------------------
