@@ -704,3 +704,12 @@ def test_attention_notes_name_a_faster_setting_with_its_own_time():
     assert any(f"packed (no mask) {sdpa.tokens_per_s:,.0f}" in n
                and f"--attn flash (which unpads) {flash.tokens_per_s:,.0f}" in n
                for n in padded.notes)
+    # a config window past its length: every layer of phi3-mini masked under SDPA
+    phi = dict(model="phi3-mini", gpu="a100-80gb", batch_size=1, seq_len=4096,
+               grad_checkpointing=True)
+    window = _timed(attn="flash", **phi)
+    assert any("sliding window (2,047)" in n and "32 of 32 layers" in n
+               and f"takes the window) {window.tokens_per_s:,.0f}" in n
+               for n in _timed(attn="sdpa", **phi).notes)
+    assert not any("sliding window" in n
+                   for n in _timed(attn="sdpa", **{**phi, "seq_len": 2046}).notes)

@@ -215,15 +215,28 @@ def _attention_notes(model, targets, train, gpu, shard, dropout, dora, params, s
             return (f"{gpu.name} runs flash-attn 2's Ampere kernels (no Hopper instructions): "
                     f"--attn sdpa, whose unmasked kernel on Hopper is cuDNN's (torch 2.11 and "
                     f"later), would run {sdpa:,.0f} tokens/s",)
-    if train.padded and train.attn == "sdpa":
-        packed = rate(replace(train, padded=False))
-        flash = rate(replace(train, attn="flash")) if gpu.arch not in PRE_AMPERE else None
-        options = [f"packed (no mask) {packed:,.0f}" if packed else "",
-                   f"--attn flash (which unpads) {flash:,.0f}" if flash else ""]
-        if any(options):
-            return ("what the padding costs in time: tokens/s "
-                    + ", ".join(o for o in options if o),)
-    return ()
+    if train.attn != "sdpa":
+        return ()
+    from ..memory.activations import kind_views, sdpa_mask, sliding_window
+
+    views = [v.spec for v in kind_views(model, ())]
+    sliding = [v for v in views if sdpa_mask(v, train.seq_len) and not train.padded]
+    if not (train.padded or sliding):
+        return ()
+    packed = rate(replace(train, padded=False)) if train.padded else None
+    flash = rate(replace(train, attn="flash")) if gpu.arch not in PRE_AMPERE else None
+    options = [f"packed (no mask) {packed:,.0f}" if packed else "",
+               f"--attn flash (which {'unpads' if train.padded else 'takes the window'}) "
+               f"{flash:,.0f}" if flash else ""]
+    if not any(options):
+        return ()
+    faster = "tokens/s " + ", ".join(o for o in options if o)
+    if train.padded:
+        return (f"padded batches, in time: {faster}",)
+    layers = sum(v.num_layers for v in sliding)
+    return (f"at {train.seq_len:,} tokens the sliding window ({sliding_window(sliding[0]):,}) "
+            f"gives SDPA a mask in {layers} of {model.num_layers} layers, so it runs the "
+            f"memory-efficient kernel over the whole seq x seq there: {faster}",)
 
 
 # The share of a step the host's ZeRO-3 fetches must reach before the step's notes name them.
