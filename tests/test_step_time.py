@@ -270,6 +270,10 @@ def test_fit_names_the_fastest_setting_that_fits(cli):
     code, out, _ = cli("fit", "-m", "llama2-70b", "--method", "full", "--gpu", "rtx-3060",
                        "--solve", "fastest")
     assert code == 1 and "nothing fits" in out
+    # the fastest setting's own notes: on Hopper, SDPA would beat flash-attn 2
+    code, out, _ = cli("fit", "-m", "llama3-8b", "-s", "4096", "--gpu", "h100-80gb", "--attn",
+                       "flash", "--solve", "fastest")
+    assert code == 0 and "note: h100-80gb runs flash-attn 2's Ampere kernels" in out
 
 
 def test_sweep_carries_throughput():

@@ -493,4 +493,6 @@ def _fastest(model, lora, train, gpu, headroom, shard, as_json) -> int:
     for other in found[1:]:
         click.echo(f"  {'with' if other['grad_checkpointing'] else 'without'} checkpointing: "
                    f"batch {other['batch_size']}, {other['tokens_per_s']:,.0f} tokens/s")
+    for note in best["notes"]:
+        click.echo(f"note: {note}")
     return 0

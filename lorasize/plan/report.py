@@ -361,7 +361,9 @@ def _assumptions(plan: Plan) -> str:
     items = [
         f"model {plan.model.name} ({plan.model.source or 'catalog'})",
         f"training: {t.method}, {t.quant_type} base, {t.dtype}, {t.optimizer}, batch {t.batch_size} "
-        f"x {t.seq_len} tokens, {t.attn} attention, checkpointing {'on' if t.checkpointing else 'off'}, "
+        f"x {t.seq_len} tokens{' (padded batches)' if t.padded else ''}, {t.attn} attention, "
+        f"checkpointing {'on' if t.checkpointing else 'off'}, "
+        f"{'autocast' if t.autocast else 'no autocast'}, "
         f"stack {' '.join(filter(None, (t.stack, t.stack_release)))}; "
         f"verdicts at r={plan.ranks[0]} on {'+'.join(first)}",
         f"serving: {plan.serve.engine}, r={plan.serve_lora.r} on {'+'.join(plan.serve_lora.targets)}, "

@@ -100,7 +100,8 @@ def fastest(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec,
 
     Returns:
         One dict per setting that fits (``batch_size``, ``grad_checkpointing``,
-        ``tokens_per_s``, ``step_seconds``, ``train_peak_bytes``), fastest first; empty when
+        ``tokens_per_s``, ``step_seconds``, ``train_peak_bytes``, and the step-time model's
+        ``notes``: a faster attention setting, a launch-bound step), fastest first; empty when
         nothing fits.
     """
     from ..perf.timing import estimate_time
@@ -116,7 +117,8 @@ def fastest(model: ModelSpec, lora: LoraSpec, train: TrainSpec, gpu: GpuSpec,
             continue
         found.append({"batch_size": value, "grad_checkpointing": checkpointing,
                       "tokens_per_s": timed.tokens_per_s, "step_seconds": timed.step_seconds,
-                      "bound": timed.bound, "train_peak_bytes": result.peak_bytes})
+                      "bound": timed.bound, "train_peak_bytes": result.peak_bytes,
+                      "notes": list(timed.notes)})
     return sorted(found, key=lambda c: -c["tokens_per_s"])
 
 
