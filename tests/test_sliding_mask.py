@@ -242,3 +242,18 @@ def test_a_mistral_config_with_a_window_slides_every_layer():
     traced, estimated = peaks([(s, lora, train) for s in specs])
     assert estimated[1] == pytest.approx(traced[1], rel=0.01)
     assert estimated[1] - estimated[0] == pytest.approx(traced[1] - traced[0], rel=0.25)
+
+
+def test_estimate_json_names_the_kernel_each_kind_of_layer_runs(cli):
+    import json
+
+    code, out, err = cli("estimate", "-m", "gemma3-270m-it", "-s", "4096", "--gpu", "a100-80gb",
+                         "--json")
+    assert code == 0, err
+    assert json.loads(out)["time"]["attention"] == [
+        {"layers": 15, "kernel": "efficient", "masked": True},
+        {"layers": 3, "kernel": "flash", "masked": False}]
+    code, out, _ = cli("estimate", "-m", "gemma2-9b", "-s", "4096", "--gpu", "a100-80gb",
+                       "--json")
+    assert json.loads(out)["time"]["attention"] == [
+        {"layers": 42, "kernel": "eager", "masked": False}]  # no SDPA path: --attn sdpa runs eager

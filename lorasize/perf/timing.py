@@ -60,6 +60,8 @@ class TrainingTime:
     bound: str = "compute"
     notes: tuple[str, ...] = ()
     model: str = "step"  # "step" (the step-time model) or "mfu" (a constant MFU)
+    # the kernel each kind of layer's attention runs: (layers, kernel, masked)
+    attention: tuple[tuple[int, str, bool], ...] = ()
 
     @property
     def optimizer_step_seconds(self) -> float:
@@ -75,7 +77,9 @@ class TrainingTime:
                 "hours": None if self.hours is None else round(self.hours, 3),
                 "usd": None if self.usd is None else round(self.usd, 2),
                 "breakdown": {k: round(v, 6) for k, v in self.breakdown.items()},
-                "bound": self.bound, "model": self.model, "notes": list(self.notes)}
+                "bound": self.bound, "model": self.model, "notes": list(self.notes),
+                "attention": [{"layers": n, "kernel": k, "masked": m}
+                              for n, k, m in self.attention]}
 
 
 def flops_per_token(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec) -> float:
@@ -188,7 +192,20 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
         if usd_per_gpu_hour is not None:
             usd = hours * usd_per_gpu_hour
     return TrainingTime(per_token, tokens_per_s, step, mfu, hours, usd, train.grad_accum, steps,
-                        breakdown, bound, notes, kind)
+                        breakdown, bound, notes, kind, attention_kernels(model, train))
+
+
+def attention_kernels(model: ModelSpec, train: TrainSpec) -> tuple[tuple[int, str, bool], ...]:
+    """(layers, kernel, masked) per kind of decoder layer: ``eager``, ``math``, ``flash`` or
+    ``efficient`` (:func:`lorasize.perf.work.attention_kernel`), and whether SDPA gets a mask
+    there (padding, or a sliding window at this length)."""
+    from ..memory.activations import kind_views, sdpa_mask
+    from .work import attention_kernel
+
+    model = as_built(model, train)
+    return tuple((view.spec.num_layers, attention_kernel(view.spec, train),
+                  sdpa_mask(view.spec, train.seq_len, train.attn, train.padded))
+                 for view in kind_views(model, ()))
 
 
 # The share of a step another attention setting must save before the notes name it.
