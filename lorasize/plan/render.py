@@ -58,7 +58,8 @@ def _title(e: Estimate) -> str:
         what = f"{kind}{rank} on {names}{quant}"
     ckpt = ", gradient checkpointing" if train.checkpointing else ""
     return (f"{e.model.name}: {what}\n{train.dtype}, {train.optimizer}, batch {train.batch_size} x "
-            f"{train.seq_len} tokens, {train.attn} attention{ckpt}")
+            f"{train.seq_len} tokens{' (padded)' if train.padded else ''}, {train.attn} "
+            f"attention{ckpt}")
 
 
 def render_estimate(e: Estimate) -> str:
