@@ -235,11 +235,15 @@ def _attention_notes(model, targets, train, gpu, shard, dropout, dora, params, s
     if train.attn != "sdpa":
         return ()
     from ..memory.activations import kind_views, sdpa_mask, sliding_window
+    from .work import attention_kernel
 
-    views = [v.spec for v in kind_views(model, ())]
-    sliding = [v for v in views if sdpa_mask(v, train.seq_len) and not train.padded]
-    if not (train.padded or sliding):
+    # the kinds of layer whose SDPA gets a mask (a model without an SDPA path runs eager)
+    masked = [v.spec for v in kind_views(model, ())
+              if sdpa_mask(v.spec, train.seq_len, train.attn, train.padded)
+              and attention_kernel(v.spec, train) != "eager"]
+    if not masked:
         return ()
+    sliding = [] if train.padded else masked
     packed = rate(replace(train, padded=False)) if train.padded else None
     flash = rate(replace(train, attn="flash")) if gpu.arch not in PRE_AMPERE else None
     options = [f"packed (no mask) {packed:,.0f}" if packed else "",
