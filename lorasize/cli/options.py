@@ -51,7 +51,6 @@ def _read_recipe(ctx: click.Context, param, value):
     if not value:
         return value
     from ..recipes import read_recipe
-
     from . import recipe_read
 
     recipe = read_recipe(value)

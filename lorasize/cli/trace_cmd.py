@@ -86,7 +86,7 @@ def trace(ctx: click.Context, as_json: bool, **p) -> int:
         from ..recipes import render_recipe
 
         click.echo(render_recipe(recipe, given, {q.name for q in ctx.command.params},
-                                     ctx.params) + "\n")
+                                 ctx.params) + "\n")
     out = [f"{model.name}: traced in {traced['seconds']:.1f} s ({traced['emulation']} emulation)",
            f"peak of allocated tensor memory: {traced['peak_bytes']:,} B "
            f"({format_bytes(traced['peak_bytes'])}) at {traced['peak_op']}",

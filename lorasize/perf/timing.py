@@ -197,15 +197,12 @@ def training_time(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpe
 
 def attention_kernels(model: ModelSpec, train: TrainSpec) -> tuple[tuple[int, str, bool], ...]:
     """(layers, kernel, masked) per kind of decoder layer: ``eager``, ``math``, ``flash`` or
-    ``efficient`` (:func:`lorasize.perf.work.attention_kernel`), and whether SDPA gets a mask
-    there (padding, or a sliding window at this length)."""
-    from ..memory.activations import kind_views, sdpa_mask
-    from .work import attention_kernel
+    ``efficient``, and whether SDPA gets a mask there (:func:`lorasize.perf.work.
+    attention_kinds`)."""
+    from .work import attention_kinds
 
-    model = as_built(model, train)
-    return tuple((view.spec.num_layers, attention_kernel(view.spec, train),
-                  sdpa_mask(view.spec, train.seq_len, train.attn, train.padded))
-                 for view in kind_views(model, ()))
+    return tuple((kind.num_layers, kernel, masked)
+                 for kind, kernel, masked in attention_kinds(as_built(model, train), train))
 
 
 # The share of a step another attention setting must save before the notes name it.
@@ -234,13 +231,11 @@ def _attention_notes(model, targets, train, gpu, shard, dropout, dora, params, s
                     f"later), would run {sdpa:,.0f} tokens/s",)
     if train.attn != "sdpa":
         return ()
-    from ..memory.activations import kind_views, sdpa_mask, sliding_window
-    from .work import attention_kernel
+    from ..memory.activations import sliding_window
+    from .work import attention_kinds
 
-    # the kinds of layer whose SDPA gets a mask (a model without an SDPA path runs eager)
-    masked = [v.spec for v in kind_views(model, ())
-              if sdpa_mask(v.spec, train.seq_len, train.attn, train.padded)
-              and attention_kernel(v.spec, train) != "eager"]
+    masked = [kind for kind, _, is_masked in attention_kinds(as_built(model, train), train)
+              if is_masked]
     if not masked:
         return ()
     sliding = [] if train.padded else masked

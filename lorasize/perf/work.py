@@ -370,12 +370,28 @@ def _kinds(model: ModelSpec) -> list[ModelSpec]:
     return [view.spec for view in kind_views(model, ())]
 
 
+def attention_kinds(model: ModelSpec, train: TrainSpec) -> list[tuple[ModelSpec, str, bool]]:
+    """Per kind of decoder layer: its spec, the kernel its attention runs
+    (:func:`attention_kernel`) and whether SDPA gets a mask there (padding, or a sliding window
+    at this length: :func:`lorasize.memory.activations.sdpa_mask`; never where the layer runs
+    eager attention)."""
+    from ..memory.activations import sdpa_mask
+
+    out = []
+    for kind in _kinds(model):
+        kernel = attention_kernel(kind, train)
+        masked = kernel != "eager" and sdpa_mask(kind, train.seq_len, train.attn, train.padded)
+        out.append((kind, kernel, masked))
+    return out
+
+
 def _score_bytes(model: ModelSpec, train: TrainSpec, passes: int) -> float:
     """The score and probability traffic of a kernel that materialises them (eager attention,
     SDPA's math kernel): b x heads x s x s per layer."""
     per_score = FP32_SCORE_BYTES if activations_fp32(train) else EAGER_SCORE_BYTES
     scores = sum(train.batch_size * kind.num_heads * train.seq_len ** 2 * kind.num_layers
-                 for kind in _kinds(model) if attention_kernel(kind, train) in ("eager", "math"))
+                 for kind, kernel, _ in attention_kinds(model, train)
+                 if kernel in ("eager", "math"))
     return per_score * scores * (passes + BACKWARD_BYTES_RATIO)
 
 
@@ -411,23 +427,21 @@ def _attention(model: ModelSpec, train: TrainSpec, passes: int,
     CUDA cores, torch's ``allow_tf32=False`` default), kind by kind of layer; the backward runs
     in ``backward_layers`` layers (those whose attention has something trainable upstream),
     spread over the kinds by their share of the layers."""
-    from ..memory.activations import sdpa_mask, sliding_window
+    from ..memory.activations import sliding_window
     from ..memory.stacks import runs_transformers_4
 
     b, s, fp32 = train.batch_size, train.seq_len, activations_fp32(train)
     flops = ampere = mask = 0.0
     gemms = []
-    for kind in _kinds(model):
+    for kind, kernel, masked in attention_kinds(model, train):
         layers, d, heads = kind.num_layers, kind.head_dim, kind.num_heads
         back = backward_layers * layers / model.num_layers
-        kernel = attention_kernel(kind, train)
         if kernel in ("eager", "math"):
             # QK^T and PV over the full s x s forward; backward two GEMMs for each
             gemms += [Gemm(s, s, d, b * heads * layers * 2 * passes, "attention", fp32),
                       Gemm(s, d, s, b * heads * back * 4, "attention", fp32)]
             continue
         window = sliding_window(kind) if kernel == "flash" and train.attn == "flash" else None
-        masked = sdpa_mask(kind, s, train.attn, train.padded)
         pairs = attended_pairs(s, window, causal=not masked)
         forward = 4.0 * b * pairs * d * heads
         slowdown = 1.0
