@@ -720,3 +720,67 @@ def test_attention_notes_name_a_faster_setting_with_its_own_time():
     # Gemma 2 has no SDPA path (it runs eager): no SDPA mask to speak of
     assert not any("sliding window" in n for n in _timed(
         attn="sdpa", **{**phi, "model": "gemma2-9b", "seq_len": 8192}).notes)
+
+
+def _eager_score_bytes(model_type: str, **config) -> float:
+    """Bytes transformers' eager attention moves a score element (b x heads x s x s), forward,
+    on the CPU at bf16: every op that reads or writes a score-sized tensor (the (b, 1, s, s) mask
+    counted at the scores' size: the broadcast add reads it for every head)."""
+    import torch
+    import transformers
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    heads, seq = 4, 64
+    scores = heads * seq * seq
+
+    class Bytes(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+            square = [t for t in tensors if tuple(t.shape[-2:]) == (seq, seq)]
+            if func.overloadpacket.__name__ not in _NO_KERNEL and any(
+                    t.numel() == scores for t in square):
+                self.total += sum(scores * t.element_size() for t in square)
+            return out
+
+    cfg = transformers.AutoConfig.for_model(
+        model_type, vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
+        num_attention_heads=heads, num_key_value_heads=heads, **config)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager",
+                                                          dtype=torch.bfloat16)
+    model.train()
+    with Bytes() as count:
+        model(input_ids=torch.zeros(1, seq, dtype=torch.long))
+    return count.total / scores
+
+
+# The CPU runs softmax(bf16, dtype=float32) as a cast (r2 w4) and an fp32 softmax (r4 w4); CUDA's
+# softmax reads the 16-bit scores and writes fp32 in one kernel (aten ``_softmax`` with
+# ``half_to_float``): 8 bytes a score fewer.
+_CPU_SOFTMAX_EXTRA = 8
+
+
+@pytest.mark.parametrize("model_type, config, softcap", [
+    ("llama", {}, False),
+    ("gemma2", dict(attn_logit_softcapping=50.0, final_logit_softcapping=None, head_dim=32,
+                    query_pre_attn_scalar=32, sliding_window=4096), True)])
+def test_eager_score_bytes_follow_transformers(model_type, config, softcap):
+    """The bytes lorasize counts a score element of eager attention (written, scaled, soft-capped
+    where the model does, masked, softmax in fp32 and back, read by PV) equal those of the ops
+    transformers 5's ``eager_attention_forward`` (Llama) and Gemma 2's dispatch."""
+    from lorasize.perf.work import EAGER_SCALE_WIDTHS, EAGER_SCORE_BYTES, SOFTCAP_WIDTHS
+
+    modelled = EAGER_SCORE_BYTES + 2 * (EAGER_SCALE_WIDTHS + (SOFTCAP_WIDTHS if softcap else 0))
+    assert _eager_score_bytes(model_type, **config) - _CPU_SOFTMAX_EXTRA == modelled
+
+
+def test_soft_capped_eager_attention_costs_its_score_passes():
+    """Gemma 2's eager attention: its three soft-capping passes over the scores are time."""
+    gemma = resolve_model("gemma2-9b")
+    train = TrainSpec(batch_size=1, seq_len=4096, attn="eager", grad_checkpointing=True)
+    capped = step_work(gemma, (), train).elementwise_bytes
+    uncapped = step_work(replace(gemma, model_type="gemma"), (), train).elementwise_bytes
+    assert capped > uncapped

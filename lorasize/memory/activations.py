@@ -127,6 +127,11 @@ def _traits(spec: ModelSpec) -> dict:
     return FAMILY_TABLE[spec.model_type].traits if spec.model_type in FAMILY_TABLE else {}
 
 
+def softcaps_attention(spec: ModelSpec) -> bool:
+    """Whether the layer soft-caps its attention scores (Gemma 2's ``attn_logit_softcapping``)."""
+    return bool(_traits(spec).get("softcap"))
+
+
 def _norm_count(spec: ModelSpec) -> int:
     """Norms over the hidden width in one block (per-head q/k norms excluded)."""
     if spec.kind is not None:

@@ -67,6 +67,13 @@ EAGER_SCORE_BYTES = 22
 # scores written (4), the mask added (r4 r4 w4), softmax with no cast on either side (r4 w4),
 # read by PV (4).
 FP32_SCORE_BYTES = 28
+# Eager attention scales the scores after QK^T (transformers' ``eager_attention_forward``:
+# ``matmul(query, key.T) * scaling``: read and write, in element widths), and soft-capping
+# attention (Gemma 2's ``attn_logit_softcapping``, litgpt's ``do_softcapping``) runs
+# ``tanh(scores / cap) * cap`` on them: three more (the math kernel scales q and k instead and
+# never soft-caps). tests/test_step_time.py counts them on transformers 5.23's Llama and Gemma 2.
+EAGER_SCALE_WIDTHS = 2
+SOFTCAP_WIDTHS = 6
 # PyTorch's memory-efficient attention on fp32 inputs, sm80 and later, runs CUTLASS tensor cores
 # in 3xTF32 (``OpMultiplyAddFastF32``, three TF32 MMAs a product: aten ``mem_eff_attention/
 # gemm_kernel_utils.h`` ``DefaultGemmType<ArchTag, float>``). Its time over the 16-bit kernel's,
@@ -388,11 +395,21 @@ def attention_kinds(model: ModelSpec, train: TrainSpec) -> list[tuple[ModelSpec,
 def _score_bytes(model: ModelSpec, train: TrainSpec, passes: int) -> float:
     """The score and probability traffic of a kernel that materialises them (eager attention,
     SDPA's math kernel): b x heads x s x s per layer."""
-    per_score = FP32_SCORE_BYTES if activations_fp32(train) else EAGER_SCORE_BYTES
-    scores = sum(train.batch_size * kind.num_heads * train.seq_len ** 2 * kind.num_layers
-                 for kind, kernel, _ in attention_kinds(model, train)
-                 if kernel in ("eager", "math"))
-    return per_score * scores * (passes + BACKWARD_BYTES_RATIO)
+    from ..memory.activations import softcaps_attention
+
+    fp32 = activations_fp32(train)
+    width = 4 if fp32 else 2
+    total = 0.0
+    for kind, kernel, _ in attention_kinds(model, train):
+        if kernel not in ("eager", "math"):
+            continue
+        per_score = FP32_SCORE_BYTES if fp32 else EAGER_SCORE_BYTES
+        if kernel == "eager":
+            per_score += width * (EAGER_SCALE_WIDTHS
+                                  + (SOFTCAP_WIDTHS if softcaps_attention(kind) else 0))
+        total += per_score * train.batch_size * kind.num_heads * train.seq_len ** 2 * (
+            kind.num_layers)
+    return total * (passes + BACKWARD_BYTES_RATIO)
 
 
 def attended_pairs(seq_len: int, window: int | None, causal: bool = True) -> float:
