@@ -128,7 +128,8 @@ def _traits(spec: ModelSpec) -> dict:
 
 
 def softcaps_attention(spec: ModelSpec) -> bool:
-    """Whether the layer soft-caps its attention scores (Gemma 2's ``attn_logit_softcapping``)."""
+    """Whether the layer soft-caps its attention scores (Gemma 2's ``attn_logit_softcapping``;
+    the family trait that also soft-caps its final logits)."""
     return bool(_traits(spec).get("softcap"))
 
 
@@ -383,7 +384,7 @@ def layer_bytes_per_token(spec: ModelSpec, targets: tuple[Target, ...], dt: Dtyp
             # softmax(..., dtype=float32).to(query.dtype): the cast is a second copy only when
             # the compute dtype is 16-bit (it is a no-op on fp32, e.g. after kbit preparation).
             probs = (FP32 + (d if d != FP32 else 0)) * heads * seq_len
-        if traits.get("softcap"):
+        if softcaps_attention(spec):
             probs += d * heads * seq_len  # tanh soft-capping saves its output
         attention = d * q + key + value + probs
         if full:
