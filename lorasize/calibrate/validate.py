@@ -372,10 +372,14 @@ def read_rows(path: str | Path) -> list[dict]:
         raise LorasizeError(f"cannot read ({exc.strerror})", source=str(path)) from None
 
 
-def validate(path: str | Path, calibration: Calibration | None = None) -> list[Row]:
-    """Predict every row of a measurement CSV that lorasize can express."""
+def validate(path: str | Path, calibration: Calibration | None = None,
+             only=None) -> list[Row]:
+    """Predict every row of a measurement CSV that lorasize can express (``only``: a predicate
+    on a raw row: the rows it refuses are left out, unpredicted)."""
     rows = []
     for raw in read_rows(path):
+        if only is not None and not only(raw):
+            continue
         try:
             measured = measured_bytes(raw["value"], raw["unit"])
             predicted = predict(raw, calibration)

@@ -25,8 +25,8 @@ def report(plan: str, out: str) -> int:
     """
     from ..files import check_writable
 
+    check_writable(out, "--out")  # before the plan: its validation rows take seconds to predict
     parsed = load_plan(plan)
-    check_writable(out, "--out")
     with click.progressbar(length=steps(parsed), label="computing", file=click.get_text_stream("stderr")) as bar:
         charts = write_report(parsed, out, progress=bar.update)
     click.echo(f"wrote {out} ({charts} charts)")
