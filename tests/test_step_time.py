@@ -621,26 +621,50 @@ def test_gemms_run_at_the_rate_the_card_is_measured_at():
     assert not any("matmul measurement" in n for n in measured)
 
 
-def test_zero3_gathers_each_module_with_parameters_every_pass():
-    """DeepSpeed ZeRO-3 fetches every submodule's own parameters before its forward (the
-    recompute included) and its backward, on one GPU too; FSDP a decoder layer at a time."""
-    from lorasize.arch.catalog import model_from_catalog
-    from lorasize.arch.lora import LoraSpec, resolve_targets
-    from lorasize.memory.sharding import ShardSpec
-    from lorasize.perf.work import step_work
+def _module_calls(family: str, targets, dora: bool) -> int:
+    """Modules one forward calls in transformers + PEFT (a forward pre-hook on every module, as
+    DeepSpeed ZeRO-3 registers its fetch), on the meta device, and lorasize's spec of the model."""
+    import peft
+    import torch
+    import transformers
 
-    model = model_from_catalog("qwen1.5-1.8b")  # 24 layers, 7 linears and 2 norms each
-    full = TrainSpec(method="full", grad_checkpointing=True)
-    modules = 24 * (7 + 2) + 2 + 1  # embeddings, final norm, head
-    assert step_work(model, (), full, ShardSpec(1, "zero3")).gathers == 3 * modules
-    no_gc = TrainSpec(method="full")
-    assert step_work(model, (), no_gc, ShardSpec(4, "zero3")).gathers == 2 * modules
-    lora = TrainSpec(method="lora", grad_checkpointing=True)
-    targets = resolve_targets(model, LoraSpec(r=8, targets=("all",)), "hf-peft")
-    assert step_work(model, targets, lora, ShardSpec(1, "zero3")).gathers == \
-        3 * (modules + 24 * 7 * 2)  # each adapter's A and B
-    assert step_work(model, (), full, ShardSpec(4, "fsdp")).gathers == 2 * 24
-    assert step_work(model, (), full, ShardSpec(1, "fsdp")).gathers == 0
+    from lorasize.arch.model import ModelSpec
+
+    cfg = transformers.AutoConfig.for_model(
+        family, vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=16)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    if targets:
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=4, target_modules=list(targets), use_dora=dora))
+    calls = [0]
+    for module in model.modules():
+        module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    model(input_ids=torch.zeros(1, 8, dtype=torch.long, device="meta"))
+    return calls[0], ModelSpec.from_hf_config(cfg.to_dict(), name=family)
+
+
+@pytest.mark.parametrize("family, targets, dora", [
+    ("llama", (), False), ("llama", ("q_proj", "v_proj"), False), ("llama", _ALL, False),
+    ("llama", ("q_proj", "v_proj"), True), ("qwen2", _ALL, False), ("gemma2", (), False)])
+def test_zero3_fetches_every_module_called_every_pass(family, targets, dora):
+    """DeepSpeed ZeRO-3 hooks every submodule, with parameters or not, and fetches before each
+    one's forward (the recompute included) and its backward, on one GPU too: lorasize's count
+    against the modules real transformers + PEFT call; FSDP gathers a decoder layer at a
+    time."""
+    from lorasize.arch.lora import LoraSpec, resolve_targets
+
+    calls, model = _module_calls(family, targets, dora)
+    train = TrainSpec(method="lora" if targets else "full")
+    chosen = resolve_targets(model, LoraSpec(r=4, targets=targets), "hf-peft") if targets else ()
+    work = step_work(model, chosen, train, ShardSpec(1, "zero3"), dora=dora)
+    assert work.gathers == 2 * calls
+    checkpointed = replace(train, grad_checkpointing=True)
+    assert step_work(model, chosen, checkpointed, ShardSpec(4, "zero3"), dora=dora).gathers == \
+        3 * calls
+    assert step_work(model, chosen, train, ShardSpec(4, "fsdp"), dora=dora).gathers == 2 * 2
+    assert step_work(model, chosen, train, ShardSpec(1, "fsdp"), dora=dora).gathers == 0
 
 
 def test_zero3_fetches_are_named_with_fsdps_throughput():
@@ -653,7 +677,7 @@ def test_zero3_fetches_are_named_with_fsdps_throughput():
     short = TrainSpec(method="full", seq_len=256, grad_checkpointing=True)
     timed = training_time(model, (), short, gpu, shard=ShardSpec(1, "zero3"))
     note = next(n for n in timed.notes if "ZeRO-3 fetches" in n)
-    assert "657 fetches" in note  # (24 layers x 9 + 3) modules x 3 passes
+    assert "954 fetches" in note  # (24 layers x 13 modules + 6) x 3 passes
     fsdp = float(note.rsplit(": ", 1)[1].split()[0].replace(",", ""))
     assert fsdp > timed.tokens_per_s
     long = TrainSpec(method="full", seq_len=8192, batch_size=4, grad_checkpointing=True)

@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..arch.parts import QKV_PARTS, adapter_modules
-from ..arch.layout import block_linears, copies, expert_matrix_numel, top_params
+from ..arch.layout import (block_linears, block_params, copies, expert_matrix_numel,
+                           top_params)
 from ..arch.lora import DELTA_WEIGHT_VARIANTS, Target, first_adapted_layer
 from ..arch.model import ModelSpec
 from ..memory.sharding import ShardSpec, accumulates_unsharded, frozen_gradient_bytes
@@ -179,8 +180,19 @@ class StepWork:
     notes: tuple[str, ...] = ()
 
 
-# A pre-norm decoder layer's norms (input and post-attention); q/k norms add two.
-ZERO3_NORMS_PER_LAYER = 2
+# DeepSpeed ZeRO-3 hooks every submodule, with parameters or without (``parameter_offload.py``
+# ``_register_hooks_recursively``, unchanged from v0.10.3 to v0.12.6 and since): each call runs its
+# fetch and release and wraps its inputs and outputs in autograd functions for the backward's. A
+# transformers decoder layer calls, besides its linears and norms, four modules of its own (the
+# layer, its attention, its MLP and the MLP's activation), the model six around the layers (the
+# causal-LM wrapper, the base model, the embeddings, rotary, the final norm, the head: lorasize's
+# top parameters, the head and three containers) and PEFT one more (its LoRA model); PEFT's
+# ``lora.Linear`` calls four beyond the linear it wraps (itself, its dropout, ``lora_A``,
+# ``lora_B``), six under DoRA. Counted with forward pre-hooks on every module of transformers
+# 5.23's Llama, Qwen2, Mistral and Gemma 2 under PEFT 0.21 (tests/test_step_time.py).
+ZERO3_LAYER_CONTAINERS = 4
+ZERO3_TOP_CONTAINERS = 3
+ZERO3_ADAPTER_CALLS = (4, 6)  # LoRA, DoRA
 
 
 def decoder_linears(model: ModelSpec):
@@ -598,18 +610,18 @@ def _gathers(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, sh
 
     FSDP gathers a wrapped unit (a decoder layer) at a time: in forward and again in backward
     (FULL_SHARD; the recompute runs inside the backward's gather), once under SHARD_GRAD_OP.
-    DeepSpeed ZeRO-3 hooks every submodule (deepspeed 0.19.8 ``parameter_offload.py``,
-    ``_register_deepspeed_module``) and fetches each one's own parameters before its forward,
-    the recomputed one included, and again before its backward (``pre_sub_module_forward_function``
-    / ``pre_sub_module_backward_function`` -> ``PartitionedParameterCoordinator.fetch_sub_module``),
-    on one GPU as well: a gather per module that holds parameters (every linear, each adapter's A
-    and B, DoRA's magnitude, the norms, the embeddings and the head) and pass."""
+    DeepSpeed ZeRO-3 hooks every submodule (``parameter_offload.py``,
+    ``_register_hooks_recursively``) and runs each one's fetch before its forward, the recomputed
+    one included, and again before its backward (``pre_sub_module_forward_function`` /
+    ``pre_sub_module_backward_function`` -> ``PartitionedParameterCoordinator.fetch_sub_module``),
+    on one GPU as well and whether the module holds parameters or not: a gather per module
+    called (:data:`ZERO3_LAYER_CONTAINERS`) and pass."""
     if shard.sharding == "zero3":
         linears = sum(copies(model, m) for m in decoder_linears(model))
-        norms = model.num_layers * (ZERO3_NORMS_PER_LAYER + (2 if model.qk_norm else 0))
-        adapters = adapter_modules(targets, train.stack) * (2 + dora)
-        modules = linears + norms + adapters + len(top_params(model)) + 1
-        return float(modules * (passes + 1))
+        layers = model.num_layers * (len(block_params(model)) + ZERO3_LAYER_CONTAINERS)
+        adapters = adapter_modules(targets, train.stack) * ZERO3_ADAPTER_CALLS[dora]
+        top = len(top_params(model)) + 1 + ZERO3_TOP_CONTAINERS + (1 if targets else 0)  # + head
+        return float((linears + layers + adapters + top) * (passes + 1))
     if shard.gpus > 1 and shard.fsdp:
         return float(model.num_layers * (1 if shard.sharding == "fsdp-grad-op" else 2))
     return 0.0
