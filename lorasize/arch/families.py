@@ -14,7 +14,10 @@ Trait keys beyond a card's (each read from the family's modeling file):
 - ``softmax_in_compute_dtype``: eager attention's softmax runs in the compute dtype, not fp32
   (``FalconAttention``);
 - ``parallel_shared_input``: a parallel residual normalises one input twice and saves it once
-  (GPT-NeoX with ``use_parallel_residual``).
+  (GPT-NeoX with ``use_parallel_residual``);
+- ``flash_ops``: with flash-attn installed the model code calls its fused RMSNorm and rotary
+  kernels and ``flash_attn_func`` on (batch, seq, heads, dim) tensors (Qwen-1's remote
+  ``modeling_qwen.py``); the step time reads it (:func:`lorasize.perf.work.runs_flash_ops`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class Family:
         qkv_bias_default: q/k/v biases when the config says nothing.
         norm: ``rms`` or ``layer`` (weight and bias).
         traits: activation traits (see the module docstring).
+        remote_code: the checkpoint's own modeling code (``trust_remote_code``), which
+            transformers does not ship: lorasize reads the layout, nothing can build the model.
     """
 
     layout: str
@@ -40,6 +45,7 @@ class Family:
     qkv_bias_default: bool = False
     norm: str = "rms"
     traits: dict[str, Any] = field(default_factory=dict)
+    remote_code: str = ""
 
 
 _GATED = {"mlp": "gated", "act": "silu"}
@@ -63,6 +69,10 @@ FAMILY_TABLE: dict[str, Family] = {
     "phi": Family("phi", False, qkv_bias_default=True, norm="layer",
                   traits={"mlp": "plain", "act": "gelu_new"}),
     "phi3": Family("phi3", False, traits={**_GATED, "cat_rope": True}),
+    # Qwen-1 (Qwen/Qwen-7B and its sizes; remote code, ``QWenLMHeadModel``): q, k and v in one
+    # ``c_attn`` with a bias, an MLP of ``w1 * silu(w2)`` at half the config's intermediate_size.
+    "qwen": Family("qwen", False, qkv_bias_default=True, traits={**_GATED, "flash_ops": True},
+                   remote_code="Qwen-1 (QWenLMHeadModel, the Hub's modeling_qwen.py)"),
     "stablelm": Family("stablelm", False, norm="layer", traits={**_GATED, "cat_rope": True}),
     "gpt_neox": Family("gpt_neox", False, qkv_bias_default=True, norm="layer",
                        traits={**_PLAIN, "cat_rope": True, "parallel_shared_input": True}),
@@ -71,3 +81,18 @@ FAMILY_TABLE: dict[str, Family] = {
     "gpt2": Family("gpt2", True, qkv_bias_default=True, norm="layer",
                    traits={"mlp": "plain", "act": "gelu_new"}),
 }
+
+
+def require_shipped_code(model_type: str, name: str, what: str) -> None:
+    """Refuse to build a model whose code only its checkpoint carries.
+
+    Raises:
+        LorasizeError: ``model_type`` is a :attr:`Family.remote_code` family (names ``what``).
+    """
+    family = FAMILY_TABLE.get(model_type)
+    if family is not None and family.remote_code:
+        from ..errors import LorasizeError
+
+        raise LorasizeError(f"cannot {what} {name}: model_type '{model_type}' is "
+                            f"{family.remote_code}, whose code transformers does not ship (the "
+                            f"estimate reads its layout)")

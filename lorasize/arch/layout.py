@@ -169,6 +169,14 @@ def _block_linears(spec: ModelSpec) -> tuple[Linear, ...]:
             Linear("mlp.dense_h_to_4h", h, inter, spec.mlp_bias, "mlp"),
             Linear("mlp.dense_4h_to_h", inter, h, spec.mlp_bias, "mlp"),
         )
+    if family == "qwen":
+        return (
+            Linear("attn.c_attn", h, q + 2 * kv, True),
+            Linear("attn.c_proj", q, h, spec.out_bias),
+            Linear("mlp.w1", h, inter, spec.mlp_bias, "mlp"),
+            Linear("mlp.w2", h, inter, spec.mlp_bias, "mlp"),
+            Linear("mlp.c_proj", inter, h, spec.mlp_bias, "mlp"),
+        )
     if family == "phi3":
         return (
             Linear("self_attn.qkv_proj", h, q + 2 * kv, spec.qkv_bias),
@@ -208,7 +216,7 @@ def block_params(spec: ModelSpec) -> tuple[Param, ...]:
     if spec.card is not None:
         return _card_block_params(spec.card)
     family = spec.family
-    if family == "gpt2":
+    if family in ("gpt2", "qwen"):
         return (_norm(spec, "ln_1"), _norm(spec, "ln_2"))
     if family == "falcon":
         if spec.hf_config.get("_falcon_new_arch"):
@@ -258,7 +266,7 @@ def top_params(spec: ModelSpec) -> tuple[Param, ...]:
     params = [Param("embed_tokens", spec.vocab_size * spec.hidden_size, "embedding")]
     if spec.family == "gpt2":
         params.append(Param("wpe", spec.max_positions * spec.hidden_size, "embedding"))
-    final = {"gpt2": "ln_f", "gpt_neox": "final_layer_norm", "falcon": "ln_f",
+    final = {"gpt2": "ln_f", "qwen": "ln_f", "gpt_neox": "final_layer_norm", "falcon": "ln_f",
              "phi": "final_layernorm"}.get(spec.family, "norm")
     params.append(_norm(spec, final))
     return tuple(params)

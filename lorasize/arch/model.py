@@ -269,6 +269,15 @@ def _parse(config: dict[str, Any], name: str, source: str) -> ModelSpec:
                       experts_per_token=pos("num_experts_per_tok"))
     elif model_type == "phi3":
         fields.update(intermediate_size=pos("intermediate_size"))
+    elif model_type == "qwen":
+        # modeling_qwen.py: QWenAttention.c_attn = Linear(h, 3 * kv_channels * heads) (bias),
+        # c_proj and the MLP's w1, w2, c_proj biased unless no_bias; QWenMLP's width is
+        # intermediate_size // 2; the context is seq_length.
+        biased = not bool(get("no_bias", default=True))
+        fields.update(intermediate_size=pos("intermediate_size") // 2,
+                      head_dim=pos("kv_channels", default=hidden // heads),
+                      qkv_bias=True, out_bias=biased, mlp_bias=biased,
+                      max_positions=int(get("seq_length", "max_position_embeddings", default=0)))
     else:  # llama, mistral, gemma, gemma2
         fields.update(intermediate_size=pos("intermediate_size"))
     if fields["num_heads"] % fields["num_kv_heads"]:

@@ -112,6 +112,13 @@ MOE_FUSED_KERNELS = 19
 MOE_LOOP_ROUTER_KERNELS = 8
 MOE_LOOP_EXPERT_KERNELS = 10
 FUSED_LAYER_KERNELS = 16  # norms, rope and the MLP activation one kernel each
+# Qwen-1's code under flash-attn (``modeling_qwen.py``, :func:`runs_flash_ops`): ``RMSNorm`` is one
+# ``flash_attn.ops.rms_norm`` kernel (r2 w2); ``apply_rotary_pos_emb`` casts q and k to fp32, runs
+# flash-attn's rotary kernel on them and casts back (r2 w4, r4 w4, r4 w2: 20 bytes, 3 kernels a
+# tensor); ``flash_attn_func`` reads q, k and v as the (batch, seq, heads, dim) views c_attn's
+# output splits into (no layout copies, one kernel).
+FLASH_OPS_TOUCHES = {"rms_norm": 4, "rope": 20, "layout": 0}
+FLASH_OPS_KERNELS = {"rms_norm": 1, "rope": 6, "attention": 1}
 # Backward launches about twice the forward's kernels when every weight trains (each op's input
 # gradient and each weight's gradient): 76 against 41 for transformers 5.23's Llama layer, 47
 # against 24 and 73 against 37 for lit-gpt's phi-1.5 and Llama-2 blocks; 1.6 times when the
@@ -218,11 +225,30 @@ def layer_bytes(model: ModelSpec, touches: dict) -> float:
             + (t["gated_act"] if gated else t["act"]) * inter + t["layout"] * (2 * q + 2 * kv))
 
 
-def layer_kernels(model: ModelSpec, fused: bool = False) -> int:
+def runs_flash_ops(model: ModelSpec, train: TrainSpec) -> bool:
+    """Whether the model's own code runs flash-attn's fused norm and rotary kernels: a family
+    with the ``flash_ops`` trait (Qwen-1) under flash attention, without other fused kernels."""
+    from ..arch.families import FAMILY_TABLE
+
+    family = FAMILY_TABLE.get(model.model_type) if model.card is None else None
+    return (family is not None and bool(family.traits.get("flash_ops"))
+            and train.attn == "flash" and not train.fused_kernels)
+
+
+def step_touches(model: ModelSpec, train: TrainSpec) -> dict:
+    """Bytes an element each memory-bound op moves (:data:`EAGER_TOUCHES` and its kin)."""
+    if train.fused_kernels:
+        return FUSED_TOUCHES
+    if runs_flash_ops(model, train):
+        return {**EAGER_TOUCHES, **FLASH_OPS_TOUCHES}
+    return EAGER_TOUCHES
+
+
+def layer_kernels(model: ModelSpec, fused: bool = False, flash_ops: bool = False) -> int:
     """Kernels one decoder layer's forward launches."""
     if fused:
         return FUSED_LAYER_KERNELS
-    k = LAYER_KERNELS
+    k = {**LAYER_KERNELS, **FLASH_OPS_KERNELS} if flash_ops else LAYER_KERNELS
     norm = k["rms_norm"] if model.norm == "rms" else k["layer_norm"]
     return 2 * norm + k["projections"] + k["rope"] + k["attention"] + k["residual"] + k["mlp"]
 
@@ -337,7 +363,7 @@ def _elementwise_bytes(model: ModelSpec, targets: tuple[Target, ...], train: Tra
                        dropout: float, dora: bool, passes: int) -> float:
     """Memory-bound bytes of one micro-batch: norms, residuals, rope, activations, layout
     copies, the adapters' elementwise ops and the loss."""
-    t = FUSED_TOUCHES if train.fused_kernels else EAGER_TOUCHES
+    t = step_touches(model, train)
     per_layer = layer_bytes(model, t)
     lora = sum(target.copies * (t["lora_dropout"] * target.linear.in_features * (dropout > 0)
                                 + t["lora_out"] * target.linear.out_features)
@@ -515,7 +541,8 @@ def _kernels(model: ModelSpec, targets: tuple[Target, ...], train: TrainSpec, pa
              dropout: float, weight_grads: bool) -> float:
     """Kernel launches of one micro-batch: the forward ``passes`` times (the recompute
     included) and the backward (with every weight's gradient when ``weight_grads``)."""
-    layers = layer_kernels(model, train.fused_kernels) * model.num_layers
+    flash_ops = runs_flash_ops(model, train)
+    layers = layer_kernels(model, train.fused_kernels, flash_ops) * model.num_layers
     if model.num_experts:
         layers += model.num_layers * (
             MOE_LOOP_ROUTER_KERNELS + MOE_LOOP_EXPERT_KERNELS * model.num_experts

@@ -17,6 +17,7 @@ import warnings
 import torch
 
 from ..errors import LorasizeError
+from ..arch.families import require_shipped_code
 from ..arch.lora import LoraSpec, resolve_targets
 from ..arch.model import ModelSpec
 from ..specs import TrainSpec
@@ -230,6 +231,8 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
 
     config = {k: v for k, v in model.hf_config.items() if not k.startswith("_")}
     model_type = config.pop("model_type")
+    if model.card is None:
+        require_shipped_code(model_type, model.name, "build")
     with quiet():
         device = torch.device("meta") if fake_mode is not None else contextlib.nullcontext()
         if model.card is not None:
