@@ -270,10 +270,11 @@ def _zero3_note(model, targets, train, gpu, shard, dropout, dora, params, work, 
         return ()
     fsdp = replace(shard, sharding="fsdp", offload="params" if shard.offload == "params" else "none")
     seconds = step_time(step_work(model, targets, train, fsdp, dropout, dora), gpu, params).seconds
-    return (f"DeepSpeed ZeRO-3 fetches every module's parameters before its forward, recompute and "
-            f"backward: {work.gathers:,.0f} fetches, {cpu * 1e3:,.0f} ms of CPU a micro-batch; "
-            f"FSDP gathers a layer at a time: {train.tokens / seconds:,.0f} tokens/s per GPU with "
-            f"--sharding fsdp",)
+    return (f"DeepSpeed ZeRO-3 runs its fetch on every module the step calls, before its forward, "
+            f"recompute and backward: {work.gathers:,.0f} fetches, {cpu * 1e3:,.0f} ms of CPU a "
+            f"micro-batch at FSDP's cost a gather (Qwen's published ZeRO-3 runs took about twice "
+            f"that: this step may be slower); FSDP gathers a layer at a time: "
+            f"{train.tokens / seconds:,.0f} tokens/s per GPU with --sharding fsdp",)
 
 
 def _launch_note(model, targets, train, gpu, shard, dropout, dora, params, timed) -> str:
