@@ -83,16 +83,17 @@ FAMILY_TABLE: dict[str, Family] = {
 }
 
 
-def require_shipped_code(model_type: str, name: str, what: str) -> None:
-    """Refuse to build a model whose code only its checkpoint carries.
+def require_shipped_code(model, what: str) -> None:
+    """Refuse to build a model (a :class:`~lorasize.arch.model.ModelSpec`) whose code only its
+    checkpoint carries; a card model's code is transformers' own.
 
     Raises:
-        LorasizeError: ``model_type`` is a :attr:`Family.remote_code` family (names ``what``).
+        LorasizeError: its family is a :attr:`Family.remote_code` one (names ``what``).
     """
-    family = FAMILY_TABLE.get(model_type)
+    family = FAMILY_TABLE.get(model.model_type) if model.card is None else None
     if family is not None and family.remote_code:
         from ..errors import LorasizeError
 
-        raise LorasizeError(f"cannot {what} {name}: model_type '{model_type}' is "
+        raise LorasizeError(f"cannot {what} {model.name}: model_type '{model.model_type}' is "
                             f"{family.remote_code}, whose code transformers does not ship (the "
                             f"estimate reads its layout)")

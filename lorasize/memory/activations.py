@@ -133,6 +133,12 @@ def softcaps_attention(spec: ModelSpec) -> bool:
     return bool(_traits(spec).get("softcap"))
 
 
+def calls_flash_attn_ops(spec: ModelSpec) -> bool:
+    """Whether the model's own code calls flash-attn's fused norm and rotary kernels when
+    flash-attn is installed (the ``flash_ops`` trait: Qwen-1's ``modeling_qwen.py``)."""
+    return bool(_traits(spec).get("flash_ops"))
+
+
 def _norm_count(spec: ModelSpec) -> int:
     """Norms over the hidden width in one block (per-head q/k norms excluded)."""
     if spec.kind is not None:
@@ -582,7 +588,7 @@ def logits_peak_bytes_per_token(spec: ModelSpec, stack: str = "hf-peft", compute
     """
     # absent from a config, transformers' Gemma2Config default (30.0) applies: the family trait
     capped = spec.hf_config.get("final_logit_softcapping",
-                                30.0 if _traits(spec).get("softcap") else None)
+                                30.0 if softcaps_attention(spec) else None)
     softcap = compute * spec.vocab_size if capped else 0
     if stack == "torchtune" and unchunked_loss(stack, release):
         return TORCHTUNE_UNCHUNKED_LOSS_COPIES * FP32 * spec.vocab_size

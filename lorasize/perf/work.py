@@ -228,11 +228,9 @@ def layer_bytes(model: ModelSpec, touches: dict) -> float:
 def runs_flash_ops(model: ModelSpec, train: TrainSpec) -> bool:
     """Whether the model's own code runs flash-attn's fused norm and rotary kernels: a family
     with the ``flash_ops`` trait (Qwen-1) under flash attention, without other fused kernels."""
-    from ..arch.families import FAMILY_TABLE
+    from ..memory.activations import calls_flash_attn_ops
 
-    family = FAMILY_TABLE.get(model.model_type) if model.card is None else None
-    return (family is not None and bool(family.traits.get("flash_ops"))
-            and train.attn == "flash" and not train.fused_kernels)
+    return train.attn == "flash" and not train.fused_kernels and calls_flash_attn_ops(model)
 
 
 def step_touches(model: ModelSpec, train: TrainSpec) -> dict:

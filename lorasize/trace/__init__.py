@@ -68,8 +68,7 @@ def trace(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake: bool = True)
     if train.recast_embeddings and train.upcasts_to_fp32:
         raise LorasizeError("the trace runs no autocast, which TRL's recast of the embeddings and "
                             "head to bf16 after kbit preparation needs: trace without it")
-    if model.card is None:
-        require_shipped_code(model.model_type, model.name, "trace")
+    require_shipped_code(model, "trace")  # before a subprocess starts
     (outcome,) = trace_many([(model, lora, train)], fake)
     if not outcome["ok"]:
         raise LorasizeError(f"cannot trace {model.name}: {outcome['error']}")

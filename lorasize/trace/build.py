@@ -231,8 +231,7 @@ def build(model: ModelSpec, lora: LoraSpec, train: TrainSpec, fake_mode=None, re
 
     config = {k: v for k, v in model.hf_config.items() if not k.startswith("_")}
     model_type = config.pop("model_type")
-    if model.card is None:
-        require_shipped_code(model_type, model.name, "build")
+    require_shipped_code(model, "build")
     with quiet():
         device = torch.device("meta") if fake_mode is not None else contextlib.nullcontext()
         if model.card is not None:
